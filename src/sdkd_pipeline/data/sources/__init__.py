@@ -1,0 +1,1 @@
+"""One module per dataset. Each returns a *raw dataset* as defined in ``raw.py``."""
