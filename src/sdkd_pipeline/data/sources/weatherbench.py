@@ -1,0 +1,801 @@
+"""WeatherBench / ERA5 reanalysis fields as a raw dataset (one trajectory, datetime64 time).
+
+Three on-disk layouts are read into the same contract:
+
+- ``wb1_netcdf``: WeatherBench 1, one NetCDF per variable and year,
+  ``{root}/{variable}/{variable}_{YYYY}_{resolution}.nc``, dims (time, [level,] lat, lon),
+  short variable names inside the file (``t2m``, ``z``, ``t``), hourly.
+- ``wb2_zarr``: WeatherBench 2 / ERA5 Zarr, dims (time, [level,] longitude, latitude), long
+  variable names (``2m_temperature``), 6-hourly, 13 pressure levels.
+- ``era5``: a GRIB (read through cfgrib) or NetCDF file from the Copernicus store.
+
+Whatever the layout, channels get one naming scheme: the ERA5 short name, followed by the
+pressure level in hPa for 3-D variables (``t2m``, ``z500``, ``t850``); latitude is sorted
+ascending and longitude ascending, so every source yields the same grid orientation. ``lat``
+sits on ``y`` and ``lon`` on ``x`` (``y``/``x`` hold the same degrees).
+
+Irregular time steps (a missing hour, two files with a gap between them) are not an error:
+the ``segment`` coordinate starts a new id after every step that differs from the most common
+one, so no training window spans a gap. Duplicated time stamps are an error.
+
+Zarr, dask and cfgrib are imported lazily: this module imports with numpy/xarray alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from sdkd_pipeline.data.raw import make_raw
+from sdkd_pipeline.errors import ConfigError, DataError, DownloadError, MissingRawDataError
+
+DATASET_NAME = "weatherbench"
+DEFAULT_RAW_DIR = Path("data/01_raw/weatherbench")
+ERA5_ATTRIBUTION = (
+    "Contains modified Copernicus Climate Change Service information; "
+    "ERA5 reanalysis (Hersbach et al. 2020), WeatherBench (Rasp et al. 2020)"
+)
+FORMATS = ("wb1_netcdf", "wb2_zarr", "era5")
+
+# WeatherBench 1 archive on the TUM data server (mediaTUM record 1524895). One zip per
+# variable and resolution, holding the yearly NetCDF files.
+WB1_BASE_URL = "https://dataserv.ub.tum.de/s/m1524895/download"
+WB1_RESOLUTIONS = ("5.625deg", "2.8125deg", "1.40625deg")
+WB1_VARIABLES = (
+    "10m_u_component_of_wind",
+    "10m_v_component_of_wind",
+    "2m_temperature",
+    "geopotential",
+    "geopotential_500",
+    "potential_vorticity",
+    "relative_humidity",
+    "specific_humidity",
+    "temperature",
+    "temperature_850",
+    "toa_incident_solar_radiation",
+    "total_cloud_cover",
+    "total_precipitation",
+    "u_component_of_wind",
+    "v_component_of_wind",
+    "vorticity",
+)
+DOWNLOAD_COMMAND = (
+    "python -m sdkd_pipeline.data.sources.weatherbench {variable} "
+    "--dest data/01_raw/weatherbench --resolution {resolution}"
+)
+
+# ERA5 / CDS long names (WB1 directory names, WB2 variable names) -> ERA5 short names (the
+# names inside WB1 and Copernicus files, and the stem of our channel names).
+LONG_TO_SHORT: dict[str, str] = {
+    "2m_temperature": "t2m",
+    "2m_dewpoint_temperature": "d2m",
+    "10m_u_component_of_wind": "u10",
+    "10m_v_component_of_wind": "v10",
+    "mean_sea_level_pressure": "msl",
+    "surface_pressure": "sp",
+    "sea_surface_temperature": "sst",
+    "total_precipitation": "tp",
+    "total_cloud_cover": "tcc",
+    "toa_incident_solar_radiation": "tisr",
+    "geopotential": "z",
+    "temperature": "t",
+    "u_component_of_wind": "u",
+    "v_component_of_wind": "v",
+    "vertical_velocity": "w",
+    "specific_humidity": "q",
+    "relative_humidity": "r",
+    "vorticity": "vo",
+    "potential_vorticity": "pv",
+}
+SHORT_TO_LONG: dict[str, str] = {short: long for long, short in LONG_TO_SHORT.items()}
+
+# Dimension names used by the different writers -> ours.
+_DIM_ALIASES = {
+    "latitude": "lat",
+    "longitude": "lon",
+    "valid_time": "time",
+    "pressure_level": "level",
+    "isobaricInhPa": "level",
+    "plev": "level",
+}
+_SPATIAL_DIMS = ("lat", "lon")
+_SINGLE_LEVEL_NAME = re.compile(r"^(?P<base>.+)_(?P<level>\d+)(hPa)?$")
+
+
+@dataclass(frozen=True)
+class VariableRequest:
+    """One requested variable, resolved to the names each layout uses.
+
+    ``long`` names the WB1 directory and the WB2 variable; ``short`` is the name inside WB1 and
+    Copernicus files; ``fixed_level`` is set for WB1's single-level directories such as
+    ``geopotential_500`` (files holding only that level).
+    """
+
+    requested: str
+    long: str
+    short: str
+    fixed_level: int | None = None
+
+    @property
+    def directory(self) -> str:
+        return self.requested if self.fixed_level is not None else self.long
+
+
+def resolve_variable(name: str) -> VariableRequest:
+    """Accept a long name (``2m_temperature``), a short name (``t2m``) or a WB1 single-level
+    directory name (``geopotential_500``)."""
+    if name in LONG_TO_SHORT:
+        return VariableRequest(name, name, LONG_TO_SHORT[name])
+    if name in SHORT_TO_LONG:
+        return VariableRequest(name, SHORT_TO_LONG[name], name)
+    match = _SINGLE_LEVEL_NAME.match(name)
+    if match and match["base"] in LONG_TO_SHORT:
+        base = match["base"]
+        return VariableRequest(name, base, LONG_TO_SHORT[base], int(match["level"]))
+    # Unknown to the table: use it verbatim for both (lets users read any ERA5 variable).
+    return VariableRequest(name, name, name)
+
+
+def channel_name(short: str, level: float | None) -> str:
+    """``t2m`` for a surface variable, ``z500`` for geopotential at 500 hPa."""
+    if level is None:
+        return short
+    return f"{short}{int(level) if float(level).is_integer() else level}"
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass
+class WeatherBenchConfig:
+    """Parameters under ``weatherbench`` in parameters_data.yml.
+
+    ``format`` picks the layout; ``root`` (wb1_netcdf) or ``path`` (wb2_zarr, era5) the input;
+    ``variables`` long or short names (None = every variable in an era5 file); ``levels`` hPa
+    for 3-D variables (None = every level in the file); ``years`` for wb1 (a list, or
+    ``{start, end}`` inclusive); ``time_slice`` [start, end] ISO dates for wb2/era5.
+    """
+
+    format: str
+    variables: list[str] | None = None
+    levels: list[int] | None = None
+    root: str = str(DEFAULT_RAW_DIR)
+    path: str | None = None
+    years: list[int] | None = None
+    resolution: str = "5.625deg"
+    time_slice: list[str] | None = None
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, cfg: dict) -> WeatherBenchConfig:
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"weatherbench: expected a mapping of parameters, got {cfg!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ConfigError(
+                f"weatherbench.{unknown[0]}: unknown parameter (known: {sorted(known)})"
+            )
+        if "format" not in cfg:
+            raise ConfigError(f"weatherbench.format: missing; choose one of {list(FORMATS)}")
+        conf = cls(**cfg)
+        if conf.format not in FORMATS:
+            raise ConfigError(
+                f"weatherbench.format: unknown format {conf.format!r}; choose one of "
+                f"{list(FORMATS)}"
+            )
+        if conf.variables is not None:
+            if isinstance(conf.variables, str):
+                conf.variables = [conf.variables]
+            if not conf.variables or not all(isinstance(v, str) for v in conf.variables):
+                raise ConfigError(
+                    f"weatherbench.variables: expected a non-empty list of names, "
+                    f"got {conf.variables!r}"
+                )
+        if conf.levels is not None:
+            conf.levels = _as_int_list(conf.levels, "weatherbench.levels")
+        conf.years = _parse_years(conf.years) if conf.years is not None else None
+        if conf.time_slice is not None and (
+            not isinstance(conf.time_slice, list | tuple) or len(conf.time_slice) != 2
+        ):
+            raise ConfigError(
+                f"weatherbench.time_slice: expected [start, end], got {conf.time_slice!r}"
+            )
+        if conf.format == "wb1_netcdf":
+            if conf.variables is None:
+                raise ConfigError("weatherbench.variables: required for format wb1_netcdf")
+            if conf.years is None:
+                raise ConfigError("weatherbench.years: required for format wb1_netcdf")
+        elif conf.path is None:
+            raise ConfigError(f"weatherbench.path: required for format {conf.format}")
+        if conf.format == "wb2_zarr" and conf.variables is None:
+            raise ConfigError("weatherbench.variables: required for format wb2_zarr")
+        return conf
+
+
+def _as_int_list(value, param: str) -> list[int]:
+    values = [value] if isinstance(value, int | float) else value
+    try:
+        out = [int(v) for v in values]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{param}: expected a list of integers, got {value!r}") from None
+    if not out:
+        raise ConfigError(f"{param}: empty list")
+    return out
+
+
+def _parse_years(years) -> list[int]:
+    if isinstance(years, dict):
+        if set(years) != {"start", "end"}:
+            raise ConfigError(
+                f"weatherbench.years: expected a list or {{start, end}}, got {years!r}"
+            )
+        start, end = int(years["start"]), int(years["end"])
+        if end < start:
+            raise ConfigError(f"weatherbench.years: end {end} is before start {start}")
+        return list(range(start, end + 1))
+    return _as_int_list(years, "weatherbench.years")
+
+
+def read_weatherbench(cfg: dict) -> xr.Dataset:
+    """Entry point: read the layout named by ``cfg['format']`` into the raw contract."""
+    conf = WeatherBenchConfig.from_dict(cfg)
+    if conf.format == "wb1_netcdf":
+        return read_weatherbench1(
+            conf.root,
+            conf.variables,
+            conf.years,
+            conf.levels,
+            resolution=conf.resolution,
+            progress=conf.progress,
+        )
+    time_slice = tuple(conf.time_slice) if conf.time_slice is not None else None
+    if conf.format == "wb2_zarr":
+        return read_weatherbench2_zarr(conf.path, conf.variables, conf.levels, time_slice)
+    return read_era5(conf.path, conf.variables, conf.levels, time_slice=time_slice)
+
+
+# ----------------------------------------------------------------------------- WB1
+
+
+def wb1_file_path(root: str | Path, request: VariableRequest, year: int, resolution: str) -> Path:
+    """The yearly file of one variable, e.g. ``2m_temperature/2m_temperature_1979_5.625deg.nc``.
+
+    WB1's single-level directories name their files with the level unit
+    (``geopotential_500/geopotential_500hPa_1979_5.625deg.nc``): matched by a glob.
+    """
+    folder = Path(root) / request.directory
+    exact = folder / f"{request.directory}_{year}_{resolution}.nc"
+    if exact.exists() or not folder.is_dir():
+        return exact
+    matches = sorted(folder.glob(f"{request.directory}*_{year}_{resolution}.nc"))
+    return matches[0] if len(matches) == 1 else exact
+
+
+def read_weatherbench1(
+    root: str | Path,
+    variables: Sequence[str],
+    years: Iterable[int],
+    levels: Sequence[int] | None = None,
+    *,
+    resolution: str = "5.625deg",
+    progress: bool = True,
+) -> xr.Dataset:
+    """Read WB1 yearly NetCDF files of ``variables`` for ``years`` into one trajectory."""
+    from tqdm.auto import tqdm
+
+    root = Path(root)
+    requests = [resolve_variable(v) for v in variables]
+    years = sorted(int(y) for y in years)
+    if not years:
+        raise ConfigError("weatherbench.years: empty")
+    paths = {
+        (r.requested, y): wb1_file_path(root, r, y, resolution) for r in requests for y in years
+    }
+    missing = {key: p for key, p in paths.items() if not p.exists()}
+    if missing:
+        without = sorted(
+            {r.directory for r in requests if any(k[0] == r.requested for k in missing)}
+        )
+        commands = DOWNLOAD_COMMAND.format(variable=" ".join(without), resolution=resolution)
+        first = next(iter(missing.values()))
+        raise MissingRawDataError(
+            f"WeatherBench 1 files missing ({len(missing)} of {len(paths)}), e.g. {first}. "
+            f"They go under {root}/<variable>/<variable>_<year>_{resolution}.nc "
+            f"(default root {DEFAULT_RAW_DIR}/). Download them with: {commands}"
+        )
+
+    channels: list[str] = []
+    per_channel: list[np.ndarray] = []
+    time_ref: np.ndarray | None = None
+    grid: tuple[np.ndarray, np.ndarray] | None = None
+    with tqdm(total=len(paths), desc="WeatherBench 1 files", disable=not progress) as bar:
+        for request in requests:
+            blocks: dict[str, list[np.ndarray]] = {}
+            times = []
+            for year in years:
+                path = paths[(request.requested, year)]
+                ds = _open_netcdf(path)
+                try:
+                    std = _standardise(ds, path)
+                    named = _select_variable(std, request, levels, path)
+                    arrays = _load_checked(named, path)
+                finally:
+                    ds.close()
+                lat, lon = arrays.pop("__lat__"), arrays.pop("__lon__")
+                if grid is None:
+                    grid = (lat, lon)
+                elif not _same_grid(grid, (lat, lon)):
+                    raise DataError(
+                        f"{path}: its lat/lon grid ({lat.size}x{lon.size}) differs from the "
+                        "other files'; all variables and years must share one grid"
+                    )
+                times.append(arrays.pop("__time__"))
+                for name, values in arrays.items():
+                    blocks.setdefault(name, []).append(values)
+                bar.update(1)
+            var_time = np.concatenate(times)
+            if time_ref is None:
+                time_ref = var_time
+            elif not np.array_equal(time_ref, var_time):
+                raise DataError(
+                    f"{root / request.directory}: time axis ({var_time.size} steps) differs from "
+                    f"that of {requests[0].directory} ({time_ref.size} steps) for the same years"
+                )
+            for name, parts in blocks.items():
+                channels.append(name)
+                per_channel.append(np.concatenate(parts, axis=0))
+
+    files = [str(p) for p in paths.values()]
+    return _assemble(
+        per_channel,
+        channels,
+        time_ref,
+        grid,
+        source=str(root),
+        files=files,
+        extra_attrs={
+            "format": "wb1_netcdf",
+            "resolution": resolution,
+            "years": ",".join(str(y) for y in years),
+        },
+    )
+
+
+def _same_grid(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> bool:
+    return all(x.shape == y.shape and np.allclose(x, y) for x, y in zip(a, b, strict=True))
+
+
+def _open_netcdf(path: Path) -> xr.Dataset:
+    try:
+        return xr.open_dataset(path, cache=False)
+    except Exception as exc:  # noqa: BLE001 - any reader failure means an unreadable file
+        raise DataError(
+            f"{path}: cannot be read as NetCDF ({type(exc).__name__}: {exc}); the file is "
+            "truncated or corrupt - delete it and download it again"
+        ) from exc
+
+
+# ----------------------------------------------------------------------------- WB2
+
+
+def read_weatherbench2_zarr(
+    path: str | Path,
+    variables: Sequence[str],
+    levels: Sequence[int] | None = None,
+    time_slice: tuple[str, str] | None = None,
+) -> xr.Dataset:
+    """Read a WeatherBench 2 / ERA5 Zarr store (local path, or a URL xarray can open).
+
+    ``time_slice`` = (start, end), inclusive, selects before anything is loaded, so a
+    multi-decade store costs only what is selected.
+    """
+    try:
+        import zarr  # noqa: F401 - xarray's zarr engine needs it
+    except ImportError:
+        raise ConfigError(
+            "weatherbench.format: wb2_zarr needs the zarr package (pip install zarr)"
+        ) from None
+    is_remote = "://" in str(path)
+    if not is_remote and not Path(path).exists():
+        raise MissingRawDataError(
+            f"WeatherBench 2 Zarr store not found: {path}. Put it under "
+            f"{DEFAULT_RAW_DIR}/ (e.g. copy gs://weatherbench2/datasets/era5/"
+            "1959-2023_01_10-6h-64x32_equiangular_conservative.zarr with gsutil -m cp -r, "
+            "selecting the variables you need), or point weatherbench.path at it"
+        )
+    try:
+        ds = xr.open_zarr(path, chunks=None)
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(
+            f"{path}: cannot be opened as a Zarr store ({type(exc).__name__}: {exc})"
+        ) from exc
+    try:
+        std = _standardise(ds, Path(str(path)))
+        if time_slice is not None:
+            std = std.sel(time=slice(*time_slice))
+        named = {}
+        for request in (resolve_variable(v) for v in variables):
+            named.update(_select_variable(std, request, levels, path))
+        arrays = _load_checked(named, path)
+    finally:
+        ds.close()
+    time = arrays.pop("__time__")
+    grid = (arrays.pop("__lat__"), arrays.pop("__lon__"))
+    return _assemble(
+        list(arrays.values()),
+        list(arrays),
+        time,
+        grid,
+        source=str(path),
+        files=[str(path)],
+        extra_attrs={"format": "wb2_zarr"},
+    )
+
+
+# ----------------------------------------------------------------------------- ERA5
+
+
+def read_era5(
+    path: str | Path,
+    variables: Sequence[str] | None = None,
+    levels: Sequence[int] | None = None,
+    *,
+    time_slice: tuple[str, str] | None = None,
+) -> xr.Dataset:
+    """Read an ERA5 file from the Copernicus store: GRIB (``.grib``/``.grb``/``.grib2``, via
+    cfgrib) or NetCDF. ``variables=None`` takes every data variable in the file."""
+    path = Path(path)
+    if not path.exists():
+        raise MissingRawDataError(
+            f"ERA5 file not found: {path}. Download it from the Copernicus Climate Data Store "
+            "(reanalysis-era5-single-levels or -pressure-levels, GRIB or NetCDF) and put it "
+            f"under {DEFAULT_RAW_DIR}/, then set weatherbench.path to it"
+        )
+    is_grib = path.suffix.lower() in {".grib", ".grb", ".grib2", ".grb2"}
+    ds = _open_grib(path) if is_grib else _open_netcdf(path)
+    try:
+        std = _standardise(ds, path)
+        if time_slice is not None:
+            std = std.sel(time=slice(*time_slice))
+        if variables is None:
+            variables = [str(v) for v in std.data_vars]
+        named = {}
+        for request in (resolve_variable(v) for v in variables):
+            named.update(_select_variable(std, request, levels, path))
+        arrays = _load_checked(named, path)
+    finally:
+        ds.close()
+    time = arrays.pop("__time__")
+    grid = (arrays.pop("__lat__"), arrays.pop("__lon__"))
+    return _assemble(
+        list(arrays.values()),
+        list(arrays),
+        time,
+        grid,
+        source=str(path),
+        files=[str(path)],
+        extra_attrs={"format": "era5", "file_format": "grib" if is_grib else "netcdf"},
+    )
+
+
+def _open_grib(path: Path) -> xr.Dataset:
+    try:
+        import cfgrib  # noqa: F401 - registers xarray's cfgrib engine
+    except ImportError:
+        raise ConfigError(
+            "weatherbench.format: era5 GRIB files need cfgrib and eccodes "
+            "(pip install cfgrib eccodes)"
+        ) from None
+    # indexpath='' keeps cfgrib from writing a .idx next to a possibly read-only input;
+    # errors='raise' turns a truncated message into an error instead of a silently short series.
+    kwargs = {"indexpath": "", "errors": "raise"}
+    try:
+        return xr.open_dataset(path, engine="cfgrib", backend_kwargs=kwargs, cache=False)
+    except Exception as exc:  # noqa: BLE001
+        if type(exc).__name__ == "DatasetBuildError":
+            # Several typeOfLevel / step combinations in one file: cfgrib splits them.
+            return _open_grib_split(path, kwargs)
+        raise DataError(
+            f"{path}: cannot be read as GRIB ({type(exc).__name__}: {exc}); the file is "
+            "truncated or corrupt - download it again"
+        ) from exc
+
+
+def _open_grib_split(path: Path, kwargs: dict) -> xr.Dataset:
+    import cfgrib
+
+    try:
+        parts = cfgrib.open_datasets(str(path), backend_kwargs=kwargs, cache=False)
+        return xr.merge(parts, compat="override", join="exact")
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(
+            f"{path}: its GRIB messages do not form one grid and time axis "
+            f"({type(exc).__name__}: {exc}); request one level type per file"
+        ) from exc
+
+
+# ----------------------------------------------------------------------------- shared
+
+
+def _standardise(ds: xr.Dataset, path) -> xr.Dataset:
+    """Rename dims to (time, level, lat, lon); use valid time rather than forecast reference."""
+    if "valid_time" in ds.coords and "valid_time" not in ds.dims and "time" in ds.dims:
+        valid = ds["valid_time"]
+        if valid.dims == ("time",):
+            ds = ds.drop_vars("valid_time").assign_coords(time=("time", valid.values))
+    renames = {old: new for old, new in _DIM_ALIASES.items() if old in ds.dims or old in ds.coords}
+    # Drop a clashing non-dimension coordinate before renaming (e.g. a scalar 'time' in a
+    # new-style CDS NetCDF whose time dim is 'valid_time').
+    clashes = [
+        new
+        for old, new in renames.items()
+        if new in ds.variables and new not in ds.dims and old in ds.dims
+    ]
+    ds = ds.drop_vars(clashes).rename(renames)
+    for dim in ("time", *_SPATIAL_DIMS):
+        if dim not in ds.dims:
+            raise DataError(
+                f"{path}: no '{dim}' dimension (found dims {sorted(ds.dims)}); expected "
+                "(time, [level,] lat/latitude, lon/longitude)"
+            )
+    if not np.issubdtype(ds["time"].dtype, np.datetime64):
+        raise DataError(f"{path}: 'time' is not decoded as dates (dtype {ds['time'].dtype})")
+    return ds
+
+
+def _select_variable(
+    ds: xr.Dataset, request: VariableRequest, levels: Sequence[int] | None, path
+) -> dict[str, xr.DataArray]:
+    """Return {channel name: DataArray (time, lat, lon)} for one requested variable."""
+    candidates = [request.short, request.long, request.requested]
+    name = next((c for c in candidates if c in ds.data_vars), None)
+    if name is None:
+        raise DataError(
+            f"{path}: variable {request.requested!r} not found (looked for "
+            f"{sorted(set(candidates))}); the file holds {sorted(map(str, ds.data_vars))}"
+        )
+    da = ds[name]
+    allowed = {"time", "level", *_SPATIAL_DIMS}
+    extra = [d for d in da.dims if d not in allowed]
+    if extra or not {"time", *_SPATIAL_DIMS} <= set(da.dims):
+        hint = (
+            " (a 'step' dim means accumulated/forecast fields; request an analysed, "
+            "instantaneous variable)"
+            if "step" in extra
+            else ""
+        )
+        raise DataError(
+            f"{path}: variable {name!r} has dims {da.dims}, expected (time, [level,] lat, lon)"
+            + hint
+        )
+    if "level" not in da.dims:
+        # Surface field; or one pressure level only: a WB1 single-level directory
+        # (geopotential_500) or a file whose level is a scalar coordinate.
+        level = request.fixed_level
+        if level is None and "level" in da.coords and da["level"].ndim == 0:
+            level = float(da["level"])
+        if levels is not None and level is not None and float(level) not in map(float, levels):
+            raise DataError(
+                f"{path}: holds {name!r} only at {_fmt_level(level)} hPa, not at the requested "
+                f"levels {list(levels)}"
+            )
+        return {channel_name(request.short, level): da.transpose("time", *_SPATIAL_DIMS)}
+    available = [float(v) for v in np.atleast_1d(da["level"].values)]
+    wanted = [float(v) for v in levels] if levels is not None else available
+    if request.fixed_level is not None:
+        wanted = [float(request.fixed_level)]
+    absent = [w for w in wanted if w not in available]
+    if absent:
+        raise DataError(
+            f"{path}: level(s) {[_fmt_level(a) for a in absent]} hPa of {name!r} not in the "
+            f"file; it holds levels {[_fmt_level(a) for a in available]}"
+        )
+    return {
+        channel_name(request.short, lev): da.sel(level=lev).transpose("time", *_SPATIAL_DIMS)
+        for lev in wanted
+    }
+
+
+def _fmt_level(level: float) -> int | float:
+    return int(level) if float(level).is_integer() else level
+
+
+def _load_checked(named: dict[str, xr.DataArray], path) -> dict[str, np.ndarray]:
+    """Load each channel (sorted lat/lon ascending), check finiteness, name the file on error.
+
+    Also returns the time axis and grid under ``__time__``, ``__lat__`` and ``__lon__``.
+    """
+    out: dict[str, np.ndarray] = {}
+    first = next(iter(named.values()))
+    lat_order = np.argsort(first["lat"].values, kind="stable")
+    lon_order = np.argsort(first["lon"].values, kind="stable")
+    for channel, da in named.items():
+        try:
+            values = np.asarray(da.values, dtype=np.float32)
+        except Exception as exc:  # noqa: BLE001 - a truncated file often fails only here
+            raise DataError(
+                f"{path}: reading {channel} failed ({type(exc).__name__}: {exc}); the file is "
+                "truncated or corrupt - delete it and download it again"
+            ) from exc
+        values = values[:, lat_order][:, :, lon_order]
+        finite = np.isfinite(values)
+        if not finite.all():
+            bad_t = int(np.argwhere(~finite.all(axis=(1, 2)))[0, 0])
+            raise DataError(
+                f"{path}: {int((~finite).sum())} NaN/Inf value(s) in {channel} (first at time "
+                f"{np.datetime_as_string(da['time'].values[bad_t], unit='m')}); fill or drop "
+                "them before converting"
+            )
+        out[channel] = values
+    out["__time__"] = first["time"].values.astype("datetime64[ns]")
+    out["__lat__"] = first["lat"].values[lat_order].astype(np.float64)
+    out["__lon__"] = first["lon"].values[lon_order].astype(np.float64)
+    return out
+
+
+def _assemble(
+    per_channel: list[np.ndarray],
+    channels: list[str],
+    time: np.ndarray,
+    grid: tuple[np.ndarray, np.ndarray],
+    *,
+    source: str,
+    files: list[str],
+    extra_attrs: dict,
+) -> xr.Dataset:
+    """Sort time, reject duplicates, mark gaps as segments and wrap in the raw contract."""
+    if not channels:
+        raise DataError(f"{source}: no variable selected")
+    if time.size == 0:
+        raise DataError(f"{source}: no time step selected (check weatherbench.time_slice)")
+    order = np.argsort(time, kind="stable")
+    time = time[order]
+    steps = np.diff(time)
+    if np.any(steps == np.timedelta64(0, "ns")):
+        dup = time[1:][steps == np.timedelta64(0, "ns")][0]
+        raise DataError(
+            f"{source}: time stamp {np.datetime_as_string(dup, unit='m')} appears more than "
+            "once; remove the overlapping file or steps"
+        )
+    fields = np.stack([c[order] for c in per_channel], axis=1)[np.newaxis]
+    if steps.size:
+        values, counts = np.unique(steps, return_counts=True)
+        step = values[np.argmax(counts)]
+        segment = np.concatenate([[0], np.cumsum(steps != step)])
+        step_seconds = float(step / np.timedelta64(1, "s"))
+    else:
+        segment, step_seconds = np.zeros(1, dtype=np.int64), 0.0
+    lat, lon = grid
+    attrs = {
+        "files": ";".join(files),
+        "variables": ",".join(channels),
+        "time_step_seconds": step_seconds,
+        "n_segments": int(segment[-1]) + 1,
+        "attribution": ERA5_ATTRIBUTION,
+        **extra_attrs,
+    }
+    return make_raw(
+        fields,
+        dataset=DATASET_NAME,
+        source=source,
+        channels=channels,
+        time=time,
+        y=lat,
+        x=lon,
+        segment=segment,
+        extra_coords={"lat": ("y", lat), "lon": ("x", lon)},
+        attrs=attrs,
+    )
+
+
+# ----------------------------------------------------------------------------- download
+
+
+def wb1_archive_url(
+    variable: str, resolution: str = "5.625deg", base_url: str = WB1_BASE_URL
+) -> str:
+    """URL of the zip holding every year of one WB1 variable at one resolution."""
+    from urllib.parse import quote
+
+    folder = quote(f"/{resolution}/{variable}", safe="")
+    return f"{base_url}?path={folder}&files={quote(f'{variable}_{resolution}.zip')}"
+
+
+def download_weatherbench1(
+    variable: str,
+    dest_dir: str | Path = DEFAULT_RAW_DIR,
+    resolution: str = "5.625deg",
+    base_url: str = WB1_BASE_URL,
+    progress: bool = True,
+    keep_archive: bool = False,
+) -> list[Path]:
+    """Download one WB1 variable and unpack its yearly NetCDF files into
+    ``{dest_dir}/{variable}/``. Returns the NetCDF paths.
+
+    The archive is unpacked into a temporary folder beside the target and the files moved in
+    only once extraction succeeded, so a failed download leaves no partial variable folder.
+    """
+    from sdkd_pipeline.data.download import download_file, extract_archive
+
+    if variable not in WB1_VARIABLES:
+        raise ConfigError(
+            f"weatherbench.download.variable: {variable!r} is not a WeatherBench 1 variable; "
+            f"choose one of {list(WB1_VARIABLES)}"
+        )
+    if resolution not in WB1_RESOLUTIONS:
+        raise ConfigError(
+            f"weatherbench.download.resolution: {resolution!r} is not one of {list(WB1_RESOLUTIONS)}"
+        )
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    archive = dest_dir / f"{variable}_{resolution}.zip"
+    target = dest_dir / variable
+    url = wb1_archive_url(variable, resolution, base_url)
+    if not archive.exists():
+        download_file(url, archive, progress=progress)
+    staging = Path(tempfile.mkdtemp(prefix=f".{variable}.", dir=dest_dir))
+    try:
+        extracted = extract_archive(archive, staging, progress=progress)
+        netcdf = sorted(Path(p) for p in extracted if str(p).endswith(".nc"))
+        if not netcdf:
+            raise DownloadError(
+                f"{archive}: the archive from {url} holds no NetCDF files "
+                f"(found {[Path(p).name for p in extracted][:5]})"
+            )
+        target.mkdir(parents=True, exist_ok=True)
+        moved = []
+        for path in netcdf:
+            final = target / path.name
+            os.replace(path, final)
+            moved.append(final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if not keep_archive:
+        archive.unlink(missing_ok=True)
+    return moved
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m sdkd_pipeline.data.sources.weatherbench 2m_temperature --dest ...``"""
+    parser = argparse.ArgumentParser(
+        prog="python -m sdkd_pipeline.data.sources.weatherbench",
+        description="Download WeatherBench 1 variables (yearly NetCDF) from the TUM server.",
+    )
+    parser.add_argument(
+        "variables",
+        nargs="+",
+        choices=WB1_VARIABLES,
+        metavar="VARIABLE",
+        help=f"one or more of: {', '.join(WB1_VARIABLES)}",
+    )
+    parser.add_argument("--dest", default=str(DEFAULT_RAW_DIR))
+    parser.add_argument("--resolution", default="5.625deg", choices=WB1_RESOLUTIONS)
+    parser.add_argument("--base-url", default=WB1_BASE_URL)
+    parser.add_argument("--keep-archive", action="store_true")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    for variable in args.variables:
+        files = download_weatherbench1(
+            variable,
+            args.dest,
+            args.resolution,
+            args.base_url,
+            progress=not args.no_progress,
+            keep_archive=args.keep_archive,
+        )
+        print(f"{variable}: {len(files)} files in {Path(args.dest) / variable}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
