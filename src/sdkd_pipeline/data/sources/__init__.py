@@ -1,1 +1,119 @@
-"""One module per dataset. Each returns a *raw dataset* as defined in ``raw.py``."""
+"""One module per dataset; each returns a *raw dataset* as defined in ``data/raw.py``.
+
+``load_raw(dataset, source)`` is the single entry point the pipelines use. ``source`` is the
+``<dataset>.source`` parameter section: ``kind`` names a generator or reader, and the section of
+the same name holds its options, e.g.::
+
+    navier_stokes:
+      source:
+        kind: generate
+        generate: {n_trajectories: 48, viscosity: 1.0e-3}
+        fno_mat: {path: data/01_raw/navier_stokes/ns_V1e-3_N5000_T50.mat}
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import xarray as xr
+
+from sdkd_pipeline.errors import ConfigError, SDKDError
+
+DATASETS = ("navier_stokes", "rayleigh_benard", "weatherbench", "taxibj", "taxibj_plus")
+
+
+def _navier_stokes_generate(opts: dict, progress: bool) -> xr.Dataset:
+    from sdkd_pipeline.data.sources.navier_stokes import generate_navier_stokes
+
+    return generate_navier_stokes(opts, progress=progress)
+
+
+def _navier_stokes_fno_mat(opts: dict, progress: bool) -> xr.Dataset:
+    from sdkd_pipeline.data.sources.navier_stokes import read_fno_mat
+
+    return read_fno_mat(**opts)
+
+
+def _rayleigh_benard_free_slip(opts: dict, progress: bool) -> xr.Dataset:
+    from sdkd_pipeline.data.sources.rayleigh_benard import generate_rayleigh_benard_free_slip
+
+    return generate_rayleigh_benard_free_slip(opts, progress=progress)
+
+
+def _rayleigh_benard_the_well(opts: dict, progress: bool) -> xr.Dataset:
+    from sdkd_pipeline.data.sources.rayleigh_benard import read_the_well_rbc
+
+    return read_the_well_rbc(**opts)
+
+
+def _weatherbench(fmt: str) -> Callable[[dict, bool], xr.Dataset]:
+    def read(opts: dict, progress: bool) -> xr.Dataset:
+        from sdkd_pipeline.data.sources.weatherbench import read_weatherbench
+
+        return read_weatherbench({"format": fmt, "progress": progress, **opts})
+
+    return read
+
+
+def _taxibj(which: str) -> Callable[[dict, bool], xr.Dataset]:
+    def read(opts: dict, progress: bool) -> xr.Dataset:
+        from sdkd_pipeline.data.sources.taxibj import read_taxibj_source
+
+        return read_taxibj_source(opts, which)
+
+    return read
+
+
+SOURCE_KINDS: dict[str, dict[str, Callable[[dict, bool], xr.Dataset]]] = {
+    "navier_stokes": {"generate": _navier_stokes_generate, "fno_mat": _navier_stokes_fno_mat},
+    "rayleigh_benard": {
+        "generate_free_slip": _rayleigh_benard_free_slip,
+        "the_well": _rayleigh_benard_the_well,
+    },
+    "weatherbench": {fmt: _weatherbench(fmt) for fmt in ("wb1_netcdf", "wb2_zarr", "era5")},
+    "taxibj": {"deepst_h5": _taxibj("taxibj")},
+    "taxibj_plus": {"arrays": _taxibj("taxibj_plus")},
+}
+
+
+def load_raw(dataset: str, source: dict[str, Any], progress: bool = True) -> xr.Dataset:
+    """Generate or read the raw dataset ``dataset`` as its ``source`` parameters say."""
+    if dataset not in SOURCE_KINDS:
+        raise ConfigError(
+            f"parameter data.datasets: unknown dataset {dataset!r}; known: {list(DATASETS)}"
+        )
+    kinds = SOURCE_KINDS[dataset]
+    source = dict(source or {})
+    kind = source.get("kind")
+    if kind not in kinds:
+        raise ConfigError(
+            f"parameter {dataset}.source.kind: {kind!r} is not one of {sorted(kinds)}"
+        )
+    opts = source.get(kind) or {}
+    if not isinstance(opts, dict):
+        raise ConfigError(f"parameter {dataset}.source.{kind}: expected a mapping, got {opts!r}")
+    try:
+        raw = kinds[kind](dict(opts), progress)
+    except SDKDError as exc:
+        # Readers name their options relative to the dataset ("weatherbench.path"); point the
+        # user at where those options live in parameters_data.yml.
+        message = _source_parameter_path(str(exc), dataset, kind)
+        if message != str(exc):
+            raise type(exc)(message) from exc
+        raise
+    raw.attrs["dataset"] = dataset
+    raw.attrs["source_kind"] = kind
+    return raw
+
+
+def _source_parameter_path(message: str, dataset: str, kind: str) -> str:
+    """Rewrite the first ``<dataset>.<key>`` or ``<dataset>.<kind>.<key>`` in ``message`` to the
+    full parameter path ``<dataset>.source.<kind>.<key>``."""
+    full = f"{dataset}.source.{kind}."
+    for short in (rf"(?<![\w./]){dataset}\.{kind}\.", rf"(?<![\w./]){dataset}\.(?!source\.)"):
+        rewritten = re.sub(short, full, message, count=1)
+        if rewritten != message:
+            return rewritten
+    return message

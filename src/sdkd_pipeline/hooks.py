@@ -1,0 +1,104 @@
+"""Kedro hooks: which datasets are enabled, and the Dask cluster for preprocessing."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kedro.framework.hooks import hook_impl
+
+from sdkd_pipeline.pipelines import selection
+
+logger = logging.getLogger(__name__)
+
+
+class EnabledDatasetsHook:
+    """Hands the resolved parameters (``--params`` included) to the pipeline registry.
+
+    Kedro builds pipelines before any node sees parameters, yet which datasets are on is a
+    parameter (``data.datasets``). The context exists before the registry is first read, so the
+    parameters are recorded here and the registry is told to rebuild.
+    """
+
+    @hook_impl(tryfirst=True)  # before plugins (telemetry, mlflow) that may read the pipelines
+    def after_context_created(self, context) -> None:
+        # context.params would validate against the pipelines, i.e. build them with the previous
+        # selection; the config loader already holds the --params overrides
+        selection.set_parameters(context.config_loader["parameters"])
+
+
+class DaskClusterHook:
+    """Starts a Dask client for pipelines that contain nodes tagged ``dask``.
+
+    ``dask.scheduler`` in parameters: ``local`` (a LocalCluster on this machine, the default),
+    ``synchronous`` (no cluster, for debugging), or a scheduler address such as
+    ``tcp://10.0.0.5:8786`` for an existing cluster.
+    """
+
+    def __init__(self) -> None:
+        self._client = None
+        self._cluster = None
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        if not any("dask" in node.tags for node in pipeline.nodes):
+            return
+        try:
+            cfg = catalog.load("params:dask") or {}
+        except Exception:  # no dask parameters in this env: use the defaults
+            cfg = {}
+        self._client, self._cluster = start_dask_client(cfg)
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        self._close()
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+        self._client = self._cluster = None
+
+
+def start_dask_client(cfg: dict[str, Any]):
+    """Return ``(client, cluster)`` for ``cfg`` (either may be None); see DaskClusterHook."""
+    import dask
+
+    from sdkd_pipeline.errors import ConfigError
+
+    scheduler = str(cfg.get("scheduler", "local"))
+    if scheduler in ("synchronous", "threads", "processes"):
+        dask.config.set(scheduler=scheduler)
+        logger.info("Dask: %s scheduler, no cluster", scheduler)
+        return None, None
+    from distributed import Client, LocalCluster
+
+    # distributed installs its own INFO-level loggers at import; keep the run log readable
+    for name in ("distributed", "distributed.scheduler", "distributed.worker", "distributed.core"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    if scheduler == "local":
+        cluster = LocalCluster(
+            n_workers=int(cfg.get("n_workers", 1)),
+            threads_per_worker=cfg.get("threads_per_worker"),
+            processes=bool(cfg.get("processes", False)),
+            memory_limit=cfg.get("memory_limit", "auto"),
+            dashboard_address=cfg.get("dashboard_address", None),
+            silence_logs=logging.WARNING,
+        )
+        client = Client(cluster)
+        logger.info("Dask: LocalCluster %s", client)
+        return client, cluster
+    if "://" in scheduler:
+        client = Client(scheduler, timeout=cfg.get("connect_timeout", "30s"))
+        logger.info("Dask: connected to scheduler %s", scheduler)
+        return client, None
+    raise ConfigError(
+        f"parameter dask.scheduler: unknown value {scheduler!r}; use 'local', 'synchronous', "
+        "'threads' or a scheduler address such as 'tcp://host:8786'"
+    )

@@ -1,0 +1,80 @@
+"""A Kedro dataset for xarray Datasets stored as Zarr."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import xarray as xr
+from kedro.io import AbstractDataset
+from kedro.io.core import get_filepath_str, get_protocol_and_path
+
+from sdkd_pipeline.data.store import open_store, write_store
+
+
+class ZarrDataset(AbstractDataset[xr.Dataset, xr.Dataset]):
+    """Loads an ``xarray.Dataset`` lazily (dask-backed) from a Zarr store and saves one to it.
+
+    ``kind`` is ``tensors`` (a normalized, split store: ``data/tensors.py``) or ``raw`` (a raw
+    dataset in physical units: ``data/raw.py``); either is checked against its contract on load
+    and save.
+
+    Saving writes to a temporary sibling path and renames it into place once complete, so a
+    failed or killed run leaves the previous store (or none), never a half-written one. Writes go
+    through whichever Dask scheduler is active (the project's hook starts a LocalCluster or
+    connects to a configured scheduler).
+
+    Example ``catalog.yml`` entry::
+
+        "{name}.tensors":
+          type: sdkd_pipeline.io.ZarrDataset
+          filepath: data/05_model_input/{name}.zarr
+    """
+
+    def __init__(
+        self,
+        *,
+        filepath: str,
+        kind: str = "tensors",
+        load_args: dict[str, Any] | None = None,
+        save_args: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        protocol, path = get_protocol_and_path(filepath)
+        if protocol != "file":
+            # write_store's atomic rename is a local-filesystem operation
+            raise ValueError(
+                f"ZarrDataset: filepath {filepath!r} uses protocol {protocol!r}; only local "
+                "paths are supported"
+            )
+        self._protocol = protocol
+        self._kind = kind
+        self._filepath = PurePosixPath(path)
+        self._load_args = dict(load_args or {})
+        self._save_args = dict(save_args or {})
+        self.metadata = metadata
+
+    @property
+    def path(self) -> Path:
+        return Path(get_filepath_str(self._filepath, self._protocol))
+
+    def load(self) -> xr.Dataset:
+        return open_store(self.path, kind=self._kind, **self._load_args)
+
+    def save(self, data: xr.Dataset) -> None:
+        if not isinstance(data, xr.Dataset):
+            raise TypeError(
+                f"ZarrDataset({self.path}): expected an xarray.Dataset, got {type(data).__name__}"
+            )
+        write_store(data, self.path, kind=self._kind, **self._save_args)
+
+    def _exists(self) -> bool:
+        return (self.path / "zarr.json").exists() or (self.path / ".zgroup").exists()
+
+    def _describe(self) -> dict[str, Any]:
+        return {
+            "filepath": str(self._filepath),
+            "kind": self._kind,
+            "load_args": self._load_args,
+            "save_args": self._save_args,
+        }

@@ -1,0 +1,66 @@
+"""Which datasets the registry builds pipelines for.
+
+The list is the parameter ``data.datasets``. During a Kedro session the hook in ``hooks.py``
+records the resolved parameters (``--params`` overrides included) before the registry is read;
+outside a session (``kedro viz``, a notebook) the registry falls back to reading the config files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from sdkd_pipeline.errors import ConfigError
+
+KNOWN_DATASETS = ("navier_stokes", "rayleigh_benard", "weatherbench", "taxibj", "taxibj_plus")
+
+_parameters: dict[str, Any] | None = None
+
+
+def set_parameters(params: dict[str, Any]) -> None:
+    """Record the session's parameters and make Kedro rebuild its pipelines from them."""
+    global _parameters
+    _parameters = dict(params)
+    from kedro.framework.project import pipelines
+
+    # The project pipelines are cached after the first read; a new session (or a test running
+    # several sessions in one process) may enable other datasets.
+    pipelines._is_data_loaded = False
+
+
+def _parameters_from_config() -> dict[str, Any]:
+    from kedro.framework.project import settings
+
+    root = Path(os.environ.get("KEDRO_PROJECT_PATH", Path.cwd()))
+    # the project's own loader settings: a bare loader would also drop the project's resolvers
+    loader = settings.CONFIG_LOADER_CLASS(
+        conf_source=str(root / "conf"),
+        env=os.environ.get("KEDRO_ENV"),
+        **settings.CONFIG_LOADER_ARGS,
+    )
+    try:
+        return dict(loader["parameters"])
+    except Exception:
+        return {}
+
+
+def enabled_datasets(params: dict[str, Any] | None = None) -> list[str]:
+    """The enabled dataset names, validated against the known ones."""
+    if params is None:
+        params = _parameters if _parameters is not None else _parameters_from_config()
+    names = (params.get("data") or {}).get("datasets", ["navier_stokes", "rayleigh_benard"])
+    if isinstance(names, str):
+        # from the command line: kedro splits --params on commas, so lists are written
+        # "navier_stokes+weatherbench" (also accepted: "|", ";", spaces, "[a+b]")
+        names = [n for n in re.split(r"[\s,;|+\[\]]+", names) if n]
+    unknown = [n for n in names if n not in KNOWN_DATASETS]
+    if unknown:
+        raise ConfigError(
+            f"parameter data.datasets: unknown dataset name(s) {unknown}; "
+            f"known datasets are {list(KNOWN_DATASETS)}"
+        )
+    if len(set(names)) != len(names):
+        raise ConfigError(f"parameter data.datasets: duplicate names in {names}")
+    return list(names)

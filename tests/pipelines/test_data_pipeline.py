@@ -1,0 +1,136 @@
+"""The data pipeline as users run it: real Kedro sessions on small configurations."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from sdkd_pipeline.data.store import open_store
+from sdkd_pipeline.data.windows import WindowDataset
+from sdkd_pipeline.errors import ConfigError, MissingRawDataError
+from tests.pipelines.conftest import run_kedro
+
+
+def test_era5_sample_goes_end_to_end(project):
+    """The real ERA5 GRIB sample: raw file -> Zarr store -> windows that de-normalize to the file."""
+    run_kedro(project, env="era5_sample", pipeline="data")
+
+    store = open_store(project / "data/05_model_input/weatherbench.zarr")
+    assert store["fields"].dtype == np.float32
+    assert dict(store["fields"].sizes) == {
+        "trajectory": 1, "time": 744, "channel": 1, "y": 33, "x": 49
+    }
+    assert store.attrs["split_method"] == "time"
+    # chunked along time only
+    chunks = store["fields"].data.chunks
+    assert len(chunks[1]) > 1 and chunks[2:] == ((1,), (33,), (49,))
+
+    grib = xr.open_dataset(
+        project / "tests/fixtures/era5-2mt-2019-03-uk.grib",
+        engine="cfgrib",
+        backend_kwargs={"indexpath": ""},
+    )["t2m"].sortby("latitude")
+    truth = grib.values  # (time, lat, lon), lat ascending like the store
+
+    # statistics from the training range only
+    splits = json.loads(store.attrs["splits"])
+    (_, t0, t1), = splits["train"]
+    assert t0 == 0
+    train = truth[t0:t1].astype(np.float64)
+    assert float(store["mean"][0]) == pytest.approx(train.mean(), rel=1e-5)
+    assert float(store["std"][0]) == pytest.approx(train.std(), rel=1e-4)
+    assert abs(float(store["mean"][0]) - truth.mean()) > 1e-3  # the whole month differs
+
+    # a test window de-normalizes to the file's values at the recorded times
+    test = WindowDataset(project / "data/05_model_input/weatherbench.zarr", "test")
+    assert len(test) > 0
+    x, y = test[len(test) - 1]
+    traj, start = test.windows[len(test) - 1]
+    assert x.shape == (12, 1, 33, 49) and y.shape == (12, 1, 33, 49)
+    np.testing.assert_allclose(
+        test.denormalize(y)[:, 0].numpy(), truth[start + 12 : start + 24], rtol=0, atol=1e-3
+    )
+
+    summary = json.loads((project / "data/08_reporting/weatherbench_data_summary.json").read_text())
+    assert summary["channels"] == ["t2m"]
+    assert min(summary["windows"].values()) > 0
+    # gaps between splits are at least one window: no window crosses from one split to another
+    ranges = sorted((t0, t1) for name in splits for _, t0, t1 in splits[name])
+    for (_, end), (start, _) in zip(ranges, ranges[1:]):
+        assert start - end >= 24
+
+
+def test_generated_simulations_write_their_stores(project):
+    """The default datasets (NS and RBC) on the smoke sizes: stores and summaries exist."""
+    run_kedro(project, env="smoke", pipeline="data")
+    for name, channels in (
+        ("navier_stokes", ["vorticity"]),
+        ("rayleigh_benard", None),
+    ):
+        store = open_store(project / f"data/05_model_input/{name}.zarr")
+        assert store.attrs["split_method"] == "trajectory"
+        if channels:
+            assert [str(c) for c in store["channel"].values] == channels
+        raw = open_store(project / f"data/02_intermediate/{name}_raw.zarr", kind="raw")
+        assert raw["fields"].shape == store["fields"].shape
+        for split in ("train", "val", "test"):
+            assert len(WindowDataset(project / f"data/05_model_input/{name}.zarr", split)) > 0
+        # normalized training data: mean ~0, std ~1 per channel
+        splits = json.loads(store.attrs["splits"])
+        train_traj = [traj for traj, _, _ in splits["train"]]
+        train = store["fields"].isel(trajectory=train_traj).values
+        np.testing.assert_allclose(train.mean(axis=(0, 1, 3, 4)), 0.0, atol=1e-4)
+        np.testing.assert_allclose(train.std(axis=(0, 1, 3, 4)), 1.0, rtol=1e-3)
+
+
+def test_unknown_dataset_name_is_rejected(project):
+    with pytest.raises(ConfigError, match=r"data\.datasets.*'mnist'"):
+        run_kedro(project, env="smoke", pipeline="data", params={"data.datasets": "mnist"})
+
+
+def test_enabled_dataset_without_files_says_where_they_go(project):
+    with pytest.raises(MissingRawDataError, match=r"data/01_raw/taxibj"):
+        run_kedro(project, env="smoke", pipeline="data", params={"data.datasets": "taxibj"})
+    assert not (project / "data/05_model_input/taxibj.zarr").exists()
+    assert not (project / "data/02_intermediate/taxibj_raw.zarr").exists()
+
+
+def test_negative_viscosity_names_the_parameter(project):
+    with pytest.raises(ConfigError, match=r"navier_stokes\.source\.generate\.viscosity"):
+        run_kedro(
+            project,
+            env="smoke",
+            pipeline="data",
+            params={
+                "data.datasets": "navier_stokes",
+                "navier_stokes.source.generate.viscosity": -1e-3,
+            },
+        )
+    assert not list((project / "data").rglob("*.zarr"))
+
+
+def test_window_longer_than_series_names_the_parameter(project):
+    with pytest.raises(ConfigError, match=r"weatherbench\.window"):
+        run_kedro(
+            project,
+            env="era5_sample",
+            pipeline="data",
+            params={"weatherbench.window.t_in": 800},
+        )
+    assert not (project / "data/05_model_input/weatherbench.zarr").exists()
+
+
+def test_pipelines_are_namespaced_by_dataset(project):
+    from kedro.framework.project import pipelines
+    from kedro.framework.startup import bootstrap_project
+
+    from sdkd_pipeline.pipelines.selection import set_parameters
+
+    bootstrap_project(project)
+    set_parameters({"data": {"datasets": ["navier_stokes", "weatherbench"]}})
+    data = pipelines["data"]
+    assert {n.namespace for n in data.nodes} == {"navier_stokes", "weatherbench"}
+    assert "weatherbench.tensors" in data.all_outputs()
