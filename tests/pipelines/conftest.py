@@ -35,10 +35,9 @@ def run_kedro(project: Path, *, env: str, pipeline: str | None = None, params: d
 
     ``params`` take dotted keys as on the command line (``--params "a.b=1"``).
     """
+    import mlflow
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
-
-    import mlflow
 
     bootstrap_project(project)
     try:

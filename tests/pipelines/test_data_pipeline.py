@@ -59,7 +59,7 @@ def test_era5_sample_goes_end_to_end(project):
     assert min(summary["windows"].values()) > 0
     # gaps between splits are at least one window: no window crosses from one split to another
     ranges = sorted((t0, t1) for name in splits for _, t0, t1 in splits[name])
-    for (_, end), (start, _) in zip(ranges, ranges[1:]):
+    for (_, end), (start, _) in zip(ranges, ranges[1:], strict=False):
         assert start - end >= 24
 
 
