@@ -27,6 +27,19 @@ class EnabledDatasetsHook:
         selection.set_parameters(context.config_loader["parameters"])
 
 
+class RawFilesPreflightHook:
+    """Before a run, checks that every enabled dataset read from files has its files, so a
+    missing TaxiBJ file is reported at once rather than after minutes of NS generation."""
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        from sdkd_pipeline.data.sources import check_raw_files
+
+        for dataset in sorted({n.namespace for n in pipeline.nodes if "data" in n.tags}):
+            if dataset and catalog.exists(f"params:{dataset}.source"):
+                check_raw_files(dataset, catalog.load(f"params:{dataset}.source"))
+
+
 class DaskClusterHook:
     """Starts a Dask client for pipelines that contain nodes tagged ``dask``.
 

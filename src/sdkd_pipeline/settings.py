@@ -4,9 +4,9 @@ import os
 
 from kedro.config import OmegaConfigLoader
 
-from sdkd_pipeline.hooks import DaskClusterHook, EnabledDatasetsHook
+from sdkd_pipeline.hooks import DaskClusterHook, EnabledDatasetsHook, RawFilesPreflightHook
 
-HOOKS = (EnabledDatasetsHook(), DaskClusterHook())
+HOOKS = (EnabledDatasetsHook(), RawFilesPreflightHook(), DaskClusterHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

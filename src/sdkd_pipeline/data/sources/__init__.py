@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import xarray as xr
@@ -76,6 +77,33 @@ SOURCE_KINDS: dict[str, dict[str, Callable[[dict, bool], xr.Dataset]]] = {
     "taxibj": {"deepst_h5": _taxibj("taxibj")},
     "taxibj_plus": {"arrays": _taxibj("taxibj_plus")},
 }
+
+
+GENERATOR_KINDS = {"generate", "generate_free_slip"}
+_PATH_OPTIONS = ("path", "paths", "dir", "root", "files")
+
+
+def check_raw_files(dataset: str, source: dict[str, Any]) -> None:
+    """Fail fast, before any long generation runs, when a reader's raw files are absent.
+
+    Generators need no files. For a reader whose configured paths are missing (or empty
+    folders) the reader itself is called: it raises at once with its own message saying where
+    the files go or which command downloads them.
+    """
+    kind = (source or {}).get("kind")
+    if kind in GENERATOR_KINDS or dataset not in SOURCE_KINDS:
+        return
+    opts = (source or {}).get(kind) or {}
+    paths: list[Path] = []
+    for key in _PATH_OPTIONS:
+        value = opts.get(key) if isinstance(opts, dict) else None
+        if value:
+            paths += [Path(v) for v in (value if isinstance(value, list | tuple) else [value])]
+    present = paths and all(
+        p.is_file() or (p.is_dir() and any(p.iterdir())) for p in paths
+    )
+    if not present:
+        load_raw(dataset, source, progress=False)
 
 
 def load_raw(dataset: str, source: dict[str, Any], progress: bool = True) -> xr.Dataset:
