@@ -702,9 +702,8 @@ def _missing_well_files(what: str) -> MissingRawDataError:
         f"{what}: put The Well's rayleigh_benard HDF5 files "
         f"({the_well_rbc_file_names()[0]}, ...) in {RAW_DIR}/ (any sub-folders, e.g. "
         f"{RAW_DIR}/train/), or download them with "
-        '`python -c "from sdkd_pipeline.data.sources.rayleigh_benard import '
-        f"download_the_well_rbc; download_the_well_rbc('{RAW_DIR}', split='train', "
-        f"files=['{the_well_rbc_file_names()[0]}'])\"` (~8 GB per train file); "
+        f"`python -m sdkd_pipeline.data.sources.rayleigh_benard --split train "
+        f"--files {the_well_rbc_file_names()[0]}` (~8 GB per train file); "
         f"or set {DATASET_NAME}.source.kind: generate_free_slip to use the built-in solver"
     )
 
@@ -966,3 +965,33 @@ def read_the_well_rbc(
             "buoyancy_definition": "The Well's buoyancy b, b(z=0)=delta_b0, b(z=1)=0",
         },
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m sdkd_pipeline.data.sources.rayleigh_benard --split train --files NAME ...``"""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m sdkd_pipeline.data.sources.rayleigh_benard",
+        description="Download The Well's rayleigh_benard HDF5 files (~8 GB per train file).",
+    )
+    parser.add_argument("--dest", default=str(RAW_DIR))
+    parser.add_argument("--split", default="train", choices=THE_WELL_SPLITS)
+    parser.add_argument(
+        "--files",
+        nargs="+",
+        default=None,
+        help="file names (default: all 35 of the published Ra x Pr grid)",
+    )
+    parser.add_argument("--base-url", default=THE_WELL_BASE_URL)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    paths = download_the_well_rbc(
+        args.dest, args.split, args.files, args.base_url, progress=not args.no_progress
+    )
+    print(f"{len(paths)} file(s) in {Path(args.dest) / args.split}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
