@@ -64,3 +64,9 @@ def enabled_datasets(params: dict[str, Any] | None = None) -> list[str]:
     if len(set(names)) != len(names):
         raise ConfigError(f"parameter data.datasets: duplicate names in {names}")
     return list(names)
+
+
+def datasets_with(section: str, datasets: list[str]) -> list[str]:
+    """Those of ``datasets`` whose parameters have ``section`` (e.g. ``download``)."""
+    params = _parameters if _parameters is not None else _parameters_from_config()
+    return [d for d in datasets if (params.get(d) or {}).get(section)]

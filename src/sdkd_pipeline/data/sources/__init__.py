@@ -99,9 +99,7 @@ def check_raw_files(dataset: str, source: dict[str, Any]) -> None:
         value = opts.get(key) if isinstance(opts, dict) else None
         if value:
             paths += [Path(v) for v in (value if isinstance(value, list | tuple) else [value])]
-    present = paths and all(
-        p.is_file() or (p.is_dir() and any(p.iterdir())) for p in paths
-    )
+    present = paths and all(p.is_file() or (p.is_dir() and any(p.iterdir())) for p in paths)
     if not present:
         load_raw(dataset, source, progress=False)
 
@@ -145,3 +143,64 @@ def _source_parameter_path(message: str, dataset: str, kind: str) -> str:
         if rewritten != message:
             return rewritten
     return message
+
+
+_DOWNLOAD_KEYS = {"dest", "files", "wb1", "the_well"}
+
+
+def download_raw(dataset: str, download: dict[str, Any], progress: bool = True) -> list[Path]:
+    """Fetch the raw files of ``dataset`` as its ``<dataset>.download`` parameters say.
+
+    Keys (all optional): ``dest`` (folder, default ``data/01_raw/<dataset>``); ``files``: a list
+    of ``{url, filename, sha256, size}`` fetched as they are (any dataset, e.g. a mirror of the
+    FNO ``.mat`` files); ``wb1`` (weatherbench): ``{variables, resolution, base_url}`` for the
+    WeatherBench 1 archives; ``the_well`` (rayleigh_benard): ``{split, files, base_url}``.
+    Every transfer resumes, retries, checks size/sha256 where given and is renamed into place
+    only when complete. Returns the files now present.
+    """
+    from sdkd_pipeline.data.download import RemoteFile, fetch_all
+
+    prefix = f"{dataset}.download"
+    download = dict(download or {})
+    unknown = sorted(set(download) - _DOWNLOAD_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"parameter {prefix}.{unknown[0]}: unknown key (known: {sorted(_DOWNLOAD_KEYS)})"
+        )
+    dest = Path(download.get("dest") or f"data/01_raw/{dataset}")
+    fetched: list[Path] = []
+    entries = download.get("files") or []
+    if entries:
+        remote = [RemoteFile.from_config(e, f"{prefix}.files[{i}]") for i, e in enumerate(entries)]
+        fetched += fetch_all(remote, dest, progress=progress)
+    if download.get("wb1"):
+        if dataset != "weatherbench":
+            raise ConfigError(f"parameter {prefix}.wb1: only the weatherbench dataset has it")
+        from sdkd_pipeline.data.sources.weatherbench import download_weatherbench1
+
+        wb1 = _options(download["wb1"], download_weatherbench1, f"{prefix}.wb1", {"variables"})
+        for variable in wb1.pop("variables", ["2m_temperature"]):
+            fetched += download_weatherbench1(variable, dest, progress=progress, **wb1)
+    if download.get("the_well"):
+        if dataset != "rayleigh_benard":
+            raise ConfigError(f"parameter {prefix}.the_well: only rayleigh_benard has it")
+        from sdkd_pipeline.data.sources.rayleigh_benard import download_the_well_rbc
+
+        well = _options(download["the_well"], download_the_well_rbc, f"{prefix}.the_well")
+        fetched += download_the_well_rbc(dest, progress=progress, **well)
+    return fetched
+
+
+def _options(opts: Any, func: Callable, param: str, extra: set[str] = frozenset()) -> dict:
+    """``opts`` as keyword arguments of ``func``, rejecting keys it does not take."""
+    import inspect
+
+    if not isinstance(opts, dict):
+        raise ConfigError(f"parameter {param}: expected a mapping, got {opts!r}")
+    accepted = set(inspect.signature(func).parameters) - {"dest_dir", "progress", "variable"}
+    unknown = sorted(set(opts) - accepted - set(extra))
+    if unknown:
+        raise ConfigError(
+            f"parameter {param}.{unknown[0]}: unknown key (known: {sorted(accepted | extra)})"
+        )
+    return dict(opts)
