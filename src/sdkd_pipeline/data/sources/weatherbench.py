@@ -419,26 +419,8 @@ def read_weatherbench2_zarr(
         raise DataError(
             f"{path}: cannot be opened as a Zarr store ({type(exc).__name__}: {exc})"
         ) from exc
-    try:
-        std = _standardise(ds, Path(str(path)))
-        if time_slice is not None:
-            std = std.sel(time=slice(*time_slice))
-        named = {}
-        for request in (resolve_variable(v) for v in variables):
-            named.update(_select_variable(std, request, levels, path))
-        arrays = _load_checked(named, path)
-    finally:
-        ds.close()
-    time = arrays.pop("__time__")
-    grid = (arrays.pop("__lat__"), arrays.pop("__lon__"))
-    return _assemble(
-        list(arrays.values()),
-        list(arrays),
-        time,
-        grid,
-        source=str(path),
-        files=[str(path)],
-        extra_attrs={"format": "wb2_zarr"},
+    return _read_opened(
+        ds, Path(str(path)), variables, levels, time_slice, {"format": "wb2_zarr"}
     )
 
 
@@ -463,6 +445,20 @@ def read_era5(
         )
     is_grib = path.suffix.lower() in {".grib", ".grb", ".grib2", ".grb2"}
     ds = _open_grib(path) if is_grib else _open_netcdf(path)
+    attrs = {"format": "era5", "file_format": "grib" if is_grib else "netcdf"}
+    return _read_opened(ds, path, variables, levels, time_slice, attrs)
+
+
+def _read_opened(
+    ds: xr.Dataset,
+    path: Path,
+    variables: Sequence[str] | None,
+    levels: Sequence[int] | None,
+    time_slice: tuple[str, str] | None,
+    attrs: dict,
+) -> xr.Dataset:
+    """Select, check and assemble the variables of one opened file or store (closes ``ds``).
+    ``variables=None`` takes every data variable."""
     try:
         std = _standardise(ds, path)
         if time_slice is not None:
@@ -484,7 +480,7 @@ def read_era5(
         grid,
         source=str(path),
         files=[str(path)],
-        extra_attrs={"format": "era5", "file_format": "grib" if is_grib else "netcdf"},
+        extra_attrs=attrs,
     )
 
 
