@@ -1,0 +1,261 @@
+"""Experiment tracking: the ``Tracker`` protocol the training engine logs to, and MLflow helpers.
+
+The engine only knows the protocol, so it runs without MLflow (``NullTracker``, or ``None``).
+``MLflowTracker`` makes one MLflow run per trained model. MLflow and matplotlib are imported
+inside the functions that need them, never at module import.
+
+Tracking URI, in order: the ``tracking_uri`` argument; the store of an active outer run (e.g.
+the one kedro-mlflow opens for a pipeline run), under which the model run is nested; the
+``MLFLOW_TRACKING_URI`` environment variable; ``sqlite:///mlflow.db`` in the working directory
+(MLflow 3 refuses a bare file store).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from sdkd_pipeline.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_EXPERIMENT = "sdkd_pipeline"
+ROLES = ("teacher", "student")
+# MLflow's limits (mlflow.utils.validation), fixed here so this module imports without MLflow
+MAX_PARAM_VALUE_LENGTH = 6000
+MAX_KEY_LENGTH = 250
+MAX_PARAMS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000
+
+
+@runtime_checkable
+class Tracker(Protocol):
+    """Where a training run reports. Every method must be cheap to call once per epoch."""
+
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None: ...
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+
+    def log_dict(self, data: Mapping[str, Any], name: str) -> None: ...
+
+    def log_figure(self, figure: Any, name: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class NullTracker:
+    """Logs nothing (the engine skips work such as plotting for it)."""
+
+    is_null = True
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        pass
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_dict(self, data: Mapping[str, Any], name: str) -> None:
+        pass
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> NullTracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested mappings -> dotted keys with string values cut to MLflow's length limit."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_params(value, name))
+            continue
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        if len(text) > MAX_PARAM_VALUE_LENGTH:
+            text = text[: MAX_PARAM_VALUE_LENGTH - 3] + "..."
+        if len(name) > MAX_KEY_LENGTH:
+            raise ConfigError(f"parameter name {name[:60]}... is longer than MLflow's "
+                              f"{MAX_KEY_LENGTH} characters")
+        flat[name] = text
+    return flat
+
+
+def run_tags(dataset: str, role: str, model: str, method: str | None = None,
+             **extra: Any) -> dict[str, str]:
+    """The tags every model run carries: dataset, role (teacher/student), model, method."""
+    if role not in ROLES:
+        raise ConfigError(f"tracking role must be one of {', '.join(ROLES)}, got {role!r}")
+    tags = {"dataset": dataset, "role": role, "model": model,
+            "method": method or ("supervised" if role == "teacher" else "baseline")}
+    tags.update({k: str(v) for k, v in extra.items()})
+    return tags
+
+
+def default_tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the embedded SQLite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def plot_loss_curves(history: Iterable[Mapping[str, float]], title: str | None = None) -> Any:
+    """A matplotlib ``Figure`` of train and validation loss per epoch (log scale).
+
+    Built on ``matplotlib.figure.Figure`` directly, so no pyplot state or GUI backend is
+    involved.
+    """
+    from matplotlib.figure import Figure
+
+    rows = list(history)
+    if not rows:
+        raise ConfigError("plot_loss_curves: the history is empty")
+    figure = Figure(figsize=(6.0, 4.0), layout="constrained")
+    axes = figure.add_subplot()
+    for key, label, style in (("train_loss", "train", "-"), ("val_loss", "validation", "o-")):
+        points = [(r["epoch"], r[key]) for r in rows
+                  if key in r and math.isfinite(r[key]) and r[key] > 0]
+        if points:
+            epochs, values = zip(*points, strict=True)
+            axes.plot(epochs, values, style, label=label, markersize=3)
+    axes.set_yscale("log")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("MSE (normalized units)")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend()
+    if title:
+        axes.set_title(title)
+    return figure
+
+
+# --------------------------------------------------------------------------------------------
+# MLflow
+
+
+class MLflowTracker:
+    """One MLflow run (per trained model); a context manager that ends it.
+
+    ``nested``: ``None`` nests under an active outer run when there is one (kedro-mlflow's), or
+    starts a top-level run otherwise; ``True`` requires an outer run; ``False`` never nests.
+    ``artifact_location`` is used only when the experiment has to be created. ``run_id``
+    reopens an existing run instead of creating one (e.g. to continue a resumed training).
+    """
+
+    is_null = False
+
+    def __init__(self, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
+                 tags: Mapping[str, Any] | None = None, tracking_uri: str | None = None,
+                 nested: bool | None = None, *, artifact_location: str | None = None,
+                 run_id: str | None = None) -> None:
+        import mlflow
+        from mlflow import MlflowClient
+
+        parent = mlflow.active_run() if nested is not False else None
+        if nested is True and parent is None:
+            raise ConfigError("MLflowTracker(nested=True) needs an active MLflow run to nest in")
+        if tracking_uri is None:
+            tracking_uri = mlflow.get_tracking_uri() if parent else default_tracking_uri()
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        run_tags_all = {str(k): str(v) for k, v in (tags or {}).items()}
+        if run_id is not None:
+            run = self.client.get_run(run_id)
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            if parent is not None:
+                experiment_id = parent.info.experiment_id
+                run_tags_all["mlflow.parentRunId"] = parent.info.run_id
+            else:
+                experiment_id = self._experiment_id(experiment, artifact_location)
+            run = self.client.create_run(experiment_id, tags=run_tags_all, run_name=run_name)
+        self.run_id: str = run.info.run_id
+        self.experiment_id: str = run.info.experiment_id
+        self.parent_run_id = parent.info.run_id if parent is not None else None
+        self._closed = False
+
+    def _experiment_id(self, name: str, artifact_location: str | None) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                self.client.restore_experiment(found.experiment_id)
+            return found.experiment_id
+        return self.client.create_experiment(name, artifact_location=artifact_location)
+
+    # -- the Tracker protocol -----------------------------------------------------------------
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        flat = list(flatten_params(params).items())
+        for start in range(0, len(flat), MAX_PARAMS_PER_BATCH):
+            chunk = flat[start : start + MAX_PARAMS_PER_BATCH]
+            self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in chunk])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        entries = [Metric(str(k), float(v), now, step or 0) for k, v in metrics.items()
+                   if v is not None and math.isfinite(float(v))]
+        for start in range(0, len(entries), MAX_METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id,
+                                  metrics=entries[start : start + MAX_METRICS_PER_BATCH])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id,
+                              tags=[RunTag(str(k), str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if not Path(path).exists():
+            raise FileNotFoundError(f"artifact {path} does not exist")
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dict(self, data: Mapping[str, Any], name: str) -> None:
+        """``name`` ending in ``.json`` or ``.yaml``/``.yml`` picks the format."""
+        if not name.endswith((".json", ".yaml", ".yml")):
+            raise ConfigError(f"log_dict: artifact name {name!r} must end in .json or .yaml")
+        # round trip so that paths, tuples and numpy scalars become plain values
+        plain = json.loads(json.dumps(dict(data), default=str))
+        self.client.log_dict(self.run_id, plain, name)
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        self.client.log_figure(self.run_id, figure, name)
+
+    def close(self, status: str = "FINISHED") -> None:
+        if not self._closed:
+            self.client.set_terminated(self.run_id, status)
+            self._closed = True
+
+    def __enter__(self) -> MLflowTracker:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self.close("FINISHED" if exc_type is None else "FAILED")

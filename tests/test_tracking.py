@@ -1,0 +1,150 @@
+"""MLflow helpers: a model run in a temporary SQLite store, nesting, params, loss plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from sdkd_pipeline.errors import ConfigError
+from sdkd_pipeline.tracking import (
+    MAX_PARAM_VALUE_LENGTH,
+    MLflowTracker,
+    NullTracker,
+    Tracker,
+    default_tracking_uri,
+    flatten_params,
+    plot_loss_curves,
+    run_tags,
+)
+from sdkd_pipeline.training import TrainConfig, train
+from tests.engine_worker import SyntheticWindows, TinyForecaster
+
+mlflow = pytest.importorskip("mlflow")
+
+
+@pytest.fixture(scope="module")
+def _shared_store(tmp_path_factory):
+    # creating a SQLite store runs MLflow's migrations (seconds): one store for the module
+    root = tmp_path_factory.mktemp("mlflow")
+    return f"sqlite:///{root / 'mlflow.db'}", (root / "artifacts").as_uri()
+
+
+@pytest.fixture
+def store(_shared_store, tmp_path, monkeypatch):
+    """A SQLite tracking store and artifact root in a temporary folder (never the project's)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return _shared_store
+
+
+def test_flatten_params_dotted_keys_and_truncation():
+    flat = flatten_params({"model": {"name": "unet", "width": 16, "sizes": [1, 2]},
+                           "note": "x" * 10_000, "none": None})
+    assert flat["model.name"] == "unet" and flat["model.width"] == "16"
+    assert flat["model.sizes"] == "[1, 2]" and flat["none"] == "null"
+    assert len(flat["note"]) == MAX_PARAM_VALUE_LENGTH and flat["note"].endswith("...")
+
+
+def test_run_tags_and_default_uri(monkeypatch):
+    assert run_tags("ns", "teacher", "simvp") == {
+        "dataset": "ns", "role": "teacher", "model": "simvp", "method": "supervised"}
+    assert run_tags("ns", "student", "unet", "sdkd")["method"] == "sdkd"
+    with pytest.raises(ConfigError, match="role"):
+        run_tags("ns", "professor", "unet")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert default_tracking_uri() == "sqlite:///mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert default_tracking_uri() == "http://127.0.0.1:5000"
+
+
+def test_null_tracker_satisfies_the_protocol():
+    assert isinstance(NullTracker(), Tracker)
+    with NullTracker() as tracker:
+        tracker.log_metrics({"a": 1.0}, step=1)
+
+
+def test_plot_loss_curves_makes_a_png(tmp_path):
+    history = [{"epoch": 1, "train_loss": 1.0, "val_loss": 0.9},
+               {"epoch": 2, "train_loss": 0.5, "val_loss": float("nan")},
+               {"epoch": 3, "train_loss": 0.2, "val_loss": 0.3}]
+    figure = plot_loss_curves(history, title="t")
+    lines = figure.axes[0].get_lines()
+    assert [len(line.get_xdata()) for line in lines] == [3, 2]
+    figure.savefig(tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ConfigError):
+        plot_loss_curves([])
+
+
+def test_trained_model_run_holds_params_tags_metrics_and_artifacts(store, tmp_path):
+    uri, artifacts = store
+    torch.manual_seed(0)
+    model = TinyForecaster()
+    cfg = TrainConfig(epochs=3, batch_size=4, lr=3e-3, patience=None)
+    tags = run_tags("navier_stokes", "teacher", "tiny")
+    with MLflowTracker("engine-test", run_name="ns/tiny", tags=tags, tracking_uri=uri,
+                       artifact_location=artifacts) as tracker:
+        tracker.log_params({"model": {"name": "tiny", "width": 8}, "dataset": "navier_stokes"})
+        tracker.log_dict({"model": {"name": "tiny"}, "train": cfg.to_dict()},
+                         "resolved_config.yaml")
+        result = train(model, SyntheticWindows(12, 1), SyntheticWindows(4, 2), cfg,
+                       out_dir=tmp_path / "ckpt", tracker=tracker,
+                       test_set=SyntheticWindows(4, 3), progress=False)
+        run_id = tracker.run_id
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "ns/tiny"
+    assert {k: run.data.tags[k] for k in tags} == tags
+    params = run.data.params
+    assert params["model.name"] == "tiny" and params["train.lr"] == "0.003"
+    assert params["train.epochs"] == "3" and params["train.schedule"] == "null"
+    val_history = client.get_metric_history(run_id, "val_loss")
+    assert sorted(m.step for m in val_history) == [1, 2, 3]
+    assert {m.value for m in val_history} == {row["val_loss"] for row in result.history}
+    assert len(client.get_metric_history(run_id, "train_loss")) == 3
+    assert len(client.get_metric_history(run_id, "lr")) == 3
+    assert run.data.metrics["test_loss"] == pytest.approx(result.test_loss)
+    assert run.data.metrics["best_val_loss"] == pytest.approx(result.best_val_loss)
+
+    names = {a.path for a in client.list_artifacts(run_id)}
+    assert {"resolved_config.yaml", "train_config.json", "loss_curves.png", "history.json",
+            "checkpoints"} <= names
+    local = Path(client.download_artifacts(run_id, "checkpoints/best.pt", str(tmp_path)))
+    best = torch.load(local, weights_only=True)
+    assert best["epoch"] == result.best_epoch
+    # nothing landed in the working directory's default store
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_model_run_nests_under_an_active_outer_run(store, tmp_path):
+    uri, artifacts = store
+    mlflow.set_tracking_uri(uri)
+    try:
+        experiment = mlflow.create_experiment("outer", artifact_location=artifacts)
+        with mlflow.start_run(experiment_id=experiment) as outer:
+            with MLflowTracker("ignored-when-nested", run_name="inner") as tracker:
+                tracker.log_metrics({"val_loss": 0.5}, step=1)
+                tracker.set_tags({"extra": "yes"})
+            assert tracker.parent_run_id == outer.info.run_id
+            assert tracker.experiment_id == experiment
+            assert mlflow.active_run().info.run_id == outer.info.run_id  # outer still active
+        child = mlflow.MlflowClient(uri).get_run(tracker.run_id)
+        assert child.data.tags["mlflow.parentRunId"] == outer.info.run_id
+        assert child.data.tags["extra"] == "yes" and child.data.metrics["val_loss"] == 0.5
+        with pytest.raises(ConfigError, match="nested=True"):
+            MLflowTracker("x", nested=True, tracking_uri=uri)
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_failed_block_marks_the_run_failed(store):
+    uri, artifacts = store
+    with pytest.raises(RuntimeError):
+        with MLflowTracker("fail", tracking_uri=uri, artifact_location=artifacts) as tracker:
+            raise RuntimeError("boom")
+    assert mlflow.MlflowClient(uri).get_run(tracker.run_id).info.status == "FAILED"
+    with pytest.raises(ConfigError, match=r"\.json or \.yaml"):
+        tracker.log_dict({"a": 1}, "config.txt")
