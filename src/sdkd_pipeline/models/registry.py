@@ -1,0 +1,99 @@
+"""Build any model from its name and a plain config mapping.
+
+    model = build_model("st_alternet", in_frames=10, out_frames=10, channels=1,
+                        height=64, width=64, hidden=64, depth=4)
+
+Unknown names, unknown keys and bad values raise ``ConfigError`` naming the parameter as it
+appears in the parameters files, ``{role}.{name}.{key}`` (e.g. ``teacher.st_alternet.hidden``);
+pass ``param_path`` when the config lives elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sdkd_pipeline.errors import ConfigError
+from sdkd_pipeline.models.config import ModelConfig, config_from_mapping
+from sdkd_pipeline.models.layers import ForecastModel
+from sdkd_pipeline.models.mlp_mixer import MLPMixer, MLPMixerConfig
+from sdkd_pipeline.models.resnet import ResNet, ResNetConfig
+from sdkd_pipeline.models.simvp import SimVP, SimVPConfig
+from sdkd_pipeline.models.st_alternet import STAlterNet, STAlterNetConfig
+from sdkd_pipeline.models.unet import UNet, UNetConfig
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    model_cls: type[ForecastModel]
+    config_cls: type[ModelConfig]
+    role: str
+
+
+_SPECS: dict[str, ModelSpec] = {
+    "st_alternet": ModelSpec(STAlterNet, STAlterNetConfig, "teacher"),
+    "simvp": ModelSpec(SimVP, SimVPConfig, "teacher"),
+    "unet": ModelSpec(UNet, UNetConfig, "student"),
+    "resnet": ModelSpec(ResNet, ResNetConfig, "student"),
+    "mlp_mixer": ModelSpec(MLPMixer, MLPMixerConfig, "student"),
+}
+
+MODEL_ROLES: dict[str, str] = {name: spec.role for name, spec in _SPECS.items()}
+
+
+def list_models(role: str | None = None) -> list[str]:
+    """Registered model names, optionally only those of ``role`` ("teacher" or "student")."""
+    if role is not None and role not in set(MODEL_ROLES.values()):
+        raise ConfigError(f"role {role!r} is unknown; use teacher or student")
+    return [name for name, r in MODEL_ROLES.items() if role is None or r == role]
+
+
+def _spec(name: str, param_path: str) -> ModelSpec:
+    if name not in _SPECS:
+        raise ConfigError(f"{param_path}: model {name!r} is unknown; registered models: "
+                          f"{', '.join(_SPECS)}")
+    return _SPECS[name]
+
+
+def resolve_config(name: str, *, param_path: str | None = None, **cfg: Any) -> ModelConfig:
+    """The validated config of model ``name``: its defaults updated by ``cfg``."""
+    spec = _spec(name, param_path or "model")
+    prefix = param_path or f"{spec.role}.{name}"
+    return config_from_mapping(spec.config_cls, cfg, prefix)
+
+
+def default_config(name: str) -> dict[str, Any]:
+    """The default hyperparameters of model ``name``, as a plain dict."""
+    return _spec(name, "model").config_cls().to_dict()
+
+
+def build_model(
+    name: str,
+    *,
+    in_frames: int,
+    out_frames: int,
+    channels: int,
+    height: int,
+    width: int,
+    param_path: str | None = None,
+    **cfg: Any,
+) -> ForecastModel:
+    """Build model ``name`` for (in_frames, channels, height, width) -> out_frames.
+
+    ``cfg`` overrides the model's config defaults (see ``default_config(name)``); the model's
+    resolved config is ``model.config``.
+    """
+    shape = {"in_frames": in_frames, "out_frames": out_frames, "channels": channels,
+             "height": height, "width": width}
+    for key, value in shape.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+    config = resolve_config(name, param_path=param_path, **cfg)
+    return _SPECS[name].model_cls(config=config, **shape)
+
+
+def build_model_from_mapping(name: str, shape: Mapping[str, int], cfg: Mapping[str, Any] | None,
+                             *, param_path: str | None = None) -> ForecastModel:
+    """``build_model`` for a config held in a mapping (e.g. a Kedro parameters dict)."""
+    return build_model(name, param_path=param_path, **dict(shape), **dict(cfg or {}))
