@@ -59,7 +59,10 @@ class ZarrDataset(AbstractDataset[xr.Dataset, xr.Dataset]):
         return Path(get_filepath_str(self._filepath, self._protocol))
 
     def load(self) -> xr.Dataset:
-        return open_store(self.path, kind=self._kind, **self._load_args)
+        ds = open_store(self.path, kind=self._kind, **self._load_args)
+        # training nodes hand the path (not the loaded arrays) to DataLoader workers
+        ds.encoding["store_path"] = str(self.path)
+        return ds
 
     def save(self, data: xr.Dataset) -> None:
         if not isinstance(data, xr.Dataset):

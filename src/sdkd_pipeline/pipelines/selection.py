@@ -51,10 +51,7 @@ def enabled_datasets(params: dict[str, Any] | None = None) -> list[str]:
     if params is None:
         params = _parameters if _parameters is not None else _parameters_from_config()
     names = (params.get("data") or {}).get("datasets", ["navier_stokes", "rayleigh_benard"])
-    if isinstance(names, str):
-        # from the command line: kedro splits --params on commas, so lists are written
-        # "navier_stokes+weatherbench" (also accepted: "|", ";", spaces, "[a+b]")
-        names = [n for n in re.split(r"[\s,;|+\[\]]+", names) if n]
+    names = _names(names)
     unknown = [n for n in names if n not in KNOWN_DATASETS]
     if unknown:
         raise ConfigError(
@@ -70,3 +67,28 @@ def datasets_with(section: str, datasets: list[str]) -> list[str]:
     """Those of ``datasets`` whose parameters have ``section`` (e.g. ``download``)."""
     params = _parameters if _parameters is not None else _parameters_from_config()
     return [d for d in datasets if (params.get(d) or {}).get(section)]
+
+
+def enabled_models(role: str, params: dict[str, Any] | None = None) -> list[str]:
+    """The models listed in ``<role>.models`` (teacher or student), checked against the
+    registry and the role."""
+    from sdkd_pipeline.models.registry import MODEL_ROLES
+
+    if params is None:
+        params = _parameters if _parameters is not None else _parameters_from_config()
+    names = _names((params.get(role) or {}).get("models", []))
+    wrong = [n for n in names if MODEL_ROLES.get(n) != role]
+    if wrong:
+        known = [n for n, r in MODEL_ROLES.items() if r == role]
+        raise ConfigError(
+            f"parameter {role}.models: {wrong} are not {role} models; known: {known}"
+        )
+    return list(names)
+
+
+def _names(value: Any) -> list[str]:
+    """A list parameter, also when given on the command line: Kedro splits ``--params`` at
+    commas, so lists are written ``navier_stokes+weatherbench`` (also ``|``, ``;``, spaces)."""
+    if isinstance(value, str):
+        return [n for n in re.split(r"[\s,;|+\[\]]+", value) if n]
+    return [str(v) for v in value]

@@ -1,0 +1,61 @@
+"""A Kedro dataset for model checkpoints (plain dicts of tensors and numbers)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import torch
+from kedro.io import AbstractDataset
+from kedro.io.core import get_filepath_str, get_protocol_and_path
+
+
+class TorchCheckpointDataset(AbstractDataset[dict, dict]):
+    """Saves a checkpoint dict with ``torch.save`` atomically (temporary file, then rename) and
+    loads it with ``weights_only=True``, so a checkpoint can never run code when opened.
+
+    Example ``catalog.yml`` entry::
+
+        "{dataset}.{model}.checkpoint":
+          type: sdkd_pipeline.io.TorchCheckpointDataset
+          filepath: data/06_models/{dataset}/{model}.pt
+    """
+
+    def __init__(self, *, filepath: str, metadata: dict[str, Any] | None = None) -> None:
+        protocol, path = get_protocol_and_path(filepath)
+        if protocol != "file":
+            raise ValueError(
+                f"TorchCheckpointDataset: filepath {filepath!r} uses protocol {protocol!r}; "
+                "only local paths are supported"
+            )
+        self._protocol = protocol
+        self._filepath = PurePosixPath(path)
+        self.metadata = metadata
+
+    @property
+    def path(self) -> Path:
+        return Path(get_filepath_str(self._filepath, self._protocol))
+
+    def load(self) -> dict:
+        if not self.path.exists():
+            raise FileNotFoundError(f"{self.path}: no checkpoint there")
+        return torch.load(self.path, map_location="cpu", weights_only=True)
+
+    def save(self, data: dict) -> None:
+        if not isinstance(data, dict):
+            raise TypeError(f"{self.path}: a checkpoint must be a dict, got {type(data).__name__}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            torch.save(data, tmp)
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _exists(self) -> bool:
+        return self.path.exists()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}

@@ -1,0 +1,127 @@
+"""Training node shared by teachers (and, later, students): thin glue over the library."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import xarray as xr
+
+from sdkd_pipeline.data.windows import WindowDataset
+from sdkd_pipeline.models import build_model
+from sdkd_pipeline.models.complexity import count_flops, count_parameters
+from sdkd_pipeline.models.registry import resolve_config
+from sdkd_pipeline.tracking import MLflowTracker, flatten_params, run_tags
+from sdkd_pipeline.training import TrainConfig, train
+
+logger = logging.getLogger(__name__)
+
+
+def train_forecaster(
+    tensors: xr.Dataset,
+    model_params: dict[str, Any] | None,
+    training: dict[str, Any],
+    tracking: dict[str, Any],
+    progress: bool = True,
+    *,
+    dataset: str,
+    model_name: str,
+    role: str,
+    method: str = "supervised",
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train ``model_name`` on the tensor store of ``dataset``; one MLflow run for it.
+
+    Returns the best checkpoint (weights, model config, data shape and statistics) for the
+    catalog, and a JSON summary (losses, parameters, FLOPs, where the run is logged).
+    """
+    store = tensors.encoding.get("store_path") or tensors
+    splits = {name: WindowDataset(store, name) for name in ("train", "val", "test")}
+    train_set = splits["train"]
+    _, _, channels, height, width = train_set.shape
+    shape = {
+        "in_frames": train_set.t_in,
+        "out_frames": train_set.t_out,
+        "channels": channels,
+        "height": height,
+        "width": width,
+    }
+    param_path = f"{role}.{model_name}"
+    model_cfg = resolve_config(model_name, param_path=param_path, **(model_params or {}))
+    model = build_model(model_name, param_path=param_path, **shape, **model_cfg.to_dict())
+    cfg = TrainConfig.from_dict(training, prefix=f"{role}.training")
+    n_params = count_parameters(model)
+    flops = count_flops(model, (1, train_set.t_in, channels, height, width))
+    out_dir = Path(tracking.get("checkpoint_dir", "data/06_models/runs")) / dataset / model_name
+
+    tags = run_tags(dataset, role, model_name, method)
+    with MLflowTracker(
+        experiment=tracking.get("experiment", "sdkd_pipeline"),
+        run_name=f"{dataset}/{model_name}" + ("" if method == "supervised" else f"/{method}"),
+        tags=tags,
+    ) as tracker:
+        tracker.log_params(
+            flatten_params(
+                {
+                    **tags,
+                    "model_config": model_cfg.to_dict(),
+                    "data": {**shape, "store": str(store if isinstance(store, str) else "memory")},
+                    "n_parameters": n_params,
+                    "flops_per_sample": flops,
+                }
+            )
+        )
+        tracker.log_dict(
+            {"model": model_name, "model_config": model_cfg.to_dict(), "data": shape,
+             "training": cfg.to_dict(), "tags": tags},
+            "resolved_config.json",
+        )
+        result = train(
+            model, train_set, splits["val"], cfg,
+            out_dir=out_dir, tracker=tracker, test_set=splits["test"], progress=progress,
+        )
+        run_id = tracker.run_id
+    logger.info(
+        "%s/%s: best val MSE %.4g at epoch %d, test MSE %.4g (normalized units)",
+        dataset, model_name, result.best_val_loss, result.best_epoch, result.test_loss,
+    )
+    checkpoint = {
+        "model": model_name,
+        "role": role,
+        "method": method,
+        "dataset": dataset,
+        "model_config": model_cfg.to_dict(),
+        "shape": shape,
+        "channels": list(train_set.channels),
+        "mean": train_set.mean.clone(),
+        "std": train_set.std.clone(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "best_epoch": result.best_epoch,
+        "best_val_loss": float(result.best_val_loss),
+        "test_loss": None if result.test_loss is None else float(result.test_loss),
+        "mlflow_run_id": run_id,
+    }
+    summary = {
+        "dataset": dataset,
+        "model": model_name,
+        "role": role,
+        "method": method,
+        "n_parameters": n_params,
+        "flops_per_sample": flops,
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "stopped_early": result.stopped_early,
+        "best_val_mse": float(result.best_val_loss),
+        "test_mse": None if result.test_loss is None else float(result.test_loss),
+        "samples_per_second": float(result.samples_per_second),
+        "mlflow_run_id": run_id,
+    }
+    return checkpoint, summary
+
+
+def load_forecaster(checkpoint: dict[str, Any]) -> torch.nn.Module:
+    """Rebuild a trained model from a checkpoint written by ``train_forecaster``."""
+    model = build_model(checkpoint["model"], **checkpoint["shape"], **checkpoint["model_config"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval()
