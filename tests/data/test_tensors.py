@@ -430,3 +430,34 @@ def test_open_store_errors_name_the_path(tmp_path, tensors):
     broken.attrs = {**tensors.attrs, "splits": "{not json"}
     with pytest.raises(DataError, match="'splits' is not valid split JSON"):
         check_store_dataset(broken, origin="x")
+
+
+def test_tensors_build_in_memory_without_dask(tmp_path):
+    """The bare GPU machine has no dask: the same statistics and windows come from numpy."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import sys
+        for name in ("zarr", "dask", "numcodecs", "distributed"):
+            sys.modules[name] = None
+        import numpy as np
+        from sdkd_pipeline.data.raw import make_raw
+        from sdkd_pipeline.data.tensors import SplitConfig, WindowConfig, build_tensor_dataset
+        from sdkd_pipeline.data.windows import WindowDataset
+        rng = np.random.default_rng(0)
+        raw = make_raw(rng.normal(5.0, 3.0, (8, 10, 2, 6, 4)), dataset="toy", source="t",
+                       channels=["a", "b"], time=np.arange(10.0))
+        ds = build_tensor_dataset(raw, split=SplitConfig(train=0.5, val=0.25, test=0.25),
+                                  window=WindowConfig(t_in=3, t_out=2))
+        train = raw["fields"].values[:4].astype(np.float64)
+        assert np.allclose(ds["mean"].values, train.mean(axis=(0, 1, 3, 4)), atol=1e-6)
+        assert np.allclose(ds["std"].values, train.std(axis=(0, 1, 3, 4)), atol=1e-6)
+        x, y = WindowDataset(ds, "test")[0]
+        print(tuple(x.shape), tuple(y.shape), len(WindowDataset(ds, "train")))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[0] == "(3, 2, 6, 4) (2, 2, 6, 4) 24"

@@ -310,9 +310,13 @@ def build_tensor_dataset(
 
     ``fields`` is a dask array chunked ``(1, chunk_time, C, H, W)``; nothing is materialised
     except the training statistics (one dask reduction) and the finite check of
-    ``validate_raw``. Raises ``DataError`` when a channel is constant over the training split.
+    ``validate_raw``. Without dask (a bare GPU machine) the same is computed in memory with
+    numpy. Raises ``DataError`` when a channel is constant over the training split.
     """
-    import dask.array as da
+    try:
+        import dask.array as da
+    except ImportError:  # in memory: fine for data that fits, which is all a bare box holds
+        da = None
 
     raw = validate_raw(raw)
     dataset = str(raw.attrs.get("dataset", "dataset"))
@@ -328,7 +332,10 @@ def build_tensor_dataset(
     chunks = (1, chunk_time, n_chan, n_y, n_x)
 
     data = raw["fields"].data
-    data = data.rechunk(chunks) if isinstance(data, da.Array) else da.from_array(data, chunks)
+    if da is None:
+        data = np.asarray(data)
+    else:
+        data = data.rechunk(chunks) if isinstance(data, da.Array) else da.from_array(data, chunks)
 
     mean, std = _training_statistics(data, ranges["train"])
     channels = [str(c) for c in raw["channel"].values]
@@ -342,7 +349,9 @@ def build_tensor_dataset(
     normalized = ((data - mean.reshape(shape)) / std.reshape(shape)).astype(np.float32)
 
     out = xr.Dataset(coords=raw.coords)
-    out["fields"] = (("trajectory", "time", "channel", "y", "x"), normalized.rechunk(chunks))
+    if da is not None:
+        normalized = normalized.rechunk(chunks)
+    out["fields"] = (("trajectory", "time", "channel", "y", "x"), normalized)
     out["mean"] = ("channel", mean.astype(np.float32))
     out["std"] = ("channel", std.astype(np.float32))
     out.attrs.update(raw.attrs)
@@ -365,6 +374,10 @@ def build_tensor_dataset(
 
 def _training_statistics(data: Any, train: list[Range]) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and population std over the training ranges (float64, one pass)."""
+    if isinstance(data, np.ndarray):
+        values = np.concatenate([data[traj, t0:t1] for traj, t0, t1 in train if t1 > t0])
+        values = values.astype(np.float64)
+        return values.mean(axis=(0, 2, 3)), values.std(axis=(0, 2, 3))
     import dask
     import dask.array as da
 
