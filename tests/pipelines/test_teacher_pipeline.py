@@ -51,3 +51,18 @@ def test_teachers_train_register_checkpoints_and_log_to_mlflow(project):
 def test_teacher_without_data_says_which_command_to_run(project):
     with pytest.raises(Exception, match=r"kedro run --pipeline=data"):
         run_kedro(project, env="smoke", pipeline="teacher", params=NS_ONLY)
+
+
+def test_changed_settings_start_a_new_run_and_same_settings_reuse_it(project):
+    run_kedro(project, env="smoke", pipeline="data", params=NS_ONLY)
+    params = {**NS_ONLY, "teacher.models": "simvp"}
+    run_kedro(project, env="smoke", pipeline="teacher", params=params)
+    runs = project / "data/06_models/runs/navier_stokes/simvp"
+    (first,) = list(runs.iterdir())
+    # the same settings find the finished run (the engine returns from its checkpoints)
+    run_kedro(project, env="smoke", pipeline="teacher", params=params)
+    assert [p.name for p in runs.iterdir()] == [first.name]
+    # another learning rate is another run, not a refused resume of the finished one
+    run_kedro(project, env="smoke", pipeline="teacher",
+              params={**params, "teacher.training.lr": 5e-4})
+    assert len(list(runs.iterdir())) == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -53,7 +55,12 @@ def train_forecaster(
     cfg = TrainConfig.from_dict(training, prefix=f"{role}.training")
     n_params = count_parameters(model)
     flops = count_flops(model, (1, train_set.t_in, channels, height, width))
-    out_dir = Path(tracking.get("checkpoint_dir", "data/06_models/runs")) / dataset / model_name
+    out_dir = (
+        Path(tracking.get("checkpoint_dir", "data/06_models/runs"))
+        / dataset
+        / model_name
+        / _run_key(model_cfg.to_dict(), cfg.to_dict(), train_set)
+    )
 
     tags = run_tags(dataset, role, model_name, method)
     with MLflowTracker(
@@ -118,6 +125,30 @@ def train_forecaster(
         "mlflow_run_id": run_id,
     }
     return checkpoint, summary
+
+
+# engine settings that may change between a killed run and its resumption
+_RESUMABLE_KEYS = ("num_workers", "persistent_workers", "checkpoint_every_steps", "resume",
+                   "val_batch_size")
+
+
+def _run_key(model_cfg: dict, train_cfg: dict, data: WindowDataset) -> str:
+    """A short hash of what defines a run (configs and the data's splits and statistics).
+
+    A killed run started again with the same settings finds its ``last.pt`` and resumes; a run
+    with other settings (or regenerated data) gets a folder of its own instead of colliding
+    with a finished one.
+    """
+    identity = {
+        "model": model_cfg,
+        "train": {k: v for k, v in train_cfg.items() if k not in _RESUMABLE_KEYS},
+        "splits": data.attrs.get("splits"),
+        "shape": list(data.shape),
+        "mean": data.mean.tolist(),
+        "std": data.std.tolist(),
+    }
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def load_forecaster(checkpoint: dict[str, Any]) -> torch.nn.Module:
