@@ -43,7 +43,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from sdkd_pipeline.config_utils import known_keys
 from sdkd_pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -162,14 +163,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, params: Mapping[str, Any] | None, prefix: str = "train") -> TrainConfig:
         """Build from a parameters mapping; an unknown key is a ``ConfigError`` naming it."""
-        params = dict(params or {})
-        allowed = {f.name for f in fields(cls)} - {"param_path"}
-        unknown = sorted(set(params) - allowed)
-        if unknown:
-            raise ConfigError(
-                f"{prefix}.{unknown[0]}: unknown parameter (allowed: {', '.join(sorted(allowed))})"
-            )
-        return cls(**params, param_path=prefix)
+        return cls(**known_keys(cls, params, prefix), param_path=prefix)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the hyperparameters (what checkpoints and the tracker record)."""

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from sdkd_pipeline.config_utils import known_keys
 from sdkd_pipeline.data.raw import segments_of, validate_raw
 from sdkd_pipeline.errors import ConfigError, DataError
 
@@ -76,7 +77,7 @@ class WindowConfig:
     @classmethod
     def from_dict(cls, params: dict[str, Any], prefix: str = "window") -> WindowConfig:
         """Build from a parameters dict, naming ``prefix.<key>`` for unknown or bad keys."""
-        return cls(**_known_keys(cls, params, prefix), param_path=prefix)
+        return cls(**known_keys(cls, params, prefix), param_path=prefix)
 
 
 @dataclass(frozen=True)
@@ -102,21 +103,12 @@ class SplitConfig:
     @classmethod
     def from_dict(cls, params: dict[str, Any], prefix: str = "split") -> SplitConfig:
         """Build from a parameters dict, naming ``prefix.<key>`` for unknown keys."""
-        return cls(**_known_keys(cls, params, prefix), param_path=prefix)
+        return cls(**known_keys(cls, params, prefix), param_path=prefix)
 
     def sizes(self) -> dict[str, float | int]:
         return {name: getattr(self, name) for name in SPLIT_NAMES}
 
 
-def _known_keys(cls: type, params: dict[str, Any] | None, prefix: str) -> dict[str, Any]:
-    params = dict(params or {})
-    allowed = {f.name for f in fields(cls)} - {"param_path"}
-    unknown = sorted(set(params) - allowed)
-    if unknown:
-        raise ConfigError(
-            f"{prefix}.{unknown[0]}: unknown parameter (allowed: {', '.join(sorted(allowed))})"
-        )
-    return params
 
 
 # --------------------------------------------------------------------------------------------
