@@ -29,12 +29,13 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
+from sdkd_pipeline.config_utils import known_keys
 from sdkd_pipeline.data.raw import make_raw
 from sdkd_pipeline.errors import ConfigError, DataError, DownloadError, MissingRawDataError
 
@@ -179,12 +180,7 @@ class WeatherBenchConfig:
     def from_dict(cls, cfg: dict) -> WeatherBenchConfig:
         if not isinstance(cfg, dict):
             raise ConfigError(f"weatherbench: expected a mapping of parameters, got {cfg!r}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ConfigError(
-                f"weatherbench.{unknown[0]}: unknown parameter (known: {sorted(known)})"
-            )
+        known_keys(cls, cfg, "weatherbench")
         if "format" not in cfg:
             raise ConfigError(f"weatherbench.format: missing; choose one of {list(FORMATS)}")
         conf = cls(**cfg)
