@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import uuid
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import torch
 from kedro.io import AbstractDataset
-from kedro.io.core import get_filepath_str, get_protocol_and_path
+
+from sdkd_pipeline.io.local_path import local_path
 
 
 class TorchCheckpointDataset(AbstractDataset[dict, dict]):
@@ -24,19 +25,12 @@ class TorchCheckpointDataset(AbstractDataset[dict, dict]):
     """
 
     def __init__(self, *, filepath: str, metadata: dict[str, Any] | None = None) -> None:
-        protocol, path = get_protocol_and_path(filepath)
-        if protocol != "file":
-            raise ValueError(
-                f"TorchCheckpointDataset: filepath {filepath!r} uses protocol {protocol!r}; "
-                "only local paths are supported"
-            )
-        self._protocol = protocol
-        self._filepath = PurePosixPath(path)
+        self._path = local_path(filepath, "TorchCheckpointDataset")
         self.metadata = metadata
 
     @property
     def path(self) -> Path:
-        return Path(get_filepath_str(self._filepath, self._protocol))
+        return self._path
 
     def load(self) -> dict:
         if not self.path.exists():
@@ -58,4 +52,4 @@ class TorchCheckpointDataset(AbstractDataset[dict, dict]):
         return self.path.exists()
 
     def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._filepath)}
+        return {"filepath": str(self._path)}

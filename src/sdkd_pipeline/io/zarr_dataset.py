@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import xarray as xr
 from kedro.io import AbstractDataset
-from kedro.io.core import get_filepath_str, get_protocol_and_path
 
 from sdkd_pipeline.data.store import open_store, write_store
+from sdkd_pipeline.io.local_path import local_path
 
 
 class ZarrDataset(AbstractDataset[xr.Dataset, xr.Dataset]):
@@ -40,23 +40,15 @@ class ZarrDataset(AbstractDataset[xr.Dataset, xr.Dataset]):
         save_args: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        protocol, path = get_protocol_and_path(filepath)
-        if protocol != "file":
-            # write_store's atomic rename is a local-filesystem operation
-            raise ValueError(
-                f"ZarrDataset: filepath {filepath!r} uses protocol {protocol!r}; only local "
-                "paths are supported"
-            )
-        self._protocol = protocol
+        self._path = local_path(filepath, "ZarrDataset")
         self._kind = kind
-        self._filepath = PurePosixPath(path)
         self._load_args = dict(load_args or {})
         self._save_args = dict(save_args or {})
         self.metadata = metadata
 
     @property
     def path(self) -> Path:
-        return Path(get_filepath_str(self._filepath, self._protocol))
+        return self._path
 
     def load(self) -> xr.Dataset:
         ds = open_store(self.path, kind=self._kind, **self._load_args)
@@ -76,7 +68,7 @@ class ZarrDataset(AbstractDataset[xr.Dataset, xr.Dataset]):
 
     def _describe(self) -> dict[str, Any]:
         return {
-            "filepath": str(self._filepath),
+            "filepath": str(self._path),
             "kind": self._kind,
             "load_args": self._load_args,
             "save_args": self._save_args,
