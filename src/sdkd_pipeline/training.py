@@ -498,9 +498,20 @@ def squared_error_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor
     return (prediction.float() - y.float()).square().sum(dtype=torch.float64), y.numel()
 
 
-def _to_device(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _to_device(batch: Any, device: torch.device) -> tuple[torch.Tensor, Any]:
+    # the target may be a nested mapping (distillation attaches cached teacher outputs)
     x, y = batch
-    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    return x.to(device, non_blocking=True), _move(y, device)
+
+
+def _move(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, Mapping):
+        return {k: _move(v, device) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_move(v, device) for v in obj)
+    return obj
 
 
 @torch.no_grad()

@@ -46,8 +46,12 @@ class ForecastModel(nn.Module):
         self.latent_channels = latent_channels
         self.downsample_factor = downsample_factor
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x)[0]
+    def forward(self, x: torch.Tensor, return_features: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        # latents through forward's keyword, so a DDP-wrapped model still syncs gradients
+        # (DDP hooks only forward) when a distillation loss needs the student's bottleneck
+        y, features = self.forward_features(x)
+        return (y, features) if return_features else y
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Prediction ``(B, T_out, C, H, W)`` and the named latents, each ``(B, C_lat, h, w)``."""
