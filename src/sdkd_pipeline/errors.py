@@ -25,3 +25,7 @@ class MissingRawDataError(SDKDError, FileNotFoundError):
 
 class DownloadError(SDKDError, OSError):
     """A download failed for good: checksum or size mismatch, too many retries, unsafe archive."""
+
+
+class MissingInputError(SDKDError, FileNotFoundError):
+    """A pipeline needs the output of an earlier stage that has not run; names the command."""

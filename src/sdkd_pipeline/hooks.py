@@ -40,6 +40,50 @@ class RawFilesPreflightHook:
                 check_raw_files(dataset, catalog.load(f"params:{dataset}.source"))
 
 
+class UpstreamOutputsHook:
+    """Before a run, checks that the outputs of earlier stages this pipeline reads exist, and
+    names the command that makes them: ``kedro run --pipeline=distill`` without teachers says
+    to run the teacher pipeline first, instead of failing deep inside a node."""
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        from sdkd_pipeline.errors import MissingInputError
+
+        missing = []
+        for name in sorted(pipeline.inputs()):
+            stage = upstream_stage(name)
+            if stage is None or catalog.exists(name):
+                continue
+            dataset = catalog.get(name)
+            where = getattr(dataset, "path", None) or name
+            missing.append((stage, f"{name} ({where})"))
+        if missing:
+            stages = sorted({stage for stage, _ in missing}, key=STAGE_ORDER.index)
+            commands = " then ".join(f"`kedro run --pipeline={s}`" for s in stages)
+            listing = "; ".join(item for _, item in missing)
+            raise MissingInputError(
+                f"this run reads outputs of earlier stages that do not exist yet: {listing}. "
+                f"Run {commands} first (or `kedro run` for everything)"
+            )
+
+
+STAGE_ORDER = ("data", "teacher", "distill")
+
+
+def upstream_stage(name: str) -> str | None:
+    """The pipeline that writes catalog entry ``name`` (``None``: not a stage output)."""
+    from sdkd_pipeline.models.registry import MODEL_ROLES
+
+    parts = name.split(".")
+    if len(parts) == 2 and parts[1] == "tensors":
+        return "data"
+    if len(parts) == 3 and parts[2] == "checkpoint" and MODEL_ROLES.get(parts[1]) == "teacher":
+        return "teacher"
+    if len(parts) == 4 and parts[3] == "checkpoint" and MODEL_ROLES.get(parts[1]) == "student":
+        return "distill"
+    return None
+
+
 class DaskClusterHook:
     """Starts a Dask client for pipelines that contain nodes tagged ``dask``.
 

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from sdkd_pipeline.pipelines import data, download, teacher
-from sdkd_pipeline.pipelines.selection import datasets_with, enabled_datasets, enabled_models
+from sdkd_pipeline.pipelines import data, distill, download, teacher
+from sdkd_pipeline.pipelines.selection import (
+    datasets_with,
+    distill_selection,
+    enabled_datasets,
+    enabled_models,
+)
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -14,10 +19,15 @@ def register_pipelines() -> dict[str, Pipeline]:
     stage (downloads are explicit, never implied)."""
     datasets = enabled_datasets()
     data_pipeline = data.create_pipeline(datasets)
-    teacher_pipeline = teacher.create_pipeline(datasets, enabled_models("teacher"))
+    teachers = enabled_models("teacher")
+    teacher_pipeline = teacher.create_pipeline(datasets, teachers)
+    distill_datasets, students, methods, distill_params = distill_selection()
+    distill_pipeline = distill.create_pipeline(distill_datasets, students, methods, teachers,
+                                               distill_params)
     return {
         "data": data_pipeline,
         "download": download.create_pipeline(datasets_with("download", datasets)),
         "teacher": teacher_pipeline,
-        "__default__": data_pipeline + teacher_pipeline,
+        "distill": distill_pipeline,
+        "__default__": data_pipeline + teacher_pipeline + distill_pipeline,
     }

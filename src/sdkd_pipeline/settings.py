@@ -4,9 +4,15 @@ import os
 
 from kedro.config import OmegaConfigLoader
 
-from sdkd_pipeline.hooks import DaskClusterHook, EnabledDatasetsHook, RawFilesPreflightHook
+from sdkd_pipeline.hooks import (
+    DaskClusterHook,
+    EnabledDatasetsHook,
+    RawFilesPreflightHook,
+    UpstreamOutputsHook,
+)
 
-HOOKS = (EnabledDatasetsHook(), RawFilesPreflightHook(), DaskClusterHook())
+HOOKS = (EnabledDatasetsHook(), RawFilesPreflightHook(), UpstreamOutputsHook(),
+         DaskClusterHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -1,10 +1,17 @@
-"""Training node shared by teachers (and, later, students): thin glue over the library."""
+"""The training node shared by teachers and students: thin glue over the library.
+
+Teachers train on the data (``setup=None``); a distilled student passes a ``setup`` that builds
+its loss (and possibly a training set with the teachers' outputs attached) once the model and
+the data are known. Either way it is one engine, one MLflow run and one checkpoint format.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +28,20 @@ from sdkd_pipeline.training import TrainConfig, train
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class LossSetup:
+    """What a ``setup`` hands the engine: the loss, the training set it reads (``None``: the
+    plain training windows), parameters to log, and fields to add to the checkpoint."""
+
+    loss: Any = None
+    train_set: Any = None
+    params: dict[str, Any] = field(default_factory=dict)
+    checkpoint: dict[str, Any] = field(default_factory=dict)
+
+
+Setup = Callable[[torch.nn.Module, Mapping[str, WindowDataset], TrainConfig], LossSetup]
+
+
 def train_forecaster(
     tensors: xr.Dataset,
     model_params: dict[str, Any] | None,
@@ -32,11 +53,16 @@ def train_forecaster(
     model_name: str,
     role: str,
     method: str = "supervised",
+    setup: Setup | None = None,
+    identity: Mapping[str, Any] | None = None,
+    param_root: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train ``model_name`` on the tensor store of ``dataset``; one MLflow run for it.
 
     Returns the best checkpoint (weights, model config, data shape and statistics) for the
     catalog, and a JSON summary (losses, parameters, FLOPs, where the run is logged).
+    ``identity`` (e.g. the distillation settings and teachers) joins the hash that names the
+    run's folder, so a run with other settings never resumes this one's ``last.pt``.
     """
     store = tensors.encoding.get("store_path") or tensors
     splits = {name: WindowDataset(store, name) for name in ("train", "val", "test")}
@@ -49,17 +75,19 @@ def train_forecaster(
         "height": height,
         "width": width,
     }
-    param_path = f"{role}.{model_name}"
+    root = param_root or role  # where the configs sit in the parameters (for error messages)
+    param_path = f"{root}.{model_name}"
     model_cfg = resolve_config(model_name, param_path=param_path, **(model_params or {}))
     model = build_model(model_name, param_path=param_path, **shape, **model_cfg.to_dict())
-    cfg = TrainConfig.from_dict(training, prefix=f"{role}.training")
+    cfg = TrainConfig.from_dict(training, prefix=f"{root}.training")
     n_params = count_parameters(model)
     flops = count_flops(model, (1, train_set.t_in, channels, height, width))
+    run_folder = f"{model_name}/{method}" if role == "student" else model_name
     out_dir = (
         Path(tracking.get("checkpoint_dir", "data/06_models/runs"))
         / dataset
-        / model_name
-        / _run_key(model_cfg.to_dict(), cfg.to_dict(), train_set)
+        / run_folder
+        / _run_key(model_cfg.to_dict(), cfg.to_dict(), train_set, identity)
     )
 
     tags = run_tags(dataset, role, model_name, method)
@@ -84,9 +112,13 @@ def train_forecaster(
              "training": cfg.to_dict(), "tags": tags},
             "resolved_config.json",
         )
+        extra = setup(model, splits, cfg) if setup is not None else LossSetup()
+        if extra.params:
+            tracker.log_params(flatten_params(extra.params))
         result = train(
-            model, train_set, splits["val"], cfg,
-            out_dir=out_dir, tracker=tracker, test_set=splits["test"], progress=progress,
+            model, extra.train_set if extra.train_set is not None else train_set, splits["val"],
+            cfg, out_dir=out_dir, loss=extra.loss, tracker=tracker, test_set=splits["test"],
+            progress=progress,
         )
         run_id = tracker.run_id
     logger.info(
@@ -108,6 +140,7 @@ def train_forecaster(
         "best_val_loss": float(result.best_val_loss),
         "test_loss": None if result.test_loss is None else float(result.test_loss),
         "mlflow_run_id": run_id,
+        **extra.checkpoint,
     }
     summary = {
         "dataset": dataset,
@@ -132,7 +165,8 @@ _RESUMABLE_KEYS = ("num_workers", "persistent_workers", "checkpoint_every_steps"
                    "val_batch_size")
 
 
-def _run_key(model_cfg: dict, train_cfg: dict, data: WindowDataset) -> str:
+def _run_key(model_cfg: dict, train_cfg: dict, data: WindowDataset,
+             extra: Mapping[str, Any] | None = None) -> str:
     """A short hash of what defines a run (configs and the data's splits and statistics).
 
     A killed run started again with the same settings finds its ``last.pt`` and resumes; a run
@@ -147,6 +181,8 @@ def _run_key(model_cfg: dict, train_cfg: dict, data: WindowDataset) -> str:
         "mean": data.mean.tolist(),
         "std": data.std.tolist(),
     }
+    if extra:  # only when given, so teachers keep the folders of earlier runs
+        identity["extra"] = dict(extra)
     text = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

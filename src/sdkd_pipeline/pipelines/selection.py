@@ -86,6 +86,37 @@ def enabled_models(role: str, params: dict[str, Any] | None = None) -> list[str]
     return list(names)
 
 
+def distill_selection(params: dict[str, Any] | None = None
+                      ) -> tuple[list[str], list[str], list[str], dict[str, Any]]:
+    """``(datasets, students, methods, distill parameters)`` of the distill pipeline.
+
+    ``distill.datasets`` defaults to every enabled dataset and must be a subset of them (the
+    teachers it needs are trained only for enabled datasets).
+    """
+    from sdkd_pipeline.models.registry import MODEL_ROLES
+
+    if params is None:
+        params = _parameters if _parameters is not None else _parameters_from_config()
+    distill = dict(params.get("distill") or {})
+    enabled = enabled_datasets(params)
+    datasets = _names(distill["datasets"]) if distill.get("datasets") else enabled
+    outside = [d for d in datasets if d not in enabled]
+    if outside:
+        raise ConfigError(f"parameter distill.datasets: {outside} are not enabled in "
+                          f"data.datasets {enabled}")
+    students = _names(distill.get("students", []))
+    wrong = [n for n in students if MODEL_ROLES.get(n) != "student"]
+    if wrong:
+        known = [n for n, r in MODEL_ROLES.items() if r == "student"]
+        raise ConfigError(f"parameter distill.students: {wrong} are not student models; "
+                          f"known: {known}")
+    methods = _names(distill.get("methods", []))
+    for label, names in (("students", students), ("methods", methods)):
+        if len(set(names)) != len(names):
+            raise ConfigError(f"parameter distill.{label}: duplicate names in {names}")
+    return datasets, students, methods, distill
+
+
 def _names(value: Any) -> list[str]:
     """A list parameter, also when given on the command line: Kedro splits ``--params`` at
     commas, so lists are written ``navier_stokes+weatherbench`` (also ``|``, ``;``, spaces)."""

@@ -1,0 +1,102 @@
+"""`kedro run --pipeline=distill` on the smoke config: students, MLflow runs, errors."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+import torch
+
+from sdkd_pipeline.data.windows import WindowDataset
+from sdkd_pipeline.errors import ConfigError, MissingInputError
+from sdkd_pipeline.pipelines.forecaster import load_forecaster
+from sdkd_pipeline.training import evaluate_mse
+from tests.pipelines.conftest import run_kedro
+
+NS_ONLY = {"data.datasets": "navier_stokes"}
+STUDENTS = "data/06_models/navier_stokes/students"
+
+
+def test_distill_trains_each_method_logs_it_and_keeps_best_weights(project):
+    run_kedro(project, env="smoke", pipeline="data", params=NS_ONLY)
+    run_kedro(project, env="smoke", pipeline="teacher", params=NS_ONLY)
+    methods = ["none", "sdkd_adaptive", "aekd", "sdkd_latent"]
+    run_kedro(project, env="smoke", pipeline="distill",
+              params={**NS_ONLY, "distill.methods": "+".join(methods)})
+
+    val = WindowDataset(project / "data/05_model_input/navier_stokes.zarr", "val")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    teacher_val = {
+        t: json.loads((project / f"data/06_models/navier_stokes/{t}_summary.json").read_text())[
+            "best_val_mse"] for t in ("st_alternet", "simvp")
+    }
+    for method in methods:
+        summary = json.loads((project / STUDENTS / "unet" / f"{method}_summary.json").read_text())
+        checkpoint = torch.load(project / STUDENTS / "unet" / f"{method}.pt", weights_only=True)
+        model = load_forecaster(checkpoint)
+        assert evaluate_mse(model, val, batch_size=8) == pytest.approx(
+            summary["best_val_mse"], rel=1e-4)
+        assert checkpoint["role"] == "student" and checkpoint["method"] == method
+
+        run = client.get_run(summary["mlflow_run_id"])
+        assert run.data.tags["dataset"] == "navier_stokes"
+        assert run.data.tags["role"] == "student"
+        assert run.data.tags["model"] == "unet"
+        assert run.data.tags["method"] == method
+        assert run.info.run_name == f"navier_stokes/unet/{method}"
+        assert "test_loss" in run.data.metrics
+        if method == "none":
+            assert summary["teachers"] == []
+            continue
+        assert "train_kd" in run.data.metrics and "train_task" in run.data.metrics
+        if method == "aekd":
+            assert sorted(summary["teachers"]) == ["simvp", "st_alternet"]
+            weights = [run.data.metrics[f"train_w_{t}"] for t in ("simvp", "st_alternet")]
+            assert sum(weights) == pytest.approx(1.0, abs=1e-4)
+            assert all(0.4 - 1e-4 <= w <= 0.6 + 1e-4 for w in weights)  # cap C = 0.6
+        else:  # single teacher: the one with the lower validation error
+            assert summary["teachers"] == [min(teacher_val, key=teacher_val.get)]
+        if method == "sdkd_adaptive":
+            # the cutoff came from the teachers' spectrum, and alpha / lambda were balanced
+            assert summary["cutoff"] is not None and summary["cutoff"] % 1 == 0.5
+            assert run.data.metrics["train_alpha"] != 1.0
+            assert run.data.metrics["train_lambda"] != 1.0
+            assert run.data.params["cutoff"] == str(summary["cutoff"])
+        if method == "sdkd_latent":
+            assert "train_latent_high" in run.data.metrics
+
+
+def test_distill_without_teachers_says_to_run_the_teacher_pipeline(project):
+    run_kedro(project, env="smoke", pipeline="data", params=NS_ONLY)
+    with pytest.raises(MissingInputError, match=r"kedro run --pipeline=teacher"):
+        run_kedro(project, env="smoke", pipeline="distill", params=NS_ONLY)
+    # nothing was trained: the check runs before any node
+    assert not (project / STUDENTS).exists()
+
+
+def test_distill_without_data_names_both_commands(project):
+    with pytest.raises(MissingInputError,
+                       match=r"--pipeline=data`? then `kedro run --pipeline=teacher"):
+        run_kedro(project, env="smoke", pipeline="distill", params=NS_ONLY)
+
+
+def test_baseline_needs_no_teacher(project):
+    run_kedro(project, env="smoke", pipeline="data", params=NS_ONLY)
+    run_kedro(project, env="smoke", pipeline="distill",
+              params={**NS_ONLY, "distill.methods": "none", "distill.students": "mlp_mixer"})
+    assert (project / STUDENTS / "mlp_mixer" / "none.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"distill.methods": "none+magic"}, r"distill.methods: 'magic' is neither a method"),
+        ({"distill.students": "simvp"}, r"distill.students: \['simvp'\] are not student"),
+        ({"distill.datasets": "taxibj"}, r"distill.datasets: \['taxibj'\] are not enabled"),
+        ({"distill.lambda": -1}, r"distill.lambda must be >= 0"),
+    ],
+)
+def test_bad_distill_parameters_are_named(project, params, message):
+    with pytest.raises(ConfigError, match=message):
+        run_kedro(project, env="smoke", pipeline="distill", params={**NS_ONLY, **params})
