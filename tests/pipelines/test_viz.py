@@ -27,3 +27,9 @@ def test_kedro_viz_build_groups_nodes_by_dataset(project):
         node_names = {n["name"] for n in main["nodes"] if n["id"] in children}
         assert {"acquire_raw", "build_tensors", "summarize_tensors"} <= node_names
         assert f"{dataset}.tensors" in node_names
+    # students nest under their dataset: <dataset>.<student>.<method>
+    for student in ("unet", "resnet", "mlp_mixer"):
+        for method in ("none", "sdkd", "aekd"):
+            assert f"navier_stokes.{student}.{method}" in groups
+    teacher_ids = {child["id"] for child in groups["navier_stokes.simvp"]["children"]}
+    assert "train_teacher" in {n["name"] for n in main["nodes"] if n["id"] in teacher_ids}
