@@ -1,0 +1,444 @@
+"""Evaluation metrics of a forecast: the one place where they are defined.
+
+Imports only torch, numpy and torchmetrics, so it runs without Kedro, MLflow, Zarr or Dask.
+
+Definitions
+-----------
+Predictions ``P`` and truths ``Y`` have shape ``(N, T, C, H, W)``: N samples, T forecast steps,
+C channels on an H x W grid. Every sum below is accumulated in float64.
+
+- **Units.** All metrics are computed on de-normalized fields, in physical units: callers pass
+  predictions and truths already de-normalized. Predictions are not clipped to the data range
+  before any metric (OpenSTL clips after MSE for some metrics; we never clip).
+- **MSE, MAE.** The mean over all of N, C, H and W of ``(P - Y)^2`` and ``|P - Y|``, i.e. per pixel
+  and per channel, not summed over C*H*W as OpenSTL does for some datasets. Reported per forecast
+  step t (``mse_per_step``, a vector of length T) and averaged over the steps (``mse``); every
+  step counts the same number of values, so ``mse`` is also the mean over all of N, T, C, H, W.
+- **RMSE.** Per step, the square root of that step's MSE; overall, the square root of the
+  overall MSE, ``sqrt(mse)``, which is not the mean of the per-step RMSEs.
+- **PSNR.** ``10 log10(R_c^2 / MSE_{t,c})`` in dB, where ``MSE_{t,c}`` is the MSE of channel c at
+  step t over all of N, H, W and ``R_c`` is an explicit data range per channel, passed in by the
+  caller (the evaluation passes ``max - min`` of the channel over the test split's truth, see
+  ``data_range_from``; that choice is the caller's). Averaged over channels per step
+  (``psnr_per_step``), then over steps (``psnr``). It is computed from the MSE of the whole
+  split, not averaged over per-frame PSNRs. An error of exactly zero gives ``+inf``, which
+  propagates to the averages.
+- **SSIM.** ``torchmetrics.functional.structural_similarity_index_measure`` with a gaussian
+  kernel of 11 points and sigma 1.5 (reflect padding, k1 = 0.01, k2 = 0.03), computed in
+  float64 on each (sample, step, channel) 2-D frame with the explicit data range ``R_c`` of its
+  channel, never inferred from the data (skimage without ``data_range`` assumes a range of 2 for
+  float images; that is OpenSTL's SSIM, and we do not use it). Averaged over samples and
+  channels per step (``ssim_per_step``), then over steps (``ssim``). Needs H, W >= 6.
+- **Band errors (Plancherel).** The error field ``P - Y`` is split by radial wavenumber into
+  three bands, ``spectral.BandSplit.log_spaced(H, W, 3)``: low, mid and high, with cutoffs
+  log-spaced between ``|k| = 1`` and the grid's largest ``|k|`` (the mean, k = 0, is in the low
+  band). ``band_mse[b]`` is the band's error energy divided by the same count as the MSE, so the
+  three band MSEs sum to the MSE exactly (to float64 rounding); per step
+  (``band_mse_per_step``) and averaged over steps (``band_mse``).
+- **Gap closed.** ``gap_closed(student, baseline, teacher) = (baseline - student) /
+  (baseline - teacher)`` for any one metric, with ``baseline`` the student trained without
+  distillation. Positive means the method moved the student toward the teacher, 1 means it
+  reached the teacher, above 1 past it, 0 no change, negative away from it; the same formula
+  serves lower-is-better (MSE) and higher-is-better (PSNR, SSIM) metrics. NaN when
+  ``baseline == teacher``.
+
+Streaming: ``MetricAccumulator`` keeps float64 sums over batches, so an evaluation never holds
+the whole test split; its result equals the one computed on the concatenated data up to float64
+rounding, whatever the batch sizes. A prediction or truth with NaN or Inf is refused with a
+ValueError, so a diverged model cannot produce a silent NaN table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+from sdkd_pipeline.spectral import BandSplit
+
+__all__ = [
+    "BAND_NAMES",
+    "ForecastMetrics",
+    "MetricAccumulator",
+    "data_range_from",
+    "gap_closed",
+]
+
+BAND_NAMES: tuple[str, ...] = ("low", "mid", "high")
+
+SSIM_KERNEL_SIZE = 11
+SSIM_SIGMA = 1.5
+# torchmetrics pads each frame by reflection with (kernel - 1) / 2 = 5 cells; reflect padding
+# needs more cells than that along each axis.
+_SSIM_MIN_SIZE = SSIM_KERNEL_SIZE // 2 + 1
+# Frames per SSIM call: bounds the float64 temporaries (about a dozen copies) to a few 100 MB.
+_SSIM_PIXELS_PER_CALL = 2**22
+
+
+# ---------------------------------------------------------------------------------------------
+# Result
+# ---------------------------------------------------------------------------------------------
+
+
+def _json_float(value: float) -> float | str:
+    """Finite floats as they are; +inf (PSNR of an exact forecast) as ``"inf"`` for strict JSON."""
+    return value if math.isfinite(value) else str(value)
+
+
+def _step_key(step: int, steps: int) -> str:
+    return f"step_{step:0{max(2, len(str(steps)))}d}"
+
+
+@dataclass(frozen=True)
+class ForecastMetrics:
+    """Metrics of one model on one split (definitions in the module docstring).
+
+    Scalars are averaged over the forecast steps; ``*_per_step`` tuples have one value per step
+    (step 1 first). ``band_mse`` maps ``low`` / ``mid`` / ``high`` to the band's MSE and
+    ``band_mse_per_step`` to its per-step tuple. ``band_cutoffs`` are the two ``|k|`` cutoffs of
+    the bands, ``data_range`` the ``R_c`` used for PSNR and SSIM, ``n_samples`` the N seen.
+    """
+
+    mse: float
+    mae: float
+    rmse: float
+    psnr: float
+    ssim: float
+    mse_per_step: tuple[float, ...]
+    mae_per_step: tuple[float, ...]
+    rmse_per_step: tuple[float, ...]
+    psnr_per_step: tuple[float, ...]
+    ssim_per_step: tuple[float, ...]
+    band_mse: dict[str, float]
+    band_mse_per_step: dict[str, tuple[float, ...]]
+    band_cutoffs: tuple[float, ...]
+    data_range: tuple[float, ...]
+    n_samples: int
+
+    @property
+    def steps(self) -> int:
+        return len(self.mse_per_step)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of lists and floats for ``json.dumps(..., allow_nan=False)``.
+
+        The only non-finite value a metric can take, a PSNR of ``+inf``, is written as the
+        string ``"inf"``; ``from_dict`` reads it back.
+        """
+        out: dict[str, Any] = {}
+        for name in ("mse", "mae", "rmse", "psnr", "ssim"):
+            out[name] = _json_float(getattr(self, name))
+        for name in ("mse", "mae", "rmse", "psnr", "ssim"):
+            out[f"{name}_per_step"] = [_json_float(v) for v in getattr(self, f"{name}_per_step")]
+        out["band_mse"] = {band: _json_float(v) for band, v in self.band_mse.items()}
+        out["band_mse_per_step"] = {
+            band: [_json_float(v) for v in values] for band, values in self.band_mse_per_step.items()
+        }
+        out["band_cutoffs"] = list(self.band_cutoffs)
+        out["data_range"] = list(self.data_range)
+        out["n_samples"] = self.n_samples
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ForecastMetrics:
+        """Inverse of ``to_dict`` (e.g. for a metrics JSON file written by an evaluation)."""
+        per_step = {
+            f"{name}_per_step": tuple(float(v) for v in data[f"{name}_per_step"])
+            for name in ("mse", "mae", "rmse", "psnr", "ssim")
+        }
+        return cls(
+            **{name: float(data[name]) for name in ("mse", "mae", "rmse", "psnr", "ssim")},
+            **per_step,
+            band_mse={band: float(v) for band, v in data["band_mse"].items()},
+            band_mse_per_step={
+                band: tuple(float(v) for v in values)
+                for band, values in data["band_mse_per_step"].items()
+            },
+            band_cutoffs=tuple(float(v) for v in data["band_cutoffs"]),
+            data_range=tuple(float(v) for v in data["data_range"]),
+            n_samples=int(data["n_samples"]),
+        )
+
+    def flat(self) -> dict[str, float]:
+        """Flat ``name -> float`` for ``mlflow.log_metrics``.
+
+        Keys: ``mse``, ``mae``, ``rmse``, ``psnr``, ``ssim``; per step ``mse_step_01``, ...,
+        ``ssim_step_12`` (1-based, zero-padded to at least two digits); ``band_mse_low``,
+        ``band_mse_mid``, ``band_mse_high`` and ``band_mse_low_step_01``, .... A PSNR of ``+inf``
+        stays ``inf`` (MLflow's SQL store records it as the largest float64).
+        """
+        out: dict[str, float] = {}
+        for name in ("mse", "mae", "rmse", "psnr", "ssim"):
+            out[name] = float(getattr(self, name))
+        for name in ("mse", "mae", "rmse", "psnr", "ssim"):
+            for step, value in enumerate(getattr(self, f"{name}_per_step"), start=1):
+                out[f"{name}_{_step_key(step, self.steps)}"] = float(value)
+        for band, value in self.band_mse.items():
+            out[f"band_mse_{band}"] = float(value)
+        for band, values in self.band_mse_per_step.items():
+            for step, value in enumerate(values, start=1):
+                out[f"band_mse_{band}_{_step_key(step, self.steps)}"] = float(value)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks
+# ---------------------------------------------------------------------------------------------
+
+
+def _as_tensor(x: Any, what: str) -> torch.Tensor:
+    tensor = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    if tensor.is_complex():
+        raise TypeError(f"{what} must be a real field, got a {tensor.dtype} tensor")
+    return tensor
+
+
+def _check_finite(x: torch.Tensor, what: str, hint: str) -> None:
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise ValueError(
+            f"{what} contains {bad} NaN/Inf value(s) out of {x.numel()}: {hint}; "
+            "no metrics are computed from it"
+        )
+
+
+def _autocast_off(device: torch.device):
+    """SSIM's convolution and the FFT must not run in bf16/fp16 under a caller's autocast."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_data_range(data_range: Sequence[float] | torch.Tensor, channels: int) -> torch.Tensor:
+    values = torch.as_tensor(
+        data_range.detach().cpu() if isinstance(data_range, torch.Tensor) else data_range,
+        dtype=torch.float64,
+    ).flatten()
+    if values.numel() != channels:
+        raise ValueError(
+            f"data_range needs one value per channel ({channels}), got {values.numel()}: "
+            f"{values.tolist()}"
+        )
+    for channel, value in enumerate(values.tolist()):
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(
+                f"data_range of channel {channel} must be a positive finite number, got {value!r}"
+            )
+    return values
+
+
+# ---------------------------------------------------------------------------------------------
+# Accumulator
+# ---------------------------------------------------------------------------------------------
+
+
+class MetricAccumulator:
+    """Streaming float64 sums of every metric over batches of ``(N, T, C, H, W)`` fields.
+
+    ``update(prediction, target)`` per batch (any N, any device, any float dtype; a last
+    partial batch is fine), then ``compute()``. ``data_range`` holds ``R_c`` per channel, in the
+    units of the de-normalized fields (see ``data_range_from``).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        steps: int,
+        height: int,
+        width: int,
+        data_range: Sequence[float] | torch.Tensor,
+    ) -> None:
+        self.channels = _check_positive_int(channels, "channels")
+        self.steps = _check_positive_int(steps, "steps")
+        self.height = _check_positive_int(height, "height")
+        self.width = _check_positive_int(width, "width")
+        if min(self.height, self.width) < _SSIM_MIN_SIZE:
+            raise ValueError(
+                f"SSIM with an {SSIM_KERNEL_SIZE}-point gaussian window needs a grid of at least "
+                f"{_SSIM_MIN_SIZE}x{_SSIM_MIN_SIZE}, got {self.height}x{self.width}"
+            )
+        self.data_range = _check_data_range(data_range, self.channels)
+        self.bands = BandSplit.log_spaced(self.height, self.width, len(BAND_NAMES))
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every batch seen so far."""
+        shape = (self.steps, self.channels)
+        self._squared_error = torch.zeros(shape, dtype=torch.float64)
+        self._absolute_error = torch.zeros(shape, dtype=torch.float64)
+        self._ssim = torch.zeros(shape, dtype=torch.float64)
+        self._band_energy = torch.zeros((self.steps, len(BAND_NAMES)), dtype=torch.float64)
+        self._n_samples = 0
+
+    @property
+    def n_samples(self) -> int:
+        return self._n_samples
+
+    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
+        """Add one batch: de-normalized ``prediction`` and ``target`` of shape (N, T, C, H, W)."""
+        prediction = _as_tensor(prediction, "prediction")
+        target = _as_tensor(target, "target")
+        if prediction.shape != target.shape:
+            raise ValueError(
+                f"prediction shape {tuple(prediction.shape)} and target shape "
+                f"{tuple(target.shape)} differ"
+            )
+        expected = (self.steps, self.channels, self.height, self.width)
+        if prediction.dim() != 5 or tuple(prediction.shape[1:]) != expected:
+            raise ValueError(
+                f"expected prediction and target of shape (N, {', '.join(map(str, expected))}) "
+                f"(N, T, C, H, W), got prediction {tuple(prediction.shape)} and target "
+                f"{tuple(target.shape)}"
+            )
+        _check_finite(prediction, "prediction", "the model diverged or de-normalization overflowed")
+        _check_finite(target, "target", "the truth data is corrupt")
+        if len(prediction) == 0:
+            return
+
+        device = prediction.device
+        with torch.no_grad(), _autocast_off(device):
+            pred = prediction.to(torch.float64)
+            true = target.to(device=device, dtype=torch.float64)
+            error = pred - true
+            self._squared_error += error.square().sum((0, 3, 4)).cpu()
+            self._absolute_error += error.abs().sum((0, 3, 4)).cpu()
+            self._band_energy += self.bands.band_energy(error).sum((0, 2)).cpu()
+            self._ssim += self._ssim_sums(pred, true).cpu()
+        self._n_samples += len(prediction)
+
+    def _ssim_sums(self, pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+        """Sum over samples of each frame's SSIM: (T, C)."""
+        n, steps = pred.shape[:2]
+        chunk = max(1, _SSIM_PIXELS_PER_CALL // (self.height * self.width))
+        sums = torch.zeros((steps, self.channels), dtype=torch.float64, device=pred.device)
+        for channel in range(self.channels):
+            frames_pred = pred[:, :, channel].reshape(n * steps, 1, self.height, self.width)
+            frames_true = true[:, :, channel].reshape(n * steps, 1, self.height, self.width)
+            per_frame = torch.cat([
+                structural_similarity_index_measure(
+                    frames_pred[start : start + chunk],
+                    frames_true[start : start + chunk],
+                    gaussian_kernel=True,
+                    sigma=SSIM_SIGMA,
+                    kernel_size=SSIM_KERNEL_SIZE,
+                    reduction="none",
+                    data_range=float(self.data_range[channel]),
+                )
+                for start in range(0, n * steps, chunk)
+            ])
+            sums[:, channel] = per_frame.reshape(n, steps).sum(0)
+        return sums
+
+    def compute(self) -> ForecastMetrics:
+        """The metrics of every batch seen so far (does not reset)."""
+        if self._n_samples == 0:
+            raise ValueError("MetricAccumulator.compute() called before any non-empty update()")
+        values_per_channel = self._n_samples * self.height * self.width
+        mse_tc = self._squared_error / values_per_channel  # (T, C)
+        mse_t = mse_tc.mean(1)
+        mae_t = self._absolute_error.sum(1) / (values_per_channel * self.channels)
+        rmse_t = mse_t.sqrt()
+        # R^2 / 0 = inf, log10(inf) = inf: an exact channel gives PSNR +inf.
+        psnr_t = (10.0 * torch.log10(self.data_range.square() / mse_tc)).mean(1)
+        ssim_t = self._ssim.sum(1) / (self._n_samples * self.channels)
+        band_t = self._band_energy / (values_per_channel * self.channels)  # (T, bands)
+        mse = float(mse_t.mean())
+
+        def per_step(values: torch.Tensor) -> tuple[float, ...]:
+            return tuple(float(v) for v in values)
+
+        return ForecastMetrics(
+            mse=mse,
+            mae=float(mae_t.mean()),
+            rmse=math.sqrt(mse),
+            psnr=float(psnr_t.mean()),
+            ssim=float(ssim_t.mean()),
+            mse_per_step=per_step(mse_t),
+            mae_per_step=per_step(mae_t),
+            rmse_per_step=per_step(rmse_t),
+            psnr_per_step=per_step(psnr_t),
+            ssim_per_step=per_step(ssim_t),
+            band_mse={name: float(band_t[:, b].mean()) for b, name in enumerate(BAND_NAMES)},
+            band_mse_per_step={name: per_step(band_t[:, b]) for b, name in enumerate(BAND_NAMES)},
+            band_cutoffs=self.bands.cutoffs,
+            data_range=per_step(self.data_range),
+            n_samples=self._n_samples,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def data_range_from(
+    truth: torch.Tensor | np.ndarray | Iterable[torch.Tensor | np.ndarray],
+    channel_names: Sequence[str] | None = None,
+) -> torch.Tensor:
+    """``max - min`` of each channel over ``truth``: float64 ``(C,)`` on the CPU.
+
+    ``truth`` is one tensor/array or an iterable of batches (e.g. ``(y for _, y in loader)``),
+    each ``(..., C, H, W)`` with channels at dim -3, in de-normalized units. The evaluation
+    passes the test split's truth; which split to take the range from is the caller's choice.
+    Raises ValueError for a channel of zero range (PSNR and SSIM are undefined there, naming it
+    by ``channel_names`` when given), for NaN/Inf, mismatched channel counts or no data.
+    """
+    batches = [truth] if isinstance(truth, (torch.Tensor, np.ndarray)) else truth
+    low: torch.Tensor | None = None
+    high: torch.Tensor | None = None
+    for batch in batches:
+        x = _as_tensor(batch, "truth")
+        if x.dim() < 3:
+            raise ValueError(f"truth needs shape (..., C, H, W), got {tuple(x.shape)}")
+        channels = x.shape[-3]
+        if low is not None and channels != len(low):
+            raise ValueError(f"truth batches disagree on channels: {len(low)} then {channels}")
+        if x.numel() == 0:
+            continue
+        _check_finite(x, "truth", "the truth data is corrupt")
+        per_channel = x.movedim(-3, 0).reshape(channels, -1)
+        batch_low = per_channel.amin(1).to(device="cpu", dtype=torch.float64)
+        batch_high = per_channel.amax(1).to(device="cpu", dtype=torch.float64)
+        low = batch_low if low is None else torch.minimum(low, batch_low)
+        high = batch_high if high is None else torch.maximum(high, batch_high)
+    if low is None or high is None:
+        raise ValueError("data_range_from got no truth values")
+    if channel_names is not None and len(channel_names) != len(low):
+        raise ValueError(f"{len(channel_names)} channel_names for {len(low)} channels")
+    data_range = high - low
+    for channel, value in enumerate(data_range.tolist()):
+        if value <= 0:
+            name = f" ({channel_names[channel]!r})" if channel_names is not None else ""
+            raise ValueError(
+                f"channel {channel}{name} is constant ({float(low[channel]):g}) over the truth: "
+                "a zero data range leaves PSNR and SSIM undefined"
+            )
+    return data_range
+
+
+def gap_closed(student: float, baseline: float, teacher: float) -> float:
+    """Share of the baseline-teacher gap the method closed: ``(baseline - student) /
+    (baseline - teacher)``.
+
+    ``baseline`` is the student trained without distillation and ``student`` the distilled one,
+    all three the same metric. Positive = moved toward the teacher (1 = reached it, > 1 =
+    passed it), 0 = no change, negative = moved away; valid for lower- and higher-is-better
+    metrics alike. NaN when ``baseline == teacher`` (no gap to close).
+    """
+    denominator = float(baseline) - float(teacher)
+    if denominator == 0.0:
+        return math.nan
+    return (float(baseline) - float(student)) / denominator
