@@ -32,12 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "engine_worker.py"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _config(**overrides) -> TrainConfig:

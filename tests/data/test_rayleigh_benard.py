@@ -34,13 +34,7 @@ from sdkd_pipeline.errors import ConfigError, DataError, MissingRawDataError
 OPTIMAL_ASPECT = 2 * math.pi / FREE_SLIP_CRITICAL_WAVENUMBER
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small FFTs run faster on one thread, and far faster when the cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_cfg(**overrides) -> dict:

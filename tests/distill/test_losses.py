@@ -58,12 +58,7 @@ MULTI_CASES = [name for name, (method, _) in CASES.items()
                if method in ("aver_mkd", "aekd", "camkd", "sdkd_multi")]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _randn(*shape: int, seed: int) -> torch.Tensor:

@@ -31,12 +31,7 @@ SHAPE = {"in_frames": 3, "out_frames": 3, "channels": 1, "height": 16, "width": 
 VAL = {"simvp": 0.30, "st_alternet": 0.10}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: threads only contend
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(method: str, **params) -> DistillConfig:

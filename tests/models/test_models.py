@@ -30,12 +30,7 @@ GRIDS = [(64, 64), (32, 128), (32, 64), (33, 49), (32, 32), (128, 128)]
 T_IN, T_OUT, CHANNELS = 3, 2, 2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tiny(name: str, height: int, width: int, **overrides) -> nn.Module:
