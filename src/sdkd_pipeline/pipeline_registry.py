@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from sdkd_pipeline.pipelines import data, distill, download, spectral, teacher
+from sdkd_pipeline.pipelines import data, distill, download, evaluate, spectral, teacher
 from sdkd_pipeline.pipelines.selection import (
     datasets_with,
     distill_selection,
@@ -16,7 +16,8 @@ from sdkd_pipeline.pipelines.selection import (
 def register_pipelines() -> dict[str, Pipeline]:
     """``data`` for the enabled datasets; ``download`` for those of them with download
     parameters; ``teacher`` for every enabled (dataset, teacher); ``spectral`` analyses each of
-    those teachers' latents; ``__default__`` runs every stage (downloads are explicit, never
+    those teachers' latents; ``evaluate`` tables every teacher and student of each distilled
+    dataset on its test split; ``__default__`` runs every stage (downloads are explicit, never
     implied)."""
     datasets = enabled_datasets()
     data_pipeline = data.create_pipeline(datasets)
@@ -26,11 +27,14 @@ def register_pipelines() -> dict[str, Pipeline]:
     distill_datasets, students, methods, distill_params = distill_selection()
     distill_pipeline = distill.create_pipeline(distill_datasets, students, methods, teachers,
                                                distill_params)
+    evaluate_pipeline = evaluate.create_pipeline(distill_datasets, teachers, students, methods)
     return {
         "data": data_pipeline,
         "download": download.create_pipeline(datasets_with("download", datasets)),
         "teacher": teacher_pipeline,
         "spectral": spectral_pipeline,
         "distill": distill_pipeline,
-        "__default__": data_pipeline + teacher_pipeline + spectral_pipeline + distill_pipeline,
+        "evaluate": evaluate_pipeline,
+        "__default__": (data_pipeline + teacher_pipeline + spectral_pipeline + distill_pipeline
+                        + evaluate_pipeline),
     }

@@ -1,0 +1,624 @@
+"""Evaluation of trained teachers and students on the test split: the paper's table.
+
+Imports only torch, numpy and pandas at module level (matplotlib inside the plotting
+functions), so it runs without Kedro, MLflow, Zarr or Dask.
+
+Every accuracy metric is computed by ``metrics.MetricAccumulator`` on de-normalized fields,
+streamed over the test loader (the split is never held in memory), with the models in eval
+mode under ``torch.no_grad``. PSNR and SSIM use one explicit data range per channel, ``max -
+min`` of the test split's truth, computed once per dataset (``test_data_range``) and used for
+every model. Latency is the median of ``repeats`` timed forward calls after ``warmup`` calls,
+on the CPU with ``threads`` torch threads (CUDA too when available), per batch size; a
+student's speedup over a teacher is the teacher's latency divided by the student's. The share
+of the teacher-student gap a distilled student closes is ``metrics.gap_closed`` on test MSE and
+MAE, with the student trained by method ``none`` as the baseline and the teacher with the lowest
+validation MSE (the checkpoint's ``best_val_loss``) as the reference.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from sdkd_pipeline.errors import ConfigError
+from sdkd_pipeline.metrics import (
+    BAND_NAMES,
+    ForecastMetrics,
+    MetricAccumulator,
+    data_range_from,
+    gap_closed,
+)
+
+__all__ = [
+    "BASELINE_METHOD",
+    "EvaluationConfig",
+    "ModelResult",
+    "build_table",
+    "curves_json",
+    "evaluate_models",
+    "measure_latency",
+    "plot_band_errors",
+    "plot_prediction_panel",
+    "plot_step_curves",
+    "predict_windows",
+    "table_metrics",
+    "test_data_range",
+    "to_markdown",
+]
+
+BASELINE_METHOD = "none"
+TEACHER_METHOD = "supervised"
+METRIC_COLUMNS = ("mse", "mae", "rmse", "psnr", "ssim")
+BAND_COLUMNS = tuple(f"band_mse_{band}" for band in BAND_NAMES)
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """The ``evaluate`` parameters (see ``conf/base/parameters_evaluate.yml``)."""
+
+    batch_size: int = 16
+    threads: int = 1
+    repeats: int = 5
+    warmup: int = 2
+    batch_sizes: tuple[int, ...] = (1, 32)
+    panel_windows: tuple[int, ...] = (0,)
+    panel_step: int = -1
+    device: str = "auto"
+    cuda_latency: bool = True
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any] | None) -> EvaluationConfig:
+        params = dict(params or {})
+        latency = dict(params.get("latency") or {})
+        panels = dict(params.get("panels") or {})
+
+        def positive(value: Any, name: str, minimum: int = 1) -> int:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+                    or value < minimum:
+                raise ConfigError(f"parameter evaluate.{name} must be an integer >= {minimum}, "
+                                  f"got {value!r}")
+            return int(value)
+
+        sizes = latency.get("batch_sizes", [1, 32])
+        sizes = [sizes] if isinstance(sizes, int) else list(sizes)
+        if not sizes:
+            raise ConfigError("parameter evaluate.latency.batch_sizes must not be empty")
+        windows = panels.get("windows", [0])
+        windows = [windows] if isinstance(windows, int) else list(windows or [])
+        step = panels.get("step", -1)
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+            raise ConfigError(f"parameter evaluate.panels.step must be an integer, got {step!r}")
+        return cls(
+            batch_size=positive(params.get("batch_size", 16), "batch_size"),
+            threads=positive(latency.get("threads", 1), "latency.threads"),
+            repeats=positive(latency.get("repeats", 5), "latency.repeats"),
+            warmup=positive(latency.get("warmup", 2), "latency.warmup", 0),
+            batch_sizes=tuple(positive(b, "latency.batch_sizes") for b in sizes),
+            panel_windows=tuple(positive(w, "panels.windows", 0) for w in windows),
+            panel_step=int(step),
+            device=str(params.get("device", "auto")),
+            cuda_latency=bool(latency.get("cuda", True)),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# accuracy
+# ---------------------------------------------------------------------------------------------
+
+
+def _loader(windows: Any, batch_size: int) -> DataLoader:
+    return DataLoader(windows, batch_size=batch_size, shuffle=False, num_workers=0)
+
+
+def test_data_range(windows: Any, batch_size: int = 16) -> torch.Tensor:
+    """``max - min`` of each channel over the de-normalized truth of ``windows`` (streamed)."""
+    return data_range_from((windows.denormalize(y) for _, y in _loader(windows, batch_size)),
+                           channel_names=getattr(windows, "channels", None))
+
+
+test_data_range.__test__ = False  # not a pytest test, whatever its name
+
+
+def _forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    if isinstance(out, Mapping):
+        out = out["prediction"]
+    elif isinstance(out, (tuple, list)):
+        out = out[0]
+    return out.float()
+
+
+def evaluate_models(
+    models: Mapping[str, torch.nn.Module],
+    windows: Any,
+    data_range: Sequence[float] | torch.Tensor,
+    *,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+) -> dict[str, ForecastMetrics]:
+    """Metrics of each model on ``windows`` (a WindowDataset: normalized ``(x, y)`` items and
+    ``denormalize``), in one streamed pass over the loader; every model sees each batch."""
+    if not models:
+        raise ConfigError("evaluate_models: no model to evaluate")
+    device = torch.device(device)
+    x0, y0 = windows[0]
+    steps, channels, height, width = (int(s) for s in y0.shape)
+    accumulators = {name: MetricAccumulator(channels, steps, height, width, data_range)
+                    for name in models}
+    states = {}
+    for name, model in models.items():
+        states[name] = model.training
+        model.to(device).eval()
+    try:
+        with torch.no_grad():
+            for x, y in _loader(windows, batch_size):
+                x = x.to(device)
+                truth = windows.denormalize(y.to(device))
+                for name, model in models.items():
+                    prediction = windows.denormalize(_forward(model, x))
+                    accumulators[name].update(prediction, truth)
+    finally:
+        for name, model in models.items():
+            model.train(states[name])
+    return {name: acc.compute() for name, acc in accumulators.items()}
+
+
+def predict_windows(
+    models: Mapping[str, torch.nn.Module],
+    windows: Any,
+    indices: Iterable[int],
+    *,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """De-normalized truth ``(K, T, C, H, W)`` and each model's prediction for windows
+    ``indices`` (out-of-range indices are dropped; at least window 0 is used)."""
+    device = torch.device(device)
+    chosen = [i for i in indices if 0 <= i < len(windows)] or [0]
+    xs, ys = zip(*(windows[i] for i in chosen), strict=True)
+    x = torch.stack(xs).to(device)
+    truth = windows.denormalize(torch.stack(ys))
+    predictions = {}
+    with torch.no_grad():
+        for name, model in models.items():
+            was = model.training
+            model.to(device).eval()
+            predictions[name] = windows.denormalize(_forward(model, x)).cpu()
+            model.train(was)
+    return truth, predictions
+
+
+# ---------------------------------------------------------------------------------------------
+# latency
+# ---------------------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_latency(
+    model: torch.nn.Module,
+    sample_shape: Sequence[int],
+    batch_sizes: Sequence[int] = (1, 32),
+    *,
+    repeats: int = 5,
+    warmup: int = 2,
+    threads: int | None = 1,
+    device: str | torch.device = "cpu",
+) -> dict[int, float]:
+    """Median forward latency in milliseconds per batch size, for inputs ``(B, *sample_shape)``.
+
+    On the CPU torch runs with ``threads`` threads (restored afterwards); on CUDA every call is
+    synchronized. The model is timed in eval mode under ``torch.no_grad``.
+    """
+    device = torch.device(device)
+    if repeats < 1:
+        raise ConfigError(f"measure_latency: repeats must be >= 1, got {repeats}")
+    old_threads = torch.get_num_threads()
+    if threads and device.type == "cpu":
+        torch.set_num_threads(int(threads))
+    was = model.training
+    model.to(device).eval()
+    out: dict[int, float] = {}
+    try:
+        with torch.no_grad():
+            for batch in batch_sizes:
+                x = torch.randn((int(batch), *(int(s) for s in sample_shape)), device=device)
+                for _ in range(warmup):
+                    model(x)
+                _sync(device)
+                times = []
+                for _ in range(repeats):
+                    _sync(device)
+                    start = time.perf_counter()
+                    model(x)
+                    _sync(device)
+                    times.append(time.perf_counter() - start)
+                out[int(batch)] = statistics.median(times) * 1e3
+    finally:
+        model.train(was)
+        torch.set_num_threads(old_threads)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the table
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelResult:
+    """One evaluated checkpoint: who it is, its metrics, its cost."""
+
+    role: str
+    model: str
+    method: str
+    metrics: ForecastMetrics
+    params: int
+    flops: int
+    latency_ms: dict[int, float] = field(default_factory=dict)
+    latency_cuda_ms: dict[int, float] = field(default_factory=dict)
+    best_val_loss: float = math.nan
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}/{self.method}"
+
+
+def _order(results: Iterable[ModelResult], teachers: Sequence[str] | None,
+           students: Sequence[str] | None, methods: Sequence[str] | None) -> list[ModelResult]:
+    def rank(names: Sequence[str] | None, value: str) -> tuple[int, str]:
+        names = list(names or [])
+        return (names.index(value), "") if value in names else (len(names), value)
+
+    rows = list(results)
+    teacher_rows = sorted((r for r in rows if r.role == "teacher"),
+                          key=lambda r: rank(teachers, r.model))
+    student_rows = sorted((r for r in rows if r.role != "teacher"),
+                          key=lambda r: (rank(students, r.model), rank(methods, r.method)))
+    return teacher_rows + student_rows
+
+
+def best_teacher(results: Iterable[ModelResult]) -> ModelResult | None:
+    """The teacher with the lowest validation MSE (``best_val_loss``), or None."""
+    teachers = [r for r in results if r.role == "teacher" and math.isfinite(r.best_val_loss)]
+    return min(teachers, key=lambda r: r.best_val_loss) if teachers else None
+
+
+def build_table(
+    results: Iterable[ModelResult],
+    *,
+    teachers: Sequence[str] | None = None,
+    students: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    batch_sizes: Sequence[int] = (1, 32),
+) -> pd.DataFrame:
+    """The paper's layout: teachers first, then students grouped by student, methods in
+    ``methods`` order (anything unlisted after the listed ones, by name).
+
+    Columns: role, model, method, params, gflops, mse, mae, rmse, psnr, ssim,
+    band_mse_low/mid/high, latency_ms_b<B> per batch size (CPU), latency_cuda_ms_b<B> when CUDA
+    was timed, speedup_vs_<teacher>_b<B> (teacher latency / this row's, CPU), gap_closed_mse,
+    gap_closed_mae (NaN for teachers, and for every row when the baseline ``none`` of that
+    student or any teacher is missing).
+    """
+    rows = _order(results, teachers, students, methods)
+    teacher_rows = [r for r in rows if r.role == "teacher"]
+    reference = best_teacher(rows)
+    baselines = {r.model: r for r in rows if r.role != "teacher" and r.method == BASELINE_METHOD}
+    with_cuda = any(r.latency_cuda_ms for r in rows)
+    records = []
+    for r in rows:
+        record: dict[str, Any] = {
+            "role": r.role, "model": r.model, "method": r.method,
+            "params": int(r.params), "gflops": r.flops / 1e9,
+            **{name: getattr(r.metrics, name) for name in METRIC_COLUMNS},
+            **{f"band_mse_{band}": r.metrics.band_mse[band] for band in BAND_NAMES},
+        }
+        for b in batch_sizes:
+            record[f"latency_ms_b{b}"] = r.latency_ms.get(b, math.nan)
+        if with_cuda:
+            for b in batch_sizes:
+                record[f"latency_cuda_ms_b{b}"] = r.latency_cuda_ms.get(b, math.nan)
+        for t in teacher_rows:
+            for b in batch_sizes:
+                mine, theirs = r.latency_ms.get(b, math.nan), t.latency_ms.get(b, math.nan)
+                record[f"speedup_vs_{t.model}_b{b}"] = theirs / mine if mine > 0 else math.nan
+        baseline = baselines.get(r.model)
+        for name in ("mse", "mae"):
+            value = math.nan
+            if r.role != "teacher" and baseline is not None and reference is not None:
+                value = gap_closed(getattr(r.metrics, name), getattr(baseline.metrics, name),
+                                   getattr(reference.metrics, name))
+            record[f"gap_closed_{name}"] = value
+        records.append(record)
+    columns = ["role", "model", "method", "params", "gflops", *METRIC_COLUMNS, *BAND_COLUMNS,
+               *(f"latency_ms_b{b}" for b in batch_sizes),
+               *((f"latency_cuda_ms_b{b}" for b in batch_sizes) if with_cuda else ()),
+               *(f"speedup_vs_{t.model}_b{b}" for t in teacher_rows for b in batch_sizes),
+               "gap_closed_mse", "gap_closed_mae"]
+    return pd.DataFrame(records, columns=columns)
+
+
+def _format_cell(value: Any, digits: int) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if math.isnan(value):
+            return ""
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        if value != 0 and (abs(value) >= 1e5 or abs(value) < 10 ** -(digits - 1)):
+            return f"{value:.{digits - 1}e}"
+        return f"{value:.{digits}g}" if abs(value) >= 10 ** digits else f"{value:.{digits}f}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:
+    """A GitHub pipe table of ``table`` (no tabulate needed): text left, numbers right;
+    floats with ``digits`` decimals (scientific when tiny or huge), NaN blank."""
+    headers = [str(c).replace("|", "\\|") for c in table.columns]
+    numeric = [pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c])
+               for c in table.columns]
+    body = [[_format_cell(v, digits) for v in row]
+            for row in table.itertuples(index=False, name=None)]
+    widths = [max([len(h), 3, *(len(row[i]) for row in body)]) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [c.rjust(w) if num else c.ljust(w)
+                 for c, w, num in zip(cells, widths, numeric, strict=True)]
+        return "| " + " | ".join(parts) + " |"
+
+    rule = "| " + " | ".join(("-" * (w - 1) + ":") if num else "-" * w
+                             for w, num in zip(widths, numeric, strict=True)) + " |"
+    return "\n".join([line(headers), rule, *(line(row) for row in body)]) + "\n"
+
+
+def curves_json(results: Iterable[ModelResult], *, dataset: str,
+                data_range: Sequence[float] | torch.Tensor, channels: Sequence[str],
+                extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Per-step curves and all metrics of each model, JSON-ready (``+inf`` as ``"inf"``)."""
+    values = data_range.tolist() if isinstance(data_range, torch.Tensor) else list(data_range)
+
+    def clean(v: float) -> float | None:
+        return float(v) if math.isfinite(v) else None
+
+    return {
+        "dataset": dataset,
+        "channels": list(channels),
+        "data_range": [float(v) for v in values],
+        **dict(extra or {}),
+        "models": [
+            {"role": r.role, "model": r.model, "method": r.method, "params": int(r.params),
+             "flops": int(r.flops), "best_val_loss": clean(r.best_val_loss),
+             "latency_ms": {str(b): v for b, v in r.latency_ms.items()},
+             "latency_cuda_ms": {str(b): v for b, v in r.latency_cuda_ms.items()},
+             "metrics": r.metrics.to_dict()}
+            for r in results
+        ],
+    }
+
+
+def table_metrics(table: pd.DataFrame) -> dict[str, float]:
+    """``<model>/<method>.<column>`` -> value for every finite numeric cell (for MLflow)."""
+    out: dict[str, float] = {}
+    for record in table.to_dict("records"):
+        for column, value in record.items():
+            if column in ("role", "model", "method") or isinstance(value, str):
+                continue
+            value = float(value)
+            if math.isfinite(value):
+                out[f"{record['model']}/{record['method']}.{column}"] = value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# figures (matplotlib Figure objects, no pyplot state)
+# ---------------------------------------------------------------------------------------------
+
+
+def _label(r: ModelResult) -> str:
+    return r.model if r.role == "teacher" else f"{r.model} ({r.method})"
+
+
+def plot_step_curves(results: Sequence[ModelResult], title: str | None = None) -> Any:
+    """MSE and SSIM per forecast step, one line per model (teachers solid, students dashed)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10.0, 4.0), layout="constrained")
+    axes = figure.subplots(1, 2)
+    for r in results:
+        steps = np.arange(1, r.metrics.steps + 1)
+        style = "-" if r.role == "teacher" else "--"
+        for ax, name in zip(axes, ("mse", "ssim"), strict=True):
+            ax.plot(steps, getattr(r.metrics, f"{name}_per_step"), style, marker="o",
+                    markersize=3, label=_label(r))
+    from matplotlib.ticker import MaxNLocator
+
+    axes[0].set_ylabel("MSE (physical units²)")
+    axes[1].set_ylabel("SSIM")
+    for ax in axes:
+        ax.set_xlabel("forecast step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+    axes[1].legend(fontsize="small")
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def plot_band_errors(results: Sequence[ModelResult], title: str | None = None) -> Any:
+    """Grouped bars of the low / mid / high band MSE of each model (log scale)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(max(6.0, 1.2 * len(results) + 3), 4.0), layout="constrained")
+    ax = figure.add_subplot()
+    n = max(len(results), 1)
+    width = 0.8 / n
+    x = np.arange(len(BAND_NAMES))
+    positive = False
+    for i, r in enumerate(results):
+        values = [r.metrics.band_mse[b] for b in BAND_NAMES]
+        positive = positive or any(v > 0 for v in values)
+        ax.bar(x + (i - (n - 1) / 2) * width, values, width, label=_label(r))
+    ax.set_xticks(x, list(BAND_NAMES))
+    ax.set_xlabel("wavenumber band")
+    ax.set_ylabel("band MSE (physical units²)")
+    if positive:
+        ax.set_yscale("log")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize="small")
+    if title:
+        ax.set_title(title)
+    return figure
+
+
+def plot_prediction_panel(truth: torch.Tensor, predictions: Mapping[str, torch.Tensor],
+                          *, step: int = -1, channel: int = 0,
+                          window_labels: Sequence[Any] | None = None,
+                          title: str | None = None) -> Any:
+    """Rows: windows; columns: truth then each prediction, at forecast ``step`` and
+    ``channel``, with one color scale per row shared by all its images."""
+    from matplotlib.figure import Figure
+
+    truth = torch.as_tensor(truth)
+    n_rows, n_cols = truth.shape[0], 1 + len(predictions)
+    figure = Figure(figsize=(2.4 * n_cols + 0.8, 2.4 * n_rows + 0.5), layout="constrained")
+    axes = np.atleast_2d(figure.subplots(n_rows, n_cols, squeeze=False))
+    labels = list(window_labels) if window_labels is not None else list(range(n_rows))
+    for row in range(n_rows):
+        images = {"truth": truth[row, step, channel]}
+        images.update({name: p[row, step, channel] for name, p in predictions.items()})
+        vmin = min(float(img.min()) for img in images.values())
+        vmax = max(float(img.max()) for img in images.values())
+        last = None
+        for col, (name, img) in enumerate(images.items()):
+            ax = axes[row, col]
+            last = ax.imshow(img.numpy(), origin="lower", cmap="RdBu_r", vmin=vmin, vmax=vmax)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name, fontsize="small")
+            if col == 0:
+                ax.set_ylabel(f"window {labels[row]}")
+        figure.colorbar(last, ax=list(axes[row]), shrink=0.8)
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+# ---------------------------------------------------------------------------------------------
+# one dataset, end to end
+# ---------------------------------------------------------------------------------------------
+
+
+def _float_or_nan(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+@dataclass
+class Evaluation:
+    """What ``evaluate_checkpoints`` returns."""
+
+    results: list[ModelResult]
+    table: pd.DataFrame
+    curves: dict[str, Any]
+    step_figure: Any
+    band_figure: Any
+    panel_figure: Any
+
+
+def evaluate_checkpoints(
+    entries: Sequence[tuple[str, str, str, torch.nn.Module, Mapping[str, Any]]],
+    windows: Any,
+    cfg: EvaluationConfig,
+    *,
+    dataset: str,
+    teachers: Sequence[str] | None = None,
+    students: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    count_params: Callable[[torch.nn.Module], int] | None = None,
+    count_flops: Callable[[torch.nn.Module, Sequence[int]], int] | None = None,
+) -> Evaluation:
+    """Evaluate ``entries`` = ``(role, model, method, module, checkpoint)`` on ``windows``
+    (the test split) and build the table, curves and figures."""
+    from sdkd_pipeline.models.complexity import count_flops as default_flops
+    from sdkd_pipeline.models.complexity import count_parameters as default_params
+    from sdkd_pipeline.training import resolve_device
+
+    count_params = count_params or default_params
+    count_flops = count_flops or default_flops
+    device = resolve_device(cfg.device)
+    data_range = test_data_range(windows, cfg.batch_size)
+    modules = {f"{model}/{method}": module for _, model, method, module, _ in entries}
+    metrics = evaluate_models(modules, windows, data_range, batch_size=cfg.batch_size,
+                              device=device)
+    x0, _ = windows[0]
+    sample_shape = tuple(int(s) for s in x0.shape)
+    results = []
+    for role, model, method, module, checkpoint in entries:
+        key = f"{model}/{method}"
+        module = module.cpu()
+        result = ModelResult(
+            role=role, model=model, method=method, metrics=metrics[key],
+            params=count_params(module), flops=count_flops(module, sample_shape),
+            best_val_loss=_float_or_nan(checkpoint.get("best_val_loss")),
+        )
+        result.latency_ms = measure_latency(module, sample_shape, cfg.batch_sizes,
+                                            repeats=cfg.repeats, warmup=cfg.warmup,
+                                            threads=cfg.threads, device="cpu")
+        if cfg.cuda_latency and torch.cuda.is_available():
+            result.latency_cuda_ms = measure_latency(module, sample_shape, cfg.batch_sizes,
+                                                     repeats=cfg.repeats, warmup=cfg.warmup,
+                                                     device="cuda")
+            module.cpu()
+        results.append(result)
+    results = _order(results, teachers, students, methods)
+    table = build_table(results, teachers=teachers, students=students, methods=methods,
+                        batch_sizes=cfg.batch_sizes)
+    reference = best_teacher(results)
+    curves = curves_json(results, dataset=dataset, data_range=data_range,
+                         channels=getattr(windows, "channels", []),
+                         extra={"split": "test", "n_windows": len(windows),
+                                "gap_reference_teacher": reference.model if reference else None,
+                                "latency": {"threads": cfg.threads, "repeats": cfg.repeats,
+                                            "warmup": cfg.warmup,
+                                            "batch_sizes": list(cfg.batch_sizes)}})
+    ordered = {r.key: modules[r.key] for r in results}
+    truth, predictions = predict_windows(ordered, windows, cfg.panel_windows, device=device)
+    labels = {r.key: _label(r) for r in results}
+    chosen = [i for i in cfg.panel_windows if 0 <= i < len(windows)] or [0]
+    panel = plot_prediction_panel(
+        truth, {labels[k]: p for k, p in predictions.items()}, step=cfg.panel_step,
+        window_labels=chosen,
+        title=f"{dataset}: forecast step {cfg.panel_step % truth.shape[1] + 1}, "
+              f"channel {(getattr(windows, 'channels', None) or ['0'])[0]}")
+    return Evaluation(
+        results=results, table=table, curves=curves,
+        step_figure=plot_step_curves(results, title=f"{dataset}: error per forecast step"),
+        band_figure=plot_band_errors(results, title=f"{dataset}: error by wavenumber band"),
+        panel_figure=panel,
+    )

@@ -1,0 +1,150 @@
+"""The evaluation node: every teacher and student checkpoint of one dataset on its test split,
+one table (CSV and Markdown), per-step curves (JSON), three figures and one MLflow run
+``<dataset>/evaluation``. The work is done by ``sdkd_pipeline.evaluation``."""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import xarray as xr
+
+from sdkd_pipeline.data.windows import WindowDataset
+from sdkd_pipeline.errors import DataError
+from sdkd_pipeline.evaluation import (
+    EvaluationConfig,
+    evaluate_checkpoints,
+    table_metrics,
+    to_markdown,
+)
+from sdkd_pipeline.pipelines.forecaster import load_forecaster
+from sdkd_pipeline.tracking import MLflowTracker, flatten_params
+
+logger = logging.getLogger(__name__)
+
+TEACHER_PREFIX = "teacher_"
+STUDENT_PREFIX = "student_"
+METHOD_SEPARATOR = "__"
+
+
+def teacher_input(teacher: str) -> str:
+    return f"{TEACHER_PREFIX}{teacher}"
+
+
+def student_input(student: str, method: str) -> str:
+    return f"{STUDENT_PREFIX}{student}{METHOD_SEPARATOR}{method}"
+
+
+def _parse_input(name: str) -> tuple[str, str, str | None]:
+    """``teacher_simvp`` -> (teacher, simvp, None); ``student_unet__sdkd`` -> (student, unet,
+    sdkd)."""
+    if name.startswith(TEACHER_PREFIX):
+        return "teacher", name.removeprefix(TEACHER_PREFIX), None
+    if name.startswith(STUDENT_PREFIX):
+        student, sep, method = name.removeprefix(STUDENT_PREFIX).partition(METHOD_SEPARATOR)
+        if sep and student and method:
+            return "student", student, method
+    raise ValueError(f"evaluate_dataset: input {name!r} is neither teacher_<model> nor "
+                     f"student_<model>__<method>")
+
+
+def _check_matches(label: str, command: str, checkpoint: Mapping[str, Any],
+                   windows: WindowDataset) -> None:
+    _, _, channels, height, width = windows.shape
+    shape = {"in_frames": windows.t_in, "out_frames": windows.t_out, "channels": channels,
+             "height": height, "width": width}
+    if dict(checkpoint.get("shape", {})) != shape:
+        raise DataError(f"{label} was trained for data of shape {dict(checkpoint.get('shape', {}))}"
+                        f" but the tensor store holds {shape}; rerun `{command}`")
+    same = (torch.allclose(torch.as_tensor(checkpoint["mean"]).float(), windows.mean.float(),
+                           rtol=1e-5, atol=1e-6)
+            and torch.allclose(torch.as_tensor(checkpoint["std"]).float(), windows.std.float(),
+                               rtol=1e-5, atol=1e-6))
+    if not same:
+        raise DataError(f"{label} was trained on data with other normalization statistics than "
+                        f"the current tensor store (the data were regenerated); rerun `{command}`")
+
+
+def evaluate_dataset(
+    tensors: xr.Dataset,
+    evaluate_params: Mapping[str, Any],
+    tracking: Mapping[str, Any],
+    *,
+    dataset: str,
+    teachers: list[str] | None = None,
+    students: list[str] | None = None,
+    methods: list[str] | None = None,
+    **checkpoints: Mapping[str, Any],
+) -> tuple[pd.DataFrame, str, dict[str, Any], Any, Any, Any]:
+    """Evaluate every checkpoint passed as ``teacher_<model>`` or ``student_<model>__<method>``
+    on the test split of ``dataset``.
+
+    Returns the table, its Markdown, the per-step curves JSON and the figures (metric per step,
+    error by band, prediction panel); logs them to one MLflow run ``<dataset>/evaluation``.
+    """
+    cfg = EvaluationConfig.from_params(evaluate_params)
+    store = tensors.encoding.get("store_path") or tensors
+    windows = WindowDataset(store, "test")
+    entries = []
+    for name, checkpoint in checkpoints.items():
+        role, model, method = _parse_input(name)
+        if role == "teacher":
+            label, command = f"teacher {model!r}", "kedro run --pipeline=teacher"
+        else:
+            label, command = f"student {model!r} ({method})", "kedro run --pipeline=distill"
+        _check_matches(label, command, checkpoint, windows)
+        module = load_forecaster(dict(checkpoint))
+        entries.append((role, model, method or str(checkpoint.get("method", "supervised")),
+                        module, checkpoint))
+    result = evaluate_checkpoints(entries, windows, cfg, dataset=dataset, teachers=teachers,
+                                  students=students, methods=methods)
+    table = result.table
+    markdown = (f"# {dataset}: test split, de-normalized\n\n"
+                f"{len(windows)} test windows; PSNR and SSIM with data range "
+                f"{', '.join(f'{v:.4g}' for v in result.curves['data_range'])} (max - min of "
+                f"the test truth per channel); latency in ms on the CPU with "
+                f"{cfg.threads} thread(s), median of {cfg.repeats}; gap closed relative to "
+                f"`none` against teacher {result.curves['gap_reference_teacher']}.\n\n"
+                + to_markdown(table))
+
+    tracking = dict(tracking or {})
+    tags = {"dataset": dataset, "stage": "evaluation", "method": "evaluation",
+            "models": ",".join(f"{r.model}/{r.method}" for r in result.results)}
+    with MLflowTracker(experiment=tracking.get("experiment", "sdkd_pipeline"),
+                       run_name=f"{dataset}/evaluation", tags=tags) as tracker:
+        tracker.log_params(flatten_params({"dataset": dataset, "evaluate": dict(evaluate_params
+                                                                              or {}),
+                                           "n_test_windows": len(windows)}))
+        tracker.log_metrics(_metrics(table, result.results))
+        with tempfile.TemporaryDirectory() as tmp:
+            for suffix, text in (("csv", table.to_csv(index=False)), ("md", markdown)):
+                path = Path(tmp) / f"{dataset}_evaluation.{suffix}"
+                path.write_text(text)
+                tracker.log_artifact(path)
+        tracker.log_dict(result.curves, f"{dataset}_curves.json")
+        tracker.log_figure(result.step_figure, f"{dataset}_metrics_per_step.png")
+        tracker.log_figure(result.band_figure, f"{dataset}_band_errors.png")
+        tracker.log_figure(result.panel_figure, f"{dataset}_predictions.png")
+        result.curves["mlflow_run_id"] = tracker.run_id
+
+    for record in table.to_dict("records"):
+        logger.info("%s %s/%s: test MSE %.4g, MAE %.4g, SSIM %.4f, gap closed (MSE) %s",
+                    dataset, record["model"], record["method"], record["mse"], record["mae"],
+                    record["ssim"], "-" if math.isnan(record["gap_closed_mse"])
+                    else f"{record['gap_closed_mse']:.3f}")
+    return (table, markdown, result.curves, result.step_figure, result.band_figure,
+            result.panel_figure)
+
+
+def _metrics(table: pd.DataFrame, results: list) -> dict[str, float]:
+    """``<model>/<method>.<metric>``: the table's numbers and each model's per-step curves."""
+    out = {f"{r.key}.{name}": value for r in results for name, value in r.metrics.flat().items()
+           if math.isfinite(value)}
+    out.update(table_metrics(table))
+    return out

@@ -1,0 +1,86 @@
+"""`kedro run --pipeline=evaluate` on the smoke config: the table, its files and MLflow run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+
+from sdkd_pipeline.data.windows import WindowDataset
+from sdkd_pipeline.errors import MissingInputError
+from sdkd_pipeline.pipelines.forecaster import load_forecaster
+from tests.pipelines.conftest import run_kedro
+
+NS_ONLY = {"data.datasets": "navier_stokes"}
+REPORTS = "data/08_reporting/evaluation"
+# the evaluation needs trained checkpoints, not good ones: one short epoch each
+FAST = {**NS_ONLY, "teacher.training.epochs": 1, "teacher.training.max_batches_per_epoch": 2,
+        "distill.training.epochs": 1, "distill.training.max_batches_per_epoch": 2}
+
+
+def test_evaluate_tables_teachers_and_students(project):
+    run_kedro(project, env="smoke", pipeline="data", params=NS_ONLY)
+    run_kedro(project, env="smoke", pipeline="teacher", params=FAST)
+    run_kedro(project, env="smoke", pipeline="distill", params=FAST)
+    run_kedro(project, env="smoke", pipeline="evaluate", params=NS_ONLY)
+
+    reports = project / REPORTS
+    for name in ("table.csv", "table.md", "curves.json", "metrics_per_step.png",
+                 "band_errors.png", "predictions.png"):
+        assert (reports / f"navier_stokes_{name}").stat().st_size > 0, name
+    table = pd.read_csv(reports / "navier_stokes_table.csv")
+    assert list(zip(table["role"], table["model"], table["method"], strict=True)) == [
+        ("teacher", "st_alternet", "supervised"), ("teacher", "simvp", "supervised"),
+        ("student", "unet", "none"), ("student", "unet", "sdkd")]
+    for column in ("latency_ms_b1", "latency_ms_b4", "speedup_vs_simvp_b1",
+                   "speedup_vs_st_alternet_b4"):
+        assert (table[column] > 0).all(), column
+    sdkd = table.set_index("method").loc["sdkd"]
+    assert math.isfinite(sdkd["gap_closed_mse"]) and math.isfinite(sdkd["gap_closed_mae"])
+    markdown = (reports / "navier_stokes_table.md").read_text()
+    assert "| role" in markdown and "st_alternet" in markdown
+
+    # de-normalized: the student's MSE is its normalized per-channel MSE times std^2
+    test = WindowDataset(project / "data/05_model_input/navier_stokes.zarr", "test")
+    checkpoint = torch.load(project / "data/06_models/navier_stokes/students/unet/none.pt",
+                            weights_only=True)
+    model = load_forecaster(checkpoint)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(len(test)):
+            x, y = test[i]
+            total += float((model(x[None])[0] - y).double().square().sum())
+            count += y.numel()
+    assert len(test.channels) == 1
+    manual = total / count * float(test.std[0]) ** 2
+    none = table.set_index("method").loc["none"]
+    assert none["mse"] == pytest.approx(manual, rel=1e-4)
+
+    curves = json.loads((reports / "navier_stokes_curves.json").read_text())
+    assert len(curves["models"]) == 4
+    assert len(curves["models"][0]["metrics"]["mse_per_step"]) == test.t_out
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    run = client.get_run(curves["mlflow_run_id"])
+    assert run.info.run_name == "navier_stokes/evaluation"
+    assert run.data.tags["dataset"] == "navier_stokes"
+    assert run.data.metrics["unet/sdkd.mse"] == pytest.approx(sdkd["mse"], rel=1e-9)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"navier_stokes_evaluation.csv", "navier_stokes_evaluation.md",
+            "navier_stokes_predictions.png"} <= artifacts
+
+
+def test_evaluate_without_a_student_says_to_run_distill(project):
+    run_kedro(project, env="smoke", pipeline="data", params=NS_ONLY)
+    # the baseline needs no teacher: only unet/none exists, unet/sdkd and the teachers do not
+    run_kedro(project, env="smoke", pipeline="distill",
+              params={**FAST, "distill.methods": "none"})
+    with pytest.raises(MissingInputError, match=r"kedro run --pipeline=distill") as error:
+        run_kedro(project, env="smoke", pipeline="evaluate", params=NS_ONLY)
+    message = str(error.value)
+    assert "navier_stokes.unet.sdkd.checkpoint" in message
+    assert "navier_stokes.unet.none.checkpoint" not in message
+    assert not (project / REPORTS).exists()

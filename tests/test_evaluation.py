@@ -1,0 +1,226 @@
+"""The evaluation library: streamed metrics, the table's layout, gap closed, Markdown, latency
+and figures, on tiny models and an in-memory tensor store."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sdkd_pipeline.data.raw import make_raw
+from sdkd_pipeline.data.tensors import SplitConfig, WindowConfig, build_tensor_dataset
+from sdkd_pipeline.data.windows import WindowDataset
+from sdkd_pipeline.evaluation import (
+    EvaluationConfig,
+    ModelResult,
+    build_table,
+    evaluate_checkpoints,
+    evaluate_models,
+    measure_latency,
+    plot_band_errors,
+    plot_prediction_panel,
+    plot_step_curves,
+    test_data_range,
+    to_markdown,
+)
+from sdkd_pipeline.metrics import ForecastMetrics, MetricAccumulator
+from sdkd_pipeline.models import build_model
+
+T_IN, T_OUT, SIZE = 2, 2, 16
+SHAPE = {"in_frames": T_IN, "out_frames": T_OUT, "channels": 2, "height": SIZE, "width": SIZE}
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def windows() -> WindowDataset:
+    rng = np.random.default_rng(3)
+    fields = rng.normal([5.0, -2.0], [3.0, 0.5], size=(4, 9, SIZE, SIZE, 2))
+    raw = make_raw(fields.transpose(0, 1, 4, 2, 3).astype(np.float32), dataset="demo",
+                   source="test:demo", channels=["u", "v"],
+                   time=np.arange(9, dtype=np.float64))
+    tensors = build_tensor_dataset(raw, split=SplitConfig(2, 1, 1),
+                                   window=WindowConfig(T_IN, T_OUT)).load()
+    return WindowDataset(tensors, "test")
+
+
+def _model(name: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    tiny = {"unet": {"hidden": 8, "base_width": 8, "levels": 2},
+            "simvp": {"frame_hidden": 8, "hidden": 16, "spatial_layers": 2, "depth": 2}}
+    return build_model(name, **SHAPE, **tiny[name]).eval()
+
+
+def _metrics(mse: float, mae: float) -> ForecastMetrics:
+    return ForecastMetrics(
+        mse=mse, mae=mae, rmse=math.sqrt(mse), psnr=20.0, ssim=0.5,
+        mse_per_step=(mse, mse), mae_per_step=(mae, mae), rmse_per_step=(1.0, 1.0),
+        psnr_per_step=(20.0, 20.0), ssim_per_step=(0.5, 0.5),
+        band_mse={"low": mse / 2, "mid": mse / 4, "high": mse / 4},
+        band_mse_per_step={"low": (1.0, 1.0), "mid": (1.0, 1.0), "high": (1.0, 1.0)},
+        band_cutoffs=(1.0, 2.0), data_range=(1.0,), n_samples=3)
+
+
+def _result(role, model, method, mse, mae, val=math.nan, lat=(1.0, 8.0)):
+    return ModelResult(role=role, model=model, method=method, metrics=_metrics(mse, mae),
+                       params=100, flops=2_000_000, latency_ms={1: lat[0], 32: lat[1]},
+                       best_val_loss=val)
+
+
+def test_streamed_metrics_equal_one_batch_on_denormalized_fields(windows):
+    model = _model("unet")
+    data_range = test_data_range(windows, batch_size=2)
+    ys = torch.stack([windows[i][1] for i in range(len(windows))])
+    truth = windows.denormalize(ys)
+    assert torch.allclose(data_range, (truth.amax((0, 1, 3, 4)) - truth.amin((0, 1, 3, 4)))
+                          .double())
+    streamed = evaluate_models({"m": model}, windows, data_range, batch_size=2)["m"]
+    xs = torch.stack([windows[i][0] for i in range(len(windows))])
+    with torch.no_grad():
+        prediction = windows.denormalize(model(xs))
+    accumulator = MetricAccumulator(2, T_OUT, SIZE, SIZE, data_range)
+    accumulator.update(prediction, truth)
+    whole = accumulator.compute()
+    assert streamed.mse == pytest.approx(whole.mse, rel=1e-6)
+    assert streamed.ssim == pytest.approx(whole.ssim, rel=1e-6)
+    # de-normalized: channel 0's normalized MSE times its std squared
+    normalized = (model(xs).detach() - ys)[:, :, 0].square().mean()
+    manual = float(normalized * windows.std[0] ** 2)
+    direct = float((prediction - truth)[:, :, 0].square().mean())
+    assert direct == pytest.approx(manual, rel=1e-4)
+    assert not model.training
+
+
+def test_table_order_columns_and_gap_closed():
+    results = [
+        _result("student", "unet", "sdkd", 3.0, 0.6, lat=(0.5, 2.0)),
+        _result("student", "resnet", "none", 5.0, 1.0),
+        _result("teacher", "simvp", "supervised", 1.0, 0.2, val=0.3, lat=(2.0, 16.0)),
+        _result("student", "unet", "none", 5.0, 1.0, lat=(0.5, 4.0)),
+        _result("teacher", "st_alternet", "supervised", 0.5, 0.1, val=0.4, lat=(4.0, 8.0)),
+        _result("student", "unet", "aekd", 4.0, 0.9),
+    ]
+    table = build_table(results, teachers=["st_alternet", "simvp"], students=["unet", "resnet"],
+                        methods=["none", "sdkd", "aekd"])
+    assert list(zip(table["model"], table["method"], strict=True)) == [
+        ("st_alternet", "supervised"), ("simvp", "supervised"), ("unet", "none"),
+        ("unet", "sdkd"), ("unet", "aekd"), ("resnet", "none")]
+    assert list(table.columns) == [
+        "role", "model", "method", "params", "gflops", "mse", "mae", "rmse", "psnr", "ssim",
+        "band_mse_low", "band_mse_mid", "band_mse_high", "latency_ms_b1", "latency_ms_b32",
+        "speedup_vs_st_alternet_b1", "speedup_vs_st_alternet_b32", "speedup_vs_simvp_b1",
+        "speedup_vs_simvp_b32", "gap_closed_mse", "gap_closed_mae"]
+    row = table.set_index(["model", "method"]).loc[("unet", "sdkd")]
+    # the reference is simvp (lowest validation MSE 0.3), not st_alternet (lowest test MSE)
+    assert row["gap_closed_mse"] == pytest.approx((5.0 - 3.0) / (5.0 - 1.0))
+    assert row["gap_closed_mae"] == pytest.approx((1.0 - 0.6) / (1.0 - 0.2))
+    assert row["speedup_vs_simvp_b1"] == pytest.approx(4.0)
+    assert row["speedup_vs_st_alternet_b32"] == pytest.approx(4.0)
+    assert row["gflops"] == pytest.approx(0.002)
+    assert table.set_index(["model", "method"]).loc[("unet", "none"), "gap_closed_mse"] == 0.0
+    assert table["gap_closed_mse"][:2].isna().all()  # teachers
+
+
+def test_gap_closed_is_blank_without_baseline():
+    results = [_result("teacher", "simvp", "supervised", 1.0, 0.2, val=0.3),
+               _result("student", "unet", "sdkd", 3.0, 0.6)]
+    table = build_table(results, teachers=["simvp"], students=["unet"], methods=["sdkd"],
+                        batch_sizes=[1])
+    assert table["gap_closed_mse"].isna().all() and table["gap_closed_mae"].isna().all()
+    assert "latency_ms_b32" not in table.columns
+    assert "nan" not in to_markdown(table)
+
+
+def test_markdown_is_a_pipe_table():
+    table = pd.DataFrame({"model": ["a|b", "c"], "params": [1234, 5],
+                          "mse": [0.123456, math.nan], "psnr": [math.inf, 1e-7]})
+    text = to_markdown(table, digits=3)
+    lines = text.strip().splitlines()
+    assert len(lines) == 4
+    assert all(line.startswith("| ") and line.endswith(" |") for line in lines)
+    assert lines[0].split("|")[1].strip() == "model"
+    assert set(lines[1].replace("|", "").replace(" ", "")) <= {"-", ":"}
+    assert lines[1].rstrip(" |").endswith(":")  # numbers right-aligned
+    assert "a\\|b" in lines[2] and "1,234" in lines[2] and "0.123" in lines[2]
+    assert "inf" in lines[2] and "1.00e-07" in lines[3] and "nan" not in text
+    # every row has the same width
+    assert len({len(line) for line in lines}) == 1
+
+
+def test_latency_is_positive_and_restores_threads():
+    torch.set_num_threads(1)
+    latency = measure_latency(_model("unet"), (T_IN, 2, SIZE, SIZE), [1, 3], repeats=2,
+                              warmup=1, threads=1)
+    assert set(latency) == {1, 3} and all(v > 0 for v in latency.values())
+    assert torch.get_num_threads() == 1
+
+
+def test_evaluate_checkpoints_table_and_figures(windows):
+    from matplotlib.figure import Figure
+
+    teacher, student, baseline = _model("simvp", 1), _model("unet", 2), _model("unet", 3)
+    entries = [("student", "unet", "sdkd", student, {"best_val_loss": 1.0}),
+               ("teacher", "simvp", "supervised", teacher, {"best_val_loss": 0.5}),
+               ("student", "unet", "none", baseline, {"best_val_loss": 1.2})]
+    cfg = EvaluationConfig.from_params({"batch_size": 2, "latency": {"repeats": 1, "warmup": 0,
+                                                                     "batch_sizes": [1, 2]},
+                                        "panels": {"windows": [0, 1, 99]}, "device": "cpu"})
+    result = evaluate_checkpoints(entries, windows, cfg, dataset="demo", teachers=["simvp"],
+                                  students=["unet"], methods=["none", "sdkd"])
+    table = result.table
+    assert list(table["role"]) == ["teacher", "student", "student"]
+    assert list(table["method"]) == ["supervised", "none", "sdkd"]
+    assert (table["latency_ms_b1"] > 0).all() and (table["speedup_vs_simvp_b2"] > 0).all()
+    assert math.isfinite(table["gap_closed_mse"].iloc[2])
+    assert table["params"].iloc[0] > 0 and table["gflops"].iloc[0] > 0
+    for fig in (result.step_figure, result.band_figure, result.panel_figure):
+        assert isinstance(fig, Figure)
+    assert len(result.panel_figure.axes) >= 2 * 4  # 2 windows x (truth + 3 models), colorbars
+    curves = result.curves
+    assert curves["gap_reference_teacher"] == "simvp"
+    assert [m["model"] for m in curves["models"]] == ["simvp", "unet", "unet"]
+    assert len(curves["models"][0]["metrics"]["mse_per_step"]) == T_OUT
+    import json
+    json.dumps(curves, allow_nan=False)
+
+
+def test_figures_directly():
+    results = [_result("teacher", "simvp", "supervised", 1.0, 0.2),
+               _result("student", "unet", "none", 2.0, 0.5)]
+    assert plot_step_curves(results).axes
+    assert plot_band_errors(results, title="t").axes
+    truth = torch.randn(1, 2, 1, SIZE, SIZE)
+    fig = plot_prediction_panel(truth, {"a": truth + 0.1}, step=-1)
+    images = [ax.images[0] for ax in fig.axes if ax.images]
+    assert len(images) == 2 and images[0].get_clim() == images[1].get_clim()
+
+
+def test_bad_parameters_are_named():
+    from sdkd_pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="evaluate.latency.repeats"):
+        EvaluationConfig.from_params({"latency": {"repeats": 0}})
+    with pytest.raises(ConfigError, match="evaluate.batch_size"):
+        EvaluationConfig.from_params({"batch_size": "x"})
+
+
+def test_library_imports_without_kedro_mlflow_zarr_dask():
+    code = ("import sys; import sdkd_pipeline.evaluation; "
+            "bad = [m for m in ('kedro', 'mlflow', 'zarr', 'dask') "
+            "if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cuda_latency_columns_appear_when_timed():
+    teacher = _result("teacher", "simvp", "supervised", 1.0, 0.2, val=0.3)
+    teacher.latency_cuda_ms = {1: 0.5, 32: 1.0}
+    table = build_table([teacher, _result("student", "unet", "none", 2.0, 0.5)])
+    assert list(table.columns[13:17]) == ["latency_ms_b1", "latency_ms_b32",
+                                         "latency_cuda_ms_b1", "latency_cuda_ms_b32"]
+    assert math.isnan(table["latency_cuda_ms_b1"].iloc[1])
