@@ -168,21 +168,36 @@ def _report(results, teacher_mse, best_teacher, students) -> None:
         for method in methods:
             mine = [r for r in rows if r["method"] == method and r["seed"] in base]
             test = [r["test"] for r in mine]
-            closed = {split: [(base[r["seed"]][split] - r[split])
-                              / (base[r["seed"]][split] - teacher_mse[best_teacher][split])
+            # the share is only meaningful while the teacher is better than the baseline: a
+            # student that already beats its teacher has no gap to close (NaN, and a warning)
+            closed = {split: [_share(base[r["seed"]][split], r[split],
+                                     teacher_mse[best_teacher][split])
                               for r in mine] for split in ("val", "test")}
             worse = sum(r["test"] > base[r["seed"]]["test"] for r in mine)
             print(f"{student:9s} {method:14s} {_mean_sd(test, 4):>17s} "
                   f"{_mean_sd([100 * c for c in closed['test']], 1, '%'):>17s} "
                   f"{_mean_sd([100 * c for c in closed['val']], 1, '%'):>17s} "
                   f"{worse:>9d} of {len(mine)}")
-            if method != "none" and statistics.mean(closed["val"]) > best[1]:
-                best = (method, statistics.mean(closed["val"]))
+            val_mse = statistics.mean(r["val"] for r in mine)
+            if method != "none" and -val_mse > best[1]:
+                best = (method, -val_mse)
         if best[0] is not None:
-            print(f"{student}: best method on validation: {best[0]}")
+            print(f"{student}: best method on validation (lowest val MSE): {best[0]}")
+        beaten = sorted({r["seed"] for r in base.values()
+                         if r["test"] <= teacher_mse[best_teacher]["test"]})
+        if beaten:
+            print(f"{student}: WARNING: without distillation the student already beats the "
+                  f"teacher on test (seeds {beaten}); there is no gap to close, and "
+                  "distillation pulls it toward a worse model")
+
+
+def _share(baseline: float, method: float, teacher: float) -> float:
+    gap = baseline - teacher
+    return (baseline - method) / gap if gap > 0 else float("nan")
 
 
 def _mean_sd(values, digits, unit=""):
+    values = [v for v in values if v == v]  # NaN: no gap on that seed
     if not values:
         return "-"
     mean = statistics.mean(values)

@@ -137,6 +137,18 @@ def test_gap_closed_is_blank_without_baseline():
     assert "nan" not in to_markdown(table)
 
 
+def test_gap_closed_is_blank_when_the_baseline_already_beats_the_teacher():
+    # a long-trained student can beat a short-trained teacher: no gap, no share
+    results = [_result("teacher", "simvp", "supervised", 1.0, 0.2, val=0.3),
+               _result("student", "unet", "none", 0.5, 0.3),
+               _result("student", "unet", "sdkd", 0.8, 0.25)]
+    table = build_table(results, teachers=["simvp"], students=["unet"],
+                        methods=["none", "sdkd"], batch_sizes=[1])
+    row = table.set_index(["model", "method"]).loc[("unet", "sdkd")]
+    assert math.isnan(row["gap_closed_mse"])  # the baseline's 0.5 beats the teacher's 1.0
+    assert row["gap_closed_mae"] == pytest.approx((0.3 - 0.25) / (0.3 - 0.2))
+
+
 def test_markdown_is_a_pipe_table():
     table = pd.DataFrame({"model": ["a|b", "c"], "params": [1234, 5],
                           "mse": [0.123456, math.nan], "psnr": [math.inf, 1e-7]})

@@ -314,8 +314,9 @@ def build_table(
     Columns: role, model, method, params, gflops, mse, mae, rmse, psnr, ssim,
     band_mse_low/mid/high, latency_ms_b<B> per batch size (CPU), latency_cuda_ms_b<B> when CUDA
     was timed, speedup_vs_<teacher>_b<B> (teacher latency / this row's, CPU), gap_closed_mse,
-    gap_closed_mae (NaN for teachers, and for every row when the baseline ``none`` of that
-    student or any teacher is missing).
+    gap_closed_mae (NaN for teachers, for every row when the baseline ``none`` of that
+    student or any teacher is missing, and when the baseline already beats the reference
+    teacher on that metric: then there is no gap to close).
     """
     rows = _order(results, teachers, students, methods)
     teacher_rows = [r for r in rows if r.role == "teacher"]
@@ -342,7 +343,10 @@ def build_table(
         baseline = baselines.get(r.model)
         for name in ("mse", "mae"):
             value = math.nan
-            if r.role != "teacher" and baseline is not None and reference is not None:
+            # errors: only a teacher better than the baseline leaves a gap to close (a student
+            # that beats its teacher unaided gets NaN, not a misleading share)
+            if (r.role != "teacher" and baseline is not None and reference is not None
+                    and getattr(reference.metrics, name) < getattr(baseline.metrics, name)):
                 value = gap_closed(getattr(r.metrics, name), getattr(baseline.metrics, name),
                                    getattr(reference.metrics, name))
             record[f"gap_closed_{name}"] = value
