@@ -93,10 +93,20 @@ def test_baseline_needs_no_teacher(project):
     [
         ({"distill.methods": "none+magic"}, r"distill.methods: 'magic' is neither a method"),
         ({"distill.students": "simvp"}, r"distill.students: \['simvp'\] are not student"),
-        ({"distill.datasets": "taxibj"}, r"distill.datasets: \['taxibj'\] are not enabled"),
+        ({"distill.datasets": "taxibj_xl"}, r"distill.datasets: unknown dataset name"),
         ({"distill.lambda": -1}, r"distill.lambda must be >= 0"),
     ],
 )
 def test_bad_distill_parameters_are_named(project, params, message):
     with pytest.raises(ConfigError, match=message):
         run_kedro(project, env="smoke", pipeline="distill", params={**NS_ONLY, **params})
+
+
+def test_distill_leaves_out_datasets_that_are_not_enabled():
+    from sdkd_pipeline.pipelines.selection import distill_selection
+
+    params = {"data": {"datasets": ["rayleigh_benard"]},
+              "distill": {"datasets": ["navier_stokes"], "students": ["unet"],
+                          "methods": ["none"]}}
+    datasets, students, methods, _ = distill_selection(params)
+    assert datasets == [] and students == ["unet"] and methods == ["none"]

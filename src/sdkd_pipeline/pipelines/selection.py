@@ -7,6 +7,7 @@ outside a session (``kedro viz``, a notebook) the registry falls back to reading
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -90,8 +91,10 @@ def distill_selection(params: dict[str, Any] | None = None
                       ) -> tuple[list[str], list[str], list[str], dict[str, Any]]:
     """``(datasets, students, methods, distill parameters)`` of the distill pipeline.
 
-    ``distill.datasets`` defaults to every enabled dataset and must be a subset of them (the
-    teachers it needs are trained only for enabled datasets).
+    ``distill.datasets`` defaults to every enabled dataset; names that are not enabled in
+    ``data.datasets`` are left out with a warning (their teachers are not trained), so that e.g.
+    ``kedro run --pipeline=data --params data.datasets=weatherbench`` is not refused because the
+    default distils Navier-Stokes. An unknown name is an error.
     """
     from sdkd_pipeline.models.registry import MODEL_ROLES
 
@@ -100,10 +103,16 @@ def distill_selection(params: dict[str, Any] | None = None
     distill = dict(params.get("distill") or {})
     enabled = enabled_datasets(params)
     datasets = _names(distill["datasets"]) if distill.get("datasets") else enabled
+    unknown = [d for d in datasets if d not in KNOWN_DATASETS]
+    if unknown:
+        raise ConfigError(f"parameter distill.datasets: unknown dataset name(s) {unknown}; "
+                          f"known datasets are {list(KNOWN_DATASETS)}")
     outside = [d for d in datasets if d not in enabled]
     if outside:
-        raise ConfigError(f"parameter distill.datasets: {outside} are not enabled in "
-                          f"data.datasets {enabled}")
+        logging.getLogger(__name__).warning(
+            "distill.datasets: %s not enabled in data.datasets %s, so not distilled",
+            outside, enabled)
+        datasets = [d for d in datasets if d in enabled]
     students = _names(distill.get("students", []))
     wrong = [n for n in students if MODEL_ROLES.get(n) != "student"]
     if wrong:
