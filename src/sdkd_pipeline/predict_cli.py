@@ -1,0 +1,101 @@
+"""Deploy a trained forecaster: export it, or forecast from a data file.
+
+    python -m sdkd_pipeline.predict_cli export \\
+        --checkpoint data/06_models/navier_stokes/students/unet/sdkd.pt --out exported/
+    python -m sdkd_pipeline.predict_cli predict --model exported/unet_sdkd.onnx \\
+        --input data/02_intermediate/navier_stokes_raw.zarr --output forecast.nc \\
+        [--time-index N] [--trajectory K]
+
+``export`` writes ``<model>_<method>.pt`` (TorchScript) and ``<model>_<method>.onnx`` into
+``--out``, checks both against PyTorch (onnxruntime for ONNX) and prints the results as JSON.
+``predict`` takes the T_in frames ending at ``--time-index`` (default: the last ones), runs the
+model (an exported file or a checkpoint) and writes the forecast in physical units with the
+input's coordinates (NetCDF, or Zarr when ``--output`` ends in ``.zarr``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sdkd_pipeline.errors import SDKDError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sdkd_pipeline.predict_cli", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    exp = sub.add_parser("export", help="export a checkpoint to TorchScript and ONNX")
+    exp.add_argument("--checkpoint", required=True, type=Path, help="checkpoint (.pt) file")
+    exp.add_argument("--out", required=True, type=Path, help="output directory")
+    exp.add_argument("--formats", default="torchscript,onnx",
+                     help="comma-separated: torchscript, onnx (default both)")
+    exp.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    exp.add_argument("--no-check", action="store_true", help="skip the checks against PyTorch")
+    exp.add_argument("--atol", type=float, default=1e-4)
+    exp.add_argument("--rtol", type=float, default=1e-3)
+
+    pred = sub.add_parser("predict", help="forecast from a Zarr store or NetCDF file")
+    pred.add_argument("--model", required=True, type=Path,
+                      help="exported model (.onnx or TorchScript .pt) or checkpoint")
+    pred.add_argument("--input", required=True, type=Path, help="Zarr store or NetCDF file")
+    pred.add_argument("--output", required=True, type=Path, help=".nc file or .zarr store")
+    pred.add_argument("--time-index", type=int, default=None,
+                      help="index of the last input frame (default: the last time step)")
+    pred.add_argument("--trajectory", type=int, default=0)
+    pred.add_argument("--variable", default="fields")
+    return parser
+
+
+def _export(args: argparse.Namespace) -> dict:
+    from sdkd_pipeline import deploy
+
+    formats = [f.strip().lower() for f in args.formats.split(",") if f.strip()]
+    unknown = sorted(set(formats) - {"torchscript", "onnx"})
+    if unknown or not formats:
+        raise SystemExit(f"--formats: unknown format(s) {unknown}; use torchscript, onnx")
+    checkpoint = deploy._load_checkpoint(args.checkpoint)
+    args.out.mkdir(parents=True, exist_ok=True)
+    result: dict = {"checkpoint": str(args.checkpoint)}
+    if "torchscript" in formats:
+        path = deploy.export_torchscript(checkpoint, args.out)
+        entry: dict = {"path": str(path)}
+        if not args.no_check:
+            entry["max_abs_diff"] = deploy.check_torchscript(checkpoint, path, atol=args.atol,
+                                                             rtol=args.rtol)
+        result["torchscript"] = entry
+    if "onnx" in formats:
+        path = deploy.export_onnx(checkpoint, args.out, opset=args.opset)
+        entry = {"path": str(path)}
+        if not args.no_check:
+            entry["max_abs_diff"] = deploy.check_onnx(checkpoint, path, atol=args.atol,
+                                                      rtol=args.rtol)
+        result["onnx"] = entry
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "export":
+            result = _export(args)
+        else:
+            from sdkd_pipeline import deploy
+
+            out = deploy.predict(args.model, args.input, args.output,
+                                 time_index=args.time_index, trajectory=args.trajectory,
+                                 variable=args.variable)
+            result = {"output": str(out)}
+    except (SDKDError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
