@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
@@ -20,3 +21,11 @@ def known_keys(cls: type, params: Mapping[str, Any] | None, prefix: str) -> dict
             f"{prefix}.{unknown[0]}: unknown parameter (allowed: {', '.join(sorted(allowed))})"
         )
     return params
+
+
+def list_param(value: Any) -> list[str]:
+    """A list parameter, also when given on the command line: Kedro splits ``--params`` at
+    commas, so lists are written ``navier_stokes+weatherbench`` (also ``|``, ``;``, spaces)."""
+    if isinstance(value, str):
+        return [n for n in re.split(r"[\s,;|+\[\]]+", value) if n]
+    return [str(v) for v in value]

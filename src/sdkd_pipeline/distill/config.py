@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from numbers import Real
 from typing import Any
 
+from sdkd_pipeline.config_utils import list_param
 from sdkd_pipeline.errors import ConfigError
 
 METHODS = ("none", "output_mse", "sdkd", "sdkd_latent", "aver_mkd", "aekd", "camkd",
@@ -202,9 +203,7 @@ def _build(cls: type[DistillConfig], name: str, method: str, s: Mapping[str, Any
     multi = _section(s, "sdkd_multi", {"weighting"}, where)
     teachers = s.get("teachers") or ()
     if isinstance(teachers, str):
-        from sdkd_pipeline.pipelines.selection import _names  # the CLI's list syntax
-
-        teachers = _names(teachers)
+        teachers = list_param(teachers)  # the command line's list syntax
     if not isinstance(teachers, list | tuple) or not all(isinstance(t, str) for t in teachers):
         raise ConfigError(f"{where}.teachers must be a list of teacher names, got {teachers!r}")
     teacher = s.get("teacher", "best")

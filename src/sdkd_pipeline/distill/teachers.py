@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from sdkd_pipeline.distill.config import DistillConfig
 from sdkd_pipeline.errors import ConfigError, DataError
+from sdkd_pipeline.training import _autocast
 
 log = logging.getLogger(__name__)
 
@@ -128,14 +129,6 @@ def precompute_teacher_outputs(
             for key, value in out.items():
                 chunks[name].setdefault(key, []).append(value.float().cpu())
     return {name: {k: torch.cat(v) for k, v in outs.items()} for name, outs in chunks.items()}
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        from contextlib import nullcontext
-
-        return nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def should_cache(cfg: DistillConfig, n_bytes: int) -> bool:

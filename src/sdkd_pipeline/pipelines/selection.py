@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any
 
+from sdkd_pipeline.config_utils import list_param as _names
 from sdkd_pipeline.errors import ConfigError
 
 KNOWN_DATASETS = ("navier_stokes", "rayleigh_benard", "weatherbench", "taxibj", "taxibj_plus")
@@ -124,11 +124,3 @@ def distill_selection(params: dict[str, Any] | None = None
         if len(set(names)) != len(names):
             raise ConfigError(f"parameter distill.{label}: duplicate names in {names}")
     return datasets, students, methods, distill
-
-
-def _names(value: Any) -> list[str]:
-    """A list parameter, also when given on the command line: Kedro splits ``--params`` at
-    commas, so lists are written ``navier_stokes+weatherbench`` (also ``|``, ``;``, spaces)."""
-    if isinstance(value, str):
-        return [n for n in re.split(r"[\s,;|+\[\]]+", value) if n]
-    return [str(v) for v in value]
