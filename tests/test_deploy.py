@@ -25,14 +25,25 @@ T_IN, T_OUT, C, H, W = 3, 2, 2, 16, 16
 
 def make_checkpoint(height: int = H, width: int = W) -> dict:
     torch.manual_seed(0)
-    shape = {"in_frames": T_IN, "out_frames": T_OUT, "channels": C, "height": height,
-             "width": width}
+    shape = {
+        "in_frames": T_IN,
+        "out_frames": T_OUT,
+        "channels": C,
+        "height": height,
+        "width": width,
+    }
     config = {"hidden": 8, "base_width": 8}
     model = build_model("unet", **shape, **config).eval()
     return {
-        "model": "unet", "method": "sdkd", "dataset": "x", "role": "student",
-        "model_config": config, "shape": shape, "channels": ["u", "v"],
-        "mean": torch.tensor([10.0, -2.0]), "std": torch.tensor([3.0, 0.5]),
+        "model": "unet",
+        "method": "sdkd",
+        "dataset": "x",
+        "role": "student",
+        "model_config": config,
+        "shape": shape,
+        "channels": ["u", "v"],
+        "mean": torch.tensor([10.0, -2.0]),
+        "std": torch.tensor([3.0, 0.5]),
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
     }
 
@@ -50,13 +61,20 @@ def exported(ckpt, tmp_path_factory) -> dict[str, Path]:
 
 def raw_dataset(n_time: int = 6, time=None, seed: int = 1) -> xr.Dataset:
     rng = np.random.default_rng(seed)
-    fields = (rng.standard_normal((2, n_time, C, H, W)) * np.array([3.0, 0.5])[None, None, :, None, None]
-              + np.array([10.0, -2.0])[None, None, :, None, None]).astype(np.float32)
+    fields = (
+        rng.standard_normal((2, n_time, C, H, W)) * np.array([3.0, 0.5])[None, None, :, None, None]
+        + np.array([10.0, -2.0])[None, None, :, None, None]
+    ).astype(np.float32)
     time = np.arange(n_time) * 0.5 + 1.0 if time is None else time
     return xr.Dataset(
         {"fields": (("trajectory", "time", "channel", "y", "x"), fields)},
-        coords={"trajectory": np.arange(2), "time": time, "channel": ["u", "v"],
-                "y": np.linspace(-1, 1, H), "x": np.linspace(0, 2, W)},
+        coords={
+            "trajectory": np.arange(2),
+            "time": time,
+            "channel": ["u", "v"],
+            "y": np.linspace(-1, 1, H),
+            "x": np.linspace(0, 2, W),
+        },
         attrs={"dataset": "x", "source": "test"},
     )
 
@@ -118,8 +136,9 @@ def test_export_pads_grids_not_multiple_of_downsampling(tmp_path):
 
 def test_check_raises_naming_the_file_when_out_of_tolerance(ckpt, exported, tmp_path):
     other = make_checkpoint()
-    other["state_dict"] = {k: v + 0.1 if v.is_floating_point() else v
-                           for k, v in other["state_dict"].items()}
+    other["state_dict"] = {
+        k: v + 0.1 if v.is_floating_point() else v for k, v in other["state_dict"].items()
+    }
     with pytest.raises(ValueError, match="unet_sdkd.onnx.*differs"):
         deploy.check_onnx(other, exported["onnx"])
     with pytest.raises(ValueError, match="unet_sdkd.pt.*differs"):
@@ -128,11 +147,31 @@ def test_check_raises_naming_the_file_when_out_of_tolerance(ckpt, exported, tmp_
 
 def test_exported_latency_rows(exported):
     for path in exported.values():
-        rows = deploy.exported_latency(path, (T_IN, C, H, W), batch_sizes=(1, 2), repeats=3,
-                                       warmup=1, threads=1)
+        rows = deploy.exported_latency(
+            path, (T_IN, C, H, W), batch_sizes=(1, 2), repeats=3, warmup=1, threads=1
+        )
         assert [r["batch_size"] for r in rows] == [1, 2]
         assert all(r["median_ms"] > 0 and r["ms_per_sample"] > 0 for r in rows)
-    assert deploy.exported_latency(exported["onnx"], None, repeats=1, warmup=0)[0]["format"] == "onnx"
+    assert (
+        deploy.exported_latency(exported["onnx"], None, repeats=1, warmup=0)[0]["format"] == "onnx"
+    )
+
+
+def test_exported_latency_stops_after_three_calls_past_max_seconds(exported, monkeypatch):
+    calls = []
+    original = deploy.ExportedModel.__call__
+
+    def counted(self, x):
+        calls.append(len(x))
+        return original(self, x)
+
+    monkeypatch.setattr(deploy.ExportedModel, "__call__", counted)
+    rows = deploy.exported_latency(
+        exported["pt"], None, batch_sizes=(1, 2), repeats=50, warmup=1, max_seconds=1e-9
+    )
+    assert calls == [1] * 4 + [2] * 4  # 1 warm-up + 3 timed calls per batch size
+    assert all(r["median_ms"] > 0 for r in rows)
+    assert deploy.onnx_missing() is None  # this module runs only where both import
 
 
 # -- predict ---------------------------------------------------------------------------------
@@ -177,8 +216,10 @@ def test_predict_datetime_and_irregular_time(exported, tmp_path):
     src = tmp_path / "dt.nc"
     raw_dataset(time=times).to_netcdf(src)
     res = xr.open_dataset(deploy.predict(exported["onnx"], src, tmp_path / "a.nc"))
-    assert list(res["time"].values) == [times[-1] + np.timedelta64(6, "h"),
-                                        times[-1] + np.timedelta64(12, "h")]
+    assert list(res["time"].values) == [
+        times[-1] + np.timedelta64(6, "h"),
+        times[-1] + np.timedelta64(12, "h"),
+    ]
     res.close()
     src2 = tmp_path / "irr.nc"
     raw_dataset(time=np.array([0.0, 1.0, 3.0, 4.0, 7.0, 9.0])).to_netcdf(src2)
@@ -265,29 +306,62 @@ def test_cli_export_and_predict_round_trip(ckpt, tmp_path, capsys):
     src = tmp_path / "raw.zarr"
     ds.to_zarr(src, zarr_format=2)
     forecast = tmp_path / "forecast.nc"
-    assert cli_main(["predict", "--model", str(out / "unet_sdkd.onnx"), "--input", str(src),
-                     "--output", str(forecast), "--time-index", "4", "--trajectory", "1"]) == 0
+    assert (
+        cli_main(
+            [
+                "predict",
+                "--model",
+                str(out / "unet_sdkd.onnx"),
+                "--input",
+                str(src),
+                "--output",
+                str(forecast),
+                "--time-index",
+                "4",
+                "--trajectory",
+                "1",
+            ]
+        )
+        == 0
+    )
     res = xr.open_dataset(forecast)
     expected = manual_forecast(ckpt, ds["fields"].values[1, 2:5].astype(np.float64))
     np.testing.assert_allclose(res["forecast"].values, expected, rtol=1e-4, atol=1e-4)
     res.close()
     capsys.readouterr()
-    assert cli_main(["predict", "--model", str(out / "unet_sdkd.onnx"), "--input",
-                     str(tmp_path / "none.nc"), "--output", str(tmp_path / "x.nc")]) == 1
+    assert (
+        cli_main(
+            [
+                "predict",
+                "--model",
+                str(out / "unet_sdkd.onnx"),
+                "--input",
+                str(tmp_path / "none.nc"),
+                "--output",
+                str(tmp_path / "x.nc"),
+            ]
+        )
+        == 1
+    )
     assert "none.nc" in capsys.readouterr().err and not (tmp_path / "x.nc").exists()
 
 
 def test_cli_runs_as_module(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "sdkd_pipeline.predict_cli", "--help"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sdkd_pipeline.predict_cli", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0 and "predict" in proc.stdout
 
 
 def test_deploy_imports_without_heavy_packages():
-    code = ("import sys, sdkd_pipeline.deploy, sdkd_pipeline.predict_cli; "
-            "print([m for m in ('kedro', 'mlflow', 'zarr', 'dask', 'onnx', 'onnxruntime') "
-            "if m in sys.modules])")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60)
+    code = (
+        "import sys, sdkd_pipeline.deploy, sdkd_pipeline.predict_cli; "
+        "print([m for m in ('kedro', 'mlflow', 'zarr', 'dask', 'onnx', 'onnxruntime') "
+        "if m in sys.modules])"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"

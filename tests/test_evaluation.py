@@ -3,18 +3,24 @@ and figures, on tiny models and an in-memory tensor store."""
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from sdkd_pipeline import deploy
+from sdkd_pipeline import evaluation as evaluation_module
 from sdkd_pipeline.data.raw import make_raw
 from sdkd_pipeline.data.tensors import SplitConfig, WindowConfig, build_tensor_dataset
 from sdkd_pipeline.data.windows import WindowDataset
+from sdkd_pipeline.errors import ConfigError
 from sdkd_pipeline.evaluation import (
     EvaluationConfig,
     ModelResult,
@@ -25,6 +31,7 @@ from sdkd_pipeline.evaluation import (
     plot_band_errors,
     plot_prediction_panel,
     plot_step_curves,
+    predict_windows,
     test_data_range,
     to_markdown,
 )
@@ -42,35 +49,113 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def windows() -> WindowDataset:
     rng = np.random.default_rng(3)
     fields = rng.normal([5.0, -2.0], [3.0, 0.5], size=(4, 9, SIZE, SIZE, 2))
-    raw = make_raw(fields.transpose(0, 1, 4, 2, 3).astype(np.float32), dataset="demo",
-                   source="test:demo", channels=["u", "v"],
-                   time=np.arange(9, dtype=np.float64))
-    tensors = build_tensor_dataset(raw, split=SplitConfig(2, 1, 1),
-                                   window=WindowConfig(T_IN, T_OUT)).load()
+    raw = make_raw(
+        fields.transpose(0, 1, 4, 2, 3).astype(np.float32),
+        dataset="demo",
+        source="test:demo",
+        channels=["u", "v"],
+        time=np.arange(9, dtype=np.float64),
+    )
+    tensors = build_tensor_dataset(
+        raw, split=SplitConfig(2, 1, 1), window=WindowConfig(T_IN, T_OUT)
+    ).load()
     return WindowDataset(tensors, "test")
+
+
+TINY = {
+    "unet": {"hidden": 8, "base_width": 8, "levels": 2},
+    "simvp": {"frame_hidden": 8, "hidden": 16, "spatial_layers": 2, "depth": 2},
+}
 
 
 def _model(name: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    tiny = {"unet": {"hidden": 8, "base_width": 8, "levels": 2},
-            "simvp": {"frame_hidden": 8, "hidden": 16, "spatial_layers": 2, "depth": 2}}
-    return build_model(name, **SHAPE, **tiny[name]).eval()
+    return build_model(name, **SHAPE, **TINY[name]).eval()
+
+
+def _checkpoint(name: str, module: torch.nn.Module, windows: WindowDataset, **extra) -> dict:
+    """A checkpoint as train_forecaster writes it (enough for deploy's exports)."""
+    return {
+        "model": name,
+        "model_config": dict(TINY[name]),
+        "shape": dict(SHAPE),
+        "channels": list(windows.channels),
+        "mean": windows.mean,
+        "std": windows.std,
+        "state_dict": {k: v.clone() for k, v in module.state_dict().items()},
+        **extra,
+    }
+
+
+def _entries(windows: WindowDataset) -> list[tuple]:
+    teacher, student, baseline = _model("simvp", 1), _model("unet", 2), _model("unet", 3)
+    return [
+        (
+            "teacher",
+            "simvp",
+            "supervised",
+            teacher,
+            _checkpoint("simvp", teacher, windows, best_val_loss=0.5),
+        ),
+        (
+            "student",
+            "unet",
+            "sdkd",
+            student,
+            _checkpoint("unet", student, windows, best_val_loss=1.0),
+        ),
+        (
+            "student",
+            "unet",
+            "none",
+            baseline,
+            _checkpoint("unet", baseline, windows, best_val_loss=1.2),
+        ),
+    ]
+
+
+def _fast_cfg(**exported) -> EvaluationConfig:
+    return EvaluationConfig.from_params(
+        {
+            "batch_size": 2,
+            "latency": {"repeats": 1, "warmup": 0, "batch_sizes": [1, 2]},
+            "device": "cpu",
+            "exported_latency": exported,
+        }
+    )
 
 
 def _metrics(mse: float, mae: float) -> ForecastMetrics:
     return ForecastMetrics(
-        mse=mse, mae=mae, rmse=math.sqrt(mse), psnr=20.0, ssim=0.5,
-        mse_per_step=(mse, mse), mae_per_step=(mae, mae), rmse_per_step=(1.0, 1.0),
-        psnr_per_step=(20.0, 20.0), ssim_per_step=(0.5, 0.5),
+        mse=mse,
+        mae=mae,
+        rmse=math.sqrt(mse),
+        psnr=20.0,
+        ssim=0.5,
+        mse_per_step=(mse, mse),
+        mae_per_step=(mae, mae),
+        rmse_per_step=(1.0, 1.0),
+        psnr_per_step=(20.0, 20.0),
+        ssim_per_step=(0.5, 0.5),
         band_mse={"low": mse / 2, "mid": mse / 4, "high": mse / 4},
         band_mse_per_step={"low": (1.0, 1.0), "mid": (1.0, 1.0), "high": (1.0, 1.0)},
-        band_cutoffs=(1.0, 2.0), data_range=(1.0,), n_samples=3)
+        band_cutoffs=(1.0, 2.0),
+        data_range=(1.0,),
+        n_samples=3,
+    )
 
 
 def _result(role, model, method, mse, mae, val=math.nan, lat=(1.0, 8.0)):
-    return ModelResult(role=role, model=model, method=method, metrics=_metrics(mse, mae),
-                       params=100, flops=2_000_000, latency_ms={1: lat[0], 32: lat[1]},
-                       best_val_loss=val)
+    return ModelResult(
+        role=role,
+        model=model,
+        method=method,
+        metrics=_metrics(mse, mae),
+        params=100,
+        flops=2_000_000,
+        latency_ms={1: lat[0], 32: lat[1]},
+        best_val_loss=val,
+    )
 
 
 def test_streamed_metrics_equal_one_batch_on_denormalized_fields(windows):
@@ -78,8 +163,9 @@ def test_streamed_metrics_equal_one_batch_on_denormalized_fields(windows):
     data_range = test_data_range(windows, batch_size=2)
     ys = torch.stack([windows[i][1] for i in range(len(windows))])
     truth = windows.denormalize(ys)
-    assert torch.allclose(data_range, (truth.amax((0, 1, 3, 4)) - truth.amin((0, 1, 3, 4)))
-                          .double())
+    assert torch.allclose(
+        data_range, (truth.amax((0, 1, 3, 4)) - truth.amin((0, 1, 3, 4))).double()
+    )
     streamed = evaluate_models({"m": model}, windows, data_range, batch_size=2)["m"]
     xs = torch.stack([windows[i][0] for i in range(len(windows))])
     with torch.no_grad():
@@ -106,16 +192,43 @@ def test_table_order_columns_and_gap_closed():
         _result("teacher", "st_alternet", "supervised", 0.5, 0.1, val=0.4, lat=(4.0, 8.0)),
         _result("student", "unet", "aekd", 4.0, 0.9),
     ]
-    table = build_table(results, teachers=["st_alternet", "simvp"], students=["unet", "resnet"],
-                        methods=["none", "sdkd", "aekd"])
+    table = build_table(
+        results,
+        teachers=["st_alternet", "simvp"],
+        students=["unet", "resnet"],
+        methods=["none", "sdkd", "aekd"],
+    )
     assert list(zip(table["model"], table["method"], strict=True)) == [
-        ("st_alternet", "supervised"), ("simvp", "supervised"), ("unet", "none"),
-        ("unet", "sdkd"), ("unet", "aekd"), ("resnet", "none")]
+        ("st_alternet", "supervised"),
+        ("simvp", "supervised"),
+        ("unet", "none"),
+        ("unet", "sdkd"),
+        ("unet", "aekd"),
+        ("resnet", "none"),
+    ]
     assert list(table.columns) == [
-        "role", "model", "method", "params", "gflops", "mse", "mae", "rmse", "psnr", "ssim",
-        "band_mse_low", "band_mse_mid", "band_mse_high", "latency_ms_b1", "latency_ms_b32",
-        "speedup_vs_st_alternet_b1", "speedup_vs_st_alternet_b32", "speedup_vs_simvp_b1",
-        "speedup_vs_simvp_b32", "gap_closed_mse", "gap_closed_mae"]
+        "role",
+        "model",
+        "method",
+        "params",
+        "gflops",
+        "mse",
+        "mae",
+        "rmse",
+        "psnr",
+        "ssim",
+        "band_mse_low",
+        "band_mse_mid",
+        "band_mse_high",
+        "latency_ms_b1",
+        "latency_ms_b32",
+        "speedup_vs_st_alternet_b1",
+        "speedup_vs_st_alternet_b32",
+        "speedup_vs_simvp_b1",
+        "speedup_vs_simvp_b32",
+        "gap_closed_mse",
+        "gap_closed_mae",
+    ]
     row = table.set_index(["model", "method"]).loc[("unet", "sdkd")]
     # the reference is simvp (lowest validation MSE 0.3), not st_alternet (lowest test MSE)
     assert row["gap_closed_mse"] == pytest.approx((5.0 - 3.0) / (5.0 - 1.0))
@@ -128,10 +241,13 @@ def test_table_order_columns_and_gap_closed():
 
 
 def test_gap_closed_is_blank_without_baseline():
-    results = [_result("teacher", "simvp", "supervised", 1.0, 0.2, val=0.3),
-               _result("student", "unet", "sdkd", 3.0, 0.6)]
-    table = build_table(results, teachers=["simvp"], students=["unet"], methods=["sdkd"],
-                        batch_sizes=[1])
+    results = [
+        _result("teacher", "simvp", "supervised", 1.0, 0.2, val=0.3),
+        _result("student", "unet", "sdkd", 3.0, 0.6),
+    ]
+    table = build_table(
+        results, teachers=["simvp"], students=["unet"], methods=["sdkd"], batch_sizes=[1]
+    )
     assert table["gap_closed_mse"].isna().all() and table["gap_closed_mae"].isna().all()
     assert "latency_ms_b32" not in table.columns
     assert "nan" not in to_markdown(table)
@@ -139,19 +255,28 @@ def test_gap_closed_is_blank_without_baseline():
 
 def test_gap_closed_is_blank_when_the_baseline_already_beats_the_teacher():
     # a long-trained student can beat a short-trained teacher: no gap, no share
-    results = [_result("teacher", "simvp", "supervised", 1.0, 0.2, val=0.3),
-               _result("student", "unet", "none", 0.5, 0.3),
-               _result("student", "unet", "sdkd", 0.8, 0.25)]
-    table = build_table(results, teachers=["simvp"], students=["unet"],
-                        methods=["none", "sdkd"], batch_sizes=[1])
+    results = [
+        _result("teacher", "simvp", "supervised", 1.0, 0.2, val=0.3),
+        _result("student", "unet", "none", 0.5, 0.3),
+        _result("student", "unet", "sdkd", 0.8, 0.25),
+    ]
+    table = build_table(
+        results, teachers=["simvp"], students=["unet"], methods=["none", "sdkd"], batch_sizes=[1]
+    )
     row = table.set_index(["model", "method"]).loc[("unet", "sdkd")]
     assert math.isnan(row["gap_closed_mse"])  # the baseline's 0.5 beats the teacher's 1.0
     assert row["gap_closed_mae"] == pytest.approx((0.3 - 0.25) / (0.3 - 0.2))
 
 
 def test_markdown_is_a_pipe_table():
-    table = pd.DataFrame({"model": ["a|b", "c"], "params": [1234, 5],
-                          "mse": [0.123456, math.nan], "psnr": [math.inf, 1e-7]})
+    table = pd.DataFrame(
+        {
+            "model": ["a|b", "c"],
+            "params": [1234, 5],
+            "mse": [0.123456, math.nan],
+            "psnr": [math.inf, 1e-7],
+        }
+    )
     text = to_markdown(table, digits=3)
     lines = text.strip().splitlines()
     assert len(lines) == 4
@@ -167,24 +292,60 @@ def test_markdown_is_a_pipe_table():
 
 def test_latency_is_positive_and_restores_threads():
     torch.set_num_threads(1)
-    latency = measure_latency(_model("unet"), (T_IN, 2, SIZE, SIZE), [1, 3], repeats=2,
-                              warmup=1, threads=1)
+    latency = measure_latency(
+        _model("unet"), (T_IN, 2, SIZE, SIZE), [1, 3], repeats=2, warmup=1, threads=1
+    )
     assert set(latency) == {1, 3} and all(v > 0 for v in latency.values())
     assert torch.get_num_threads() == 1
+
+
+def test_latency_of_a_slow_model_stops_after_three_calls_past_the_budget():
+    class Slow(torch.nn.Module):
+        calls = 0
+
+        def forward(self, x):
+            Slow.calls += 1
+            time.sleep(0.02)
+            return x
+
+    latency = measure_latency(Slow(), (1, 1, 4, 4), [1], repeats=9, warmup=1, max_seconds=0.01)
+    assert Slow.calls == 1 + 3 and latency[1] >= 20.0
+    Slow.calls = 0
+    measure_latency(Slow(), (1, 1, 4, 4), [1], repeats=4, warmup=0, max_seconds=None)
+    assert Slow.calls == 4
+    assert EvaluationConfig.from_params({}).max_seconds == 2.0
+    assert EvaluationConfig.from_params({"latency": {"max_seconds": None}}).max_seconds is None
+    with pytest.raises(ConfigError, match="evaluate.latency.max_seconds"):
+        EvaluationConfig.from_params({"latency": {"max_seconds": 0}})
 
 
 def test_evaluate_checkpoints_table_and_figures(windows):
     from matplotlib.figure import Figure
 
     teacher, student, baseline = _model("simvp", 1), _model("unet", 2), _model("unet", 3)
-    entries = [("student", "unet", "sdkd", student, {"best_val_loss": 1.0}),
-               ("teacher", "simvp", "supervised", teacher, {"best_val_loss": 0.5}),
-               ("student", "unet", "none", baseline, {"best_val_loss": 1.2})]
-    cfg = EvaluationConfig.from_params({"batch_size": 2, "latency": {"repeats": 1, "warmup": 0,
-                                                                     "batch_sizes": [1, 2]},
-                                        "panels": {"windows": [0, 1, 99]}, "device": "cpu"})
-    result = evaluate_checkpoints(entries, windows, cfg, dataset="demo", teachers=["simvp"],
-                                  students=["unet"], methods=["none", "sdkd"])
+    entries = [
+        ("student", "unet", "sdkd", student, {"best_val_loss": 1.0}),
+        ("teacher", "simvp", "supervised", teacher, {"best_val_loss": 0.5}),
+        ("student", "unet", "none", baseline, {"best_val_loss": 1.2}),
+    ]
+    cfg = EvaluationConfig.from_params(
+        {
+            "batch_size": 2,
+            "latency": {"repeats": 1, "warmup": 0, "batch_sizes": [1, 2]},
+            "panels": {"windows": [0, 1, 99]},
+            "device": "cpu",
+            "exported_latency": {"formats": []},
+        }
+    )
+    result = evaluate_checkpoints(
+        entries,
+        windows,
+        cfg,
+        dataset="demo",
+        teachers=["simvp"],
+        students=["unet"],
+        methods=["none", "sdkd"],
+    )
     table = result.table
     assert list(table["role"]) == ["teacher", "student", "student"]
     assert list(table["method"]) == ["supervised", "none", "sdkd"]
@@ -194,17 +355,175 @@ def test_evaluate_checkpoints_table_and_figures(windows):
     for fig in (result.step_figure, result.band_figure, result.panel_figure):
         assert isinstance(fig, Figure)
     assert len(result.panel_figure.axes) >= 2 * 4  # 2 windows x (truth + 3 models), colorbars
+    assert not any(c.startswith(("latency_torchscript", "latency_onnx")) for c in table.columns)
+    # the two unet rows are one architecture: timed once, counted once
+    students = table[table["role"] == "student"]
+    assert students["latency_ms_b1"].nunique() == 1 and students["gflops"].nunique() == 1
     curves = result.curves
     assert curves["gap_reference_teacher"] == "simvp"
     assert [m["model"] for m in curves["models"]] == ["simvp", "unet", "unet"]
     assert len(curves["models"][0]["metrics"]["mse_per_step"]) == T_OUT
-    import json
     json.dumps(curves, allow_nan=False)
 
 
+def test_panel_predictions_come_from_the_metric_pass(windows):
+    models = {"a": _model("unet", 2), "b": _model("simvp", 1)}
+    data_range = test_data_range(windows, batch_size=2)
+    metrics, truth, kept = evaluation_module._evaluate_pass(
+        models, windows, data_range, batch_size=2, keep=[1, 99, 0]
+    )
+    expected_truth, expected = predict_windows(models, windows, [1, 99, 0])
+    assert set(metrics) == {"a", "b"}
+    assert torch.allclose(truth, expected_truth)
+    for name in models:
+        assert torch.allclose(kept[name], expected[name], rtol=1e-5, atol=1e-5)
+
+
+def _exported_columns(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.columns if c.startswith(("latency_torchscript", "latency_onnx"))]
+
+
+def test_exported_latency_columns_are_positive(windows):
+    cfg = _fast_cfg(formats=["torchscript", "onnx"], teachers=True)
+    result = evaluate_checkpoints(
+        _entries(windows),
+        windows,
+        cfg,
+        dataset="demo",
+        teachers=["simvp"],
+        students=["unet"],
+        methods=["none", "sdkd"],
+    )
+    table = result.table
+    assert _exported_columns(table) == [
+        "latency_torchscript_ms_b1",
+        "latency_torchscript_ms_b2",
+        "latency_onnx_ms_b1",
+        "latency_onnx_ms_b2",
+    ]
+    # after the eager latencies, before the speedups
+    columns = list(table.columns)
+    assert columns.index("latency_ms_b2") < columns.index("latency_torchscript_ms_b1")
+    assert columns.index("latency_onnx_ms_b2") < columns.index("speedup_vs_simvp_b1")
+    formats = ["torchscript"] if deploy.onnx_missing() else ["torchscript", "onnx"]
+    for fmt in formats:
+        for b in (1, 2):
+            assert (table[f"latency_{fmt}_ms_b{b}"] > 0).all(), (fmt, b)
+    text = to_markdown(table)
+    assert "latency_torchscript_ms_b1" in text and "nan" not in text
+    models = result.curves["models"]
+    assert models[0]["latency_exported_ms"]["torchscript"]["1"] > 0
+    assert result.curves["latency"]["exported_formats"] == ["torchscript", "onnx"]
+    json.dumps(result.curves, allow_nan=False)
+
+
+def test_onnx_column_is_blank_without_onnxruntime(windows, monkeypatch, caplog):
+    why = "onnxruntime not installed (pip install 'sdkd-pipeline[deploy]')"
+    monkeypatch.setattr(deploy, "onnx_missing", lambda: why)
+
+    def no_onnx(*args, **kwargs):
+        raise AssertionError("export_onnx called although onnxruntime is missing")
+
+    monkeypatch.setattr(deploy, "export_onnx", no_onnx)
+    caplog.set_level(logging.INFO, logger="sdkd_pipeline.evaluation")
+    result = evaluate_checkpoints(
+        _entries(windows),
+        windows,
+        _fast_cfg(),
+        dataset="demo",
+        teachers=["simvp"],
+        students=["unet"],
+        methods=["none", "sdkd"],
+    )
+    table = result.table
+    assert _exported_columns(table) == [
+        "latency_torchscript_ms_b1",
+        "latency_torchscript_ms_b2",
+        "latency_onnx_ms_b1",
+        "latency_onnx_ms_b2",
+    ]
+    assert table["latency_onnx_ms_b1"].isna().all() and table["latency_onnx_ms_b2"].isna().all()
+    assert pd.api.types.is_float_dtype(table["latency_onnx_ms_b1"])
+    students = table["role"] == "student"
+    assert (table.loc[students, "latency_torchscript_ms_b1"] > 0).all()
+    assert table.loc[~students, "latency_torchscript_ms_b1"].isna().all()  # teachers: off
+    onnx_lines = [r for r in caplog.records if "ONNX" in r.getMessage()]
+    assert len(onnx_lines) == 1 and why in onnx_lines[0].getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert result.curves["latency"]["onnx_unavailable"] == why
+    assert "nan" not in to_markdown(table)
+
+
+def test_a_model_that_does_not_export_gets_blank_cells(windows, caplog):
+    entries = _entries(windows)
+    role, model, method, module, checkpoint = entries[1]
+    entries[1] = (role, model, method, module, {"best_val_loss": 1.0})  # no weights, no shape
+    entries = entries[:2]
+    with caplog.at_level(logging.WARNING, logger="sdkd_pipeline.evaluation"):
+        table = evaluate_checkpoints(
+            entries, windows, _fast_cfg(formats=["torchscript"]), dataset="demo"
+        ).table
+    assert table["latency_torchscript_ms_b1"].isna().all()
+    assert (table["latency_ms_b1"] > 0).all()
+    assert "unet/sdkd (torchscript" in caplog.text
+
+
+def test_exported_latency_parameters():
+    assert EvaluationConfig.from_params({}).exported_formats == ("torchscript", "onnx")
+    assert not EvaluationConfig.from_params({}).exported_teachers
+    assert (
+        EvaluationConfig.from_params({"exported_latency": {"formats": []}}).exported_formats == ()
+    )
+    assert EvaluationConfig.from_params({"exported_latency": None}).exported_formats == ()
+    cfg = EvaluationConfig.from_params({"exported_latency": {"formats": "onnx", "teachers": True}})
+    assert cfg.exported_formats == ("onnx",) and cfg.exported_teachers
+    with pytest.raises(ConfigError, match="exported_latency.formats"):
+        EvaluationConfig.from_params({"exported_latency": {"formats": ["tensorrt"]}})
+    with pytest.raises(ConfigError, match="exported_latency.teachers"):
+        EvaluationConfig.from_params({"exported_latency": {"teachers": "yes"}})
+
+
+def test_ssim_in_float32_agrees_with_float64():
+    # float32 where values lie within the data range of zero (vorticity-like), float64 where a
+    # large offset would cost float32 its digits; either way the per-frame torchmetrics SSIM
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+    generator = torch.Generator().manual_seed(0)
+    kernel = torch.ones(1, 1, 5, 5, dtype=torch.float64) / 25  # smooth, field-like frames
+    base = torch.randn((12, 3, 1, 36, 36), generator=generator, dtype=torch.float64)
+    truth = torch.nn.functional.conv2d(base.reshape(-1, 1, 36, 36), kernel)
+    truth = truth.reshape(12, 3, 1, 32, 32) / truth.std()
+    noise = torch.randn(truth.shape, generator=generator, dtype=torch.float64)
+    for offset, dtype, tolerance in ((0.0, torch.float32, 1e-5), (280.0, torch.float64, 1e-10)):
+        y = truth + offset
+        p = y + 0.3 * noise
+        data_range = float(truth.max() - truth.min())
+        accumulator = MetricAccumulator(1, 3, 32, 32, [data_range])
+        assert accumulator._ssim_dtype(p, y, data_range) == dtype
+        for start in range(0, 12, 5):  # streamed, with a partial last batch
+            accumulator.update(p[start : start + 5], y[start : start + 5])
+        got = accumulator.compute().ssim_per_step
+        frames = [
+            ssim(
+                p[:, t],
+                y[:, t],
+                gaussian_kernel=True,
+                sigma=1.5,
+                kernel_size=11,
+                reduction="none",
+                data_range=data_range,
+            )
+            for t in range(3)
+        ]
+        expected = [float(f.mean()) for f in frames]
+        assert got == pytest.approx(expected, abs=tolerance), offset
+
+
 def test_figures_directly():
-    results = [_result("teacher", "simvp", "supervised", 1.0, 0.2),
-               _result("student", "unet", "none", 2.0, 0.5)]
+    results = [
+        _result("teacher", "simvp", "supervised", 1.0, 0.2),
+        _result("student", "unet", "none", 2.0, 0.5),
+    ]
     assert plot_step_curves(results).axes
     assert plot_band_errors(results, title="t").axes
     truth = torch.randn(1, 2, 1, SIZE, SIZE)
@@ -214,8 +533,6 @@ def test_figures_directly():
 
 
 def test_bad_parameters_are_named():
-    from sdkd_pipeline.errors import ConfigError
-
     with pytest.raises(ConfigError, match="evaluate.latency.repeats"):
         EvaluationConfig.from_params({"latency": {"repeats": 0}})
     with pytest.raises(ConfigError, match="evaluate.batch_size"):
@@ -223,9 +540,11 @@ def test_bad_parameters_are_named():
 
 
 def test_library_imports_without_kedro_mlflow_zarr_dask():
-    code = ("import sys; import sdkd_pipeline.evaluation; "
-            "bad = [m for m in ('kedro', 'mlflow', 'zarr', 'dask') "
-            "if m in sys.modules]; assert not bad, bad")
+    code = (
+        "import sys; import sdkd_pipeline.evaluation; "
+        "bad = [m for m in ('kedro', 'mlflow', 'zarr', 'dask') "
+        "if m in sys.modules]; assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -233,6 +552,10 @@ def test_cuda_latency_columns_appear_when_timed():
     teacher = _result("teacher", "simvp", "supervised", 1.0, 0.2, val=0.3)
     teacher.latency_cuda_ms = {1: 0.5, 32: 1.0}
     table = build_table([teacher, _result("student", "unet", "none", 2.0, 0.5)])
-    assert list(table.columns[13:17]) == ["latency_ms_b1", "latency_ms_b32",
-                                         "latency_cuda_ms_b1", "latency_cuda_ms_b32"]
+    assert list(table.columns[13:17]) == [
+        "latency_ms_b1",
+        "latency_ms_b32",
+        "latency_cuda_ms_b1",
+        "latency_cuda_ms_b32",
+    ]
     assert math.isnan(table["latency_cuda_ms_b1"].iloc[1])

@@ -12,7 +12,8 @@
 - ``predict(model, input, output)`` reads an input window from a Zarr store (raw store or this
   project's tensor store) or a NetCDF file of the raw layout, runs the model and writes the
   de-normalized forecast with the input's coordinates (NetCDF, or Zarr for a ``.zarr`` path).
-- ``exported_latency(path, ...)`` times an exported model (for the evaluation table).
+- ``exported_latency(path, ...)`` times an exported model (for the evaluation table);
+  ``onnx_missing()`` says why ONNX export or inference is unavailable (``None`` when it is not).
 
 Imports without Kedro, MLflow, Zarr or Dask; onnx and onnxruntime are imported only inside the
 functions that need them (``pip install sdkd-pipeline[deploy]``).
@@ -63,8 +64,11 @@ def _load_checkpoint(checkpoint: Checkpoint | str | Path) -> dict[str, Any]:
         origin = str(path)
         if not isinstance(ckpt, dict):
             raise DataError(f"{path}: not a checkpoint dict (got {type(ckpt).__name__})")
-    missing = [k for k in ("model", "model_config", "shape", "channels", "mean", "std",
-                           "state_dict") if k not in ckpt]
+    missing = [
+        k
+        for k in ("model", "model_config", "shape", "channels", "mean", "std", "state_dict")
+        if k not in ckpt
+    ]
     if missing:
         raise DataError(f"{origin}: checkpoint lacks {', '.join(missing)}")
     return ckpt
@@ -127,8 +131,7 @@ class PredictionModule(nn.Module):
 def _example_input(meta: Mapping[str, Any], batch: int, seed: int = 0) -> torch.Tensor:
     s = meta["shape"]
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, s["in_frames"], s["channels"], s["height"], s["width"],
-                       generator=gen)
+    return torch.randn(batch, s["in_frames"], s["channels"], s["height"], s["width"], generator=gen)
 
 
 def _target_file(path: str | Path, meta: Mapping[str, Any], suffix: str) -> Path:
@@ -185,8 +188,9 @@ def export_onnx(checkpoint: Checkpoint | str | Path, path: str | Path, opset: in
     try:
         import onnx
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ConfigError("ONNX export needs the onnx package: pip install "
-                          "'sdkd-pipeline[deploy]'") from exc
+        raise ConfigError(
+            "ONNX export needs the onnx package: pip install 'sdkd-pipeline[deploy]'"
+        ) from exc
     ckpt = _load_checkpoint(checkpoint)
     meta = checkpoint_meta(ckpt)
     target = _target_file(path, meta, ".onnx")
@@ -197,8 +201,13 @@ def export_onnx(checkpoint: Checkpoint | str | Path, path: str | Path, opset: in
         _torch_onnx_export(module, example, tmp, opset)
         proto = onnx.load(str(tmp))
         props = {ONNX_META_KEY: json.dumps(meta)}
-        props.update({k: str(meta[k]) for k in ("model", "method", "dataset", "role")
-                      if meta.get(k) is not None})
+        props.update(
+            {
+                k: str(meta[k])
+                for k in ("model", "method", "dataset", "role")
+                if meta.get(k) is not None
+            }
+        )
         props["channels"] = ",".join(meta["channels"])
         del proto.metadata_props[:]
         for key, value in props.items():
@@ -213,25 +222,40 @@ def export_onnx(checkpoint: Checkpoint | str | Path, path: str | Path, opset: in
 
 
 def _torch_onnx_export(module: nn.Module, example: torch.Tensor, out: Path, opset: int) -> None:
-    kwargs: dict[str, Any] = {"input_names": ["x"], "output_names": ["forecast"],
-                              "opset_version": opset}
+    kwargs: dict[str, Any] = {
+        "input_names": ["x"],
+        "output_names": ["forecast"],
+        "opset_version": opset,
+    }
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             # the TorchScript-based exporter: fast, and handles the dynamic batch axis directly
-            torch.onnx.export(module, (example,), str(out), dynamo=False,
-                              dynamic_axes={"x": {0: "batch"}, "forecast": {0: "batch"}},
-                              **kwargs)
+            torch.onnx.export(
+                module,
+                (example,),
+                str(out),
+                dynamo=False,
+                dynamic_axes={"x": {0: "batch"}, "forecast": {0: "batch"}},
+                **kwargs,
+            )
             return
         except Exception as legacy_error:  # e.g. a torch without the legacy exporter
             first = legacy_error
         try:
             batch = torch.export.Dim("batch", min=1, max=4096)
-            torch.onnx.export(module, (example,), str(out), dynamo=True,
-                              dynamic_shapes={"x": {0: batch}}, **kwargs)
+            torch.onnx.export(
+                module,
+                (example,),
+                str(out),
+                dynamo=True,
+                dynamic_shapes={"x": {0: batch}},
+                **kwargs,
+            )
         except Exception as exc:
-            raise RuntimeError(f"ONNX export to {out} failed: {exc} "
-                               f"(TorchScript-based exporter: {first})") from exc
+            raise RuntimeError(
+                f"ONNX export to {out} failed: {exc} (TorchScript-based exporter: {first})"
+            ) from exc
 
 
 # -- loading exported models ---------------------------------------------------------------------
@@ -254,8 +278,10 @@ class ExportedModel:
         s = self.meta["shape"]
         expected = (s["in_frames"], s["channels"], s["height"], s["width"])
         if x.ndim != 5 or tuple(x.shape[1:]) != expected:
-            raise DataError(f"{self.path or 'model'}: expects input (B, {', '.join(map(str, expected))})"
-                            f", got {tuple(x.shape)}")
+            raise DataError(
+                f"{self.path or 'model'}: expects input (B, {', '.join(map(str, expected))})"
+                f", got {tuple(x.shape)}"
+            )
         return self._runner(x)
 
     def __repr__(self) -> str:
@@ -272,8 +298,9 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
-def load_exported(path: str | Path | Checkpoint, *, threads: int | None = None
-                  ) -> tuple[ExportedModel, dict[str, Any]]:
+def load_exported(
+    path: str | Path | Checkpoint, *, threads: int | None = None
+) -> tuple[ExportedModel, dict[str, Any]]:
     """``(model, meta)`` for an ``.onnx`` file (onnxruntime, CPU), a TorchScript file, a
     checkpoint file (``torch.save`` dict) or a checkpoint dict. ``threads`` sets onnxruntime's
     intra-op threads (``None``: its default); TorchScript and checkpoints use torch's setting.
@@ -294,8 +321,10 @@ def load_exported(path: str | Path | Checkpoint, *, threads: int | None = None
         except Exception as exc:
             raise DataError(f"{path}: cannot be loaded as TorchScript ({exc})") from exc
         if not extra[META_FILE]:
-            raise DataError(f"{path}: TorchScript file without {META_FILE} (not exported by "
-                            "sdkd_pipeline.deploy)")
+            raise DataError(
+                f"{path}: TorchScript file without {META_FILE} (not exported by "
+                "sdkd_pipeline.deploy)"
+            )
         meta = json.loads(extra[META_FILE])
         module.eval()
 
@@ -323,21 +352,25 @@ def _load_onnx(path: Path, threads: int | None) -> tuple[ExportedModel, dict[str
     try:
         import onnxruntime as ort
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ConfigError("running an ONNX model needs onnxruntime: pip install "
-                          "'sdkd-pipeline[deploy]'") from exc
+        raise ConfigError(
+            "running an ONNX model needs onnxruntime: pip install 'sdkd-pipeline[deploy]'"
+        ) from exc
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
     try:
-        session = ort.InferenceSession(str(path), sess_options=options,
-                                       providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
     except Exception as exc:
         raise DataError(f"{path}: cannot be loaded by onnxruntime ({exc})") from exc
     props = session.get_modelmeta().custom_metadata_map
     if ONNX_META_KEY not in props:
-        raise DataError(f"{path}: ONNX model without '{ONNX_META_KEY}' metadata (not exported "
-                        "by sdkd_pipeline.deploy)")
+        raise DataError(
+            f"{path}: ONNX model without '{ONNX_META_KEY}' metadata (not exported "
+            "by sdkd_pipeline.deploy)"
+        )
     meta = json.loads(props[ONNX_META_KEY])
     name = session.get_inputs()[0].name
 
@@ -350,18 +383,31 @@ def _load_onnx(path: Path, threads: int | None) -> tuple[ExportedModel, dict[str
 # -- checks --------------------------------------------------------------------------------------
 
 
-def _check_exported(checkpoint: Any, path: str | Path, kind: str, n: int, atol: float,
-                    rtol: float, batch_sizes: Sequence[int], seed: int) -> float:
+def _check_exported(
+    checkpoint: Any,
+    path: str | Path,
+    kind: str,
+    n: int,
+    atol: float,
+    rtol: float,
+    batch_sizes: Sequence[int],
+    seed: int,
+) -> float:
     ckpt = _load_checkpoint(checkpoint)
     meta = checkpoint_meta(ckpt)
     model = build_checkpoint_model(ckpt)
     exported, exported_meta = load_exported(path)
     if exported.format != kind:
         raise ValueError(f"{path}: is a {exported.format} file, expected {kind}")
-    if exported_meta.get("shape") != meta["shape"] or exported_meta.get("channels") != meta["channels"]:
-        raise ValueError(f"{path}: metadata (shape {exported_meta.get('shape')}, channels "
-                         f"{exported_meta.get('channels')}) does not match the checkpoint's "
-                         f"({meta['shape']}, {meta['channels']})")
+    if (
+        exported_meta.get("shape") != meta["shape"]
+        or exported_meta.get("channels") != meta["channels"]
+    ):
+        raise ValueError(
+            f"{path}: metadata (shape {exported_meta.get('shape')}, channels "
+            f"{exported_meta.get('channels')}) does not match the checkpoint's "
+            f"({meta['shape']}, {meta['channels']})"
+        )
     worst = 0.0
     for i in range(max(int(n), 1)):
         for batch in batch_sizes:
@@ -370,8 +416,10 @@ def _check_exported(checkpoint: Any, path: str | Path, kind: str, n: int, atol: 
                 expected = model(x).numpy()
             got = exported(x.numpy())
             if got.shape != expected.shape:
-                raise ValueError(f"{path}: output shape {got.shape} for batch {batch}, PyTorch "
-                                 f"gives {expected.shape}")
+                raise ValueError(
+                    f"{path}: output shape {got.shape} for batch {batch}, PyTorch "
+                    f"gives {expected.shape}"
+                )
             diff = np.abs(got.astype(np.float64) - expected)
             worst = max(worst, float(diff.max()))
             if not np.all(diff <= atol + rtol * np.abs(expected)) or not np.isfinite(got).all():
@@ -382,22 +430,50 @@ def _check_exported(checkpoint: Any, path: str | Path, kind: str, n: int, atol: 
     return worst
 
 
-def check_onnx(checkpoint: Checkpoint | str | Path, onnx_path: str | Path, n: int = 2,
-               atol: float = 1e-4, rtol: float = 1e-3, *, batch_sizes: Sequence[int] = (1, 3),
-               seed: int = 0) -> float:
+def check_onnx(
+    checkpoint: Checkpoint | str | Path,
+    onnx_path: str | Path,
+    n: int = 2,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    *,
+    batch_sizes: Sequence[int] = (1, 3),
+    seed: int = 0,
+) -> float:
     """Largest absolute difference between onnxruntime (CPU) and PyTorch on ``n`` random
     normalized inputs per batch size; ``ValueError`` naming the file when out of tolerance."""
     return _check_exported(checkpoint, onnx_path, "onnx", n, atol, rtol, batch_sizes, seed)
 
 
-def check_torchscript(checkpoint: Checkpoint | str | Path, path: str | Path, n: int = 2,
-                      atol: float = 1e-4, rtol: float = 1e-3, *,
-                      batch_sizes: Sequence[int] = (1, 3), seed: int = 0) -> float:
+def check_torchscript(
+    checkpoint: Checkpoint | str | Path,
+    path: str | Path,
+    n: int = 2,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    *,
+    batch_sizes: Sequence[int] = (1, 3),
+    seed: int = 0,
+) -> float:
     """Like ``check_onnx`` for a TorchScript file."""
     return _check_exported(checkpoint, path, "torchscript", n, atol, rtol, batch_sizes, seed)
 
 
 # -- latency -------------------------------------------------------------------------------------
+
+
+def onnx_missing() -> str | None:
+    """Why ONNX models cannot be exported and run here (``onnx`` or ``onnxruntime`` does not
+    import), or ``None`` when both import."""
+    missing = []
+    for name in ("onnx", "onnxruntime"):
+        try:
+            __import__(name)
+        except Exception:  # ImportError, or a broken binary install
+            missing.append(name)
+    if not missing:
+        return None
+    return f"{' and '.join(missing)} not installed (pip install 'sdkd-pipeline[deploy]')"
 
 
 def exported_latency(
@@ -407,6 +483,7 @@ def exported_latency(
     repeats: int = 20,
     warmup: int = 3,
     threads: int | None = 1,
+    max_seconds: float | None = None,
 ) -> list[dict[str, Any]]:
     """Time an exported model (``.onnx`` via onnxruntime, TorchScript via torch) on CPU.
 
@@ -415,10 +492,13 @@ def exported_latency(
     ``batch_size``, ``threads``, ``median_ms``, ``p90_ms``, ``min_ms`` (per batch) and
     ``ms_per_sample`` (median / batch size). ``threads`` sets onnxruntime's intra-op threads
     and torch's thread count for the measurement (restored afterwards); ``None`` leaves both.
+    With ``max_seconds``, a batch size's timed calls stop early, after at least 3, once they
+    have taken that long together (as ``evaluation.measure_latency`` does).
     """
     if repeats < 1 or warmup < 0:
-        raise ConfigError(f"exported_latency: repeats must be >= 1 and warmup >= 0, "
-                          f"got {repeats}, {warmup}")
+        raise ConfigError(
+            f"exported_latency: repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}"
+        )
     model, meta = load_exported(path, threads=threads)
     if input_shape is None:
         s = meta["shape"]
@@ -440,18 +520,22 @@ def exported_latency(
                 start = time.perf_counter()
                 model(x)
                 times.append((time.perf_counter() - start) * 1e3)
+                if max_seconds is not None and len(times) >= 3 and sum(times) >= max_seconds * 1e3:
+                    break
             times.sort()
             median = statistics.median(times)
-            rows.append({
-                "format": model.format,
-                "path": str(path),
-                "batch_size": int(batch),
-                "threads": threads,
-                "median_ms": median,
-                "p90_ms": times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))],
-                "min_ms": times[0],
-                "ms_per_sample": median / int(batch),
-            })
+            rows.append(
+                {
+                    "format": model.format,
+                    "path": str(path),
+                    "batch_size": int(batch),
+                    "threads": threads,
+                    "median_ms": median,
+                    "p90_ms": times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))],
+                    "min_ms": times[0],
+                    "ms_per_sample": median / int(batch),
+                }
+            )
     finally:
         torch.set_num_threads(old_threads)
     return rows
@@ -481,16 +565,22 @@ def _open_input(path: Path) -> Any:
 
 
 def _is_tensor_store(ds: Any) -> bool:
-    return ("mean" in ds.data_vars and "std" in ds.data_vars
-            and ("format_version" in ds.attrs or "normalization" in ds.attrs))
+    return (
+        "mean" in ds.data_vars
+        and "std" in ds.data_vars
+        and ("format_version" in ds.attrs or "normalization" in ds.attrs)
+    )
 
 
 def _regular_step(values: np.ndarray) -> Any:
     """The constant step of a 1-D coordinate, or ``None`` when it is not regularly spaced."""
     if values.ndim != 1 or values.size < 2:
         return None
-    if not (np.issubdtype(values.dtype, np.number) or np.issubdtype(values.dtype, np.datetime64)
-            or np.issubdtype(values.dtype, np.timedelta64)):
+    if not (
+        np.issubdtype(values.dtype, np.number)
+        or np.issubdtype(values.dtype, np.datetime64)
+        or np.issubdtype(values.dtype, np.timedelta64)
+    ):
         return None
     steps = np.diff(values)
     step = steps[0]
@@ -544,31 +634,40 @@ def predict(
     ds = _open_input(input_path)
     try:
         if variable not in ds.data_vars:
-            raise DataError(f"{input_path}: no variable {variable!r} (found "
-                            f"{sorted(map(str, ds.data_vars))}); pass --variable")
+            raise DataError(
+                f"{input_path}: no variable {variable!r} (found "
+                f"{sorted(map(str, ds.data_vars))}); pass --variable"
+            )
         field = ds[variable]
         dims = tuple(map(str, field.dims))
         if dims == ("time", "channel", "y", "x"):
             field = field.expand_dims("trajectory")
         elif dims != ("trajectory", "time", "channel", "y", "x"):
-            raise DataError(f"{input_path}: {variable!r} has dims {dims}, expected (trajectory, "
-                            "time, channel, y, x) or (time, channel, y, x)")
+            raise DataError(
+                f"{input_path}: {variable!r} has dims {dims}, expected (trajectory, "
+                "time, channel, y, x) or (time, channel, y, x)"
+            )
         _, n_time, c_file, h_file, w_file = (int(s) for s in field.shape)
-        names = ([str(c) for c in ds["channel"].values] if "channel" in ds.coords
-                 else None)
+        names = [str(c) for c in ds["channel"].values] if "channel" in ds.coords else None
         if c_file != n_chan:
-            raise DataError(f"{input_path}: {variable!r} has {c_file} channel(s) "
-                            f"{names or ''}, the model expects {n_chan} {meta['channels']}")
+            raise DataError(
+                f"{input_path}: {variable!r} has {c_file} channel(s) "
+                f"{names or ''}, the model expects {n_chan} {meta['channels']}"
+            )
         if names is not None and names != list(meta["channels"]):
-            raise DataError(f"{input_path}: channels {names} do not match the model's "
-                            f"{meta['channels']}")
+            raise DataError(
+                f"{input_path}: channels {names} do not match the model's {meta['channels']}"
+            )
         if (h_file, w_file) != (height, width):
-            raise DataError(f"{input_path}: grid (y, x) = ({h_file}, {w_file}) does not match "
-                            f"the model's ({height}, {width})")
+            raise DataError(
+                f"{input_path}: grid (y, x) = ({h_file}, {w_file}) does not match "
+                f"the model's ({height}, {width})"
+            )
         n_traj = int(field.shape[0])
         if not -n_traj <= int(trajectory) < n_traj:
-            raise DataError(f"{input_path}: trajectory {trajectory} out of range (the file holds "
-                            f"{n_traj})")
+            raise DataError(
+                f"{input_path}: trajectory {trajectory} out of range (the file holds {n_traj})"
+            )
         traj = int(trajectory) % n_traj
         if n_time < t_in:
             raise DataError(f"{input_path}: {n_time} time step(s), the model needs T_in = {t_in}")
@@ -578,16 +677,21 @@ def predict(
         end %= n_time
         start = end - t_in + 1
         if start < 0:
-            raise DataError(f"{input_path}: time index {end} gives only {end + 1} step(s) up to and including it, "
-                            f"the model needs T_in = {t_in}")
-        window = np.asarray(field.isel(trajectory=traj, time=slice(start, end + 1)).values,
-                            dtype=np.float64)
+            raise DataError(
+                f"{input_path}: time index {end} gives only {end + 1} step(s) up to and including it, "
+                f"the model needs T_in = {t_in}"
+            )
+        window = np.asarray(
+            field.isel(trajectory=traj, time=slice(start, end + 1)).values, dtype=np.float64
+        )
         bad = ~np.isfinite(window)
         if bad.any():
             first = np.argwhere(bad)[0]
-            raise DataError(f"{input_path}: {int(bad.sum())} NaN/Inf value(s) in the input "
-                            f"window (time steps {start}..{end}; first at time step "
-                            f"{start + int(first[0])}, channel {int(first[1])})")
+            raise DataError(
+                f"{input_path}: {int(bad.sum())} NaN/Inf value(s) in the input "
+                f"window (time steps {start}..{end}; first at time step "
+                f"{start + int(first[0])}, channel {int(first[1])})"
+            )
         c_shape = (1, n_chan, 1, 1)
         mean = np.asarray(meta["mean"], dtype=np.float64).reshape(c_shape)
         std = np.asarray(meta["std"], dtype=np.float64).reshape(c_shape)
@@ -616,15 +720,15 @@ def predict(
         for name, coord in ds.coords.items():
             if name in ("y", "x") or (coord.dims and set(coord.dims) <= {"y", "x"}):
                 coords[str(name)] = (coord.dims, np.asarray(coord.values))
-        window_times = (times[start : end + 1] if times is not None
-                        else np.arange(start, end + 1))
+        window_times = times[start : end + 1] if times is not None else np.arange(start, end + 1)
         attrs = {
             "model": meta.get("model"),
             "method": meta.get("method"),
             "dataset": meta.get("dataset"),
             "role": meta.get("role"),
-            "model_file": str(model_path_or_checkpoint) if not isinstance(
-                model_path_or_checkpoint, Mapping) else "checkpoint",
+            "model_file": str(model_path_or_checkpoint)
+            if not isinstance(model_path_or_checkpoint, Mapping)
+            else "checkpoint",
             "model_format": model.format,
             "source_file": str(input_path),
             "source_variable": variable,
@@ -639,8 +743,9 @@ def predict(
             "units_note": "physical units (de-normalized with the model's mean/std)",
         }
         attrs = {k: _attr(v) for k, v in attrs.items() if v is not None}
-        forecast = xr.DataArray(y.astype(np.float32), dims=("time", "channel", "y", "x"),
-                                coords=coords, name="forecast")
+        forecast = xr.DataArray(
+            y.astype(np.float32), dims=("time", "channel", "y", "x"), coords=coords, name="forecast"
+        )
         out = forecast.to_dataset()
         out.attrs.update(attrs)
     finally:
@@ -653,8 +758,11 @@ def _write_atomic(ds: Any, path: Path) -> None:
     zarr_out = path.suffix.lower() == ".zarr"
     if path.exists() and path.is_dir() and not zarr_out:
         raise DataError(f"{path}: is a directory; give a file name for the NetCDF output")
-    if path.exists() and zarr_out and not ((path / "zarr.json").is_file()
-                                           or (path / ".zgroup").is_file()):
+    if (
+        path.exists()
+        and zarr_out
+        and not ((path / "zarr.json").is_file() or (path / ".zgroup").is_file())
+    ):
         raise DataError(f"{path}: exists and is not a Zarr store; refusing to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")

@@ -5,11 +5,20 @@ functions), so it runs without Kedro, MLflow, Zarr or Dask.
 
 Every accuracy metric is computed by ``metrics.MetricAccumulator`` on de-normalized fields,
 streamed over the test loader (the split is never held in memory), with the models in eval
-mode under ``torch.no_grad``. PSNR and SSIM use one explicit data range per channel, ``max -
-min`` of the test split's truth, computed once per dataset (``test_data_range``) and used for
-every model. Latency is the median of ``repeats`` timed forward calls after ``warmup`` calls,
-on the CPU with ``threads`` torch threads (CUDA too when available), per batch size; a
-student's speedup over a teacher is the teacher's latency divided by the student's. The share
+mode under ``torch.no_grad``; every model's predictions are computed once, in that pass (the
+prediction panel's windows are kept from it). PSNR and SSIM use one explicit data range per
+channel, ``max - min`` of the test split's truth, computed once per dataset
+(``test_data_range``) and used for every model. Latency is the median of ``repeats`` timed
+forward calls after ``warmup`` calls (at least 3 when they take over ``max_seconds``
+together), on the CPU with ``threads`` torch threads (CUDA too when
+available), per batch size, measured once per architecture (same class, configuration and
+weight shapes: the rows of one student trained by several methods share it, as do their
+parameter and FLOP counts); a student's speedup over a teacher is the teacher's latency divided
+by the student's. The exported models' latency (``exported_formats``: TorchScript, and ONNX
+through onnxruntime when onnx and onnxruntime import) is timed the same way by
+``deploy.exported_latency`` on files exported to a temporary directory; it is left blank (NaN)
+for a format that is unavailable, a model that is not exported (teachers unless
+``exported_teachers``) or an export that fails, with one log line saying why. The share
 of the teacher-student gap a distilled student closes is ``metrics.gap_closed`` on test MSE and
 MAE, with the student trained by method ``none`` as the baseline and the teacher with the lowest
 validation MSE (the checkpoint's ``best_val_loss``) as the reference.
@@ -17,11 +26,15 @@ validation MSE (the checkpoint's ``best_val_loss``) as the reference.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +53,7 @@ from sdkd_pipeline.metrics import (
 
 __all__ = [
     "BASELINE_METHOD",
+    "EXPORT_FORMATS",
     "EvaluationConfig",
     "ModelResult",
     "build_table",
@@ -59,6 +73,9 @@ BASELINE_METHOD = "none"
 TEACHER_METHOD = "supervised"
 METRIC_COLUMNS = ("mse", "mae", "rmse", "psnr", "ssim")
 BAND_COLUMNS = tuple(f"band_mse_{band}" for band in BAND_NAMES)
+EXPORT_FORMATS = ("torchscript", "onnx")
+
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,12 +90,15 @@ class EvaluationConfig:
     batch_size: int = 16
     threads: int = 1
     repeats: int = 5
-    warmup: int = 2
+    warmup: int = 1
     batch_sizes: tuple[int, ...] = (1, 32)
     panel_windows: tuple[int, ...] = (0,)
     panel_step: int = -1
     device: str = "auto"
     cuda_latency: bool = True
+    max_seconds: float | None = 2.0
+    exported_formats: tuple[str, ...] = EXPORT_FORMATS
+    exported_teachers: bool = False
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any] | None) -> EvaluationConfig:
@@ -87,10 +107,14 @@ class EvaluationConfig:
         panels = dict(params.get("panels") or {})
 
         def positive(value: Any, name: str, minimum: int = 1) -> int:
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
-                    or value < minimum:
-                raise ConfigError(f"parameter evaluate.{name} must be an integer >= {minimum}, "
-                                  f"got {value!r}")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, np.integer))
+                or value < minimum
+            ):
+                raise ConfigError(
+                    f"parameter evaluate.{name} must be an integer >= {minimum}, got {value!r}"
+                )
             return int(value)
 
         sizes = latency.get("batch_sizes", [1, 32])
@@ -102,16 +126,51 @@ class EvaluationConfig:
         step = panels.get("step", -1)
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
             raise ConfigError(f"parameter evaluate.panels.step must be an integer, got {step!r}")
+        exported = params.get("exported_latency", {})
+        if exported is None or exported is False:
+            exported = {"formats": []}
+        if not isinstance(exported, Mapping):
+            raise ConfigError(
+                "parameter evaluate.exported_latency must be a mapping such as "
+                f"{{formats: [torchscript, onnx]}}, got {exported!r}"
+            )
+        formats = exported.get("formats", list(EXPORT_FORMATS))
+        formats = [formats] if isinstance(formats, str) else list(formats or [])
+        unknown = [f for f in formats if f not in EXPORT_FORMATS]
+        if unknown:
+            raise ConfigError(
+                f"parameter evaluate.exported_latency.formats: unknown format(s) "
+                f"{unknown}; choose from {list(EXPORT_FORMATS)} ([] disables)"
+            )
+        max_seconds = latency.get("max_seconds", 2.0)
+        if max_seconds is not None and (
+            isinstance(max_seconds, bool)
+            or not isinstance(max_seconds, (int, float))
+            or not max_seconds > 0
+        ):
+            raise ConfigError(
+                "parameter evaluate.latency.max_seconds must be a positive number "
+                f"or null, got {max_seconds!r}"
+            )
+        teachers = exported.get("teachers", False)
+        if not isinstance(teachers, bool):
+            raise ConfigError(
+                "parameter evaluate.exported_latency.teachers must be true or "
+                f"false, got {teachers!r}"
+            )
         return cls(
             batch_size=positive(params.get("batch_size", 16), "batch_size"),
             threads=positive(latency.get("threads", 1), "latency.threads"),
             repeats=positive(latency.get("repeats", 5), "latency.repeats"),
-            warmup=positive(latency.get("warmup", 2), "latency.warmup", 0),
+            warmup=positive(latency.get("warmup", 1), "latency.warmup", 0),
             batch_sizes=tuple(positive(b, "latency.batch_sizes") for b in sizes),
             panel_windows=tuple(positive(w, "panels.windows", 0) for w in windows),
             panel_step=int(step),
             device=str(params.get("device", "auto")),
             cuda_latency=bool(latency.get("cuda", True)),
+            max_seconds=None if max_seconds is None else float(max_seconds),
+            exported_formats=tuple(f for f in EXPORT_FORMATS if f in formats),
+            exported_teachers=teachers,
         )
 
 
@@ -126,8 +185,10 @@ def _loader(windows: Any, batch_size: int) -> DataLoader:
 
 def test_data_range(windows: Any, batch_size: int = 16) -> torch.Tensor:
     """``max - min`` of each channel over the de-normalized truth of ``windows`` (streamed)."""
-    return data_range_from((windows.denormalize(y) for _, y in _loader(windows, batch_size)),
-                           channel_names=getattr(windows, "channels", None))
+    return data_range_from(
+        (windows.denormalize(y) for _, y in _loader(windows, batch_size)),
+        channel_names=getattr(windows, "channels", None),
+    )
 
 
 test_data_range.__test__ = False  # not a pytest test, whatever its name
@@ -152,29 +213,68 @@ def evaluate_models(
 ) -> dict[str, ForecastMetrics]:
     """Metrics of each model on ``windows`` (a WindowDataset: normalized ``(x, y)`` items and
     ``denormalize``), in one streamed pass over the loader; every model sees each batch."""
+    metrics, _, _ = _evaluate_pass(
+        models, windows, data_range, batch_size=batch_size, device=device
+    )
+    return metrics
+
+
+def _chosen_windows(windows: Any, indices: Iterable[int]) -> list[int]:
+    return [i for i in indices if 0 <= i < len(windows)] or [0]
+
+
+def _evaluate_pass(
+    models: Mapping[str, torch.nn.Module],
+    windows: Any,
+    data_range: Sequence[float] | torch.Tensor,
+    *,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    keep: Iterable[int] = (),
+) -> tuple[dict[str, ForecastMetrics], torch.Tensor | None, dict[str, torch.Tensor]]:
+    """``evaluate_models``, also keeping the de-normalized truth ``(K, T, C, H, W)`` and each
+    model's prediction of windows ``keep`` (as ``predict_windows`` picks them; ``None`` and
+    ``{}`` when ``keep`` is empty), so the panel needs no second forward pass."""
     if not models:
         raise ConfigError("evaluate_models: no model to evaluate")
     device = torch.device(device)
     x0, y0 = windows[0]
     steps, channels, height, width = (int(s) for s in y0.shape)
-    accumulators = {name: MetricAccumulator(channels, steps, height, width, data_range)
-                    for name in models}
+    accumulators = {
+        name: MetricAccumulator(channels, steps, height, width, data_range) for name in models
+    }
+    keep = list(keep)
+    chosen = _chosen_windows(windows, keep) if keep else []
+    kept_truth: dict[int, torch.Tensor] = {}
+    kept: dict[str, dict[int, torch.Tensor]] = {name: {} for name in models}
     states = {}
     for name, model in models.items():
         states[name] = model.training
         model.to(device).eval()
     try:
         with torch.no_grad():
+            start = 0
             for x, y in _loader(windows, batch_size):
                 x = x.to(device)
                 truth = windows.denormalize(y.to(device))
+                rows = {i: i - start for i in chosen if start <= i < start + len(x)}
+                for i, row in rows.items():
+                    kept_truth[i] = truth[row].cpu()
                 for name, model in models.items():
                     prediction = windows.denormalize(_forward(model, x))
                     accumulators[name].update(prediction, truth)
+                    for i, row in rows.items():
+                        kept[name][i] = prediction[row].cpu()
+                start += len(x)
     finally:
         for name, model in models.items():
             model.train(states[name])
-    return {name: acc.compute() for name, acc in accumulators.items()}
+    metrics = {name: acc.compute() for name, acc in accumulators.items()}
+    if not chosen:
+        return metrics, None, {}
+    truth = torch.stack([kept_truth[i] for i in chosen])
+    predictions = {name: torch.stack([kept[name][i] for i in chosen]) for name in models}
+    return metrics, truth, predictions
 
 
 def predict_windows(
@@ -187,7 +287,7 @@ def predict_windows(
     """De-normalized truth ``(K, T, C, H, W)`` and each model's prediction for windows
     ``indices`` (out-of-range indices are dropped; at least window 0 is used)."""
     device = torch.device(device)
-    chosen = [i for i in indices if 0 <= i < len(windows)] or [0]
+    chosen = _chosen_windows(windows, indices)
     xs, ys = zip(*(windows[i] for i in chosen), strict=True)
     x = torch.stack(xs).to(device)
     truth = windows.denormalize(torch.stack(ys))
@@ -220,11 +320,15 @@ def measure_latency(
     warmup: int = 2,
     threads: int | None = 1,
     device: str | torch.device = "cpu",
+    max_seconds: float | None = None,
 ) -> dict[int, float]:
     """Median forward latency in milliseconds per batch size, for inputs ``(B, *sample_shape)``.
 
     On the CPU torch runs with ``threads`` threads (restored afterwards); on CUDA every call is
-    synchronized. The model is timed in eval mode under ``torch.no_grad``.
+    synchronized. The model is timed in eval mode under ``torch.no_grad``. With
+    ``max_seconds``, the timed calls of a batch size stop early, after at least 3 of them, once
+    they have taken that long together (a slow model's calls are long and steady enough that
+    the median of 3 is as good as that of more).
     """
     device = torch.device(device)
     if repeats < 1:
@@ -242,13 +346,15 @@ def measure_latency(
                 for _ in range(warmup):
                     model(x)
                 _sync(device)
-                times = []
+                times: list[float] = []
                 for _ in range(repeats):
                     _sync(device)
                     start = time.perf_counter()
                     model(x)
                     _sync(device)
                     times.append(time.perf_counter() - start)
+                    if max_seconds is not None and len(times) >= 3 and sum(times) >= max_seconds:
+                        break
                 out[int(batch)] = statistics.median(times) * 1e3
     finally:
         model.train(was)
@@ -273,6 +379,8 @@ class ModelResult:
     flops: int
     latency_ms: dict[int, float] = field(default_factory=dict)
     latency_cuda_ms: dict[int, float] = field(default_factory=dict)
+    # format (torchscript, onnx) -> batch size -> ms; {} for a format tried but unavailable
+    latency_exported_ms: dict[str, dict[int, float]] = field(default_factory=dict)
     best_val_loss: float = math.nan
 
     @property
@@ -280,17 +388,24 @@ class ModelResult:
         return f"{self.model}/{self.method}"
 
 
-def _order(results: Iterable[ModelResult], teachers: Sequence[str] | None,
-           students: Sequence[str] | None, methods: Sequence[str] | None) -> list[ModelResult]:
+def _order(
+    results: Iterable[ModelResult],
+    teachers: Sequence[str] | None,
+    students: Sequence[str] | None,
+    methods: Sequence[str] | None,
+) -> list[ModelResult]:
     def rank(names: Sequence[str] | None, value: str) -> tuple[int, str]:
         names = list(names or [])
         return (names.index(value), "") if value in names else (len(names), value)
 
     rows = list(results)
-    teacher_rows = sorted((r for r in rows if r.role == "teacher"),
-                          key=lambda r: rank(teachers, r.model))
-    student_rows = sorted((r for r in rows if r.role != "teacher"),
-                          key=lambda r: (rank(students, r.model), rank(methods, r.method)))
+    teacher_rows = sorted(
+        (r for r in rows if r.role == "teacher"), key=lambda r: rank(teachers, r.model)
+    )
+    student_rows = sorted(
+        (r for r in rows if r.role != "teacher"),
+        key=lambda r: (rank(students, r.model), rank(methods, r.method)),
+    )
     return teacher_rows + student_rows
 
 
@@ -313,7 +428,9 @@ def build_table(
 
     Columns: role, model, method, params, gflops, mse, mae, rmse, psnr, ssim,
     band_mse_low/mid/high, latency_ms_b<B> per batch size (CPU), latency_cuda_ms_b<B> when CUDA
-    was timed, speedup_vs_<teacher>_b<B> (teacher latency / this row's, CPU), gap_closed_mse,
+    was timed, latency_torchscript_ms_b<B> and latency_onnx_ms_b<B> (the exported model on the
+    CPU) for each format any row tried (blank where a row has no number),
+    speedup_vs_<teacher>_b<B> (teacher latency / this row's, CPU), gap_closed_mse,
     gap_closed_mae (NaN for teachers, for every row when the baseline ``none`` of that
     student or any teacher is missing, and when the baseline already beats the reference
     teacher on that metric: then there is no gap to close).
@@ -323,11 +440,16 @@ def build_table(
     reference = best_teacher(rows)
     baselines = {r.model: r for r in rows if r.role != "teacher" and r.method == BASELINE_METHOD}
     with_cuda = any(r.latency_cuda_ms for r in rows)
+    exported = [f for f in EXPORT_FORMATS if any(f in r.latency_exported_ms for r in rows)]
+    exported_columns = [f"latency_{f}_ms_b{b}" for f in exported for b in batch_sizes]
     records = []
     for r in rows:
         record: dict[str, Any] = {
-            "role": r.role, "model": r.model, "method": r.method,
-            "params": int(r.params), "gflops": r.flops / 1e9,
+            "role": r.role,
+            "model": r.model,
+            "method": r.method,
+            "params": int(r.params),
+            "gflops": r.flops / 1e9,
             **{name: getattr(r.metrics, name) for name in METRIC_COLUMNS},
             **{f"band_mse_{band}": r.metrics.band_mse[band] for band in BAND_NAMES},
         }
@@ -336,6 +458,9 @@ def build_table(
         if with_cuda:
             for b in batch_sizes:
                 record[f"latency_cuda_ms_b{b}"] = r.latency_cuda_ms.get(b, math.nan)
+        for f in exported:
+            for b in batch_sizes:
+                record[f"latency_{f}_ms_b{b}"] = r.latency_exported_ms.get(f, {}).get(b, math.nan)
         for t in teacher_rows:
             for b in batch_sizes:
                 mine, theirs = r.latency_ms.get(b, math.nan), t.latency_ms.get(b, math.nan)
@@ -345,18 +470,37 @@ def build_table(
             value = math.nan
             # errors: only a teacher better than the baseline leaves a gap to close (a student
             # that beats its teacher unaided gets NaN, not a misleading share)
-            if (r.role != "teacher" and baseline is not None and reference is not None
-                    and getattr(reference.metrics, name) < getattr(baseline.metrics, name)):
-                value = gap_closed(getattr(r.metrics, name), getattr(baseline.metrics, name),
-                                   getattr(reference.metrics, name))
+            if (
+                r.role != "teacher"
+                and baseline is not None
+                and reference is not None
+                and getattr(reference.metrics, name) < getattr(baseline.metrics, name)
+            ):
+                value = gap_closed(
+                    getattr(r.metrics, name),
+                    getattr(baseline.metrics, name),
+                    getattr(reference.metrics, name),
+                )
             record[f"gap_closed_{name}"] = value
         records.append(record)
-    columns = ["role", "model", "method", "params", "gflops", *METRIC_COLUMNS, *BAND_COLUMNS,
-               *(f"latency_ms_b{b}" for b in batch_sizes),
-               *((f"latency_cuda_ms_b{b}" for b in batch_sizes) if with_cuda else ()),
-               *(f"speedup_vs_{t.model}_b{b}" for t in teacher_rows for b in batch_sizes),
-               "gap_closed_mse", "gap_closed_mae"]
-    return pd.DataFrame(records, columns=columns)
+    columns = [
+        "role",
+        "model",
+        "method",
+        "params",
+        "gflops",
+        *METRIC_COLUMNS,
+        *BAND_COLUMNS,
+        *(f"latency_ms_b{b}" for b in batch_sizes),
+        *((f"latency_cuda_ms_b{b}" for b in batch_sizes) if with_cuda else ()),
+        *exported_columns,
+        *(f"speedup_vs_{t.model}_b{b}" for t in teacher_rows for b in batch_sizes),
+        "gap_closed_mse",
+        "gap_closed_mae",
+    ]
+    table = pd.DataFrame(records, columns=columns)
+    # a column that is blank in every row (e.g. onnx without onnxruntime) stays numeric
+    return table.astype({c: float for c in exported_columns})
 
 
 def _format_cell(value: Any, digits: int) -> str:
@@ -374,7 +518,7 @@ def _format_cell(value: Any, digits: int) -> str:
             return "inf" if value > 0 else "-inf"
         if value != 0 and (abs(value) >= 1e5 or abs(value) < 10 ** -(digits - 1)):
             return f"{value:.{digits - 1}e}"
-        return f"{value:.{digits}g}" if abs(value) >= 10 ** digits else f"{value:.{digits}f}"
+        return f"{value:.{digits}g}" if abs(value) >= 10**digits else f"{value:.{digits}f}"
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
@@ -382,25 +526,41 @@ def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:
     """A GitHub pipe table of ``table`` (no tabulate needed): text left, numbers right;
     floats with ``digits`` decimals (scientific when tiny or huge), NaN blank."""
     headers = [str(c).replace("|", "\\|") for c in table.columns]
-    numeric = [pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c])
-               for c in table.columns]
-    body = [[_format_cell(v, digits) for v in row]
-            for row in table.itertuples(index=False, name=None)]
+    numeric = [
+        pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c])
+        for c in table.columns
+    ]
+    body = [
+        [_format_cell(v, digits) for v in row] for row in table.itertuples(index=False, name=None)
+    ]
     widths = [max([len(h), 3, *(len(row[i]) for row in body)]) for i, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
-        parts = [c.rjust(w) if num else c.ljust(w)
-                 for c, w, num in zip(cells, widths, numeric, strict=True)]
+        parts = [
+            c.rjust(w) if num else c.ljust(w)
+            for c, w, num in zip(cells, widths, numeric, strict=True)
+        ]
         return "| " + " | ".join(parts) + " |"
 
-    rule = "| " + " | ".join(("-" * (w - 1) + ":") if num else "-" * w
-                             for w, num in zip(widths, numeric, strict=True)) + " |"
+    rule = (
+        "| "
+        + " | ".join(
+            ("-" * (w - 1) + ":") if num else "-" * w
+            for w, num in zip(widths, numeric, strict=True)
+        )
+        + " |"
+    )
     return "\n".join([line(headers), rule, *(line(row) for row in body)]) + "\n"
 
 
-def curves_json(results: Iterable[ModelResult], *, dataset: str,
-                data_range: Sequence[float] | torch.Tensor, channels: Sequence[str],
-                extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def curves_json(
+    results: Iterable[ModelResult],
+    *,
+    dataset: str,
+    data_range: Sequence[float] | torch.Tensor,
+    channels: Sequence[str],
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Per-step curves and all metrics of each model, JSON-ready (``+inf`` as ``"inf"``)."""
     values = data_range.tolist() if isinstance(data_range, torch.Tensor) else list(data_range)
 
@@ -413,11 +573,21 @@ def curves_json(results: Iterable[ModelResult], *, dataset: str,
         "data_range": [float(v) for v in values],
         **dict(extra or {}),
         "models": [
-            {"role": r.role, "model": r.model, "method": r.method, "params": int(r.params),
-             "flops": int(r.flops), "best_val_loss": clean(r.best_val_loss),
-             "latency_ms": {str(b): v for b, v in r.latency_ms.items()},
-             "latency_cuda_ms": {str(b): v for b, v in r.latency_cuda_ms.items()},
-             "metrics": r.metrics.to_dict()}
+            {
+                "role": r.role,
+                "model": r.model,
+                "method": r.method,
+                "params": int(r.params),
+                "flops": int(r.flops),
+                "best_val_loss": clean(r.best_val_loss),
+                "latency_ms": {str(b): v for b, v in r.latency_ms.items()},
+                "latency_cuda_ms": {str(b): v for b, v in r.latency_cuda_ms.items()},
+                "latency_exported_ms": {
+                    f: {str(b): v for b, v in values.items()}
+                    for f, values in r.latency_exported_ms.items()
+                },
+                "metrics": r.metrics.to_dict(),
+            }
             for r in results
         ],
     }
@@ -455,8 +625,14 @@ def plot_step_curves(results: Sequence[ModelResult], title: str | None = None) -
         steps = np.arange(1, r.metrics.steps + 1)
         style = "-" if r.role == "teacher" else "--"
         for ax, name in zip(axes, ("mse", "ssim"), strict=True):
-            ax.plot(steps, getattr(r.metrics, f"{name}_per_step"), style, marker="o",
-                    markersize=3, label=_label(r))
+            ax.plot(
+                steps,
+                getattr(r.metrics, f"{name}_per_step"),
+                style,
+                marker="o",
+                markersize=3,
+                label=_label(r),
+            )
     from matplotlib.ticker import MaxNLocator
 
     axes[0].set_ylabel("MSE (physical units²)")
@@ -497,10 +673,15 @@ def plot_band_errors(results: Sequence[ModelResult], title: str | None = None) -
     return figure
 
 
-def plot_prediction_panel(truth: torch.Tensor, predictions: Mapping[str, torch.Tensor],
-                          *, step: int = -1, channel: int = 0,
-                          window_labels: Sequence[Any] | None = None,
-                          title: str | None = None) -> Any:
+def plot_prediction_panel(
+    truth: torch.Tensor,
+    predictions: Mapping[str, torch.Tensor],
+    *,
+    step: int = -1,
+    channel: int = 0,
+    window_labels: Sequence[Any] | None = None,
+    title: str | None = None,
+) -> Any:
     """Rows: windows; columns: truth then each prediction, at forecast ``step`` and
     ``channel``, with one color scale per row shared by all its images."""
     from matplotlib.figure import Figure
@@ -555,6 +736,58 @@ class Evaluation:
     panel_figure: Any
 
 
+def _architecture(model: str, module: torch.nn.Module, checkpoint: Mapping[str, Any]) -> Any:
+    """What a forward pass costs depends on: the model's class, its configuration and the
+    shapes of its weights (not their values). Rows that agree on it share one measurement."""
+    try:
+        config = json.dumps(checkpoint.get("model_config"), sort_keys=True, default=str)
+    except (TypeError, ValueError):
+        config = repr(checkpoint.get("model_config"))
+    shapes = tuple(
+        (name, tuple(value.shape), str(value.dtype)) for name, value in module.state_dict().items()
+    )
+    return (model, type(module).__module__, type(module).__qualname__, config, shapes)
+
+
+def _exported_latencies(
+    checkpoint: Mapping[str, Any],
+    formats: Sequence[str],
+    directory: Path,
+    stem: str,
+    cfg: EvaluationConfig,
+    sample_shape: Sequence[int],
+) -> tuple[dict[str, dict[int, float]], dict[str, str]]:
+    """Export ``checkpoint`` to each format in ``directory`` and time it like the eager model:
+    ``({format: {batch: ms}}, {format: why it has no numbers})``."""
+    from sdkd_pipeline import deploy
+
+    exporters = {
+        "torchscript": (deploy.export_torchscript, ".pt"),
+        "onnx": (deploy.export_onnx, ".onnx"),
+    }
+    out: dict[str, dict[int, float]] = {}
+    failed: dict[str, str] = {}
+    for fmt in formats:
+        out[fmt] = {}
+        export, suffix = exporters[fmt]
+        try:
+            path = export(checkpoint, directory / f"{stem}{suffix}")
+            rows = deploy.exported_latency(
+                path,
+                sample_shape,
+                cfg.batch_sizes,
+                repeats=cfg.repeats,
+                warmup=cfg.warmup,
+                threads=cfg.threads,
+                max_seconds=cfg.max_seconds,
+            )
+        except Exception as exc:  # a model that does not export: a blank cell, not a crash
+            failed[fmt] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+            continue
+        out[fmt] = {int(row["batch_size"]): float(row["median_ms"]) for row in rows}
+    return out, failed
+
+
 def evaluate_checkpoints(
     entries: Sequence[tuple[str, str, str, torch.nn.Module, Mapping[str, Any]]],
     windows: Any,
@@ -568,7 +801,11 @@ def evaluate_checkpoints(
     count_flops: Callable[[torch.nn.Module, Sequence[int]], int] | None = None,
 ) -> Evaluation:
     """Evaluate ``entries`` = ``(role, model, method, module, checkpoint)`` on ``windows``
-    (the test split) and build the table, curves and figures."""
+    (the test split) and build the table, curves and figures.
+
+    The exported latency needs full checkpoints (as ``train_forecaster`` writes them); an
+    entry whose checkpoint cannot be exported gets blank exported-latency cells.
+    """
     from sdkd_pipeline.models.complexity import count_flops as default_flops
     from sdkd_pipeline.models.complexity import count_parameters as default_params
     from sdkd_pipeline.training import resolve_device
@@ -578,50 +815,133 @@ def evaluate_checkpoints(
     device = resolve_device(cfg.device)
     data_range = test_data_range(windows, cfg.batch_size)
     modules = {f"{model}/{method}": module for _, model, method, module, _ in entries}
-    metrics = evaluate_models(modules, windows, data_range, batch_size=cfg.batch_size,
-                              device=device)
+    metrics, truth, predictions = _evaluate_pass(
+        modules,
+        windows,
+        data_range,
+        batch_size=cfg.batch_size,
+        device=device,
+        keep=cfg.panel_windows or (0,),
+    )
     x0, _ = windows[0]
     sample_shape = tuple(int(s) for s in x0.shape)
+
+    formats = list(cfg.exported_formats)
+    onnx_note = None
+    if "onnx" in formats:
+        from sdkd_pipeline.deploy import onnx_missing
+
+        onnx_note = onnx_missing()
+        if onnx_note:
+            logger.info("%s: ONNX latency columns left blank: %s", dataset, onnx_note)
+    # one measurement per architecture: {key: (params, flops, cpu, cuda, exported)}
+    measured: dict[Any, tuple[int, int, dict, dict, dict]] = {}
+    failures: list[str] = []
     results = []
-    for role, model, method, module, checkpoint in entries:
-        key = f"{model}/{method}"
-        module = module.cpu()
-        result = ModelResult(
-            role=role, model=model, method=method, metrics=metrics[key],
-            params=count_params(module), flops=count_flops(module, sample_shape),
-            best_val_loss=_float_or_nan(checkpoint.get("best_val_loss")),
-        )
-        result.latency_ms = measure_latency(module, sample_shape, cfg.batch_sizes,
-                                            repeats=cfg.repeats, warmup=cfg.warmup,
-                                            threads=cfg.threads, device="cpu")
-        if cfg.cuda_latency and torch.cuda.is_available():
-            result.latency_cuda_ms = measure_latency(module, sample_shape, cfg.batch_sizes,
-                                                     repeats=cfg.repeats, warmup=cfg.warmup,
-                                                     device="cuda")
-            module.cpu()
-        results.append(result)
+    with tempfile.TemporaryDirectory(prefix="sdkd-eval-export-") as tmp:
+        for role, model, method, module, checkpoint in entries:
+            key = f"{model}/{method}"
+            module = module.cpu()
+            arch = _architecture(model, module, checkpoint)
+            export = formats if (role != "teacher" or cfg.exported_teachers) else []
+            if arch not in measured:
+                latency = measure_latency(
+                    module,
+                    sample_shape,
+                    cfg.batch_sizes,
+                    repeats=cfg.repeats,
+                    warmup=cfg.warmup,
+                    threads=cfg.threads,
+                    device="cpu",
+                    max_seconds=cfg.max_seconds,
+                )
+                latency_cuda: dict[int, float] = {}
+                if cfg.cuda_latency and torch.cuda.is_available():
+                    latency_cuda = measure_latency(
+                        module,
+                        sample_shape,
+                        cfg.batch_sizes,
+                        repeats=cfg.repeats,
+                        warmup=cfg.warmup,
+                        device="cuda",
+                        max_seconds=cfg.max_seconds,
+                    )
+                    module.cpu()
+                measured[arch] = (
+                    count_params(module),
+                    count_flops(module, sample_shape),
+                    latency,
+                    latency_cuda,
+                    {},
+                )
+            params, flops, latency, latency_cuda, exported = measured[arch]
+            todo = [f for f in export if f not in exported and not (f == "onnx" and onnx_note)]
+            if todo:
+                done, failed = _exported_latencies(
+                    checkpoint,
+                    todo,
+                    Path(tmp),
+                    f"{len(results)}_{model}_{method}",
+                    cfg,
+                    sample_shape,
+                )
+                exported.update(done)
+                failures += [f"{key} ({fmt}: {why})" for fmt, why in failed.items()]
+            result = ModelResult(
+                role=role,
+                model=model,
+                method=method,
+                metrics=metrics[key],
+                params=params,
+                flops=flops,
+                latency_ms=dict(latency),
+                latency_cuda_ms=dict(latency_cuda),
+                latency_exported_ms={f: dict(exported.get(f, {})) for f in export},
+                best_val_loss=_float_or_nan(checkpoint.get("best_val_loss")),
+            )
+            results.append(result)
+    if failures:
+        logger.warning("%s: exported latency left blank for %s", dataset, "; ".join(failures))
     results = _order(results, teachers, students, methods)
-    table = build_table(results, teachers=teachers, students=students, methods=methods,
-                        batch_sizes=cfg.batch_sizes)
+    table = build_table(
+        results, teachers=teachers, students=students, methods=methods, batch_sizes=cfg.batch_sizes
+    )
     reference = best_teacher(results)
-    curves = curves_json(results, dataset=dataset, data_range=data_range,
-                         channels=getattr(windows, "channels", []),
-                         extra={"split": "test", "n_windows": len(windows),
-                                "gap_reference_teacher": reference.model if reference else None,
-                                "latency": {"threads": cfg.threads, "repeats": cfg.repeats,
-                                            "warmup": cfg.warmup,
-                                            "batch_sizes": list(cfg.batch_sizes)}})
-    ordered = {r.key: modules[r.key] for r in results}
-    truth, predictions = predict_windows(ordered, windows, cfg.panel_windows, device=device)
+    curves = curves_json(
+        results,
+        dataset=dataset,
+        data_range=data_range,
+        channels=getattr(windows, "channels", []),
+        extra={
+            "split": "test",
+            "n_windows": len(windows),
+            "gap_reference_teacher": reference.model if reference else None,
+            "latency": {
+                "threads": cfg.threads,
+                "repeats": cfg.repeats,
+                "warmup": cfg.warmup,
+                "max_seconds": cfg.max_seconds,
+                "batch_sizes": list(cfg.batch_sizes),
+                "exported_formats": formats,
+                "exported_teachers": cfg.exported_teachers,
+                "onnx_unavailable": onnx_note,
+            },
+        },
+    )
     labels = {r.key: _label(r) for r in results}
-    chosen = [i for i in cfg.panel_windows if 0 <= i < len(windows)] or [0]
+    chosen = _chosen_windows(windows, cfg.panel_windows)
     panel = plot_prediction_panel(
-        truth, {labels[k]: p for k, p in predictions.items()}, step=cfg.panel_step,
+        truth,
+        {labels[r.key]: predictions[r.key] for r in results},
+        step=cfg.panel_step,
         window_labels=chosen,
         title=f"{dataset}: forecast step {cfg.panel_step % truth.shape[1] + 1}, "
-              f"channel {(getattr(windows, 'channels', None) or ['0'])[0]}")
+        f"channel {(getattr(windows, 'channels', None) or ['0'])[0]}",
+    )
     return Evaluation(
-        results=results, table=table, curves=curves,
+        results=results,
+        table=table,
+        curves=curves,
         step_figure=plot_step_curves(results, title=f"{dataset}: error per forecast step"),
         band_figure=plot_band_errors(results, title=f"{dataset}: error by wavenumber band"),
         panel_figure=panel,

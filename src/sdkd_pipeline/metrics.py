@@ -24,11 +24,16 @@ C channels on an H x W grid. Every sum below is accumulated in float64.
   split, not averaged over per-frame PSNRs. An error of exactly zero gives ``+inf``, which
   propagates to the averages.
 - **SSIM.** ``torchmetrics.functional.structural_similarity_index_measure`` with a gaussian
-  kernel of 11 points and sigma 1.5 (reflect padding, k1 = 0.01, k2 = 0.03), computed in
-  float64 on each (sample, step, channel) 2-D frame with the explicit data range ``R_c`` of its
-  channel, never inferred from the data (skimage without ``data_range`` assumes a range of 2 for
-  float images; that is OpenSTL's SSIM, and we do not use it). Averaged over samples and
-  channels per step (``ssim_per_step``), then over steps (``ssim``). Needs H, W >= 6.
+  kernel of 11 points and sigma 1.5 (reflect padding, k1 = 0.01, k2 = 0.03), computed on each
+  (sample, step, channel) 2-D frame with the explicit data range ``R_c`` of its channel, never
+  inferred from the data (skimage without ``data_range`` assumes a range of 2 for float images;
+  that is OpenSTL's SSIM, and we do not use it). Averaged over samples and channels per step
+  (``ssim_per_step``), then over steps (``ssim``). Needs H, W >= 6. Precision: on the CPU a
+  batch's channel whose values all lie within ``R_c`` of zero (``max |P|, |Y| <= R_c``, e.g.
+  vorticity, velocities, anomalies) runs in float32, 10-100x faster than float64 there and
+  within ~1e-5 of it (tested); any other channel (a large offset such as temperature in K,
+  where float32's ``E[x^2] - E[x]^2`` loses digits), and every channel on other devices (no
+  TF32 risk on GPUs), runs in float64. The sums over frames are float64 either way.
 - **Band errors (Plancherel).** The error field ``P - Y`` is split by radial wavenumber into
   three bands, ``spectral.BandSplit.log_spaced(H, W, 3)``: low, mid and high, with cutoffs
   log-spaced between ``|k| = 1`` and the grid's largest ``|k|`` (the mean, k = 0, is in the low
@@ -44,7 +49,7 @@ C channels on an H x W grid. Every sum below is accumulated in float64.
 
 Streaming: ``MetricAccumulator`` keeps float64 sums over batches, so an evaluation never holds
 the whole test split; its result equals the one computed on the concatenated data up to float64
-rounding, whatever the batch sizes. A prediction or truth with NaN or Inf is refused with a
+rounding (float32 rounding, ~1e-7, for an SSIM computed in float32), whatever the batch sizes. A prediction or truth with NaN or Inf is refused with a
 ValueError, so a diverged model cannot produce a silent NaN table.
 """
 
@@ -77,8 +82,12 @@ SSIM_SIGMA = 1.5
 # torchmetrics pads each frame by reflection with (kernel - 1) / 2 = 5 cells; reflect padding
 # needs more cells than that along each axis.
 _SSIM_MIN_SIZE = SSIM_KERNEL_SIZE // 2 + 1
-# Frames per SSIM call: bounds the float64 temporaries (about a dozen copies) to a few 100 MB.
+# Pixels per SSIM call: bounds the temporaries (about a dozen copies) to a few 100 MB.
 _SSIM_PIXELS_PER_CALL = 2**22
+# float32 SSIM on the CPU only where max(|P|, |Y|) <= this times R_c: there it agrees with
+# float64 to ~1e-5 (tests/test_evaluation.py); with a large offset it does not (cancellation in
+# torchmetrics' E[x^2] - E[x]^2), and float64 is used.
+_SSIM_FLOAT32_MAX_OFFSET = 1.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,7 +147,8 @@ class ForecastMetrics:
             out[f"{name}_per_step"] = [_json_float(v) for v in getattr(self, f"{name}_per_step")]
         out["band_mse"] = {band: _json_float(v) for band, v in self.band_mse.items()}
         out["band_mse_per_step"] = {
-            band: [_json_float(v) for v in values] for band, values in self.band_mse_per_step.items()
+            band: [_json_float(v) for v in values]
+            for band, values in self.band_mse_per_step.items()
         }
         out["band_cutoffs"] = list(self.band_cutoffs)
         out["data_range"] = list(self.data_range)
@@ -320,27 +330,48 @@ class MetricAccumulator:
         self._n_samples += len(prediction)
 
     def _ssim_sums(self, pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
-        """Sum over samples of each frame's SSIM: (T, C)."""
+        """Sum over samples of each frame's SSIM: (T, C).
+
+        The frames of one channel go to torchmetrics as ``(T, n, H, W)``: the steps as the
+        batch and the samples as its channels, each channel filtered by its own copy of the
+        gaussian window (a grouped convolution, far faster on the CPU than ``n * T``
+        one-channel images). Its per-image value (``reduction="none"``) is then the mean over
+        the n samples and H x W pixels of each step's SSIM map, i.e. the mean of the n frames'
+        SSIMs (every frame has H x W pixels), times n the sum we need: the same numbers as one
+        call per frame.
+        """
         n, steps = pred.shape[:2]
-        chunk = max(1, _SSIM_PIXELS_PER_CALL // (self.height * self.width))
+        per_call = max(1, _SSIM_PIXELS_PER_CALL // (steps * self.height * self.width))
         sums = torch.zeros((steps, self.channels), dtype=torch.float64, device=pred.device)
         for channel in range(self.channels):
-            frames_pred = pred[:, :, channel].reshape(n * steps, 1, self.height, self.width)
-            frames_true = true[:, :, channel].reshape(n * steps, 1, self.height, self.width)
-            per_frame = torch.cat([
-                structural_similarity_index_measure(
-                    frames_pred[start : start + chunk],
-                    frames_true[start : start + chunk],
+            data_range = float(self.data_range[channel])
+            frames_pred = pred[:, :, channel].transpose(0, 1)
+            frames_true = true[:, :, channel].transpose(0, 1)
+            dtype = self._ssim_dtype(frames_pred, frames_true, data_range)
+            frames_pred = frames_pred.to(dtype).contiguous()
+            frames_true = frames_true.to(dtype).contiguous()
+            for start in range(0, n, per_call):
+                stop = min(start + per_call, n)
+                mean = structural_similarity_index_measure(
+                    frames_pred[:, start:stop],
+                    frames_true[:, start:stop],
                     gaussian_kernel=True,
                     sigma=SSIM_SIGMA,
                     kernel_size=SSIM_KERNEL_SIZE,
                     reduction="none",
-                    data_range=float(self.data_range[channel]),
+                    data_range=data_range,
                 )
-                for start in range(0, n * steps, chunk)
-            ])
-            sums[:, channel] = per_frame.reshape(n, steps).sum(0)
+                sums[:, channel] += mean.to(torch.float64) * (stop - start)
         return sums
+
+    @staticmethod
+    def _ssim_dtype(pred: torch.Tensor, true: torch.Tensor, data_range: float) -> torch.dtype:
+        """float32 on the CPU for well-conditioned values (see the module docstring), else
+        float64."""
+        if pred.device.type != "cpu":
+            return torch.float64
+        largest = max(float(pred.abs().max()), float(true.abs().max()))
+        return torch.float32 if largest <= _SSIM_FLOAT32_MAX_OFFSET * data_range else torch.float64
 
     def compute(self) -> ForecastMetrics:
         """The metrics of every batch seen so far (does not reset)."""

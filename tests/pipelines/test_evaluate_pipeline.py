@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from sdkd_pipeline.data.windows import WindowDataset
+from sdkd_pipeline.deploy import onnx_missing
 from sdkd_pipeline.errors import MissingInputError
 from sdkd_pipeline.pipelines.forecaster import load_forecaster
 from tests.pipelines.conftest import run_kedro
@@ -18,8 +19,13 @@ from tests.pipelines.conftest import run_kedro
 NS_ONLY = {"data.datasets": "navier_stokes"}
 REPORTS = "data/08_reporting/evaluation"
 # the evaluation needs trained checkpoints, not good ones: one short epoch each
-FAST = {**NS_ONLY, "teacher.training.epochs": 1, "teacher.training.max_batches_per_epoch": 2,
-        "distill.training.epochs": 1, "distill.training.max_batches_per_epoch": 2}
+FAST = {
+    **NS_ONLY,
+    "teacher.training.epochs": 1,
+    "teacher.training.max_batches_per_epoch": 2,
+    "distill.training.epochs": 1,
+    "distill.training.max_batches_per_epoch": 2,
+}
 
 
 def test_evaluate_tables_teachers_and_students(project):
@@ -29,25 +35,52 @@ def test_evaluate_tables_teachers_and_students(project):
     run_kedro(project, env="smoke", pipeline="evaluate", params=NS_ONLY)
 
     reports = project / REPORTS
-    for name in ("table.csv", "table.md", "curves.json", "metrics_per_step.png",
-                 "band_errors.png", "predictions.png"):
+    for name in (
+        "table.csv",
+        "table.md",
+        "curves.json",
+        "metrics_per_step.png",
+        "band_errors.png",
+        "predictions.png",
+    ):
         assert (reports / f"navier_stokes_{name}").stat().st_size > 0, name
     table = pd.read_csv(reports / "navier_stokes_table.csv")
     assert list(zip(table["role"], table["model"], table["method"], strict=True)) == [
-        ("teacher", "st_alternet", "supervised"), ("teacher", "simvp", "supervised"),
-        ("student", "unet", "none"), ("student", "unet", "sdkd")]
-    for column in ("latency_ms_b1", "latency_ms_b4", "speedup_vs_simvp_b1",
-                   "speedup_vs_st_alternet_b4"):
+        ("teacher", "st_alternet", "supervised"),
+        ("teacher", "simvp", "supervised"),
+        ("student", "unet", "none"),
+        ("student", "unet", "sdkd"),
+    ]
+    for column in (
+        "latency_ms_b1",
+        "latency_ms_b4",
+        "speedup_vs_simvp_b1",
+        "speedup_vs_st_alternet_b4",
+    ):
         assert (table[column] > 0).all(), column
+    # the exported students' latency (teachers are not exported by default); ONNX only where
+    # onnx and onnxruntime import, its columns blank otherwise
+    students = table["role"] == "student"
+    formats = ["torchscript"] if onnx_missing() else ["torchscript", "onnx"]
+    for fmt in ("torchscript", "onnx"):
+        for b in (1, 4):
+            column = f"latency_{fmt}_ms_b{b}"
+            assert table.loc[~students, column].isna().all(), column
+            if fmt in formats:
+                assert (table.loc[students, column] > 0).all(), column
+            else:
+                assert table.loc[students, column].isna().all(), column
     sdkd = table.set_index("method").loc["sdkd"]
     assert math.isfinite(sdkd["gap_closed_mse"]) and math.isfinite(sdkd["gap_closed_mae"])
     markdown = (reports / "navier_stokes_table.md").read_text()
     assert "| role" in markdown and "st_alternet" in markdown
+    assert "latency_torchscript_ms_b1" in markdown and "nan" not in markdown
 
     # de-normalized: the student's MSE is its normalized per-channel MSE times std^2
     test = WindowDataset(project / "data/05_model_input/navier_stokes.zarr", "test")
-    checkpoint = torch.load(project / "data/06_models/navier_stokes/students/unet/none.pt",
-                            weights_only=True)
+    checkpoint = torch.load(
+        project / "data/06_models/navier_stokes/students/unet/none.pt", weights_only=True
+    )
     model = load_forecaster(checkpoint)
     total, count = 0.0, 0
     with torch.no_grad():
@@ -69,15 +102,17 @@ def test_evaluate_tables_teachers_and_students(project):
     assert run.data.tags["dataset"] == "navier_stokes"
     assert run.data.metrics["unet/sdkd.mse"] == pytest.approx(sdkd["mse"], rel=1e-9)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"navier_stokes_evaluation.csv", "navier_stokes_evaluation.md",
-            "navier_stokes_predictions.png"} <= artifacts
+    assert {
+        "navier_stokes_evaluation.csv",
+        "navier_stokes_evaluation.md",
+        "navier_stokes_predictions.png",
+    } <= artifacts
 
 
 def test_evaluate_without_a_student_says_to_run_distill(project):
     run_kedro(project, env="smoke", pipeline="data", params=NS_ONLY)
     # the baseline needs no teacher: only unet/none exists, unet/sdkd and the teachers do not
-    run_kedro(project, env="smoke", pipeline="distill",
-              params={**FAST, "distill.methods": "none"})
+    run_kedro(project, env="smoke", pipeline="distill", params={**FAST, "distill.methods": "none"})
     with pytest.raises(MissingInputError, match=r"kedro run --pipeline=distill") as error:
         run_kedro(project, env="smoke", pipeline="evaluate", params=NS_ONLY)
     message = str(error.value)

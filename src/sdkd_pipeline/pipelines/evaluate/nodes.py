@@ -50,25 +50,37 @@ def _parse_input(name: str) -> tuple[str, str, str | None]:
         student, sep, method = name.removeprefix(STUDENT_PREFIX).partition(METHOD_SEPARATOR)
         if sep and student and method:
             return "student", student, method
-    raise ValueError(f"evaluate_dataset: input {name!r} is neither teacher_<model> nor "
-                     f"student_<model>__<method>")
+    raise ValueError(
+        f"evaluate_dataset: input {name!r} is neither teacher_<model> nor student_<model>__<method>"
+    )
 
 
-def _check_matches(label: str, command: str, checkpoint: Mapping[str, Any],
-                   windows: WindowDataset) -> None:
+def _check_matches(
+    label: str, command: str, checkpoint: Mapping[str, Any], windows: WindowDataset
+) -> None:
     _, _, channels, height, width = windows.shape
-    shape = {"in_frames": windows.t_in, "out_frames": windows.t_out, "channels": channels,
-             "height": height, "width": width}
+    shape = {
+        "in_frames": windows.t_in,
+        "out_frames": windows.t_out,
+        "channels": channels,
+        "height": height,
+        "width": width,
+    }
     if dict(checkpoint.get("shape", {})) != shape:
-        raise DataError(f"{label} was trained for data of shape {dict(checkpoint.get('shape', {}))}"
-                        f" but the tensor store holds {shape}; rerun `{command}`")
-    same = (torch.allclose(torch.as_tensor(checkpoint["mean"]).float(), windows.mean.float(),
-                           rtol=1e-5, atol=1e-6)
-            and torch.allclose(torch.as_tensor(checkpoint["std"]).float(), windows.std.float(),
-                               rtol=1e-5, atol=1e-6))
+        raise DataError(
+            f"{label} was trained for data of shape {dict(checkpoint.get('shape', {}))}"
+            f" but the tensor store holds {shape}; rerun `{command}`"
+        )
+    same = torch.allclose(
+        torch.as_tensor(checkpoint["mean"]).float(), windows.mean.float(), rtol=1e-5, atol=1e-6
+    ) and torch.allclose(
+        torch.as_tensor(checkpoint["std"]).float(), windows.std.float(), rtol=1e-5, atol=1e-6
+    )
     if not same:
-        raise DataError(f"{label} was trained on data with other normalization statistics than "
-                        f"the current tensor store (the data were regenerated); rerun `{command}`")
+        raise DataError(
+            f"{label} was trained on data with other normalization statistics than "
+            f"the current tensor store (the data were regenerated); rerun `{command}`"
+        )
 
 
 def evaluate_dataset(
@@ -100,27 +112,50 @@ def evaluate_dataset(
             label, command = f"student {model!r} ({method})", "kedro run --pipeline=distill"
         _check_matches(label, command, checkpoint, windows)
         module = load_forecaster(dict(checkpoint))
-        entries.append((role, model, method or str(checkpoint.get("method", "supervised")),
-                        module, checkpoint))
-    result = evaluate_checkpoints(entries, windows, cfg, dataset=dataset, teachers=teachers,
-                                  students=students, methods=methods)
+        entries.append(
+            (role, model, method or str(checkpoint.get("method", "supervised")), module, checkpoint)
+        )
+    result = evaluate_checkpoints(
+        entries,
+        windows,
+        cfg,
+        dataset=dataset,
+        teachers=teachers,
+        students=students,
+        methods=methods,
+    )
     table = result.table
-    markdown = (f"# {dataset}: test split, de-normalized\n\n"
-                f"{len(windows)} test windows; PSNR and SSIM with data range "
-                f"{', '.join(f'{v:.4g}' for v in result.curves['data_range'])} (max - min of "
-                f"the test truth per channel); latency in ms on the CPU with "
-                f"{cfg.threads} thread(s), median of {cfg.repeats}; gap closed relative to "
-                f"`none` against teacher {result.curves['gap_reference_teacher']}.\n\n"
-                + to_markdown(table))
+    markdown = (
+        f"# {dataset}: test split, de-normalized\n\n"
+        f"{len(windows)} test windows; PSNR and SSIM with data range "
+        f"{', '.join(f'{v:.4g}' for v in result.curves['data_range'])} (max - min of "
+        f"the test truth per channel); latency in ms on the CPU with "
+        f"{cfg.threads} thread(s), median of {_repeats_note(cfg)}, once per architecture"
+        f"{_exported_note(cfg, result.curves)}; gap closed relative to "
+        f"`none` against teacher {result.curves['gap_reference_teacher']}.\n\n" + to_markdown(table)
+    )
 
     tracking = dict(tracking or {})
-    tags = {"dataset": dataset, "stage": "evaluation", "method": "evaluation",
-            "models": ",".join(f"{r.model}/{r.method}" for r in result.results)}
-    with MLflowTracker(experiment=tracking.get("experiment", "sdkd_pipeline"),
-                       run_name=f"{dataset}/evaluation", tags=tags) as tracker:
-        tracker.log_params(flatten_params({"dataset": dataset, "evaluate": dict(evaluate_params
-                                                                              or {}),
-                                           "n_test_windows": len(windows)}))
+    tags = {
+        "dataset": dataset,
+        "stage": "evaluation",
+        "method": "evaluation",
+        "models": ",".join(f"{r.model}/{r.method}" for r in result.results),
+    }
+    with MLflowTracker(
+        experiment=tracking.get("experiment", "sdkd_pipeline"),
+        run_name=f"{dataset}/evaluation",
+        tags=tags,
+    ) as tracker:
+        tracker.log_params(
+            flatten_params(
+                {
+                    "dataset": dataset,
+                    "evaluate": dict(evaluate_params or {}),
+                    "n_test_windows": len(windows),
+                }
+            )
+        )
         tracker.log_metrics(_metrics(table, result.results))
         with tempfile.TemporaryDirectory() as tmp:
             for suffix, text in (("csv", table.to_csv(index=False)), ("md", markdown)):
@@ -134,17 +169,54 @@ def evaluate_dataset(
         result.curves["mlflow_run_id"] = tracker.run_id
 
     for record in table.to_dict("records"):
-        logger.info("%s %s/%s: test MSE %.4g, MAE %.4g, SSIM %.4f, gap closed (MSE) %s",
-                    dataset, record["model"], record["method"], record["mse"], record["mae"],
-                    record["ssim"], "-" if math.isnan(record["gap_closed_mse"])
-                    else f"{record['gap_closed_mse']:.3f}")
-    return (table, markdown, result.curves, result.step_figure, result.band_figure,
-            result.panel_figure)
+        logger.info(
+            "%s %s/%s: test MSE %.4g, MAE %.4g, SSIM %.4f, gap closed (MSE) %s",
+            dataset,
+            record["model"],
+            record["method"],
+            record["mse"],
+            record["mae"],
+            record["ssim"],
+            "-" if math.isnan(record["gap_closed_mse"]) else f"{record['gap_closed_mse']:.3f}",
+        )
+    return (
+        table,
+        markdown,
+        result.curves,
+        result.step_figure,
+        result.band_figure,
+        result.panel_figure,
+    )
+
+
+def _repeats_note(cfg: EvaluationConfig) -> str:
+    if cfg.max_seconds is None or cfg.repeats <= 3:
+        return f"{cfg.repeats} calls"
+    return f"{cfg.repeats} calls (3 when they take over {cfg.max_seconds:g} s)"
+
+
+def _exported_note(cfg: EvaluationConfig, curves: Mapping[str, Any]) -> str:
+    """How the exported-latency columns were measured, for the Markdown header."""
+    if not cfg.exported_formats:
+        return ""
+    who = "every model" if cfg.exported_teachers else "the students"
+    note = (
+        f" (`latency_<format>_ms_*`: {' and '.join(cfg.exported_formats)} exports of {who}"
+        f", the same way"
+    )
+    missing = curves.get("latency", {}).get("onnx_unavailable")
+    if missing:
+        note += f"; ONNX blank: {missing}"
+    return note + ")"
 
 
 def _metrics(table: pd.DataFrame, results: list) -> dict[str, float]:
     """``<model>/<method>.<metric>``: the table's numbers and each model's per-step curves."""
-    out = {f"{r.key}.{name}": value for r in results for name, value in r.metrics.flat().items()
-           if math.isfinite(value)}
+    out = {
+        f"{r.key}.{name}": value
+        for r in results
+        for name, value in r.metrics.flat().items()
+        if math.isfinite(value)
+    }
     out.update(table_metrics(table))
     return out
