@@ -10,20 +10,23 @@ from sdkd_pipeline.pipelines.selection import (
     distill_selection,
     enabled_datasets,
     enabled_models,
+    teacher_datasets,
 )
 
 
 def register_pipelines() -> dict[str, Pipeline]:
     """``data`` for the enabled datasets; ``download`` for those of them with download
-    parameters; ``teacher`` for every enabled (dataset, teacher); ``spectral`` analyses each of
-    those teachers' latents; ``evaluate`` tables every teacher and student of each distilled
+    parameters; ``teacher`` for every (dataset, teacher) of ``teacher.datasets`` (default: the
+    enabled datasets) and ``teacher.models``; ``spectral`` analyses each of those teachers'
+    latents; ``evaluate`` tables every teacher and student of each distilled
     dataset on its test split; ``__default__`` runs every stage (downloads are explicit, never
     implied)."""
     datasets = enabled_datasets()
     data_pipeline = data.create_pipeline(datasets)
     teachers = enabled_models("teacher")
-    teacher_pipeline = teacher.create_pipeline(datasets, teachers)
-    spectral_pipeline = spectral.create_pipeline(datasets, teachers)
+    trained_on = teacher_datasets()
+    teacher_pipeline = teacher.create_pipeline(trained_on, teachers)
+    spectral_pipeline = spectral.create_pipeline(trained_on, teachers)
     distill_datasets, students, methods, distill_params = distill_selection()
     distill_pipeline = distill.create_pipeline(distill_datasets, students, methods, teachers,
                                                distill_params)

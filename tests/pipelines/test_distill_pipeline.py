@@ -110,3 +110,73 @@ def test_distill_leaves_out_datasets_that_are_not_enabled():
                           "methods": ["none"]}}
     datasets, students, methods, _ = distill_selection(params)
     assert datasets == [] and students == ["unet"] and methods == ["none"]
+
+
+def test_teacher_datasets_default_to_the_enabled_ones_and_bound_distillation(caplog):
+    from sdkd_pipeline.pipelines.selection import distill_selection, teacher_datasets
+
+    both = {"data": {"datasets": ["navier_stokes", "rayleigh_benard"]}}
+    assert teacher_datasets(both) == ["navier_stokes", "rayleigh_benard"]
+    ns_only = {**both, "teacher": {"datasets": ["navier_stokes"]}}
+    assert teacher_datasets(ns_only) == ["navier_stokes"]
+    # distillation defaults to the teachers' datasets and leaves out those without teachers
+    assert distill_selection({**ns_only, "distill": {}})[0] == ["navier_stokes"]
+    with caplog.at_level("WARNING"):
+        chosen = distill_selection({**ns_only, "distill": {"datasets": ["rayleigh_benard"]}})
+    assert chosen[0] == [] and "rayleigh_benard" in caplog.text
+    # a teacher dataset that is not enabled is left out with a warning; unknown is an error
+    with caplog.at_level("WARNING"):
+        assert teacher_datasets({"data": {"datasets": ["navier_stokes"]},
+                                 "teacher": {"datasets": ["rayleigh_benard"]}}) == []
+    with pytest.raises(ConfigError, match=r"teacher.datasets: unknown dataset name"):
+        teacher_datasets({**both, "teacher": {"datasets": ["navier"]}})
+    with pytest.raises(ConfigError, match=r"teacher.datasets: duplicate"):
+        teacher_datasets({**both, "teacher": {"datasets": ["navier_stokes", "navier_stokes"]}})
+
+
+def test_teacher_outputs_are_computed_once_per_teacher_and_store(monkeypatch):
+    """Each distill node of one `kedro run` would otherwise rerun the same teachers."""
+    import numpy as np
+
+    from sdkd_pipeline.data.raw import make_raw
+    from sdkd_pipeline.data.tensors import SplitConfig, WindowConfig, build_tensor_dataset
+    from sdkd_pipeline.models import build_model
+    from sdkd_pipeline.pipelines.distill import nodes
+
+    def windows(seed):
+        fields = np.random.default_rng(seed).normal(size=(4, 8, 1, 16, 16)).astype("float32")
+        raw = make_raw(fields, dataset="test", source="random", channels=["w"],
+                       time=np.arange(8.0))
+        store = build_tensor_dataset(raw, split=SplitConfig(train=0.5, val=0.25, test=0.25),
+                                     window=WindowConfig(2, 2))
+        return WindowDataset(store, "train")
+
+    def teacher(seed):
+        torch.manual_seed(seed)
+        return build_model("simvp", in_frames=2, out_frames=2, channels=1, height=16, width=16,
+                           frame_hidden=4, hidden=8, depth=2, mlp_ratio=2.0).eval()
+
+    calls = []
+    real = nodes.precompute_teacher_outputs
+    monkeypatch.setattr(nodes, "precompute_teacher_outputs",
+                        lambda models, *a, **k: calls.append(sorted(models)) or real(models, *a,
+                                                                                     **k))
+    monkeypatch.setattr(nodes, "_OUTPUT_MEMO", {})
+    a, b = teacher(0), teacher(1)
+    train = windows(0)
+    kw = {"latents": False, "batch_size": 4, "device": torch.device("cpu"),
+          "autocast_dtype": None}
+    first = nodes.teacher_outputs({"a": a}, train, **kw)
+    both = nodes.teacher_outputs({"a": a, "b": b}, train, **kw)  # only b is new
+    assert calls == [["a"], ["b"]]
+    assert both["a"]["prediction"] is first["a"]["prediction"]
+    with torch.no_grad():
+        x = torch.stack([train[i][0] for i in range(len(train))])
+        assert torch.allclose(both["b"]["prediction"], b(x), atol=1e-5)
+    # retrained weights, latents or another store: computed again
+    retrained = teacher(2)
+    nodes.teacher_outputs({"a": retrained}, train, **kw)
+    nodes.teacher_outputs({"a": a}, train, **{**kw, "latents": True})
+    nodes.teacher_outputs({"a": a}, windows(1), **kw)
+    assert calls[2:] == [["a"], ["a"], ["a"]]
+    assert len(nodes._OUTPUT_MEMO) == 1  # the previous store's outputs were let go

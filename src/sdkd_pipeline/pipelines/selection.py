@@ -87,32 +87,49 @@ def enabled_models(role: str, params: dict[str, Any] | None = None) -> list[str]
     return list(names)
 
 
+def _stage_datasets(section: str, available: list[str], available_from: str,
+                    params: dict[str, Any]) -> list[str]:
+    """``<section>.datasets``: defaults to ``available``; names not in it are left out with a
+    warning (e.g. ``kedro run --pipeline=data --params data.datasets=weatherbench`` is not
+    refused because the default trains on Navier-Stokes). An unknown name is an error."""
+    wanted = (params.get(section) or {}).get("datasets")
+    datasets = _names(wanted) if wanted else list(available)
+    unknown = [d for d in datasets if d not in KNOWN_DATASETS]
+    if unknown:
+        raise ConfigError(f"parameter {section}.datasets: unknown dataset name(s) {unknown}; "
+                          f"known datasets are {list(KNOWN_DATASETS)}")
+    if len(set(datasets)) != len(datasets):
+        raise ConfigError(f"parameter {section}.datasets: duplicate names in {datasets}")
+    outside = [d for d in datasets if d not in available]
+    if outside:
+        logging.getLogger(__name__).warning(
+            "%s.datasets: %s not in %s %s, so left out", section, outside, available_from,
+            available)
+    return [d for d in datasets if d in available]
+
+
+def teacher_datasets(params: dict[str, Any] | None = None) -> list[str]:
+    """The datasets the teacher (and spectral) pipelines train on: ``teacher.datasets``,
+    defaulting to every enabled dataset (``data.datasets``)."""
+    if params is None:
+        params = _parameters if _parameters is not None else _parameters_from_config()
+    return _stage_datasets("teacher", enabled_datasets(params), "data.datasets", params)
+
+
 def distill_selection(params: dict[str, Any] | None = None
                       ) -> tuple[list[str], list[str], list[str], dict[str, Any]]:
     """``(datasets, students, methods, distill parameters)`` of the distill pipeline.
 
-    ``distill.datasets`` defaults to every enabled dataset; names that are not enabled in
-    ``data.datasets`` are left out with a warning (their teachers are not trained), so that e.g.
-    ``kedro run --pipeline=data --params data.datasets=weatherbench`` is not refused because the
-    default distils Navier-Stokes. An unknown name is an error.
+    ``distill.datasets`` defaults to every dataset teachers are trained on; names outside those
+    are left out with a warning (they have no teachers). An unknown name is an error.
     """
     from sdkd_pipeline.models.registry import MODEL_ROLES
 
     if params is None:
         params = _parameters if _parameters is not None else _parameters_from_config()
     distill = dict(params.get("distill") or {})
-    enabled = enabled_datasets(params)
-    datasets = _names(distill["datasets"]) if distill.get("datasets") else enabled
-    unknown = [d for d in datasets if d not in KNOWN_DATASETS]
-    if unknown:
-        raise ConfigError(f"parameter distill.datasets: unknown dataset name(s) {unknown}; "
-                          f"known datasets are {list(KNOWN_DATASETS)}")
-    outside = [d for d in datasets if d not in enabled]
-    if outside:
-        logging.getLogger(__name__).warning(
-            "distill.datasets: %s not enabled in data.datasets %s, so not distilled",
-            outside, enabled)
-        datasets = [d for d in datasets if d in enabled]
+    datasets = _stage_datasets("distill", teacher_datasets(params), "the teachers' datasets",
+                               params)
     students = _names(distill.get("students", []))
     wrong = [n for n in students if MODEL_ROLES.get(n) != "student"]
     if wrong:

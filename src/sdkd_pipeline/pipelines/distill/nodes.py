@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -32,6 +33,12 @@ logger = logging.getLogger(__name__)
 TEACHER_INPUT_PREFIX = "teacher_"
 # windows of teacher predictions that set an energy-based cutoff (plenty for a mean spectrum)
 CUTOFF_WINDOWS = 128
+
+# Teacher outputs on a store's training windows, kept for the other distill nodes of the same
+# `kedro run` (one process): each teacher runs once per store, not once per student and
+# method. Keyed by the teacher's weights and the windows' content; holding another store's
+# outputs frees the previous ones.
+_OUTPUT_MEMO: dict[tuple[str, ...], dict[str, torch.Tensor]] = {}
 
 
 def distill_student(
@@ -102,12 +109,9 @@ def _setup(cfg: DistillConfig, checkpoints: Mapping[str, Mapping[str, Any]],
     if should_cache(cfg, n_bytes):
         logger.info("caching %d teacher(s)' outputs on %d training windows (%s)", len(teachers),
                     len(train_set), describe_cache(n_bytes))
-        cache = precompute_teacher_outputs(teachers, train_set, latents=cfg.needs_latents,
-                                           batch_size=train_cfg.val_batch_size
-                                           or train_cfg.batch_size, device=device,
-                                           autocast_dtype=dtype)
-        for name, outputs in cache.items():
-            finite_or_raise(name, outputs)
+        cache = teacher_outputs(teachers, train_set, latents=cfg.needs_latents,
+                                batch_size=train_cfg.val_batch_size or train_cfg.batch_size,
+                                device=device, autocast_dtype=dtype)
         train_data = WithTeacherTargets(train_set, cache)
         predictions = [outs["prediction"][:CUTOFF_WINDOWS] for outs in cache.values()]
     elif cfg.uses_bands and cfg.cutoff_mode == "energy":
@@ -129,3 +133,43 @@ def _setup(cfg: DistillConfig, checkpoints: Mapping[str, Mapping[str, Any]],
                   teacher_cache_mib=round(n_bytes / 2**20, 1))
     extra_ckpt["cutoff"] = cutoff
     return LossSetup(loss=loss, train_set=train_data, params=params, checkpoint=extra_ckpt)
+
+
+def teacher_outputs(teachers: Mapping[str, torch.nn.Module], train_set: WindowDataset, *,
+                    latents: bool, batch_size: int, device: torch.device,
+                    autocast_dtype: torch.dtype | None) -> dict[str, dict[str, torch.Tensor]]:
+    """``precompute_teacher_outputs`` for ``teachers``, computing only those this process has
+    not already computed on the same windows (see ``_OUTPUT_MEMO``); checked finite."""
+    windows = _windows_fingerprint(train_set)
+    keys = {name: (name, _weights_fingerprint(model), windows, str(latents), str(device),
+                   str(autocast_dtype)) for name, model in teachers.items()}
+    for key in [k for k in _OUTPUT_MEMO if k[2] != windows]:
+        del _OUTPUT_MEMO[key]
+    missing = {name: teachers[name] for name, key in keys.items() if key not in _OUTPUT_MEMO}
+    if missing:
+        computed = precompute_teacher_outputs(missing, train_set, latents=latents,
+                                              batch_size=batch_size, device=device,
+                                              autocast_dtype=autocast_dtype)
+        for name, outputs in computed.items():
+            finite_or_raise(name, outputs)
+            _OUTPUT_MEMO[keys[name]] = outputs
+    reused = sorted(set(teachers) - set(missing))
+    if reused:
+        logger.info("reusing the outputs of %s computed by an earlier node of this run", reused)
+    return {name: _OUTPUT_MEMO[key] for name, key in keys.items()}
+
+
+def _weights_fingerprint(model: torch.nn.Module) -> str:
+    digest = hashlib.sha1()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _windows_fingerprint(windows: WindowDataset) -> str:
+    """The split's size, shape and statistics and its first and last windows' inputs."""
+    digest = hashlib.sha1(repr((len(windows), tuple(windows.shape))).encode())
+    for tensor in (windows.mean, windows.std, windows[0][0], windows[len(windows) - 1][0]):
+        digest.update(torch.as_tensor(tensor).detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
