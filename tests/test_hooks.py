@@ -43,3 +43,28 @@ def test_synchronous_scheduler_needs_no_cluster():
 def test_unknown_scheduler_names_the_parameter():
     with pytest.raises(ConfigError, match=r"dask\.scheduler"):
         start_dask_client({"scheduler": "kubernetes"})
+
+
+def test_run_times_hook_writes_stage_and_node_seconds(tmp_path):
+    import json
+    import time
+    from types import SimpleNamespace
+
+    from sdkd_pipeline.hooks import RUN_TIMES, RunTimesHook
+
+    hook = RunTimesHook()
+    hook.before_pipeline_run({}, None, None)
+    for name, tags, pause in (("acquire_raw", {"data", "navier_stokes"}, 0.02),
+                              ("train_teacher", {"teacher", "navier_stokes", "simvp"}, 0.05),
+                              ("tabulate", set(), 0.0)):
+        node = SimpleNamespace(name=name, tags=tags)
+        hook.before_node_run(node)
+        time.sleep(pause)
+        hook.after_node_run(node)
+    hook.after_pipeline_run({"project_path": str(tmp_path), "env": "smoke",
+                             "pipeline_names": ["__default__"]})
+    report = json.loads((tmp_path / RUN_TIMES).read_text())
+    assert set(report["stages"]) == {"data", "teacher", "other"}
+    assert report["stages"]["teacher"] >= 0.05 and report["seconds"] >= 0.07
+    assert [n["node"] for n in report["nodes"]][0] == "train_teacher"  # slowest first
+    assert report["env"] == "smoke" and not list(tmp_path.rglob("*.tmp-*"))

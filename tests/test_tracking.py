@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,12 +12,17 @@ import torch
 
 from sdkd_pipeline.errors import ConfigError
 from sdkd_pipeline.tracking import (
+    CLOSED_TAG,
     MAX_PARAM_VALUE_LENGTH,
+    OWNER_TAG,
     MLflowTracker,
     NullTracker,
     Tracker,
+    close_orphaned_runs,
     default_tracking_uri,
     flatten_params,
+    owner_is_gone,
+    owner_tag,
     plot_loss_curves,
     run_tags,
 )
@@ -148,3 +156,52 @@ def test_failed_block_marks_the_run_failed(store):
     assert mlflow.MlflowClient(uri).get_run(tracker.run_id).info.status == "FAILED"
     with pytest.raises(ConfigError, match=r"\.json or \.yaml"):
         tracker.log_dict({"a": 1}, "config.txt")
+
+
+def _ended_process_owner_tag() -> str:
+    """The owner tag of a process that has ended (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                            stdin=subprocess.PIPE)
+    value = owner_tag(proc.pid)[OWNER_TAG]
+    proc.communicate(b"")
+    return value
+
+
+def test_owner_is_gone_only_for_an_ended_process_of_this_host():
+    mine = owner_tag()[OWNER_TAG]
+    host, pid, started = mine.split()
+    assert host == socket.gethostname() and float(started) > 0
+    assert not owner_is_gone(mine)
+    assert owner_is_gone(_ended_process_owner_tag())
+    # the same pid with another start time: the pid was reused, the owner is gone
+    assert owner_is_gone(f"{host} {pid} {float(started) - 3600:.2f}")
+    # another host's process, or a tag this code did not write, cannot be judged: left alone
+    assert not owner_is_gone(f"another-{host} 1 1.0")
+    assert not owner_is_gone("not a tag")
+
+
+def test_runs_left_running_by_a_killed_process_are_marked_killed(store):
+    client = mlflow.MlflowClient(tracking_uri=store[0])
+    experiment = client.create_experiment("orphans", artifact_location=store[1])
+    dead = _ended_process_owner_tag()
+    orphan = client.create_run(experiment, tags={OWNER_TAG: dead}).info.run_id
+    ended = client.create_run(experiment, tags={OWNER_TAG: dead}).info.run_id
+    client.set_terminated(ended, "FINISHED")
+    alive = client.create_run(experiment, tags=owner_tag()).info.run_id
+    untagged = client.create_run(experiment).info.run_id
+
+    assert close_orphaned_runs(client, [experiment]) == [orphan]
+    run = client.get_run(orphan)
+    assert run.info.status == "KILLED" and run.info.end_time is not None
+    assert "killed" in run.data.tags[CLOSED_TAG]
+    statuses = {r: client.get_run(r).info.status for r in (ended, alive, untagged)}
+    assert statuses == {ended: "FINISHED", alive: "RUNNING", untagged: "RUNNING"}
+    assert close_orphaned_runs(client, [experiment]) == []
+    assert close_orphaned_runs(client, []) == []
+
+
+def test_tracker_runs_carry_the_owner_tag(store):
+    with MLflowTracker(experiment="owned", tracking_uri=store[0],
+                       artifact_location=store[1]) as tracker:
+        run = tracker.client.get_run(tracker.run_id)
+        assert run.data.tags[OWNER_TAG] == owner_tag()[OWNER_TAG]

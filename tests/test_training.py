@@ -354,6 +354,25 @@ def test_resume_with_a_different_config_is_refused_unless_resume_false(tmp_path)
     assert same.resumed_from_epoch == 1 and same.best_val_loss == again.best_val_loss
 
 
+def test_resumed_run_tags_its_tracker_run_with_the_run_it_continues(tmp_path):
+    data = SyntheticWindows(8, 1), SyntheticWindows(4, 2)
+    first = FileRecordingTracker(tmp_path / "first.jsonl")
+    first.run_id = "run-of-the-killed-process"
+    train(_model(), *data, _config(epochs=1), out_dir=tmp_path / "run", tracker=first,
+          progress=False)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["tracker_run_id"] == first.run_id
+    assert all(json.loads(line)["method"] != "set_tags"
+               for line in (tmp_path / "first.jsonl").read_text().splitlines())
+
+    second = FileRecordingTracker(tmp_path / "second.jsonl")
+    train(_model(), *data, _config(epochs=1), out_dir=tmp_path / "run", tracker=second,
+          progress=False)
+    calls = [json.loads(line) for line in (tmp_path / "second.jsonl").read_text().splitlines()]
+    tags = [c["tags"] for c in calls if c["method"] == "set_tags"]
+    assert tags == [{"resumed_from_epoch": 1, "resumed_from_batch": 0,
+                     "resumed_from_run": "run-of-the-killed-process"}]
+
+
 # --------------------------------------------------------------------------------------------
 # DDP
 

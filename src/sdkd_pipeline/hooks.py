@@ -1,8 +1,13 @@
-"""Kedro hooks: which datasets are enabled, and the Dask cluster for preprocessing."""
+"""Kedro hooks: which datasets are enabled, preflight checks, the Dask cluster for
+preprocessing, MLflow runs left by a killed run, and the run's timings."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import time
+from pathlib import Path
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
@@ -84,6 +89,35 @@ def upstream_stage(name: str) -> str | None:
     return None
 
 
+class MLflowRunsHook:
+    """Marks the pipeline's MLflow run (kedro-mlflow's) as this process's, and closes the runs a
+    killed ``kedro run`` left ``RUNNING``: a SIGKILLed process cannot end its runs, so the next
+    run marks them ``KILLED`` (``tracking.close_orphaned_runs``) instead of leaving them running
+    for ever. The killed training itself resumes from its ``last.pt`` in a new run."""
+
+    @hook_impl(trylast=True)  # after kedro-mlflow has started the pipeline's run
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        try:
+            import mlflow
+        except ImportError:  # tracking is optional for the library; nothing to close then
+            return
+        from sdkd_pipeline.tracking import DEFAULT_EXPERIMENT, close_orphaned_runs, owner_tag
+
+        client = mlflow.MlflowClient()
+        experiments = set()
+        active = mlflow.active_run()
+        if active is not None:
+            for key, value in owner_tag().items():
+                client.set_tag(active.info.run_id, key, value)
+            experiments.add(active.info.experiment_id)
+        tracking = catalog.load("params:tracking") if catalog.exists("params:tracking") else {}
+        name = (tracking or {}).get("experiment", DEFAULT_EXPERIMENT)
+        found = client.get_experiment_by_name(name)
+        if found is not None:
+            experiments.add(found.experiment_id)
+        close_orphaned_runs(client, experiments)
+
+
 class DaskClusterHook:
     """Starts a Dask client for pipelines that contain nodes tagged ``dask``.
 
@@ -159,3 +193,58 @@ def start_dask_client(cfg: dict[str, Any]):
         f"parameter dask.scheduler: unknown value {scheduler!r}; use 'local', 'synchronous', "
         "'threads' or a scheduler address such as 'tcp://host:8786'"
     )
+
+
+STAGES = ("download", "data", "teacher", "spectral", "distill", "evaluate")
+RUN_TIMES = Path("data") / "08_reporting" / "run_times.json"
+
+
+class RunTimesHook:
+    """Times every node and writes ``data/08_reporting/run_times.json`` after a successful run:
+    the wall time, the seconds per stage (the node's stage tag) and per node, slowest first.
+    ``benchmarks/bench_kedro_run.py`` reads it; the log gets a one-line summary."""
+
+    def __init__(self) -> None:
+        self._start = 0.0
+        self._node_start: dict[str, float] = {}
+        self._nodes: list[dict[str, Any]] = []
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        self._start = time.perf_counter()
+        self._node_start.clear()
+        self._nodes = []
+
+    @hook_impl
+    def before_node_run(self, node) -> None:
+        self._node_start[node.name] = time.perf_counter()
+
+    @hook_impl
+    def after_node_run(self, node) -> None:
+        start = self._node_start.pop(node.name, None)
+        if start is None:
+            return
+        stage = next((t for t in STAGES if t in node.tags), "other")
+        self._nodes.append({"node": node.name, "stage": stage,
+                            "seconds": round(time.perf_counter() - start, 3)})
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict[str, Any]) -> None:
+        total = time.perf_counter() - self._start
+        stages: dict[str, float] = {}
+        for entry in self._nodes:
+            stages[entry["stage"]] = stages.get(entry["stage"], 0.0) + entry["seconds"]
+        report = {
+            "pipeline": run_params.get("pipeline_names") or run_params.get("pipeline_name"),
+            "env": run_params.get("env"),
+            "seconds": round(total, 3),
+            "stages": {k: round(v, 3) for k, v in stages.items()},
+            "nodes": sorted(self._nodes, key=lambda e: -e["seconds"]),
+        }
+        path = Path(run_params.get("project_path") or ".") / RUN_TIMES
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(report, indent=1, default=str))
+        os.replace(tmp, path)
+        logger.info("run took %.0f s (%s); node times in %s", total,
+                    ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()), path)

@@ -7,12 +7,20 @@ from kedro.config import OmegaConfigLoader
 from sdkd_pipeline.hooks import (
     DaskClusterHook,
     EnabledDatasetsHook,
+    MLflowRunsHook,
     RawFilesPreflightHook,
+    RunTimesHook,
     UpstreamOutputsHook,
 )
 
-HOOKS = (EnabledDatasetsHook(), RawFilesPreflightHook(), UpstreamOutputsHook(),
-         DaskClusterHook())
+HOOKS = (
+    EnabledDatasetsHook(),
+    RawFilesPreflightHook(),
+    UpstreamOutputsHook(),
+    DaskClusterHook(),
+    MLflowRunsHook(),
+    RunTimesHook(),
+)
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -8,6 +8,12 @@ Tracking URI, in order: the ``tracking_uri`` argument; the store of an active ou
 the one kedro-mlflow opens for a pipeline run), under which the model run is nested; the
 ``MLFLOW_TRACKING_URI`` environment variable; ``sqlite:///mlflow.db`` in the working directory
 (MLflow 3 refuses a bare file store).
+
+Runs of a killed process: every run this project opens carries the tag ``sdkd.owner`` (host, pid
+and start time of the process that owns it). A process killed with SIGKILL cannot end its runs,
+so ``close_orphaned_runs`` (called at the start of every ``kedro run`` by a hook) marks the
+``RUNNING`` runs whose owner no longer exists as ``KILLED``. A training resumed from ``last.pt``
+logs to a new run, tagged with the run it continues (see ``training``).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import json
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -33,6 +40,8 @@ MAX_PARAM_VALUE_LENGTH = 6000
 MAX_KEY_LENGTH = 250
 MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
+OWNER_TAG = "sdkd.owner"  # "<host> <pid> <process start time>" of the process owning a run
+CLOSED_TAG = "sdkd.closed_because"
 
 
 @runtime_checkable
@@ -125,6 +134,90 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def owner_tag(pid: int | None = None) -> dict[str, str]:
+    """The ``sdkd.owner`` tag naming this process (or ``pid``) as the owner of a run."""
+    pid = os.getpid() if pid is None else pid
+    started = _process_start_time(pid)
+    return {OWNER_TAG: f"{socket.gethostname()} {pid} {started or 0.0:.2f}"}
+
+
+def _process_start_time(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch): ``None`` when it does not exist
+    (a zombie counts as gone), ``0.0`` when it exists but psutil is missing to tell."""
+    try:
+        import psutil  # installed with distributed
+    except ImportError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return 0.0
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return process.create_time()
+    except psutil.NoSuchProcess:
+        return None
+
+
+def owner_is_gone(value: str) -> bool:
+    """Whether the process an ``sdkd.owner`` tag names no longer runs. Only an owner on this
+    host can be checked; anything else (another host, an unreadable tag) counts as alive."""
+    parts = value.split()
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    try:
+        recorded = float(parts[2])
+    except ValueError:
+        return False
+    started = _process_start_time(int(parts[1]))
+    if started is None:
+        return True
+    # a different start time: the pid was reused by a later process
+    return bool(recorded and started and abs(started - recorded) > 1.0)
+
+
+def close_orphaned_runs(client: Any, experiment_ids: Iterable[str]) -> list[str]:
+    """Mark as ``KILLED`` the ``RUNNING`` runs of ``experiment_ids`` whose owner process (tag
+    ``sdkd.owner``) is gone from this host, e.g. killed with SIGKILL; returns their ids. Runs
+    without the tag, or owned by another host, are left alone."""
+    ids = sorted({str(e) for e in experiment_ids})
+    running, token = [], None
+    while ids:  # every page first: closing runs changes the result set being paged through
+        page = client.search_runs(
+            ids, filter_string="attributes.status = 'RUNNING'", max_results=1000, page_token=token
+        )
+        running.extend(page)
+        token = page.token
+        if not token:
+            break
+    closed: list[str] = []
+    for run in running:
+        owner = run.data.tags.get(OWNER_TAG)
+        if owner is None or not owner_is_gone(owner):
+            continue
+        pid = owner.split()[1]
+        client.set_tag(
+            run.info.run_id,
+            CLOSED_TAG,
+            f"its process {pid} ended without closing it (killed); closed by process "
+            f"{os.getpid()} at the next start",
+        )
+        client.set_terminated(run.info.run_id, "KILLED")
+        log.warning(
+            "MLflow run %r (%s) was left RUNNING by process %s, which no longer exists "
+            "(killed?): marked KILLED",
+            run.info.run_name,
+            run.info.run_id,
+            pid,
+        )
+        closed.append(run.info.run_id)
+    return closed
+
+
 def plot_loss_curves(history: Iterable[Mapping[str, float]], title: str | None = None) -> Any:
     """A matplotlib ``Figure`` of train and validation loss per epoch (log scale).
 
@@ -184,9 +277,11 @@ class MLflowTracker:
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
         run_tags_all = {str(k): str(v) for k, v in (tags or {}).items()}
+        run_tags_all.update(owner_tag())
         if run_id is not None:
             run = self.client.get_run(run_id)
             self.client.update_run(run_id, status="RUNNING")
+            self.client.set_tag(run_id, OWNER_TAG, run_tags_all[OWNER_TAG])
         else:
             if parent is not None:
                 experiment_id = parent.info.experiment_id

@@ -579,6 +579,11 @@ def _atomic_write_text(text: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _tracker_run_id(tracker: Any) -> str | None:
+    run_id = getattr(tracker, "run_id", None)
+    return None if run_id is None else str(run_id)
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
                     ) -> dict[str, Any]:
     """Load a checkpoint written by the engine (``weights_only=True``: no code runs)."""
@@ -755,6 +760,7 @@ class _Run:
         self.schedule = LRSchedule(cfg, cfg.epochs * self.steps_per_epoch)
         self.state = _State()
         self.resumed_from: int | None = None
+        self.resumed_run: str | None = None  # the tracker run of the process that wrote last.pt
         if cfg.resume and self.last_path.exists():
             self._resume()
         elif self.best_path.exists() or self.last_path.exists():
@@ -814,6 +820,7 @@ class _Run:
         )
         _set_rng_state(checkpoint["rng"][self.dist.rank], self.device)
         self.resumed_from = self.state.epochs_done
+        self.resumed_run = checkpoint.get("tracker_run_id")
         log.info("resuming %s at epoch %d, batch %d", self.last_path,
                  self.state.epochs_done + 1, self.state.step_in_epoch)
 
@@ -843,6 +850,8 @@ class _Run:
             "config": self.cfg.to_dict(),
             "dataset_sizes": {"train": len(self.train_set), "val": len(self.val_set)},  # type: ignore[arg-type]
             "world_size": self.dist.world_size,
+            # so that a resumed run can name the run it continues (e.g. a killed MLflow run)
+            "tracker_run_id": _tracker_run_id(self.tracker),
         }
         _atomic_torch_save(checkpoint, self.last_path)
 
@@ -865,6 +874,14 @@ class _Run:
         cfg, state = self.cfg, self.state
         if self.tracker is not None:
             self.tracker.log_params({f"train.{k}": v for k, v in cfg.to_dict().items()})
+            if self.resumed_from is not None:
+                resumed = {
+                    "resumed_from_epoch": self.resumed_from,
+                    "resumed_from_batch": state.step_in_epoch,
+                }
+                if self.resumed_run:
+                    resumed["resumed_from_run"] = self.resumed_run
+                self.tracker.set_tags(resumed)
             for row in state.history:  # a resumed run's earlier epochs, so the run is complete
                 self._log_epoch(row)
         bar = self._progress_bar()
