@@ -34,7 +34,7 @@ import torch
 import yaml
 
 from sdkd_pipeline.data.windows import WindowDataset
-from sdkd_pipeline.distill import DistillConfig, build_loss, choose_cutoff
+from sdkd_pipeline.distill import DistillConfig, loss_from_cache
 from sdkd_pipeline.distill.teachers import (
     WithTeacherTargets,
     check_teacher_matches,
@@ -137,15 +137,9 @@ def _fit(student, method, cfg, chosen, teachers, cache, cached_train, splits, sh
     loss = None
     train_data = splits["train"]
     if cfg.needs_teachers:
-        used = {n: teachers[n] for n in chosen}
-        predictions = [cache[n]["prediction"][:128] for n in chosen]
-        cutoff = (choose_cutoff(cfg, shape["height"], shape["width"], predictions)
-                  if cfg.uses_bands else None)
-        loss = build_loss(cfg, used, height=shape["height"], width=shape["width"],
-                          cutoff=cutoff, student_latent_channels=model.latent_channels,
-                          teacher_latent_channels=used[chosen[0]].latent_channels,
-                          student_parameters=list(model.parameters()))
-        train_data = WithTeacherTargets(splits["train"], {n: cache[n] for n in chosen})
+        loss, train_data, _ = loss_from_cache(
+            cfg, {n: teachers[n] for n in chosen}, cache, splits["train"], model,
+            height=shape["height"], width=shape["width"])
     with tempfile.TemporaryDirectory() as out:
         train(model, train_data, splits["val"], train_cfg, out_dir=out, loss=loss,
               progress=False)

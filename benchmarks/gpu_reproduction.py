@@ -39,9 +39,8 @@ import torch
 from sdkd_pipeline.data.sources import navier_stokes as ns
 from sdkd_pipeline.data.tensors import SplitConfig, WindowConfig, build_tensor_dataset
 from sdkd_pipeline.data.windows import WindowDataset
-from sdkd_pipeline.distill import DistillConfig, build_loss, choose_cutoff
+from sdkd_pipeline.distill import DistillConfig, loss_from_cache
 from sdkd_pipeline.distill.teachers import (
-    WithTeacherTargets,
     choose_teachers,
     freeze,
     precompute_teacher_outputs,
@@ -82,6 +81,11 @@ DISTILL = {
 }
 
 
+# DataLoader workers of every training run (set from --num-workers): on the H200 the small
+# students were bound by the main process assembling batches (an epoch took ~2-4 s)
+WORKERS = [0]
+
+
 class Deadline:
     def __init__(self, seconds: float):
         self.start = time.perf_counter()
@@ -108,12 +112,16 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=["none", "sdkd", "sdkd_a025", "aekd"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--quick", action="store_true", help="tiny sizes: a CPU smoke test")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="DataLoader workers (default: 4 on CUDA, 0 on the CPU)")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    WORKERS[0] = args.num_workers if args.num_workers is not None else (
+        4 if device.type == "cuda" else 0)
     clock = Deadline(args.budget_s)
     teachers_cfg = QUICK_TEACHERS if args.quick else TEACHERS
     students_cfg = QUICK_STUDENTS if args.quick else STUDENTS
@@ -292,15 +300,9 @@ def main() -> None:
             model = build_model(student, **shape, **students_cfg[student])
             loss, data = None, sets["train"]
             if cfg.needs_teachers:
-                used = {n: teachers[n] for n in chosen}
-                predictions = [cache[n]["prediction"][:128] for n in chosen]
-                cutoff = (choose_cutoff(cfg, shape["height"], shape["width"], predictions)
-                          if cfg.uses_bands else None)
-                loss = build_loss(cfg, used, height=shape["height"], width=shape["width"],
-                                  cutoff=cutoff, student_latent_channels=model.latent_channels,
-                                  teacher_latent_channels=used[chosen[0]].latent_channels,
-                                  student_parameters=list(model.parameters()))
-                data = WithTeacherTargets(sets["train"], {n: cache[n] for n in chosen})
+                loss, data, _ = loss_from_cache(
+                    cfg, {n: teachers[n] for n in chosen}, cache, sets["train"], model,
+                    height=shape["height"], width=shape["width"])
             fit = _fit_epochs(model, {**sets, "train": data}, batch, 0.0, device, lr=1e-3,
                               seed=seed, loss=loss, epochs=epochs[student])
             model = fit.pop("model")
@@ -379,7 +381,7 @@ def _fit_epochs(model, sets, batch, budget, device, *, lr, seed=0, loss=None,
         cfg = TrainConfig(epochs=epochs, batch_size=batch, lr=lr, schedule="cosine",
                           warmup_steps=min(100, steps_per_epoch * epochs // 10),
                           grad_clip=1.0, patience=None, seed=seed, device=str(device),
-                          precision="auto", val_batch_size=64)
+                          precision="auto", val_batch_size=64, num_workers=WORKERS[0])
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()

@@ -196,6 +196,31 @@ def test_with_teacher_targets_attaches_each_windows_outputs():
         WithTeacherTargets(data, {"t": {"prediction": torch.zeros(5, 2)}})
 
 
+def test_loss_from_cache_attaches_only_the_chosen_teachers_and_sets_the_cutoff():
+    from sdkd_pipeline.distill import loss_from_cache
+
+    teachers, data = _teachers(), _dataset()
+    cache = precompute_teacher_outputs(teachers, data, latents=False, batch_size=4,
+                                       device=torch.device("cpu"))
+    torch.manual_seed(0)
+    student = build_model("unet", **SHAPE, hidden=4, base_width=4, levels=2)
+    cfg = _cfg("sdkd", cutoff={"mode": "energy", "energy_fraction": 0.9})
+    chosen = {"simvp": teachers["simvp"]}
+    loss, train, cutoff = loss_from_cache(cfg, chosen, cache, data, student, height=16,
+                                          width=16)
+    assert cutoff == choose_cutoff(cfg, 16, 16, [cache["simvp"]["prediction"]])
+    x, target = train[0]
+    assert set(target["teachers"]) == {"simvp"}
+    # the loss on the cached targets equals the loss with the teacher run on the batch
+    xs, ys = next(iter(DataLoader(train, batch_size=6)))
+    cached_total, _ = loss(student, xs, ys)
+    online_total, _ = loss(student, xs, ys["y"])
+    torch.testing.assert_close(cached_total, online_total, rtol=1e-5, atol=1e-6)
+    _, _, k = loss_from_cache(_cfg("output_mse"), chosen, cache, data, student, height=16,
+                              width=16)
+    assert k is None  # no bands, no cutoff
+
+
 def test_latents_need_a_teacher_with_high_and_low_and_outputs_must_be_finite():
     torch.manual_seed(0)
     unet = freeze(build_model("unet", **SHAPE, hidden=8, base_width=8))

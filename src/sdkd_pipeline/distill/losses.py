@@ -38,7 +38,7 @@ from torch import nn
 
 from sdkd_pipeline.distill.config import DistillConfig
 from sdkd_pipeline.distill.minnorm import min_norm_weights_torch
-from sdkd_pipeline.distill.teachers import run_teacher
+from sdkd_pipeline.distill.teachers import WithTeacherTargets, run_teacher
 from sdkd_pipeline.errors import ConfigError
 from sdkd_pipeline.spectral import (
     BandSplit,
@@ -457,3 +457,24 @@ def build_loss(cfg: DistillConfig, teachers: Mapping[str, nn.Module], **kwargs: 
     if not cfg.needs_teachers:
         return None
     return DistillationLoss(cfg, teachers, **kwargs)
+
+
+def loss_from_cache(cfg: DistillConfig, teachers: Mapping[str, nn.Module],
+                    cache: Mapping[str, Mapping[str, torch.Tensor]], train_set: Any,
+                    model: nn.Module, *, height: int, width: int, cutoff_windows: int = 128
+                    ) -> tuple[DistillationLoss, WithTeacherTargets, float | None]:
+    """``(loss, training windows with the teachers' cached targets, cutoff)`` for distilling
+    ``model`` from ``teachers``, whose outputs on ``train_set`` are ``cache`` (as made by
+    ``precompute_teacher_outputs``; it may hold other teachers too). An energy cutoff is set
+    from the first ``cutoff_windows`` cached predictions."""
+    names = list(teachers)
+    predictions = [cache[n]["prediction"][:cutoff_windows] for n in names]
+    cutoff = choose_cutoff(cfg, height, width, predictions) if cfg.uses_bands else None
+    first = teachers[names[0]]
+    loss = build_loss(
+        cfg, teachers, height=height, width=width, cutoff=cutoff,
+        student_latent_channels=getattr(model, "latent_channels", None),
+        teacher_latent_channels=getattr(first, "latent_channels", None),
+        student_parameters=list(model.parameters()),
+    )
+    return loss, WithTeacherTargets(train_set, {n: cache[n] for n in names}), cutoff
