@@ -124,6 +124,7 @@ def test_teacher_datasets_default_to_the_enabled_ones_and_bound_distillation(cap
     with caplog.at_level("WARNING"):
         chosen = distill_selection({**ns_only, "distill": {"datasets": ["rayleigh_benard"]}})
     assert chosen[0] == [] and "rayleigh_benard" in caplog.text
+    assert "add them to teacher.datasets" in caplog.text
     # a teacher dataset that is not enabled is left out with a warning; unknown is an error
     with caplog.at_level("WARNING"):
         assert teacher_datasets({"data": {"datasets": ["navier_stokes"]},

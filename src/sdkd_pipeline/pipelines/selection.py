@@ -88,7 +88,7 @@ def enabled_models(role: str, params: dict[str, Any] | None = None) -> list[str]
 
 
 def _stage_datasets(section: str, available: list[str], available_from: str,
-                    params: dict[str, Any]) -> list[str]:
+                    params: dict[str, Any], hint: str) -> list[str]:
     """``<section>.datasets``: defaults to ``available``; names not in it are left out with a
     warning (e.g. ``kedro run --pipeline=data --params data.datasets=weatherbench`` is not
     refused because the default trains on Navier-Stokes). An unknown name is an error."""
@@ -103,8 +103,8 @@ def _stage_datasets(section: str, available: list[str], available_from: str,
     outside = [d for d in datasets if d not in available]
     if outside:
         logging.getLogger(__name__).warning(
-            "%s.datasets: %s not in %s %s, so left out", section, outside, available_from,
-            available)
+            "%s.datasets: %s left out: not in %s %s (%s)", section, outside, available_from,
+            available, hint)
     return [d for d in datasets if d in available]
 
 
@@ -113,7 +113,8 @@ def teacher_datasets(params: dict[str, Any] | None = None) -> list[str]:
     defaulting to every enabled dataset (``data.datasets``)."""
     if params is None:
         params = _parameters if _parameters is not None else _parameters_from_config()
-    return _stage_datasets("teacher", enabled_datasets(params), "data.datasets", params)
+    return _stage_datasets("teacher", enabled_datasets(params), "data.datasets", params,
+                           "enable them there too")
 
 
 def distill_selection(params: dict[str, Any] | None = None
@@ -129,7 +130,7 @@ def distill_selection(params: dict[str, Any] | None = None
         params = _parameters if _parameters is not None else _parameters_from_config()
     distill = dict(params.get("distill") or {})
     datasets = _stage_datasets("distill", teacher_datasets(params), "the teachers' datasets",
-                               params)
+                               params, "train their teachers: add them to teacher.datasets")
     students = _names(distill.get("students", []))
     wrong = [n for n in students if MODEL_ROLES.get(n) != "student"]
     if wrong:
