@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import statistics
-import time
 import uuid
 import warnings
 from collections.abc import Mapping, Sequence
@@ -37,6 +36,7 @@ import torch
 from torch import nn
 
 from sdkd_pipeline.errors import ConfigError, DataError
+from sdkd_pipeline.latency import timed_calls
 
 META_FILE = "sdkd_meta.json"
 ONNX_META_KEY = "sdkd_meta"
@@ -493,7 +493,7 @@ def exported_latency(
     ``ms_per_sample`` (median / batch size). ``threads`` sets onnxruntime's intra-op threads
     and torch's thread count for the measurement (restored afterwards); ``None`` leaves both.
     With ``max_seconds``, a batch size's timed calls stop early, after at least 3, once they
-    have taken that long together (as ``evaluation.measure_latency`` does).
+    have taken that long together (``latency.timed_calls``, as for the eager model).
     """
     if repeats < 1 or warmup < 0:
         raise ConfigError(
@@ -513,16 +513,9 @@ def exported_latency(
         rng = np.random.default_rng(0)
         for batch in batch_sizes:
             x = rng.standard_normal((int(batch), *sample)).astype(np.float32)
-            for _ in range(warmup):
-                model(x)
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                model(x)
-                times.append((time.perf_counter() - start) * 1e3)
-                if max_seconds is not None and len(times) >= 3 and sum(times) >= max_seconds * 1e3:
-                    break
-            times.sort()
+            seconds = timed_calls(lambda x=x: model(x), repeats=repeats, warmup=warmup,
+                                  max_seconds=max_seconds)
+            times = sorted(t * 1e3 for t in seconds)
             median = statistics.median(times)
             rows.append(
                 {

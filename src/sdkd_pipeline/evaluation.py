@@ -31,7 +31,6 @@ import logging
 import math
 import statistics
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from sdkd_pipeline.errors import ConfigError
+from sdkd_pipeline.latency import timed_calls
 from sdkd_pipeline.metrics import (
     BAND_NAMES,
     ForecastMetrics,
@@ -343,18 +343,8 @@ def measure_latency(
         with torch.no_grad():
             for batch in batch_sizes:
                 x = torch.randn((int(batch), *(int(s) for s in sample_shape)), device=device)
-                for _ in range(warmup):
-                    model(x)
-                _sync(device)
-                times: list[float] = []
-                for _ in range(repeats):
-                    _sync(device)
-                    start = time.perf_counter()
-                    model(x)
-                    _sync(device)
-                    times.append(time.perf_counter() - start)
-                    if max_seconds is not None and len(times) >= 3 and sum(times) >= max_seconds:
-                        break
+                times = timed_calls(lambda x=x: model(x), repeats=repeats, warmup=warmup,
+                                    max_seconds=max_seconds, sync=lambda: _sync(device))
                 out[int(batch)] = statistics.median(times) * 1e3
     finally:
         model.train(was)
