@@ -35,6 +35,7 @@ import traceback
 from pathlib import Path
 
 import torch
+import yaml
 
 from sdkd_pipeline.data.sources import navier_stokes as ns
 from sdkd_pipeline.data.tensors import SplitConfig, WindowConfig, build_tensor_dataset
@@ -51,15 +52,17 @@ from sdkd_pipeline.models import build_model
 from sdkd_pipeline.spectral_analysis import SpectralConfig, analyse_spectra
 from sdkd_pipeline.training import TrainConfig, evaluate_mse, train
 
-TEACHERS = {  # conf/paper/parameters_teacher.yml
-    "st_alternet": {"hidden": 256, "depth": 8, "heads": 8, "frame_hidden": 32},
-    "simvp": {"frame_hidden": 32, "hidden": 256, "depth": 8, "mlp_ratio": 8.0},
-}
-STUDENTS = {  # conf/paper/parameters_distill.yml
-    "unet": {"hidden": 64, "base_width": 32, "levels": 2},
-    "resnet": {"hidden": 64, "base_width": 32, "depth": 6, "downsample_steps": 2},
-    "mlp_mixer": {"hidden": 64, "depth": 8, "patch": 4},
-}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _parameters(env: str, stage: str) -> dict:
+    return yaml.safe_load((ROOT / "conf" / env / f"parameters_{stage}.yml").read_text())[stage]
+
+
+# the paper env's model sizes, read from its config so the two cannot drift apart
+_PAPER_TEACHER, _PAPER_DISTILL = _parameters("paper", "teacher"), _parameters("paper", "distill")
+TEACHERS = {name: _PAPER_TEACHER[name] for name in ("st_alternet", "simvp")}
+STUDENTS = {name: _PAPER_DISTILL[name] for name in ("unet", "resnet", "mlp_mixer")}
 QUICK_TEACHERS = {
     "st_alternet": {"hidden": 16, "depth": 1, "heads": 2, "frame_hidden": 4},
     "simvp": {"frame_hidden": 4, "hidden": 16, "depth": 2, "mlp_ratio": 2.0},
@@ -69,15 +72,14 @@ QUICK_STUDENTS = {
     "resnet": {"hidden": 8, "base_width": 8, "depth": 2, "downsample_steps": 2},
     "mlp_mixer": {"hidden": 8, "depth": 2, "patch": 4},
 }
-# the distillation settings of conf/base/parameters_distill.yml (alpha 1, fixed cutoff) with the
-# paper env's cutoff k = 8
+# the laptop's distillation settings (alpha 1) with the paper env's cutoff, and alpha 0.25 as a
+# variant that weighs the high band more
+_BASE_DISTILL = _parameters("base", "distill")
 DISTILL = {
-    "teacher": "best", "teachers": [], "lambda": 1.0, "alpha": 1.0,
-    "cutoff": {"mode": "fixed", "k": 8, "energy_fraction": 0.9},
-    "balance": {"alpha": "fixed", "lambda": "fixed", "momentum": 0.9},
-    "latent": {"weight": 0.1}, "aekd": {"cap": 0.6, "gradients": "output"},
-    "camkd": {"temperature": 0.5}, "sdkd_multi": {"weighting": "camkd"},
-    "variants": {"sdkd_a025": {"method": "sdkd", "alpha": 0.25}},
+    **_BASE_DISTILL,
+    "cutoff": {**_BASE_DISTILL["cutoff"], **_PAPER_DISTILL["cutoff"]},
+    "variants": {**_BASE_DISTILL.get("variants", {}),
+                 "sdkd_a025": {"method": "sdkd", "alpha": 0.25}},
 }
 
 
@@ -377,7 +379,6 @@ def _fit_epochs(model, sets, batch, budget, device, *, lr, seed=0, loss=None,
 
     def run(epochs: int) -> tuple[torch.nn.Module, object, float]:
         torch.manual_seed(seed)
-        work = model
         cfg = TrainConfig(epochs=epochs, batch_size=batch, lr=lr, schedule="cosine",
                           warmup_steps=min(100, steps_per_epoch * epochs // 10),
                           grad_clip=1.0, patience=None, seed=seed, device=str(device),
@@ -386,9 +387,9 @@ def _fit_epochs(model, sets, batch, budget, device, *, lr, seed=0, loss=None,
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as out:
-            result = train(work, sets["train"], sets["val"], cfg, out_dir=out, loss=loss,
+            result = train(model, sets["train"], sets["val"], cfg, out_dir=out, loss=loss,
                            progress=False)
-        return work, result, time.perf_counter() - start
+        return model, result, time.perf_counter() - start
 
     if epochs is not None:
         model, result, seconds = run(epochs)
