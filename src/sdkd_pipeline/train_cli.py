@@ -23,7 +23,7 @@ from sdkd_pipeline.data.windows import WindowDataset
 from sdkd_pipeline.errors import ConfigError
 from sdkd_pipeline.models import build_model
 from sdkd_pipeline.models.registry import MODEL_ROLES
-from sdkd_pipeline.training import TrainConfig, distributed_env, train
+from sdkd_pipeline.training import TrainConfig, distributed_env, seed_everything, train
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         store = xr.open_dataset(store).load()
     splits = {name: WindowDataset(store, name) for name in ("train", "val", "test")}
     _, _, channels, height, width = splits["train"].shape
+    seed_everything(cfg.seed)  # the initial weights too, not only the training
     model = build_model(
         args.model, in_frames=splits["train"].t_in, out_frames=splits["train"].t_out,
         channels=channels, height=height, width=width, **(section.get(args.model) or {}),

@@ -617,7 +617,11 @@ def _set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
+    """Seed torch (every device), NumPy and Python's ``random`` from ``seed``.
+
+    Call it before a model is built as well as before training: the initial weights come from
+    torch's global generator, which is otherwise seeded at random per process."""
     torch.manual_seed(seed)  # also seeds every CUDA device
     np.random.seed(seed % 2**32)
     random.seed(seed)
@@ -735,7 +739,7 @@ class _Run:
                 stale.unlink(missing_ok=True)
 
         # a fresh run starts from the seed; a resumed one overwrites these states below
-        _seed_everything(cfg.seed + dist_ctx.rank)
+        seed_everything(cfg.seed + dist_ctx.rank)
         self.model = model.to(device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -23,7 +23,7 @@ from sdkd_pipeline.models import build_model
 from sdkd_pipeline.models.complexity import count_flops, count_parameters
 from sdkd_pipeline.models.registry import resolve_config
 from sdkd_pipeline.tracking import MLflowTracker, flatten_params, run_tags
-from sdkd_pipeline.training import TrainConfig, train
+from sdkd_pipeline.training import TrainConfig, seed_everything, train
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +78,11 @@ def train_forecaster(
     root = param_root or role  # where the configs sit in the parameters (for error messages)
     param_path = f"{root}.{model_name}"
     model_cfg = resolve_config(model_name, param_path=param_path, **(model_params or {}))
-    model = build_model(model_name, param_path=param_path, **shape, **model_cfg.to_dict())
     cfg = TrainConfig.from_dict(training, prefix=f"{root}.training")
+    # the initial weights come from the run's seed (torch seeds each process at random), so
+    # two runs of one config give the same checkpoint and the study's seeds are paired
+    seed_everything(cfg.seed)
+    model = build_model(model_name, param_path=param_path, **shape, **model_cfg.to_dict())
     n_params = count_parameters(model)
     flops = count_flops(model, (1, train_set.t_in, channels, height, width))
     run_folder = f"{model_name}/{method}" if role == "student" else model_name
