@@ -18,7 +18,12 @@ import torch
 from sdkd_pipeline import deploy
 from sdkd_pipeline import evaluation as evaluation_module
 from sdkd_pipeline.data.raw import make_raw
-from sdkd_pipeline.data.tensors import SplitConfig, WindowConfig, build_tensor_dataset
+from sdkd_pipeline.data.tensors import (
+    SplitConfig,
+    WindowConfig,
+    build_tensor_dataset,
+    parse_splits,
+)
 from sdkd_pipeline.data.windows import WindowDataset
 from sdkd_pipeline.errors import ConfigError
 from sdkd_pipeline.evaluation import (
@@ -32,6 +37,7 @@ from sdkd_pipeline.evaluation import (
     plot_prediction_panel,
     plot_step_curves,
     predict_windows,
+    teacher_check,
     test_data_range,
     to_markdown,
 )
@@ -191,6 +197,8 @@ def test_table_order_columns_and_gap_closed():
         _result("student", "unet", "none", 5.0, 1.0, lat=(0.5, 4.0)),
         _result("teacher", "st_alternet", "supervised", 0.5, 0.1, val=0.4, lat=(4.0, 8.0)),
         _result("student", "unet", "aekd", 4.0, 0.9),
+        _result("baseline", "climatology", "baseline", 7.0, 1.5, lat=(0.01, 0.1)),
+        _result("baseline", "persistence", "baseline", 9.0, 2.0, lat=(0.01, 0.1)),
     ]
     table = build_table(
         results,
@@ -201,6 +209,8 @@ def test_table_order_columns_and_gap_closed():
     assert list(zip(table["model"], table["method"], strict=True)) == [
         ("st_alternet", "supervised"),
         ("simvp", "supervised"),
+        ("persistence", "baseline"),
+        ("climatology", "baseline"),
         ("unet", "none"),
         ("unet", "sdkd"),
         ("unet", "aekd"),
@@ -228,16 +238,24 @@ def test_table_order_columns_and_gap_closed():
         "speedup_vs_simvp_b32",
         "gap_closed_mse",
         "gap_closed_mae",
+        "gap_closed_vs_persistence_mse",
+        "teacher_check",
     ]
     row = table.set_index(["model", "method"]).loc[("unet", "sdkd")]
     # the reference is simvp (lowest validation MSE 0.3), not st_alternet (lowest test MSE)
     assert row["gap_closed_mse"] == pytest.approx((5.0 - 3.0) / (5.0 - 1.0))
     assert row["gap_closed_mae"] == pytest.approx((1.0 - 0.6) / (1.0 - 0.2))
+    assert row["gap_closed_vs_persistence_mse"] == pytest.approx((9.0 - 3.0) / (9.0 - 1.0))
     assert row["speedup_vs_simvp_b1"] == pytest.approx(4.0)
     assert row["speedup_vs_st_alternet_b32"] == pytest.approx(4.0)
     assert row["gflops"] == pytest.approx(0.002)
     assert table.set_index(["model", "method"]).loc[("unet", "none"), "gap_closed_mse"] == 0.0
-    assert table["gap_closed_mse"][:2].isna().all()  # teachers
+    assert table["gap_closed_mse"][:4].isna().all()  # teachers and baselines
+    assert table["gap_closed_vs_persistence_mse"][:4].isna().all()
+    # both teachers are below persistence (9) and 1.5x below unet's and resnet's none (5)
+    assert list(table["teacher_check"]) == ["ok", "ok"] + [""] * 6
+    baselines = table[table["role"] == "baseline"]
+    assert baselines["speedup_vs_simvp_b1"].tolist() == pytest.approx([200.0, 200.0])
 
 
 def test_gap_closed_is_blank_without_baseline():
@@ -266,6 +284,100 @@ def test_gap_closed_is_blank_when_the_baseline_already_beats_the_teacher():
     row = table.set_index(["model", "method"]).loc[("unet", "sdkd")]
     assert math.isnan(row["gap_closed_mse"])  # the baseline's 0.5 beats the teacher's 1.0
     assert row["gap_closed_mae"] == pytest.approx((0.3 - 0.25) / (0.3 - 0.2))
+
+
+def test_teacher_check_names_every_reason():
+    results = [
+        _result("teacher", "good", "supervised", 1.0, 0.2, val=0.3),
+        _result("teacher", "bad", "supervised", 4.0, 0.8, val=0.9),
+        _result("baseline", "persistence", "baseline", 3.0, 0.7),
+        _result("student", "unet", "none", 5.0, 1.0),
+        _result("student", "resnet", "none", 2.0, 0.5),
+        _result("student", "unet", "sdkd", 4.5, 0.9),
+    ]
+    table = build_table(
+        results, teachers=["good", "bad"], students=["unet", "resnet"], methods=["none", "sdkd"]
+    )
+    check = table.set_index("model")["teacher_check"]
+    assert check["bad"] == (
+        "not below persistence; not 1.5x below none of unet; not 1.5x below none of resnet"
+    )
+    # 1.0 <= 2.0 / 1.5 and 1.0 < 3.0: ok; with a stricter ratio resnet's none is too close
+    assert check["good"] == "ok"
+    strict = build_table(results, teacher_min_ratio=2.5).set_index("model")["teacher_check"]
+    assert strict["good"] == "not 2.5x below none of resnet"
+    # "" for every row but the teachers; blank in the Markdown, never "nan"
+    assert (table.loc[table["role"] != "teacher", "teacher_check"] == "").all()
+    text = to_markdown(table)
+    assert "teacher_check" in text and "not below persistence" in text and "nan" not in text
+    # nothing to compare with: said so, not "ok"
+    alone = build_table([_result("teacher", "simvp", "supervised", 1.0, 0.2, val=0.3)])
+    assert alone["teacher_check"].iloc[0].startswith("not checked")
+    assert teacher_check(math.nan, 3.0, {}) == "not below persistence"
+
+
+def test_baselines_are_never_the_reference_teacher():
+    results = [
+        _result("teacher", "simvp", "supervised", 2.0, 0.4, val=0.5),
+        # a baseline with a lower "validation loss" and test error than the teacher
+        _result("baseline", "persistence", "baseline", 1.0, 0.1, val=0.01),
+        _result("baseline", "climatology", "baseline", 1.5, 0.2, val=0.02),
+        _result("student", "unet", "none", 5.0, 1.0),
+        _result("student", "unet", "sdkd", 3.0, 0.6),
+    ]
+    assert evaluation_module.best_teacher(results).model == "simvp"
+    table = build_table(results, teachers=["simvp"], students=["unet"], methods=["none", "sdkd"])
+    row = table.set_index(["model", "method"]).loc[("unet", "sdkd")]
+    assert row["gap_closed_mse"] == pytest.approx((5.0 - 3.0) / (5.0 - 2.0))
+    # persistence already beats the reference teacher: no gap to close against it
+    assert math.isnan(row["gap_closed_vs_persistence_mse"])
+    assert table.set_index("model").loc["simvp", "teacher_check"] == "not below persistence"
+    assert [c for c in table.columns if c.startswith("speedup")] == [
+        "speedup_vs_simvp_b1",
+        "speedup_vs_simvp_b32",
+    ]
+    # curves keep the order and the role
+    curves = evaluation_module.curves_json(
+        evaluation_module._order(results, ["simvp"], ["unet"], ["none", "sdkd"]),
+        dataset="demo",
+        data_range=[1.0],
+        channels=["u"],
+    )
+    assert [m["role"] for m in curves["models"]] == ["teacher", "baseline", "baseline",
+                                                     "student", "student"]
+
+
+def test_a_flagged_teacher_is_logged_as_a_warning(caplog):
+    results = [
+        _result("teacher", "good", "supervised", 1.0, 0.2, val=0.3),
+        _result("teacher", "bad", "supervised", 4.0, 0.8, val=0.9),
+        _result("baseline", "persistence", "baseline", 3.0, 0.7),
+        _result("student", "unet", "none", 5.0, 1.0),
+    ]
+    table = build_table(results)
+    with caplog.at_level(logging.WARNING, logger="sdkd_pipeline.evaluation"):
+        evaluation_module._warn_flagged_teachers(table, "demo")
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert "demo: teacher bad" in message and "not below persistence" in message
+    assert "persistence/baseline 3" in message and "unet/none 5" in message
+
+
+def test_teacher_check_and_baselines_parameters():
+    cfg = EvaluationConfig.from_params({})
+    assert cfg.teacher_min_ratio == 1.5 and cfg.baselines == ("persistence", "climatology")
+    cfg = EvaluationConfig.from_params(
+        {"teacher_check": {"min_ratio": 2}, "baselines": ["climatology"]}
+    )
+    assert cfg.teacher_min_ratio == 2.0 and cfg.baselines == ("climatology",)
+    assert EvaluationConfig.from_params({"baselines": []}).baselines == ()
+    for bad in (0.5, "x", True, math.inf):
+        with pytest.raises(ConfigError, match="evaluate.teacher_check.min_ratio"):
+            EvaluationConfig.from_params({"teacher_check": {"min_ratio": bad}})
+    with pytest.raises(ConfigError, match="evaluate.teacher_check"):
+        EvaluationConfig.from_params({"teacher_check": 1.5})
+    with pytest.raises(ConfigError, match="evaluate.baselines"):
+        EvaluationConfig.from_params({"baselines": ["analogue"]})
 
 
 def test_markdown_is_a_pipe_table():
@@ -347,21 +459,43 @@ def test_evaluate_checkpoints_table_and_figures(windows):
         methods=["none", "sdkd"],
     )
     table = result.table
-    assert list(table["role"]) == ["teacher", "student", "student"]
-    assert list(table["method"]) == ["supervised", "none", "sdkd"]
+    assert list(table["role"]) == ["teacher", "baseline", "baseline", "student", "student"]
+    assert list(table["model"]) == ["simvp", "persistence", "climatology", "unet", "unet"]
+    assert list(table["method"]) == ["supervised", "baseline", "baseline", "none", "sdkd"]
     assert (table["latency_ms_b1"] > 0).all() and (table["speedup_vs_simvp_b2"] > 0).all()
-    assert math.isfinite(table["gap_closed_mse"].iloc[2])
+    assert math.isfinite(table["gap_closed_mse"].iloc[4])
+    assert math.isfinite(table["gap_closed_vs_persistence_mse"].iloc[4]) or (
+        table["mse"].iloc[0] >= table["mse"].iloc[1]  # random teacher: no gap to persistence
+    )
     assert table["params"].iloc[0] > 0 and table["gflops"].iloc[0] > 0
+    baselines = table[table["role"] == "baseline"]
+    assert (baselines["params"] == 0).all() and (baselines["gflops"] == 0).all()
+    assert table["teacher_check"].iloc[0] != "" and (table["teacher_check"].iloc[1:] == "").all()
+    # the baselines' MSE by hand, from the normalized windows and the training frames
+    xs, ys = (torch.stack(t) for t in zip(*(windows[i] for i in range(len(windows))), strict=True))
+    truth = windows.denormalize(ys).double()
+    persistence = windows.denormalize(xs[:, -1:]).double()
+    train = parse_splits(windows.attrs["splits"])["train"]  # trajectories 0 and 1
+    frames = np.concatenate([windows.frames(t, a, b) for t, a, b in train])
+    assert len(frames) == 2 * 9
+    mean = windows.denormalize(torch.from_numpy(frames).double().mean(0))
+    mse = table.set_index("model")["mse"]
+    assert mse["persistence"] == pytest.approx(float((persistence - truth).square().mean()))
+    assert mse["climatology"] == pytest.approx(float((mean - truth).square().mean()), rel=1e-5)
     for fig in (result.step_figure, result.band_figure, result.panel_figure):
         assert isinstance(fig, Figure)
-    assert len(result.panel_figure.axes) >= 2 * 4  # 2 windows x (truth + 3 models), colorbars
+    assert len(result.panel_figure.axes) >= 2 * 6  # 2 windows x (truth + 5 models), colorbars
     assert not any(c.startswith(("latency_torchscript", "latency_onnx")) for c in table.columns)
     # the two unet rows are one architecture: timed once, counted once
     students = table[table["role"] == "student"]
     assert students["latency_ms_b1"].nunique() == 1 and students["gflops"].nunique() == 1
     curves = result.curves
     assert curves["gap_reference_teacher"] == "simvp"
-    assert [m["model"] for m in curves["models"]] == ["simvp", "unet", "unet"]
+    assert [m["model"] for m in curves["models"]] == [
+        "simvp", "persistence", "climatology", "unet", "unet"
+    ]
+    assert curves["baselines"]["climatology"]["train_frames"] == 2 * 9
+    assert curves["teacher_check"] == {"min_ratio": 1.5}
     assert len(curves["models"][0]["metrics"]["mse_per_step"]) == T_OUT
     json.dumps(curves, allow_nan=False)
 
@@ -406,9 +540,11 @@ def test_exported_latency_columns_are_positive(windows):
     assert columns.index("latency_ms_b2") < columns.index("latency_torchscript_ms_b1")
     assert columns.index("latency_onnx_ms_b2") < columns.index("speedup_vs_simvp_b1")
     formats = ["torchscript"] if deploy.onnx_missing() else ["torchscript", "onnx"]
+    models = table["role"] != "baseline"  # baselines are not exported: blank
     for fmt in formats:
         for b in (1, 2):
-            assert (table[f"latency_{fmt}_ms_b{b}"] > 0).all(), (fmt, b)
+            assert (table.loc[models, f"latency_{fmt}_ms_b{b}"] > 0).all(), (fmt, b)
+            assert table.loc[~models, f"latency_{fmt}_ms_b{b}"].isna().all(), (fmt, b)
     text = to_markdown(table)
     assert "latency_torchscript_ms_b1" in text and "nan" not in text
     models = result.curves["models"]
@@ -449,7 +585,8 @@ def test_onnx_column_is_blank_without_onnxruntime(windows, monkeypatch, caplog):
     assert table.loc[~students, "latency_torchscript_ms_b1"].isna().all()  # teachers: off
     onnx_lines = [r for r in caplog.records if "ONNX" in r.getMessage()]
     assert len(onnx_lines) == 1 and why in onnx_lines[0].getMessage()
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [w for w in warnings if "worth distilling" not in w]  # random teacher: flagged
     assert result.curves["latency"]["onnx_unavailable"] == why
     assert "nan" not in to_markdown(table)
 

@@ -22,6 +22,14 @@ for a format that is unavailable, a model that is not exported (teachers unless
 of the teacher-student gap a distilled student closes is ``metrics.gap_closed`` on test MSE and
 MAE, with the student trained by method ``none`` as the baseline and the teacher with the lowest
 validation MSE (the checkpoint's ``best_val_loss``) as the reference.
+
+Reference rows (role ``baseline``, method ``baseline``): ``persistence`` and ``climatology``
+from ``sdkd_pipeline.baselines``, evaluated in the same pass (the climatology gets the indices
+of the batch's windows, see there) and timed the same way; they have no parameters, no FLOPs
+counted and no export, and are never the reference teacher. ``gap_closed_vs_persistence_mse``
+is ``metrics.gap_closed`` with persistence in place of ``none``. ``teacher_check`` says whether
+a teacher is worth distilling: its test MSE below persistence's and at most
+``none_mse / teacher_min_ratio`` for every student whose ``none`` row exists.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from sdkd_pipeline.baselines import BASELINE_METHOD as BASELINE_ROW_METHOD
+from sdkd_pipeline.baselines import BASELINE_NAMES, BASELINE_ROLE, build_baselines
 from sdkd_pipeline.errors import ConfigError
 from sdkd_pipeline.latency import timed_calls
 from sdkd_pipeline.metrics import (
@@ -65,6 +75,7 @@ __all__ = [
     "plot_step_curves",
     "predict_windows",
     "table_metrics",
+    "teacher_check",
     "test_data_range",
     "to_markdown",
 ]
@@ -74,6 +85,9 @@ TEACHER_METHOD = "supervised"
 METRIC_COLUMNS = ("mse", "mae", "rmse", "psnr", "ssim")
 BAND_COLUMNS = tuple(f"band_mse_{band}" for band in BAND_NAMES)
 EXPORT_FORMATS = ("torchscript", "onnx")
+TEACHER_MIN_RATIO = 1.5
+TEACHER_OK = "ok"
+TEACHER_UNCHECKED = "not checked (no persistence or none row)"
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +113,8 @@ class EvaluationConfig:
     max_seconds: float | None = 2.0
     exported_formats: tuple[str, ...] = EXPORT_FORMATS
     exported_teachers: bool = False
+    baselines: tuple[str, ...] = BASELINE_NAMES
+    teacher_min_ratio: float = TEACHER_MIN_RATIO
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any] | None) -> EvaluationConfig:
@@ -158,6 +174,31 @@ class EvaluationConfig:
                 "parameter evaluate.exported_latency.teachers must be true or "
                 f"false, got {teachers!r}"
             )
+        names = params.get("baselines", list(BASELINE_NAMES))
+        names = [names] if isinstance(names, str) else list(names or [])
+        unknown = [n for n in names if n not in BASELINE_NAMES]
+        if unknown:
+            raise ConfigError(
+                f"parameter evaluate.baselines: unknown baseline(s) {unknown}; choose from "
+                f"{list(BASELINE_NAMES)} ([] disables)"
+            )
+        check = params.get("teacher_check") or {}
+        if not isinstance(check, Mapping):
+            raise ConfigError(
+                "parameter evaluate.teacher_check must be a mapping such as {min_ratio: 1.5}, "
+                f"got {check!r}"
+            )
+        ratio = check.get("min_ratio", TEACHER_MIN_RATIO)
+        if (
+            isinstance(ratio, bool)
+            or not isinstance(ratio, (int, float))
+            or not math.isfinite(ratio)
+            or ratio < 1
+        ):
+            raise ConfigError(
+                "parameter evaluate.teacher_check.min_ratio must be a number >= 1 (how many "
+                f"times lower than a student's `none` MSE a teacher's must be), got {ratio!r}"
+            )
         return cls(
             batch_size=positive(params.get("batch_size", 16), "batch_size"),
             threads=positive(latency.get("threads", 1), "latency.threads"),
@@ -171,6 +212,8 @@ class EvaluationConfig:
             max_seconds=None if max_seconds is None else float(max_seconds),
             exported_formats=tuple(f for f in EXPORT_FORMATS if f in formats),
             exported_teachers=teachers,
+            baselines=tuple(n for n in BASELINE_NAMES if n in names),
+            teacher_min_ratio=float(ratio),
         )
 
 
@@ -194,8 +237,15 @@ def test_data_range(windows: Any, batch_size: int = 16) -> torch.Tensor:
 test_data_range.__test__ = False  # not a pytest test, whatever its name
 
 
-def _forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    out = model(x)
+def _forward(
+    model: torch.nn.Module, x: torch.Tensor, window_index: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``model(x)`` as a float tensor; a module with ``uses_window_index`` (the climatology)
+    also gets the indices of the batch's windows in the split."""
+    if window_index is not None and getattr(model, "uses_window_index", False):
+        out = model(x, window_index=window_index)
+    else:
+        out = model(x)
     if isinstance(out, Mapping):
         out = out["prediction"]
     elif isinstance(out, (tuple, list)):
@@ -260,8 +310,9 @@ def _evaluate_pass(
                 rows = {i: i - start for i in chosen if start <= i < start + len(x)}
                 for i, row in rows.items():
                     kept_truth[i] = truth[row].cpu()
+                index = torch.arange(start, start + len(x))
                 for name, model in models.items():
-                    prediction = windows.denormalize(_forward(model, x))
+                    prediction = windows.denormalize(_forward(model, x, index))
                     accumulators[name].update(prediction, truth)
                     for i, row in rows.items():
                         kept[name][i] = prediction[row].cpu()
@@ -296,7 +347,8 @@ def predict_windows(
         for name, model in models.items():
             was = model.training
             model.to(device).eval()
-            predictions[name] = windows.denormalize(_forward(model, x)).cpu()
+            index = torch.as_tensor(chosen, dtype=torch.long)
+            predictions[name] = windows.denormalize(_forward(model, x, index)).cpu()
             model.train(was)
     return truth, predictions
 
@@ -392,17 +444,49 @@ def _order(
     teacher_rows = sorted(
         (r for r in rows if r.role == "teacher"), key=lambda r: rank(teachers, r.model)
     )
+    baseline_rows = sorted(
+        (r for r in rows if r.role == BASELINE_ROLE), key=lambda r: rank(BASELINE_NAMES, r.model)
+    )
     student_rows = sorted(
-        (r for r in rows if r.role != "teacher"),
+        (r for r in rows if r.role not in ("teacher", BASELINE_ROLE)),
         key=lambda r: (rank(students, r.model), rank(methods, r.method)),
     )
-    return teacher_rows + student_rows
+    return teacher_rows + baseline_rows + student_rows
 
 
 def best_teacher(results: Iterable[ModelResult]) -> ModelResult | None:
-    """The teacher with the lowest validation MSE (``best_val_loss``), or None."""
+    """The teacher with the lowest validation MSE (``best_val_loss``), or None (a baseline
+    row is never one)."""
     teachers = [r for r in results if r.role == "teacher" and math.isfinite(r.best_val_loss)]
     return min(teachers, key=lambda r: r.best_val_loss) if teachers else None
+
+
+def teacher_check(
+    teacher_mse: float,
+    persistence_mse: float | None,
+    none_mse: Mapping[str, float],
+    min_ratio: float = TEACHER_MIN_RATIO,
+) -> str:
+    """``"ok"`` when a teacher's test MSE is below persistence's and at most
+    ``none_mse / min_ratio`` of every student in ``none_mse`` (its ``none`` row's MSE); else
+    the reasons, ``"; "``-joined: ``not below persistence``, ``not <min_ratio>x below none of
+    <student>``. A non-finite teacher MSE fails every check; a non-finite comparison value is
+    skipped. ``TEACHER_UNCHECKED`` when there is nothing to compare with."""
+    reasons = []
+    checked = False
+    if persistence_mse is not None and math.isfinite(persistence_mse):
+        checked = True
+        if not teacher_mse < persistence_mse:
+            reasons.append("not below persistence")
+    for student, mse in none_mse.items():
+        if mse is None or not math.isfinite(mse):
+            continue
+        checked = True
+        if not teacher_mse <= mse / min_ratio:
+            reasons.append(f"not {min_ratio:g}x below none of {student}")
+    if not checked:
+        return TEACHER_UNCHECKED
+    return "; ".join(reasons) or TEACHER_OK
 
 
 def build_table(
@@ -412,23 +496,48 @@ def build_table(
     students: Sequence[str] | None = None,
     methods: Sequence[str] | None = None,
     batch_sizes: Sequence[int] = (1, 32),
+    teacher_min_ratio: float = TEACHER_MIN_RATIO,
 ) -> pd.DataFrame:
-    """The paper's layout: teachers first, then students grouped by student, methods in
-    ``methods`` order (anything unlisted after the listed ones, by name).
+    """The paper's layout: teachers first, then the baselines (persistence, climatology), then
+    students grouped by student, methods in ``methods`` order (anything unlisted after the
+    listed ones, by name).
 
     Columns: role, model, method, params, gflops, mse, mae, rmse, psnr, ssim,
     band_mse_low/mid/high, latency_ms_b<B> per batch size (CPU), latency_cuda_ms_b<B> when CUDA
     was timed, latency_torchscript_ms_b<B> and latency_onnx_ms_b<B> (the exported model on the
     CPU) for each format any row tried (blank where a row has no number),
     speedup_vs_<teacher>_b<B> (teacher latency / this row's, CPU), gap_closed_mse,
-    gap_closed_mae (NaN for teachers, for every row when the baseline ``none`` of that
-    student or any teacher is missing, and when the baseline already beats the reference
-    teacher on that metric: then there is no gap to close).
+    gap_closed_mae (students only: NaN for teachers and baselines, for every row when the
+    baseline ``none`` of that student or any teacher is missing, and when the baseline already
+    beats the reference teacher on that metric: then there is no gap to close),
+    gap_closed_vs_persistence_mse (the same with the persistence row in place of ``none``),
+    teacher_check (teachers: ``teacher_check``'s verdict with ``teacher_min_ratio``; "" for
+    the other rows).
     """
     rows = _order(results, teachers, students, methods)
     teacher_rows = [r for r in rows if r.role == "teacher"]
     reference = best_teacher(rows)
-    baselines = {r.model: r for r in rows if r.role != "teacher" and r.method == BASELINE_METHOD}
+    unaided = {r.model: r for r in rows if r.role == "student" and r.method == BASELINE_METHOD}
+    persistence = next(
+        (r for r in rows if r.role == BASELINE_ROLE and r.model == "persistence"), None
+    )
+
+    def share(r: ModelResult, name: str, baseline: ModelResult | None) -> float:
+        # errors: only a teacher better than the baseline leaves a gap to close (a student
+        # that beats its teacher unaided gets NaN, not a misleading share)
+        if (
+            r.role != "student"
+            or baseline is None
+            or reference is None
+            or not getattr(reference.metrics, name) < getattr(baseline.metrics, name)
+        ):
+            return math.nan
+        return gap_closed(
+            getattr(r.metrics, name),
+            getattr(baseline.metrics, name),
+            getattr(reference.metrics, name),
+        )
+
     with_cuda = any(r.latency_cuda_ms for r in rows)
     exported = [f for f in EXPORT_FORMATS if any(f in r.latency_exported_ms for r in rows)]
     exported_columns = [f"latency_{f}_ms_b{b}" for f in exported for b in batch_sizes]
@@ -455,23 +564,19 @@ def build_table(
             for b in batch_sizes:
                 mine, theirs = r.latency_ms.get(b, math.nan), t.latency_ms.get(b, math.nan)
                 record[f"speedup_vs_{t.model}_b{b}"] = theirs / mine if mine > 0 else math.nan
-        baseline = baselines.get(r.model)
         for name in ("mse", "mae"):
-            value = math.nan
-            # errors: only a teacher better than the baseline leaves a gap to close (a student
-            # that beats its teacher unaided gets NaN, not a misleading share)
-            if (
-                r.role != "teacher"
-                and baseline is not None
-                and reference is not None
-                and getattr(reference.metrics, name) < getattr(baseline.metrics, name)
-            ):
-                value = gap_closed(
-                    getattr(r.metrics, name),
-                    getattr(baseline.metrics, name),
-                    getattr(reference.metrics, name),
-                )
-            record[f"gap_closed_{name}"] = value
+            record[f"gap_closed_{name}"] = share(r, name, unaided.get(r.model))
+        record["gap_closed_vs_persistence_mse"] = share(r, "mse", persistence)
+        record["teacher_check"] = (
+            teacher_check(
+                r.metrics.mse,
+                persistence.metrics.mse if persistence is not None else None,
+                {model: row.metrics.mse for model, row in unaided.items()},
+                teacher_min_ratio,
+            )
+            if r.role == "teacher"
+            else ""
+        )
         records.append(record)
     columns = [
         "role",
@@ -487,6 +592,8 @@ def build_table(
         *(f"speedup_vs_{t.model}_b{b}" for t in teacher_rows for b in batch_sizes),
         "gap_closed_mse",
         "gap_closed_mae",
+        "gap_closed_vs_persistence_mse",
+        "teacher_check",
     ]
     table = pd.DataFrame(records, columns=columns)
     # a column that is blank in every row (e.g. onnx without onnxruntime) stays numeric
@@ -602,18 +709,19 @@ def table_metrics(table: pd.DataFrame) -> dict[str, float]:
 
 
 def _label(r: ModelResult) -> str:
-    return r.model if r.role == "teacher" else f"{r.model} ({r.method})"
+    return r.model if r.role in ("teacher", BASELINE_ROLE) else f"{r.model} ({r.method})"
 
 
 def plot_step_curves(results: Sequence[ModelResult], title: str | None = None) -> Any:
-    """MSE and SSIM per forecast step, one line per model (teachers solid, students dashed)."""
+    """MSE and SSIM per forecast step, one line per model (teachers solid, students dashed,
+    baselines dotted)."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(10.0, 4.0), layout="constrained")
     axes = figure.subplots(1, 2)
     for r in results:
         steps = np.arange(1, r.metrics.steps + 1)
-        style = "-" if r.role == "teacher" else "--"
+        style = {"teacher": "-", BASELINE_ROLE: ":"}.get(r.role, "--")
         for ax, name in zip(axes, ("mse", "ssim"), strict=True):
             ax.plot(
                 steps,
@@ -739,6 +847,29 @@ def _architecture(model: str, module: torch.nn.Module, checkpoint: Mapping[str, 
     return (model, type(module).__module__, type(module).__qualname__, config, shapes)
 
 
+def _warn_flagged_teachers(table: pd.DataFrame, dataset: str) -> None:
+    """One warning per teacher whose ``teacher_check`` is not ``ok``, with the numbers."""
+    mse = {(r["role"], r["model"], r["method"]): r["mse"] for r in table.to_dict("records")}
+    compared = [
+        f"{model}/{method} {value:.4g}"
+        for (role, model, method), value in mse.items()
+        if (role == BASELINE_ROLE and model == "persistence")
+        or (role == "student" and method == BASELINE_METHOD)
+    ]
+    for record in table[table["role"] == "teacher"].to_dict("records"):
+        verdict = record["teacher_check"]
+        if verdict in (TEACHER_OK, TEACHER_UNCHECKED):
+            continue
+        logger.warning(
+            "%s: teacher %s may not be worth distilling: %s (test MSE %.4g; %s)",
+            dataset,
+            record["model"],
+            verdict,
+            record["mse"],
+            ", ".join(compared),
+        )
+
+
 def _exported_latencies(
     checkpoint: Mapping[str, Any],
     formats: Sequence[str],
@@ -778,6 +909,35 @@ def _exported_latencies(
     return out, failed
 
 
+def _latencies(
+    module: torch.nn.Module, sample_shape: Sequence[int], cfg: EvaluationConfig
+) -> tuple[dict[int, float], dict[int, float]]:
+    """CPU latency and (when timed and available) CUDA latency of ``module`` (left on the CPU)."""
+    latency = measure_latency(
+        module,
+        sample_shape,
+        cfg.batch_sizes,
+        repeats=cfg.repeats,
+        warmup=cfg.warmup,
+        threads=cfg.threads,
+        device="cpu",
+        max_seconds=cfg.max_seconds,
+    )
+    latency_cuda: dict[int, float] = {}
+    if cfg.cuda_latency and torch.cuda.is_available():
+        latency_cuda = measure_latency(
+            module,
+            sample_shape,
+            cfg.batch_sizes,
+            repeats=cfg.repeats,
+            warmup=cfg.warmup,
+            device="cuda",
+            max_seconds=cfg.max_seconds,
+        )
+        module.cpu()
+    return latency, latency_cuda
+
+
 def evaluate_checkpoints(
     entries: Sequence[tuple[str, str, str, torch.nn.Module, Mapping[str, Any]]],
     windows: Any,
@@ -794,7 +954,10 @@ def evaluate_checkpoints(
     (the test split) and build the table, curves and figures.
 
     The exported latency needs full checkpoints (as ``train_forecaster`` writes them); an
-    entry whose checkpoint cannot be exported gets blank exported-latency cells.
+    entry whose checkpoint cannot be exported gets blank exported-latency cells. The baselines
+    of ``cfg.baselines`` are built from ``windows`` (``baselines.build_baselines``: the
+    climatology from the training split of the same store) and get rows of their own; a
+    teacher whose ``teacher_check`` is not ``ok`` is logged as a warning.
     """
     from sdkd_pipeline.models.complexity import count_flops as default_flops
     from sdkd_pipeline.models.complexity import count_parameters as default_params
@@ -805,6 +968,12 @@ def evaluate_checkpoints(
     device = resolve_device(cfg.device)
     data_range = test_data_range(windows, cfg.batch_size)
     modules = {f"{model}/{method}": module for _, model, method, module, _ in entries}
+    references = build_baselines(windows, cfg.baselines)
+    for name, module in references.items():
+        key = f"{name}/{BASELINE_ROW_METHOD}"
+        if key in modules:
+            raise ConfigError(f"evaluate_checkpoints: a checkpoint is named like baseline {key}")
+        modules[key] = module
     metrics, truth, predictions = _evaluate_pass(
         modules,
         windows,
@@ -835,28 +1004,7 @@ def evaluate_checkpoints(
             arch = _architecture(model, module, checkpoint)
             export = formats if (role != "teacher" or cfg.exported_teachers) else []
             if arch not in measured:
-                latency = measure_latency(
-                    module,
-                    sample_shape,
-                    cfg.batch_sizes,
-                    repeats=cfg.repeats,
-                    warmup=cfg.warmup,
-                    threads=cfg.threads,
-                    device="cpu",
-                    max_seconds=cfg.max_seconds,
-                )
-                latency_cuda: dict[int, float] = {}
-                if cfg.cuda_latency and torch.cuda.is_available():
-                    latency_cuda = measure_latency(
-                        module,
-                        sample_shape,
-                        cfg.batch_sizes,
-                        repeats=cfg.repeats,
-                        warmup=cfg.warmup,
-                        device="cuda",
-                        max_seconds=cfg.max_seconds,
-                    )
-                    module.cpu()
+                latency, latency_cuda = _latencies(module, sample_shape, cfg)
                 measured[arch] = (
                     count_params(module),
                     count_flops(module, sample_shape),
@@ -890,12 +1038,32 @@ def evaluate_checkpoints(
                 best_val_loss=_float_or_nan(checkpoint.get("best_val_loss")),
             )
             results.append(result)
+    for name, module in references.items():
+        latency, latency_cuda = _latencies(module, sample_shape, cfg)
+        results.append(
+            ModelResult(
+                role=BASELINE_ROLE,
+                model=name,
+                method=BASELINE_ROW_METHOD,
+                metrics=metrics[f"{name}/{BASELINE_ROW_METHOD}"],
+                params=0,
+                flops=0,
+                latency_ms=dict(latency),
+                latency_cuda_ms=dict(latency_cuda),
+            )
+        )
     if failures:
         logger.warning("%s: exported latency left blank for %s", dataset, "; ".join(failures))
     results = _order(results, teachers, students, methods)
     table = build_table(
-        results, teachers=teachers, students=students, methods=methods, batch_sizes=cfg.batch_sizes
+        results,
+        teachers=teachers,
+        students=students,
+        methods=methods,
+        batch_sizes=cfg.batch_sizes,
+        teacher_min_ratio=cfg.teacher_min_ratio,
     )
+    _warn_flagged_teachers(table, dataset)
     reference = best_teacher(results)
     curves = curves_json(
         results,
@@ -906,6 +1074,8 @@ def evaluate_checkpoints(
             "split": "test",
             "n_windows": len(windows),
             "gap_reference_teacher": reference.model if reference else None,
+            "baselines": {name: module.describe() for name, module in references.items()},
+            "teacher_check": {"min_ratio": cfg.teacher_min_ratio},
             "latency": {
                 "threads": cfg.threads,
                 "repeats": cfg.repeats,

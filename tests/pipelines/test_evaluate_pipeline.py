@@ -48,6 +48,8 @@ def test_evaluate_tables_teachers_and_students(project):
     assert list(zip(table["role"], table["model"], table["method"], strict=True)) == [
         ("teacher", "st_alternet", "supervised"),
         ("teacher", "simvp", "supervised"),
+        ("baseline", "persistence", "baseline"),
+        ("baseline", "climatology", "baseline"),
         ("student", "unet", "none"),
         ("student", "unet", "sdkd"),
     ]
@@ -61,6 +63,12 @@ def test_evaluate_tables_teachers_and_students(project):
     # the exported students' latency (teachers are not exported by default); ONNX only where
     # onnx and onnxruntime import, its columns blank otherwise
     students = table["role"] == "student"
+    baselines = table["role"] == "baseline"
+    assert (table.loc[baselines, "params"] == 0).all()
+    # teachers get a verdict ("ok" or the reasons), the other rows none (blank in the CSV)
+    assert table.loc[table["role"] == "teacher", "teacher_check"].str.len().gt(0).all()
+    assert table.loc[table["role"] != "teacher", "teacher_check"].isna().all()
+    assert table.loc[~students, "gap_closed_vs_persistence_mse"].isna().all()
     formats = ["torchscript"] if onnx_missing() else ["torchscript", "onnx"]
     for fmt in ("torchscript", "onnx"):
         for b in (1, 4):
@@ -74,6 +82,8 @@ def test_evaluate_tables_teachers_and_students(project):
     assert math.isfinite(sdkd["gap_closed_mse"]) and math.isfinite(sdkd["gap_closed_mae"])
     markdown = (reports / "navier_stokes_table.md").read_text()
     assert "| role" in markdown and "st_alternet" in markdown
+    assert "teacher_check" in markdown and "Baseline rows" in markdown
+    assert "`climatology` = mean field of the" in markdown  # NS: no datetime coordinate
     assert "latency_torchscript_ms_b1" in markdown and "nan" not in markdown
 
     # de-normalized: the student's MSE is its normalized per-channel MSE times std^2
@@ -93,8 +103,18 @@ def test_evaluate_tables_teachers_and_students(project):
     none = table.set_index("method").loc["none"]
     assert none["mse"] == pytest.approx(manual, rel=1e-4)
 
+    # persistence by hand: the last input frame for every target step
+    total, count = 0.0, 0
+    for i in range(len(test)):
+        x, y = test[i]
+        total += float((x[-1:] - y).double().square().sum())
+        count += y.numel()
+    persistence = table.set_index("model").loc["persistence"]
+    assert persistence["mse"] == pytest.approx(total / count * float(test.std[0]) ** 2, rel=1e-4)
+
     curves = json.loads((reports / "navier_stokes_curves.json").read_text())
-    assert len(curves["models"]) == 4
+    assert len(curves["models"]) == 6
+    assert not curves["baselines"]["climatology"]["by_time_of_day"]
     assert len(curves["models"][0]["metrics"]["mse_per_step"]) == test.t_out
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     run = client.get_run(curves["mlflow_run_id"])

@@ -201,6 +201,8 @@ def _check_reports(project: Path) -> None:
     assert set(zip(table["model"], table["method"], strict=True)) == {
         ("st_alternet", "supervised"),
         ("simvp", "supervised"),
+        ("persistence", "baseline"),
+        ("climatology", "baseline"),
         ("unet", "none"),
         ("unet", "sdkd"),
     }

@@ -123,6 +123,18 @@ class WindowDataset(torch.utils.data.Dataset):
             out.append(self._split_window(self._from_chunks(traj, t0, chunk)))
         return out
 
+    def frames(self, trajectory: int, start: int, stop: int) -> np.ndarray:
+        """Normalized frames ``[start, stop)`` of ``trajectory``, from any split of the store,
+        as a float32 ``(stop - start, C, H, W)`` copy (read directly, bypassing the cache)."""
+        n_traj, n_time = self.shape[:2]
+        if not (0 <= trajectory < n_traj and 0 <= start <= stop <= n_time):
+            raise DataError(
+                f"frames({trajectory}, {start}, {stop}) is outside the store's "
+                f"{n_traj} trajectories x {n_time} time steps"
+            )
+        source = self._memory if self._memory is not None else self._array()
+        return np.array(source[int(trajectory), int(start) : int(stop)], dtype=np.float32)
+
     def _split_window(self, block: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         # copies: callers may modify the tensors in place without touching the cache/array
         x = torch.from_numpy(np.array(block[: self.t_in], dtype=np.float32))

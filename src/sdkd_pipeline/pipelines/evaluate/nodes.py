@@ -132,7 +132,9 @@ def evaluate_dataset(
         f"the test truth per channel); latency in ms on the CPU with "
         f"{cfg.threads} thread(s), median of {_repeats_note(cfg)}, once per architecture"
         f"{_exported_note(cfg, result.curves)}; gap closed relative to "
-        f"`none` against teacher {result.curves['gap_reference_teacher']}.\n\n" + to_markdown(table)
+        f"`none` (`gap_closed_vs_persistence_mse`: relative to persistence) against teacher "
+        f"{result.curves['gap_reference_teacher']}.{_baselines_note(result.curves)}"
+        f"{_teacher_check_note(cfg)}\n\n" + to_markdown(table)
     )
 
     tracking = dict(tracking or {})
@@ -208,6 +210,26 @@ def _exported_note(cfg: EvaluationConfig, curves: Mapping[str, Any]) -> str:
     if missing:
         note += f"; ONNX blank: {missing}"
     return note + ")"
+
+
+def _baselines_note(curves: Mapping[str, Any]) -> str:
+    """What the baseline rows are, for the Markdown header ("" without baselines)."""
+    baselines = curves.get("baselines") or {}
+    if not baselines:
+        return ""
+    parts = [f"`{name}` = {info['definition']}" for name, info in baselines.items()]
+    return (
+        " Baseline rows (role `baseline`: no learning, scored and timed like the models, 0 "
+        f"parameters and FLOPs, not exported): {'; '.join(parts)}."
+    )
+
+
+def _teacher_check_note(cfg: EvaluationConfig) -> str:
+    return (
+        f" `teacher_check`: `ok` when a teacher's test MSE is below persistence's and at most "
+        f"1/{cfg.teacher_min_ratio:g} of each student's `none` MSE; otherwise the reasons "
+        f"(`not checked` without a persistence or `none` row)."
+    )
 
 
 def _metrics(table: pd.DataFrame, results: list) -> dict[str, float]:
