@@ -12,9 +12,11 @@ import torch.nn.functional as F
 from sdkd_pipeline.errors import ConfigError
 from sdkd_pipeline.spectral import (
     BandSplit,
+    ExponentialFit,
     PowerLawFit,
     detrend_and_window,
     energy_fraction_cutoff,
+    fit_exponential,
     fit_power_law,
     high_band_fraction,
     radial_energy_spectrum,
@@ -22,6 +24,8 @@ from sdkd_pipeline.spectral import (
     rfft_weights,
     spectral_centroid,
 )
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 GRIDS = [(64, 64), (32, 32), (32, 128), (33, 49), (17, 16)]
 
@@ -310,6 +314,25 @@ def test_fit_power_law_too_few_points():
     E[4] = 0.0  # a zero shell is skipped, not logged
     with pytest.raises(ValueError, match=r"3 <= k <= 5.*got 2"):
         fit_power_law(k, E, 3, 5)
+
+
+def test_fit_exponential_against_the_power_law_over_the_same_shells():
+    k = np.arange(0, 33, dtype=np.float64)
+    laminar = np.exp(1.0 - k / 2.0)
+    fit = fit_exponential(k, laminar, 3, 12)
+    assert isinstance(fit, ExponentialFit) and fit.n_points == 10
+    assert fit.rate == pytest.approx(-0.5, abs=1e-12)
+    assert fit.intercept == pytest.approx(1.0, abs=1e-10)
+    assert fit.r2 == pytest.approx(1.0) and fit.rate_stderr < 1e-10
+    np.testing.assert_allclose(fit.predict(k[3:13]), laminar[3:13], rtol=1e-10)
+    # over a short range a power law fits an exponential well too, only less well
+    assert 0.95 < fit_power_law(k, laminar, 3, 12).r2 < 0.97
+
+    power = np.zeros_like(k)
+    power[1:] = k[1:] ** -3.0
+    assert 0.95 < fit_exponential(k, power, 3, 12).r2 < fit_power_law(k, power, 3, 12).r2
+    with pytest.raises(ValueError, match=r"exponential fit over 3 <= k <= 4 needs at least 3"):
+        fit_exponential(k, power, 3, 4)
 
 
 def test_energy_fraction_cutoff():

@@ -46,9 +46,11 @@ from sdkd_pipeline.errors import ConfigError
 
 __all__ = [
     "BandSplit",
+    "ExponentialFit",
     "PowerLawFit",
     "detrend_and_window",
     "energy_fraction_cutoff",
+    "fit_exponential",
     "fit_power_law",
     "high_band_fraction",
     "radial_energy_spectrum",
@@ -476,12 +478,27 @@ def _spectrum_arrays(k, E) -> tuple[np.ndarray, np.ndarray]:
     return k, E
 
 
-def fit_power_law(k, E, k_min: float, k_max: float) -> PowerLawFit:
-    """Fit ``E ~ k^slope`` by least squares of ``log E`` on ``log k`` over ``k_min <= k <= k_max``.
+@dataclass(frozen=True)
+class ExponentialFit:
+    """Least-squares fit ``log E = intercept + rate * k`` (natural log) over a k range: the
+    exponential ``E ~ exp(rate * k)``, to set beside ``PowerLawFit`` over the same shells (a
+    laminar flow's spectrum decays exponentially, not as a power law)."""
 
-    Only points with ``k > 0`` and finite ``E > 0`` are used; at least 3 are needed. The slope's
-    standard error comes from the residual variance with ``n - 2`` degrees of freedom.
-    """
+    rate: float
+    rate_stderr: float
+    intercept: float
+    r2: float
+    k_min: float
+    k_max: float
+    n_points: int
+
+    def predict(self, k) -> np.ndarray:
+        """The fitted curve ``exp(intercept + rate * k)``."""
+        return np.exp(self.intercept + self.rate * np.asarray(k, dtype=np.float64))
+
+
+def _fit_points(k, E, k_min: float, k_max: float, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """The shells ``k_min <= k <= k_max`` with ``k > 0`` and finite ``E > 0`` (at least 3)."""
     k, E = _spectrum_arrays(k, E)
     if not k_min <= k_max:
         raise ValueError(f"fit range k_min={k_min:g} > k_max={k_max:g}")
@@ -489,30 +506,48 @@ def fit_power_law(k, E, k_min: float, k_max: float) -> PowerLawFit:
     n = int(use.sum())
     if n < 3:
         raise ValueError(
-            f"a power-law fit over {k_min:g} <= k <= {k_max:g} needs at least 3 points with "
+            f"a {what} fit over {k_min:g} <= k <= {k_max:g} needs at least 3 points with "
             f"k > 0 and E > 0, got {n}"
         )
-    log_k, log_e = np.log(k[use]), np.log(E[use])
-    dx = log_k - log_k.mean()
-    sxx = float(dx @ dx)
-    if sxx == 0.0:
+    if np.ptp(k[use]) == 0.0:
         raise ValueError(f"all {n} points in {k_min:g} <= k <= {k_max:g} have the same k")
-    slope = float(dx @ (log_e - log_e.mean())) / sxx
-    intercept = float(log_e.mean() - slope * log_k.mean())
-    residuals = log_e - (intercept + slope * log_k)
+    return k[use], E[use]
+
+
+def _line_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
+    """Least squares ``y = intercept + slope * x``: (slope, its standard error with ``n - 2``
+    degrees of freedom, intercept, r^2)."""
+    dx = x - x.mean()
+    sxx = float(dx @ dx)
+    slope = float(dx @ (y - y.mean())) / sxx
+    intercept = float(y.mean() - slope * x.mean())
+    residuals = y - (intercept + slope * x)
     ss_res = float(residuals @ residuals)
-    ss_tot = float(((log_e - log_e.mean()) ** 2).sum())
-    stderr = math.sqrt(ss_res / (n - 2) / sxx)
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    stderr = math.sqrt(ss_res / (x.size - 2) / sxx)
     r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
-    return PowerLawFit(
-        slope=slope,
-        slope_stderr=stderr,
-        intercept=intercept,
-        r2=r2,
-        k_min=float(k_min),
-        k_max=float(k_max),
-        n_points=n,
-    )
+    return slope, stderr, intercept, r2
+
+
+def fit_power_law(k, E, k_min: float, k_max: float) -> PowerLawFit:
+    """Fit ``E ~ k^slope`` by least squares of ``log E`` on ``log k`` over ``k_min <= k <= k_max``.
+
+    Only points with ``k > 0`` and finite ``E > 0`` are used; at least 3 are needed. The slope's
+    standard error comes from the residual variance with ``n - 2`` degrees of freedom.
+    """
+    k, E = _fit_points(k, E, k_min, k_max, "power-law")
+    slope, stderr, intercept, r2 = _line_fit(np.log(k), np.log(E))
+    return PowerLawFit(slope=slope, slope_stderr=stderr, intercept=intercept, r2=r2,
+                       k_min=float(k_min), k_max=float(k_max), n_points=int(k.size))
+
+
+def fit_exponential(k, E, k_min: float, k_max: float) -> ExponentialFit:
+    """Fit ``E ~ exp(rate * k)`` by least squares of ``log E`` on ``k`` over the same points as
+    ``fit_power_law`` (so the two r^2 compare like for like)."""
+    k, E = _fit_points(k, E, k_min, k_max, "exponential")
+    rate, stderr, intercept, r2 = _line_fit(k, np.log(E))
+    return ExponentialFit(rate=rate, rate_stderr=stderr, intercept=intercept, r2=r2,
+                          k_min=float(k_min), k_max=float(k_max), n_points=int(k.size))
 
 
 def energy_fraction_cutoff(k, E, fraction: float, *, include_mean: bool = True) -> float:

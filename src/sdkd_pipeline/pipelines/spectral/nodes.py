@@ -16,6 +16,7 @@ from sdkd_pipeline.spectral_analysis import (
     SUMMARY_COLUMNS,
     SpectralConfig,
     analyse_spectra,
+    band_share_text,
     spectral_metrics,
     summary_rows,
 )
@@ -30,16 +31,20 @@ def analyse_teacher_spectra(
     checkpoint: Mapping[str, Any],
     spectral_params: Mapping[str, Any],
     tracking: Mapping[str, Any],
+    distill_params: Mapping[str, Any] | None = None,
     *,
     dataset: str,
     teacher: str,
 ) -> tuple[dict[str, Any], Any]:
     """Spectra of ``dataset``'s targets and of ``teacher``'s latents on the configured split,
-    their slopes and the branch check; one MLflow run ``<dataset>/<teacher>/spectral``.
+    their fits and power-law verdicts, the branch check, and the band shares of the targets and
+    of the teacher's error (also above ``distill.cutoff.k``); one MLflow run
+    ``<dataset>/<teacher>/spectral``.
 
     Returns the JSON summary and the figure (log-log spectra with fitted and reference lines).
     """
-    cfg = SpectralConfig.from_params(spectral_params, dataset)
+    cfg = SpectralConfig.from_params(spectral_params, dataset,
+                                     distill_cutoff=_distill_cutoff_k(distill_params))
     store = tensors.encoding.get("store_path") or tensors
     windows = WindowDataset(store, cfg.split)
     shape = {"in_frames": windows.t_in, "out_frames": windows.t_out,
@@ -66,15 +71,34 @@ def analyse_teacher_spectra(
         tracker.log_dict(summary, "spectra.json")
         tracker.log_figure(figure, "spectra.png")
 
-    slopes = ", ".join(f"{name} {entry['slope']:.2f} ± {entry['slope_stderr']:.2f}"
-                       for name, entry in summary["spectra"].items())
-    logger.info("%s/%s spectral slopes: %s", dataset, teacher, slopes)
+    verdicts = "; ".join(f"{name} {entry['verdict']}"
+                         for name, entry in summary["spectra"].items())
+    logger.info("%s/%s spectra: %s", dataset, teacher, verdicts)
+    logger.info("%s/%s %s", dataset, teacher, band_share_text(summary["band_shares"]))
     if summary["branch_check"] is not None:
         logger.info("%s/%s: %s", dataset, teacher, summary["branch_check"]["verdict"])
     return summary, figure
 
 
+def _distill_cutoff_k(distill_params: Mapping[str, Any] | None) -> Any:
+    """``distill.cutoff.k`` (validated by ``SpectralConfig``), or None without a distill
+    section. In ``energy`` mode the runs choose k_c from the teachers' spectra; the shares are
+    still reported above the fixed ``k`` (default 4, as ``DistillConfig``)."""
+    if not distill_params:
+        return None
+    cutoff = distill_params.get("cutoff") or {}
+    if not isinstance(cutoff, Mapping):
+        return None
+    if cutoff.get("mode", "fixed") != "fixed":
+        logger.info("distill.cutoff.mode is %r: band shares above the fixed distill.cutoff.k",
+                    cutoff.get("mode"))
+    return cutoff.get("k", 4.0)
+
+
 def tabulate_spectra(**summaries: Mapping[str, Any]) -> pd.DataFrame:
-    """All teachers' summaries of one dataset as one table (``SUMMARY_COLUMNS``)."""
+    """All teachers' summaries of one dataset as one table (``SUMMARY_COLUMNS``): ``power_law``
+    as 1 / 0 (blank on the ``teacher_error`` rows), ``slope`` blank unless a power law."""
     rows = [row for summary in summaries.values() for row in summary_rows(summary)]
-    return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+    table = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+    table["power_law"] = table["power_law"].astype("Int64")
+    return table

@@ -1,6 +1,7 @@
 """One modular pipeline per (dataset, teacher) under ``<dataset>.<teacher>``, next to that
 teacher's training node; it reads ``<dataset>.tensors`` and ``<dataset>.<teacher>.checkpoint``
-and writes ``<dataset>.<teacher>.spectra`` (JSON) and ``.spectra_plot`` (PNG). Per dataset one
+(and ``params:distill`` for the distillation cutoff ``distill.cutoff.k``) and writes
+``<dataset>.<teacher>.spectra`` (JSON) and ``.spectra_plot`` (PNG). Per dataset one
 node gathers the teachers' summaries into ``<dataset>.spectral_summary`` (CSV).
 """
 
@@ -20,7 +21,8 @@ def create_spectral_pipeline(dataset: str, teacher: str) -> Pipeline:
         [
             node(
                 func,
-                inputs=["tensors", "checkpoint", "params:spectral", "params:tracking"],
+                inputs=["tensors", "checkpoint", "params:spectral", "params:tracking",
+                        "params:distill"],
                 outputs=["spectra", "spectra_plot"],
                 name="analyse_teacher_spectra",
             )
@@ -30,7 +32,8 @@ def create_spectral_pipeline(dataset: str, teacher: str) -> Pipeline:
         template,
         namespace=f"{dataset}.{teacher}",
         inputs={"tensors": f"{dataset}.tensors"},
-        parameters={"params:spectral": "params:spectral", "params:tracking": "params:tracking"},
+        parameters={"params:spectral": "params:spectral", "params:tracking": "params:tracking",
+                    "params:distill": "params:distill"},
         tags=["spectral", dataset, teacher],
     )
 
