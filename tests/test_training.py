@@ -156,6 +156,50 @@ def test_same_seed_gives_identical_runs_on_cpu(tmp_path):
     assert [r["val_loss"] for r in runs[0][1]] == [r["val_loss"] for r in runs[1][1]]
 
 
+def test_train_cli_twice_gives_identical_best_checkpoints(tmp_path):
+    """Two ``python -m sdkd_pipeline.train_cli`` processes (each with its own random initial
+    torch seed) on a NetCDF store: the same best checkpoint, bit for bit."""
+    import numpy as np
+    import yaml
+
+    from sdkd_pipeline.data.raw import make_raw
+    from sdkd_pipeline.data.store import load_store_in_memory, write_store
+    from sdkd_pipeline.data.tensors import SplitConfig, WindowConfig, build_tensor_dataset
+
+    fields = np.random.default_rng(3).normal(size=(6, 10, 1, 16, 16)).astype(np.float32)
+    raw = make_raw(fields, dataset="demo", source="test:demo", channels=["w"],
+                   time=np.arange(10.0))
+    tensors = build_tensor_dataset(raw, split=SplitConfig(4, 1, 1), window=WindowConfig(3, 3))
+    store = tmp_path / "demo.nc"
+    load_store_in_memory(write_store(tensors, tmp_path / "demo.zarr")).to_netcdf(store)
+    params = tmp_path / "parameters_teacher.yml"
+    params.write_text(yaml.safe_dump({"teacher": {
+        "simvp": {"frame_hidden": 4, "hidden": 8, "spatial_layers": 2, "depth": 2},
+        "training": {"epochs": 2, "batch_size": 4, "lr": 1e-3, "patience": None, "seed": 0,
+                     "max_batches_per_epoch": 2, "device": "cpu"},
+    }}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread count for both (see README)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(name, None)
+    outputs = []
+    # b loads its batches in two DataLoader workers: that must not change a bit either
+    for run, extra in (("a", []), ("b", ["--set", "num_workers=2"])):
+        done = subprocess.run(
+            [sys.executable, "-m", "sdkd_pipeline.train_cli", "--store", str(store),
+             "--model", "simvp", "--out", str(tmp_path / run), "--params-file", str(params),
+             "--no-progress", *extra],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outputs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert outputs[0].pop("best_checkpoint") != outputs[1].pop("best_checkpoint")
+    assert outputs[0] == outputs[1]  # best_val_mse, best_epoch, test_mse: ==, not approx
+    first, second = (load_checkpoint(tmp_path / run / "best.pt") for run in ("a", "b"))
+    assert (first["epoch"], first["val_loss"]) == (second["epoch"], second["val_loss"])
+    assert first["model"].keys() == second["model"].keys()
+    for key, tensor in first["model"].items():
+        assert torch.equal(tensor, second["model"][key]), key
+
+
 class IndexedWindows(torch.utils.data.Dataset):
     """x carries its own index, so a loss can see which samples each batch held."""
 
