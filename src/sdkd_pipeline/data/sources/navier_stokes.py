@@ -109,6 +109,9 @@ class NavierStokesConfig:
     grf_tau: float = 7.0
     grf_sigma: float | None = None  # None: tau ** (alpha - 1), FNO's choice
     include_initial_state: bool = False  # prepend t = 0 to the recorded frames
+    # simulated but not recorded: the first frame is at t_spinup + record_every, so a dataset
+    # can start once the cascade from the smooth initial field has developed
+    t_spinup: float = 0.0
     downsample: str = "spectral"  # spectral | stride
     batch_size: int | None = None  # trajectories solved at once; None: as many as fit memory
     device: str = "auto"  # auto (CUDA if available) | cpu | cuda | cuda:1 ...
@@ -142,7 +145,12 @@ class NavierStokesConfig:
 
     @property
     def n_records(self) -> int:
-        return int(round(self.t_final / self.record_every))
+        return int(round((self.t_final - self.t_spinup) / self.record_every))
+
+    @property
+    def spinup_records(self) -> int:
+        """Record intervals simulated before the first recorded frame."""
+        return int(round(self.t_spinup / self.record_every))
 
     @property
     def resolved_dt(self) -> float:
@@ -157,8 +165,10 @@ class NavierStokesConfig:
 
     @property
     def record_times(self) -> np.ndarray:
-        times = self.record_every * np.arange(1, self.n_records + 1, dtype=np.float64)
-        return np.concatenate([[0.0], times]) if self.include_initial_state else times
+        times = self.t_spinup + self.record_every * np.arange(1, self.n_records + 1,
+                                                              dtype=np.float64)
+        first = [self.t_spinup] if self.include_initial_state else []
+        return np.concatenate([first, times])
 
     def validate(self, prefix: str = PARAM_PREFIX) -> NavierStokesConfig:
         """Raise ``ConfigError`` naming ``<prefix>.<field>`` for an unusable value."""
@@ -206,6 +216,11 @@ class NavierStokesConfig:
             raise bad("seed", "must be an integer >= 0")
         if not _is_multiple(self.t_final, self.record_every):
             raise bad("t_final", f"must be a whole multiple of record_every={self.record_every}")
+        if isinstance(self.t_spinup, bool) or not isinstance(self.t_spinup, (int, float)) or not (
+                math.isfinite(self.t_spinup) and 0 <= self.t_spinup < self.t_final):
+            raise bad("t_spinup", f"must be a number >= 0 and below t_final={self.t_final}")
+        if self.t_spinup and not _is_multiple(self.t_spinup, self.record_every):
+            raise bad("t_spinup", f"must be a whole multiple of record_every={self.record_every}")
         if self.downsample not in _DOWNSAMPLE_METHODS:
             raise bad("downsample", f"must be one of {list(_DOWNSAMPLE_METHODS)}")
         if self.layout not in (*_LAYOUTS, "auto"):
@@ -549,6 +564,25 @@ def _packed_step_functional(
 _COMPILED_STEPS: dict[str, Any] = {}
 
 
+# Modes the dealiased nonlinear term never feeds (|k| beyond 2/3 of the grid's Nyquist) only
+# decay, by the viscous factor each step, until they are subnormal floats (below ~1e-38 in
+# float32). Every FFT that touches a subnormal runs the CPU's slow path: at nu = 1e-4 on a 128^2
+# grid a step became 10-15x slower after ~15 time units on 2 threads (measured; flushing
+# subnormals with torch.set_flush_denormal covers the calling thread only, not the FFT's worker
+# threads). So modes below _TINY are set to exactly zero every _FLUSH_EVERY steps: a mode at or
+# above _TINY cannot decay to 1e-38 within that many steps (the fastest viscous decay on the
+# finest grids here is a few percent per step), and a mode of 1e-20 is zero next to fields of
+# order one (float32 resolves 1e-7 of them).
+_TINY = 1e-20
+_FLUSH_EVERY = 50
+
+
+def _flush_tiny(state: torch.Tensor) -> torch.Tensor:
+    parts = torch.view_as_real(state) if state.is_complex() else state
+    parts.masked_fill_(parts.abs() < _TINY, 0.0)
+    return state
+
+
 def _compiled_step(layout: str) -> Any:
     # One compiled function per layout for every solver: all arrays are arguments, so dynamo
     # guards only on shapes and dtypes and the compiled kernels are reused across batches.
@@ -725,9 +759,11 @@ class VorticitySolver:
             for _ in range(n_steps):
                 state = step(state, *args)
             return state
-        for _ in range(n_steps):
+        for step in range(n_steps):
             state = self._eager_step(state)
-        return state
+            if step % _FLUSH_EVERY == _FLUSH_EVERY - 1:
+                _flush_tiny(state)
+        return _flush_tiny(state)
 
     def simulate(
         self,
@@ -740,12 +776,15 @@ class VorticitySolver:
         include_initial_state: bool = False,
         blowup_tolerance: float = 1.5,
         progress: Any = None,
+        spinup_records: int = 0,
     ) -> tuple[torch.Tensor, RunDiagnostics]:
         """Run a batch: w0 (batch, n, n) -> records (batch, n_frames, m, m) on the device.
 
         A trajectory that turns non-finite or exceeds ``blowup_tolerance`` times the enstrophy
         bound is flagged and frozen at zero (so it cannot poison shared reductions); the
         caller decides what to do with it. ``progress`` is an optional tqdm-like object.
+        ``spinup_records`` record intervals are simulated (and checked) first without being
+        recorded; the initial state, when included, is then the state at their end.
         """
         m = record_resolution or self.n
         w_h = self.to_state(w0)
@@ -754,14 +793,14 @@ class VorticitySolver:
         n_frames = n_records + int(include_initial_state)
         records = torch.empty((batch, n_frames, m, m), dtype=self.dtype, device=self.device)
         frame = 0
-        if include_initial_state:
+        if include_initial_state and spinup_records == 0:
             records[:, 0] = self.to_physical(w_h, m, downsample)
             frame = 1
         blown = torch.zeros(batch, dtype=torch.bool, device=self.device)
         blowup_time = torch.full((batch,), float("nan"), dtype=torch.float64)
         max_ratio, max_speed = 0.0, 0.0
         chunk = max(1, min(steps_per_record, 200))
-        for r in range(n_records):
+        for r in range(spinup_records + n_records):
             done = 0
             while done < steps_per_record:
                 k = min(chunk, steps_per_record - done)
@@ -785,6 +824,9 @@ class VorticitySolver:
             if bool(sane.any()):
                 max_ratio = max(max_ratio, float(ratio[sane].max()))
                 max_speed = max(max_speed, float(self.max_speed(w_h[sane]).max()))
+            if r + 1 < spinup_records or (r + 1 == spinup_records
+                                          and not include_initial_state):
+                continue
             records[:, frame] = self.to_physical(w_h, m, downsample)
             records[blown, frame] = float("nan")
             frame += 1
@@ -811,14 +853,20 @@ def _default_batch_size(cfg: NavierStokesConfig, device: torch.device) -> int:
         free, _ = torch.cuda.mem_get_info(device)
         return int(max(1, min(cfg.n_trajectories, 0.5 * free // per_traj)))
     # CPU: per-trajectory speed is best while a batch's working set stays near the cache size
-    # (measured: 16 beat 48 at 64^2); batching still amortises the per-op overhead.
-    return int(max(1, min(cfg.n_trajectories, max(4, min(32, (4 << 20) // per_traj)))))
+    # (measured: 16 beat 48 at 64^2); batching still amortises the per-op overhead (at 128^2,
+    # 8 trajectories a batch took half the time per trajectory-step of 5).
+    return int(max(1, min(cfg.n_trajectories, max(8, min(32, (4 << 20) // per_traj)))))
 
 
 def generate_navier_stokes(
-    cfg: NavierStokesConfig | Mapping[str, Any], progress: bool = True
+    cfg: NavierStokesConfig | Mapping[str, Any], progress: bool = True, *,
+    first_trajectory: int = 0,
 ) -> xr.Dataset:
     """Generate forced 2-D turbulence trajectories (FNO's recipe) as a raw dataset.
+
+    ``first_trajectory`` numbers the trajectories from there: trajectory ``i``'s initial state
+    depends on ``(seed, i)`` only, so ``first_trajectory=n`` gives trajectories that a dataset
+    of ``n`` trajectories does not hold (function matching's fresh inputs).
 
     Returns ``fields`` (trajectory, time, channel=["vorticity"], y, x) at the record times
     (see ``NavierStokesConfig.record_times``) on the grid i / record_resolution, with every
@@ -840,7 +888,7 @@ def generate_navier_stokes(
     fields_out = np.empty((cfg.n_trajectories, n_frames, 1, m, m), dtype=np.float32)
     blown_all = np.zeros(cfg.n_trajectories, dtype=bool)
     max_ratio, max_speed = 0.0, 0.0
-    n_steps = cfg.n_records * cfg.steps_per_record
+    n_steps = (cfg.spinup_records + cfg.n_records) * cfg.steps_per_record
     started = _time.perf_counter()
     bar = tqdm(
         total=n_steps * cfg.n_trajectories, unit="traj-step", unit_scale=True,
@@ -850,7 +898,8 @@ def generate_navier_stokes(
         for start in range(0, cfg.n_trajectories, batch_size):
             idx = np.arange(start, min(start + batch_size, cfg.n_trajectories))
             w0 = sample_initial_vorticity(
-                cfg.resolution, idx, seed=cfg.seed, alpha=cfg.grf_alpha, tau=cfg.grf_tau,
+                cfg.resolution, idx + int(first_trajectory), seed=cfg.seed, alpha=cfg.grf_alpha,
+                tau=cfg.grf_tau,
                 sigma=cfg.sigma,
             )
             scaled_bar = _ScaledProgress(bar, len(idx)) if progress else None
@@ -858,6 +907,7 @@ def generate_navier_stokes(
                 w0, n_records=cfg.n_records, steps_per_record=cfg.steps_per_record,
                 record_resolution=m, downsample=cfg.downsample,
                 include_initial_state=cfg.include_initial_state,
+                spinup_records=cfg.spinup_records,
                 blowup_tolerance=cfg.blowup_tolerance, progress=scaled_bar,
             )
             if diag.blown_up.any() and cfg.on_blowup == "raise":
@@ -907,6 +957,7 @@ def generate_navier_stokes(
             "layout_used": solver.layout,
             "batch_size_used": batch_size,
             "generation_seconds": elapsed,
+            "first_trajectory": int(first_trajectory),
         }
     )
     return make_raw(

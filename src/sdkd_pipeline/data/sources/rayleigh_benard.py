@@ -477,13 +477,21 @@ def free_slip_growth_rate(rayleigh: float, prandtl: float, k: float, n: int = 1)
 
 
 def _initial_theta(cfg: FreeSlipRBCConfig, nz: int, nx: int) -> np.ndarray:
-    """White noise tapered by 4 z (1 - z), one independent stream per trajectory.
+    return initial_theta(cfg)
 
-    Trajectory i's noise depends on (seed, i) only, not on n_trajectories.
+
+def initial_theta(cfg: FreeSlipRBCConfig, first_trajectory: int = 0) -> np.ndarray:
+    """White noise tapered by 4 z (1 - z), one independent stream per trajectory:
+    ``(n_trajectories, nz, nx)`` for trajectories ``first_trajectory, first_trajectory + 1, ...``.
+
+    Trajectory i's noise depends on (seed, i) only, not on n_trajectories, so
+    ``first_trajectory=n`` gives states that a dataset of n trajectories does not hold.
     """
+    nz, nx = cfg.nz, cfg.nx
     z = (np.arange(nz) + 0.5) / nz
     taper = (4.0 * z * (1.0 - z))[:, None]
-    streams = np.random.SeedSequence(cfg.seed).spawn(cfg.n_trajectories)
+    streams = np.random.SeedSequence(cfg.seed).spawn(first_trajectory + cfg.n_trajectories)
+    streams = streams[first_trajectory:]
     noise = np.stack([np.random.default_rng(s).standard_normal((nz, nx)) for s in streams])
     return cfg.perturbation_amplitude * taper * noise
 
