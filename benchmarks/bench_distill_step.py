@@ -120,7 +120,7 @@ class Variant:
             h, w = shape["height"], shape["width"]
             self.loss = build_loss(
                 cfg, used, height=h, width=w,
-                cutoff=choose_cutoff(cfg, h, w) if cfg.uses_bands else None,
+                cutoff=choose_cutoff(cfg, h, w) if cfg.uses_cutoff else None,
                 student_latent_channels=template.latent_channels,
                 teacher_latent_channels=teachers[single].latent_channels,
                 student_parameters=list(self.model.parameters()),

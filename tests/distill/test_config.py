@@ -8,16 +8,18 @@ from sdkd_pipeline.distill import METHODS, MULTI_TEACHER, SINGLE_TEACHER, Distil
 from sdkd_pipeline.errors import ConfigError
 
 SHARED = {
-    "methods": ["none", "sdkd", "sdkd_adaptive"],
+    "methods": ["none", "sdkd", "sdkd_energy"],
     "students": ["unet"],
     "lambda": 2.0,
     "alpha": 0.5,
     "cutoff": {"mode": "fixed", "k": 5, "energy_fraction": 0.8},
     "balance": {"lambda": "loss_ratio", "momentum": 0.5},
+    "advantage": {"w_max": 2.0},
     "camkd": {"temperature": 0.25},
     "variants": {
-        "sdkd_adaptive": {"method": "sdkd", "cutoff": {"mode": "energy"},
-                          "balance": {"alpha": "grad_ratio"}},
+        # the paper's two-band weighting with a cutoff from the teachers' spectrum
+        "sdkd_energy": {"method": "sdkd", "weighting": "fixed", "cutoff": {"mode": "energy"},
+                        "balance": {"lambda": "grad_ratio"}, "advantage": {"momentum": 0.5}},
         "aekd_wide": {"method": "aekd", "aekd": {"cap": 0.9}, "lambda": 0.5},
     },
     "unet": {"hidden": 8},
@@ -39,6 +41,55 @@ def test_every_method_name_resolves_with_defaults(method):
     assert cfg.uses_bands == (method in ("sdkd", "sdkd_latent", "sdkd_multi"))
     assert (cfg.lam, cfg.alpha, cfg.cutoff_mode, cfg.cutoff_k) == (1.0, 1.0, "fixed", 4.0)
     assert cfg.to_dict()["method"] == method and isinstance(cfg.to_dict()["teachers"], list)
+    # band methods weigh log-spaced bands by the teacher's advantage: no cutoff to choose
+    assert (cfg.weighting, cfg.bands, cfg.uses_cutoff) == ("advantage", 3, False)
+    assert (cfg.advantage_w_max, cfg.advantage_momentum, cfg.advantage_whiten) == (4.0, 0.9,
+                                                                                   False)
+    assert (cfg.latent_share, cfg.latent_weight) == (0.2, 0.1)
+    assert (cfg.fm_enabled, cfg.fm_source, cfg.fm_ratio, cfg.fm_mixup_alpha, cfg.fm_seed) == (
+        False, "auto", 1.0, 0.4, 0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_only_the_fixed_weighting_of_a_band_method_uses_a_cutoff(method):
+    fixed = DistillConfig.from_params(method, {"weighting": "fixed"})
+    assert fixed.weighting == "fixed"
+    assert fixed.uses_cutoff == (method in ("sdkd", "sdkd_latent", "sdkd_multi"))
+    assert fixed.uses_cutoff == fixed.uses_bands
+
+
+def test_advantage_latent_and_function_matching_settings_are_read():
+    cfg = DistillConfig.from_params("sdkd_latent", {
+        "bands": 5,
+        "advantage": {"w_max": 2.5, "momentum": 0.5, "whiten": True, "whiten_max": 10},
+        "latent": {"share": None, "weight": 0.3},
+        "function_matching": {"enabled": True, "source": "mixup", "ratio": 0.5,
+                              "mixup_alpha": 1.0, "seed": 3},
+    })
+    assert cfg.bands == 5
+    assert (cfg.advantage_w_max, cfg.advantage_momentum, cfg.advantage_whiten,
+            cfg.advantage_whiten_max) == (2.5, 0.5, True, 10.0)
+    assert (cfg.latent_share, cfg.latent_weight) == (None, 0.3)
+    assert (cfg.fm_enabled, cfg.fm_source, cfg.fm_ratio, cfg.fm_mixup_alpha, cfg.fm_seed) == (
+        True, "mixup", 0.5, 1.0, 3)
+    assert DistillConfig.from_params("sdkd_latent", {"latent": {"share": 0.5}}).latent_share == 0.5
+
+
+@pytest.mark.parametrize("mode", ["loss_ratio", "grad_ratio"])
+def test_balancing_alpha_is_refused_and_balancing_lambda_is_not(mode):
+    # it scaled alpha D_low to match D_high: the band where the teacher is better was muted
+    with pytest.raises(ConfigError, match=rf"distill\.balance\.alpha: '{mode}'.*mutes the band"):
+        DistillConfig.from_params("sdkd", {"weighting": "fixed", "balance": {"alpha": mode}})
+    with pytest.raises(ConfigError, match=r"distill\.variants\.v\.balance\.alpha"):
+        DistillConfig.from_params("v", {"variants": {"v": {"method": "sdkd_multi",
+                                                           "balance": {"alpha": mode}}}})
+    # an inherited shared setting is refused for the variant that uses it, too
+    with pytest.raises(ConfigError, match=r"distill\.variants\.v\.balance\.alpha"):
+        DistillConfig.from_params("v", {"balance": {"alpha": mode},
+                                        "variants": {"v": {"method": "sdkd"}}})
+    for method in ("sdkd", "aekd"):
+        cfg = DistillConfig.from_params(method, {"balance": {"lambda": mode, "alpha": "fixed"}})
+        assert (cfg.balance_lambda, cfg.balance_alpha) == (mode, "fixed")
 
 
 def test_shared_settings_apply_to_a_plain_method():
@@ -51,19 +102,23 @@ def test_shared_settings_apply_to_a_plain_method():
 
 
 def test_a_variant_overrides_shared_settings_deeply_and_keeps_the_others():
-    cfg = DistillConfig.from_params("sdkd_adaptive", SHARED)
-    assert (cfg.name, cfg.method) == ("sdkd_adaptive", "sdkd")
+    cfg = DistillConfig.from_params("sdkd_energy", SHARED)
+    assert (cfg.name, cfg.method) == ("sdkd_energy", "sdkd")
+    assert cfg.weighting == "fixed" and cfg.uses_cutoff
     assert cfg.cutoff_mode == "energy"  # overridden inside the cutoff section
     assert cfg.cutoff_k == 5.0 and cfg.cutoff_energy_fraction == 0.8  # kept from the section
-    assert cfg.balance_alpha == "grad_ratio" and cfg.balance_lambda == "loss_ratio"
+    assert cfg.balance_lambda == "grad_ratio" and cfg.balance_alpha == "fixed"
     assert cfg.balance_momentum == 0.5
+    assert (cfg.advantage_w_max, cfg.advantage_momentum) == (2.0, 0.5)
     assert (cfg.lam, cfg.alpha) == (2.0, 0.5)
 
     wide = DistillConfig.from_params("aekd_wide", SHARED)
     assert (wide.method, wide.aekd_cap, wide.lam, wide.alpha) == ("aekd", 0.9, 0.5, 0.5)
     # the variant did not leak into the shared settings
     assert DistillConfig.from_params("aekd", SHARED).aekd_cap == 0.6
-    assert DistillConfig.from_params("sdkd", SHARED).cutoff_mode == "fixed"
+    plain = DistillConfig.from_params("sdkd", SHARED)
+    assert plain.cutoff_mode == "fixed" and plain.weighting == "advantage"
+    assert (plain.balance_lambda, plain.advantage_momentum) == ("loss_ratio", 0.9)
 
 
 def test_teachers_accept_a_list_and_a_teacher_name():
@@ -84,7 +139,7 @@ def test_an_unknown_method_or_variant_names_distill_methods(name):
     with pytest.raises(ConfigError, match=r"distill\.methods") as error:
         DistillConfig.from_params(name, SHARED)
     assert repr(name) in str(error.value)
-    assert "sdkd_adaptive" in str(error.value)  # the declared variants are listed
+    assert "sdkd_energy" in str(error.value)  # the declared variants are listed
 
 
 @pytest.mark.parametrize(("params", "path"), [
@@ -95,6 +150,9 @@ def test_an_unknown_method_or_variant_names_distill_methods(name):
     ({"camkd": {"temp": 1}}, r"distill\.camkd\.temp"),
     ({"latent": {"weights": 1}}, r"distill\.latent\.weights"),
     ({"sdkd_multi": {"rule": "aver"}}, r"distill\.sdkd_multi\.rule"),
+    ({"advantage": {"wmax": 2}}, r"distill\.advantage\.wmax"),
+    ({"function_matching": {"enable": True}}, r"distill\.function_matching\.enable"),
+    ({"latent": {"shares": 0.2}}, r"distill\.latent\.shares"),
 ])
 def test_an_unknown_key_names_its_full_path(params, path):
     with pytest.raises(ConfigError, match=path + ": unknown parameter"):
@@ -134,6 +192,22 @@ def test_an_unknown_key_in_a_variant_names_its_full_path(variant, path):
     ({"sdkd_multi": {"weighting": "mean"}}, r"distill\.sdkd_multi\.weighting"),
     ({"teacher_cache": "maybe"}, r"distill\.teacher_cache"),
     ({"cache_max_gb": -1}, r"distill\.cache_max_gb"),
+    ({"weighting": "focal"}, r"distill\.weighting"),
+    ({"bands": 1}, r"distill\.bands"),
+    ({"bands": 2.5}, r"distill\.bands"),
+    ({"bands": True}, r"distill\.bands"),
+    ({"advantage": {"w_max": 0}}, r"distill\.advantage\.w_max"),
+    ({"advantage": {"momentum": 1.0}}, r"distill\.advantage\.momentum"),
+    ({"advantage": {"whiten": "yes"}}, r"distill\.advantage\.whiten"),
+    ({"advantage": {"whiten_max": 0.5}}, r"distill\.advantage\.whiten_max"),
+    ({"latent": {"share": 0}}, r"distill\.latent\.share"),
+    ({"latent": {"share": 0.95}}, r"distill\.latent\.share"),
+    ({"function_matching": {"enabled": 1}}, r"distill\.function_matching\.enabled"),
+    ({"function_matching": {"source": "teacher"}}, r"distill\.function_matching\.source"),
+    ({"function_matching": {"ratio": 0}}, r"distill\.function_matching\.ratio"),
+    ({"function_matching": {"mixup_alpha": -1}}, r"distill\.function_matching\.mixup_alpha"),
+    ({"function_matching": {"seed": -1}}, r"distill\.function_matching\.seed"),
+    ({"function_matching": "on"}, r"distill\.function_matching"),
 ])
 def test_a_bad_value_names_the_parameter(params, path):
     with pytest.raises(ConfigError, match=path):

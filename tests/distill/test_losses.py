@@ -1,8 +1,12 @@
 """The distillation losses: KD terms, teacher weights, balancing, cached teachers, resume.
 
 Teacher outputs are mostly handed to the loss as a cached batch target
-(``{"y": y, "teachers": {name: {"prediction", "high", "low"}}}``), so each test chooses them
+(``{"y": y, "teachers": {name: {"prediction", "state"}}}``), so each test chooses them
 exactly; the students are tiny (a learnable shift of a fixed field, or a small U-Net).
+
+The band methods (``sdkd``, ``sdkd_latent``, ``sdkd_multi``) are tested in both weightings:
+``advantage`` (the default: log-spaced bands weighted by the teacher's advantage, see
+test_band_weights.py) and ``fixed`` (the paper's two-band ``D_high + alpha D_low`` at the cutoff).
 """
 
 from __future__ import annotations
@@ -33,17 +37,23 @@ from sdkd_pipeline.training import TrainConfig, load_checkpoint, train
 
 B, T, C, H, W = 2, 3, 1, 16, 16
 CUTOFF = 3.0
-LATENT = 4  # channels of the shifted student's bottleneck and of the teacher latents
+LATENT = 4  # channels of the shifted student's bottleneck and of the teacher's latent state
 LATENT_HW = 8
 TEACHERS = ("alpha_net", "beta_net", "gamma_net")
 SHAPE = {"in_frames": T, "out_frames": T, "channels": C, "height": H, "width": W}
+FIXED = {"weighting": "fixed"}
 
-# every method but none, each weighting rule and gradient mode, and balanced bands
+# every method but none, each band weighting, teacher weighting rule and gradient mode, and
+# balanced lambda (balance.alpha is refused: test_config.py)
 CASES: dict[str, tuple[str, dict]] = {
     "output_mse": ("output_mse", {}),
     "sdkd": ("sdkd", {}),
-    "sdkd_balanced": ("sdkd", {"balance": {"alpha": "grad_ratio", "lambda": "loss_ratio"}}),
+    "sdkd_whiten": ("sdkd", {"advantage": {"whiten": True}}),
+    "sdkd_balanced": ("sdkd", {"balance": {"lambda": "loss_ratio"}}),
+    "sdkd_fixed": ("sdkd", FIXED),
+    "sdkd_fixed_balanced": ("sdkd", {**FIXED, "balance": {"lambda": "grad_ratio"}}),
     "sdkd_latent": ("sdkd_latent", {}),
+    "sdkd_latent_fixed": ("sdkd_latent", {**FIXED, "latent": {"share": None, "weight": 0.5}}),
     "aver_mkd": ("aver_mkd", {}),
     "aekd": ("aekd", {}),
     "aekd_parameters": ("aekd", {"aekd": {"gradients": "parameters"}}),
@@ -51,8 +61,10 @@ CASES: dict[str, tuple[str, dict]] = {
     "sdkd_multi_aver": ("sdkd_multi", {"sdkd_multi": {"weighting": "aver"}}),
     "sdkd_multi_aekd": ("sdkd_multi", {"sdkd_multi": {"weighting": "aekd"}}),
     "sdkd_multi_camkd": ("sdkd_multi", {"sdkd_multi": {"weighting": "camkd"}}),
-    "sdkd_multi_balanced": ("sdkd_multi", {"balance": {"alpha": "loss_ratio",
-                                                       "lambda": "grad_ratio"}}),
+    "sdkd_multi_fixed_aver": ("sdkd_multi", {**FIXED, "sdkd_multi": {"weighting": "aver"}}),
+    "sdkd_multi_fixed_aekd": ("sdkd_multi", {**FIXED, "sdkd_multi": {"weighting": "aekd"}}),
+    "sdkd_multi_fixed_camkd": ("sdkd_multi", {**FIXED, "sdkd_multi": {"weighting": "camkd"}}),
+    "sdkd_multi_balanced": ("sdkd_multi", {"balance": {"lambda": "grad_ratio"}}),
 }
 MULTI_CASES = [name for name, (method, _) in CASES.items()
                if method in ("aver_mkd", "aekd", "camkd", "sdkd_multi")]
@@ -79,7 +91,7 @@ def _loss(cfg: DistillConfig, *, n_teachers: int = 2, student: nn.Module | None 
         names = TEACHERS[:n_teachers] if cfg.multi_teacher else TEACHERS[:1]
         teachers = {name: nn.Identity() for name in names}  # unused: targets carry outputs
     loss = build_loss(cfg, teachers, height=H, width=W,
-                      cutoff=choose_cutoff(cfg, H, W) if cfg.uses_bands else None,
+                      cutoff=choose_cutoff(cfg, H, W) if cfg.uses_cutoff else None,
                       student_latent_channels=student_latent,
                       teacher_latent_channels=teacher_latent,
                       student_parameters=None if student is None else list(student.parameters()))
@@ -88,13 +100,21 @@ def _loss(cfg: DistillConfig, *, n_teachers: int = 2, student: nn.Module | None 
 
 
 def _cached(y: torch.Tensor, predictions: dict[str, torch.Tensor],
-            latents: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+            state: torch.Tensor | None = None) -> dict:
     teachers = {}
     for name, prediction in predictions.items():
         teachers[name] = {"prediction": prediction}
-        if latents is not None:
-            teachers[name].update(high=latents[0], low=latents[1])
+        if state is not None:
+            teachers[name]["state"] = state
     return {"y": y, "teachers": teachers}
+
+
+def _standardized(state: torch.Tensor) -> torch.Tensor:
+    """The teacher's state standardized per channel by its own (population) statistics: what
+    the loss aligns the projected bottleneck with on its first batch."""
+    mean = state.mean((0, 2, 3), keepdim=True)
+    std = state.var((0, 2, 3), unbiased=False, keepdim=True).sqrt()
+    return (state - mean) / std
 
 
 class ShiftedStudent(nn.Module):
@@ -144,23 +164,27 @@ def test_kd_is_zero_when_student_equals_every_teacher_and_positive_otherwise(cas
     cfg = _config(method, extra)
     x, y = _randn(B, T, C, H, W, seed=1), _randn(B, T, C, H, W, seed=2)
     teacher = _randn(B, T, C, H, W, seed=3)
-    z_high = _randn(B, LATENT, LATENT_HW, LATENT_HW, seed=4)
-    z_low = _randn(B, LATENT, LATENT_HW, LATENT_HW, seed=5)
+    state = 2.0 + 3.0 * _randn(B, LATENT, LATENT_HW, LATENT_HW, seed=4)  # not unit scale
     student = ShiftedStudent(teacher)
     loss = _loss(cfg, student=student)
     if cfg.needs_latents:
-        # a bottleneck whose projection is Z_l in the low band and Z_h in the high band
+        # a bottleneck whose projection is the teacher's standardized state
         _identity_projector(loss)
-        split = loss._latent_bands(LATENT_HW, LATENT_HW)
         with torch.no_grad():
-            student.latent.copy_(split.filter(z_low, LOW) + split.filter(z_high, HIGH))
-    agree = _cached(y, {name: teacher for name in loss.names}, (z_high, z_low))
+            student.latent.copy_(_standardized(state))
+    agree = _cached(y, {name: teacher for name in loss.names}, state)
 
     total, components = loss(student, x, agree)
     total = total.detach()
     assert 0.0 <= float(components["kd"]) <= 1e-10, components
-    assert torch.isfinite(total) and float(total) == pytest.approx(float(components["task"]),
-                                                                    abs=1e-6)
+    latent_part = 0.0
+    if cfg.needs_latents:
+        assert 0.0 <= float(components["latent"]) <= 1e-10, components
+        # the latent term keeps its weight (a share of the loss, or the fixed weight)
+        latent_part = float(components["latent_weight"] * components["latent"])
+    assert torch.isfinite(total)
+    assert float(total) == pytest.approx(float(components["task"]) + latent_part, rel=1e-5,
+                                         abs=1e-6)
 
     # the student differs from the teacher(s)
     with torch.no_grad():
@@ -175,31 +199,60 @@ def test_kd_is_zero_when_student_equals_every_teacher_and_positive_otherwise(cas
         disagree = _cached(y, {loss.names[0]: teacher, loss.names[1]: second})
         _, components = loss(student, x, disagree)
         assert float(components["kd"]) > 1e-4, components
-    if cfg.needs_latents:  # the outputs agree, the latents do not
+    if cfg.needs_latents:  # the outputs agree, the latents do not: only the latent term grows
         with torch.no_grad():
             student.latent.add_(0.3 * _randn(*student.latent.shape, seed=8))
         _, components = loss(student, x, agree)
-        assert float(components["kd"]) > 1e-4, components
-        assert float(components["latent_high"]) > 0 and float(components["latent_low"]) > 0
+        assert float(components["kd"]) <= 1e-10, components
+        assert float(components["latent"]) > 1e-3, components
+        assert "latent_high" not in components and "latent_low" not in components
 
 
-def test_latent_term_is_zero_exactly_when_projection_matches_each_band():
-    cfg = _config("sdkd_latent")
-    loss = _loss(cfg)
+def test_latent_term_aligns_the_projection_with_the_standardized_teacher_state():
+    loss = _loss(_config("sdkd_latent"))
     _identity_projector(loss)
-    z_high = _randn(B, LATENT, LATENT_HW, LATENT_HW, seed=11)
-    z_low = _randn(B, LATENT, LATENT_HW, LATENT_HW, seed=12)
-    split = loss._latent_bands(LATENT_HW, LATENT_HW)
-    matched = split.filter(z_low, LOW) + split.filter(z_high, HIGH)
-    teacher = {"high": z_high, "low": z_low}
-    components = {"alpha": torch.tensor(1.0)}
-    zero = loss._latent_term({"bottleneck": matched}, teacher, components).detach()
+    state = 5.0 + 20.0 * _randn(B, LATENT, LATENT_HW, LATENT_HW, seed=11)
+    target = _standardized(state)
+    components: dict = {}
+    zero = loss._latent_term({"bottleneck": target}, {"state": state}, components).detach()
     assert 0.0 <= float(zero) <= 1e-10
-    # the high band compared with Z_l (or the low band with Z_h) is not zero
-    swapped = split.filter(z_high, LOW) + split.filter(z_low, HIGH)
-    assert float(loss._latent_term({"bottleneck": swapped}, teacher, components).detach()) > 1e-3
+    assert set(components) == {"latent"}
+    # plain MSE against the standardized state: the raw state (scale 20) is far off
+    torch.testing.assert_close(
+        loss._latent_term({"bottleneck": state}, {"state": state}, {}).detach(),
+        F.mse_loss(state, target), rtol=1e-4, atol=1e-6)
+    # the standardization removes the teacher's per-channel offset and scale
+    fresh = _loss(_config("sdkd_latent"))
+    _identity_projector(fresh)
+    scaled = -3.0 + 0.01 * state
+    assert float(fresh._latent_term({"bottleneck": target}, {"state": scaled}, {}).detach()) <= 1e-8
+    # a student bottleneck on a coarser grid is interpolated to the teacher's
+    coarse = loss._latent_term({"bottleneck": target[..., ::2, ::2]}, {"state": state}, {})
+    assert torch.isfinite(coarse)
     with pytest.raises(ConfigError, match="bottleneck"):
-        loss._latent_term({"other": matched}, teacher, components)
+        loss._latent_term({"other": target}, {"state": state}, {})
+
+
+def test_latent_weight_is_fixed_without_a_share_and_is_the_share_otherwise():
+    x, y = _randn(B, T, C, H, W, seed=13), _randn(B, T, C, H, W, seed=14)
+    state = _randn(B, LATENT, LATENT_HW, LATENT_HW, seed=15)
+    batch = _cached(y, {TEACHERS[0]: y + 0.5 * _randn(B, T, C, H, W, seed=16)}, state)
+    student = ShiftedStudent(_randn(B, T, C, H, W, seed=17),
+                             _randn(B, LATENT, LATENT_HW, LATENT_HW, seed=18))
+    fixed = _loss(_config("sdkd_latent", {"latent": {"share": None, "weight": 0.5}}))
+    total, parts = fixed(student, x, batch)
+    total = total.detach()
+    assert float(parts["latent_weight"]) == 0.5
+    main = parts["task"] + parts["lambda"] * parts["kd"]
+    assert float(total) == pytest.approx(float(main + 0.5 * parts["latent"]), rel=1e-5)
+    for share in (0.2, 0.5):
+        shared = _loss(_config("sdkd_latent", {"latent": {"share": share}}))
+        total, parts = shared(student, x, batch)
+        total = total.detach()
+        # first batch: the running means are this batch's terms, so the share is exact
+        assert float(parts["latent_share"]) == pytest.approx(share, rel=1e-5)
+        latent = float(parts["latent_weight"] * parts["latent"])
+        assert latent / float(total) == pytest.approx(share, rel=1e-5)
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,8 +276,7 @@ def _student_batch(seed: int) -> tuple[torch.Tensor, dict]:
     x, y = _randn(B, T, C, H, W, seed=seed), _randn(B, T, C, H, W, seed=seed + 1)
     predictions = {name: y + 0.5 * _randn(B, T, C, H, W, seed=seed + 2 + i)
                    for i, name in enumerate(TEACHERS[:2])}
-    latents = (_randn(B, 16, 8, 8, seed=seed + 5), _randn(B, 16, 8, 8, seed=seed + 6))
-    return x, _cached(y, predictions, latents)
+    return x, _cached(y, predictions, _randn(B, 16, 8, 8, seed=seed + 5))
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -245,11 +297,12 @@ def test_total_and_kd_loss_send_finite_nonzero_gradient_to_every_student_paramet
         grads[lam] = {n: p.grad.clone() for n, p in student.named_parameters()
                       if p.grad is not None}
         if cfg.needs_latents:
+            # the latent term has its own weight (not lambda): the projector always learns
             projector = list(loss.parameters())
             assert len(projector) == 2
             for param in projector:
                 assert param.grad is not None and torch.isfinite(param.grad).all()
-                assert (float(param.grad.abs().max()) > 0) == (lam > 0)
+                assert float(param.grad.abs().max()) > 0
     for name in relevant:
         full = grads[2.0][name]
         assert torch.isfinite(full).all(), name
@@ -259,33 +312,45 @@ def test_total_and_kd_loss_send_finite_nonzero_gradient_to_every_student_paramet
         assert float(kd_part.abs().max()) > 1e-9, name
 
 
-def _reference_kd(case: str, loss: DistillationLoss, g: torch.Tensor, target: torch.Tensor,
+def _reference_kd(loss: DistillationLoss, g: torch.Tensor, target: torch.Tensor,
                   preds: torch.Tensor, components: dict) -> torch.Tensor:
     """The KD term rebuilt from its definition with detached weights, for autograd."""
     names = loss.names
     cfg = loss.cfg
     if cfg.method in ("aver_mkd", "aekd"):
-        return sum(components[f"w_{n}"] * F.mse_loss(g, p) for n, p in zip(names, preds, strict=True))
+        return sum(components[f"w_{n}"] * F.mse_loss(g, p)
+                   for n, p in zip(names, preds, strict=True))
     if cfg.method == "camkd":
         errors = (preds - target[None]).square().flatten(2).mean(-1)
         weights = camkd_weights(errors, cfg.camkd_temperature)
         per_sample = (g[None] - preds).square().flatten(2).mean(-1)
         return (weights * per_sample).sum(0).mean()
+    # sdkd_multi: band b of teacher m weighted by the rule's w_mb, then the band by w_b
+    # (advantage: the logged w_band<b>; fixed: 1 for the high band, alpha for the low one)
     split = loss.split
-    alpha = components["alpha"]
-    if cfg.band_weighting == "camkd":
-        total = 0.0
-        for band, scale in ((HIGH, 1.0), (LOW, alpha)):
-            errors = torch.stack([split.band_mse_per_sample(p, target)[:, band] for p in preds])
-            weights = camkd_weights(errors, cfg.camkd_temperature)
-            dist = torch.stack([split.band_mse_per_sample(g, p)[:, band] for p in preds])
-            total = total + scale * (weights * dist).sum(0).mean()
-        return total
+    bands = range(split.n_bands)
+    if cfg.weighting == "advantage":
+        scale = {b: components[f"w_band{b}"] for b in bands}
+
+        def teacher_weight(n: str, b: int) -> torch.Tensor:
+            return components[f"w_band{b}_{n}"]
+    else:
+        assert split.n_bands == 2
+        scale = {HIGH: 1.0, LOW: components["alpha"]}
+
+        def teacher_weight(n: str, b: int) -> torch.Tensor:
+            return components[f"w_{'high' if b == HIGH else 'low'}_{n}"]
     total = 0.0
+    if cfg.band_weighting == "camkd":  # per-sample weights
+        for b in bands:
+            errors = torch.stack([split.band_mse_per_sample(p, target)[:, b] for p in preds])
+            weights = camkd_weights(errors, cfg.camkd_temperature)
+            dist = torch.stack([split.band_mse_per_sample(g, p)[:, b] for p in preds])
+            total = total + scale[b] * (weights * dist).sum(0).mean()
+        return total
     for n, p in zip(names, preds, strict=True):
-        bands = split.band_mse(g, p)
-        total = total + (components[f"w_high_{n}"] * bands[HIGH]
-                         + alpha * components[f"w_low_{n}"] * bands[LOW])
+        distance = split.band_mse(g, p)
+        total = total + sum(scale[b] * teacher_weight(n, b) * distance[b] for b in bands)
     return total
 
 
@@ -294,18 +359,24 @@ def test_multi_teacher_kd_gradient_is_the_weighted_sum_of_the_teachers_gradients
     method, extra = CASES[case]
     loss = _loss(_config(method, extra, alpha=0.7))
     target = _randn(B, T, C, H, W, seed=40)
+    # teachers of unlike quality, both closer to the truth than the student (in every band:
+    # white errors), so the advantage weighting distils every band
     preds = torch.stack([target + 0.2 * _randn(B, T, C, H, W, seed=41),
-                         target + 0.9 * _randn(B, T, C, H, W, seed=42)])
+                         target + 0.4 * _randn(B, T, C, H, W, seed=42)])
     g = (target + 0.5 * _randn(B, T, C, H, W, seed=43)).requires_grad_(True)
     components: dict = {}
-    kd = loss._kd_term(g, target, preds, components)
+    kd = loss._kd_term(g, target, None, preds, components)
     (grad,) = torch.autograd.grad(kd, g)
     g_ref = g.detach().clone().requires_grad_(True)
-    ref = _reference_kd(case, loss, g_ref, target, preds, components)
+    ref = _reference_kd(loss, g_ref, target, preds, components)
     (grad_ref,) = torch.autograd.grad(ref, g_ref)
     assert float(kd.detach()) == pytest.approx(float(ref.detach()), rel=1e-5)
     assert float(grad.abs().max()) > 0
     torch.testing.assert_close(grad, grad_ref, rtol=1e-4, atol=1e-9)
+    if loss.advantage is not None:  # sdkd_multi's default weighting: no alpha, no cutoff
+        assert loss.cutoff is None and loss.split.n_bands == 3
+        assert all(float(components[f"w_band{b}"]) > 0 for b in range(3)), components
+        assert "alpha" not in components and "kd_high" not in components
 
 
 def test_aekd_parameter_gradients_keep_the_graph_for_the_final_backward():
@@ -363,7 +434,7 @@ def test_camkd_weights_do_not_depend_on_the_error_scale():
     assert float(sharp[0, 0]) > float(weights[0, 0]) > 0.5
 
 
-@pytest.mark.parametrize("case", ["camkd", "sdkd_multi_camkd"])
+@pytest.mark.parametrize("case", ["camkd", "sdkd_multi_camkd", "sdkd_multi_fixed_camkd"])
 def test_camkd_loss_weights_the_teacher_equal_to_the_truth_higher(case):
     method, extra = CASES[case]
     loss = _loss(_config(method, extra))
@@ -373,13 +444,16 @@ def test_camkd_loss_weights_the_teacher_equal_to_the_truth_higher(case):
     student = ShiftedStudent(_randn(B, T, C, H, W, seed=63))
     _, components = loss(student, x, batch)
     if method == "camkd":
-        assert float(components[f"w_{good}"]) > float(components[f"w_{bad}"])
-        assert float(components[f"w_{good}"] + components[f"w_{bad}"]) == pytest.approx(1.0)
+        bands = [""]
+    elif loss.cfg.weighting == "fixed":
+        bands = ["low_", "high_"]
     else:
-        for band in ("low", "high"):
-            assert float(components[f"w_{band}_{good}"]) > float(components[f"w_{band}_{bad}"])
-            total = components[f"w_{band}_{good}"] + components[f"w_{band}_{bad}"]
-            assert float(total) == pytest.approx(1.0)
+        bands = [f"band{b}_" for b in range(loss.split.n_bands)]
+        assert len(bands) == 3
+    for band in bands:
+        assert float(components[f"w_{band}{good}"]) > float(components[f"w_{band}{bad}"])
+        total = components[f"w_{band}{good}"] + components[f"w_{band}{bad}"]
+        assert float(total) == pytest.approx(1.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -447,7 +521,7 @@ def _total(loss: DistillationLoss, student: nn.Module, x, batch) -> float:
     return float(total.detach())
 
 
-def test_sdkd_with_alpha_one_is_output_mse_and_aver_mkd_of_identical_teachers_too():
+def test_sdkd_fixed_with_alpha_one_is_output_mse_and_aver_mkd_of_identical_teachers_too():
     x, y = _randn(B, T, C, H, W, seed=80), _randn(B, T, C, H, W, seed=81)
     teacher = _randn(B, T, C, H, W, seed=82)
     student = ShiftedStudent(_randn(B, T, C, H, W, seed=83))
@@ -457,7 +531,8 @@ def test_sdkd_with_alpha_one_is_output_mse_and_aver_mkd_of_identical_teachers_to
         by_hand = F.mse_loss(student(x), y) + F.mse_loss(student(x), teacher)
     assert reference == pytest.approx(float(by_hand), rel=1e-6)
     for k in (1.0, 3.0, 6.5):
-        sdkd = _loss(_config("sdkd", cutoff={"k": k}, alpha=1.0, **{"lambda": 1.0}))
+        sdkd = _loss(_config("sdkd", FIXED, cutoff={"k": k}, alpha=1.0, **{"lambda": 1.0}))
+        assert sdkd.split.n_bands == 2 and sdkd.advantage is None
         assert _total(sdkd, student, x, single) == pytest.approx(reference, rel=1e-5)
     both = _cached(y, {TEACHERS[0]: teacher, TEACHERS[1]: teacher.clone()})
     assert _total(_loss(_config("aver_mkd")), student, x, both) == pytest.approx(reference,
@@ -466,14 +541,45 @@ def test_sdkd_with_alpha_one_is_output_mse_and_aver_mkd_of_identical_teachers_to
     for method in ("aekd", "camkd"):
         assert _total(_loss(_config(method)), student, x, both) == pytest.approx(reference,
                                                                                  rel=1e-6)
-    multi = _loss(_config("sdkd_multi", {"sdkd_multi": {"weighting": "aver"}}))
+    multi = _loss(_config("sdkd_multi", {**FIXED, "sdkd_multi": {"weighting": "aver"}}))
     assert _total(multi, student, x, both) == pytest.approx(reference, rel=1e-5)
     # alpha scales the low band only
-    sdkd = _loss(_config("sdkd", alpha=0.0))
+    sdkd = _loss(_config("sdkd", FIXED, alpha=0.0))
     _, components = sdkd(student, x, single)
     assert float(components["kd"]) == pytest.approx(float(components["kd_high"]))
     assert float(components["kd_high"] + components["kd_low"]) == pytest.approx(
         reference - float(components["task"]), rel=1e-5)
+
+
+def test_advantage_bands_add_up_to_output_kd_and_identical_teachers_act_as_one():
+    x, y = _randn(B, T, C, H, W, seed=84), _randn(B, T, C, H, W, seed=85)
+    teacher = y + 0.3 * _randn(B, T, C, H, W, seed=86)
+    student = ShiftedStudent(_randn(B, T, C, H, W, seed=87))
+    single = _cached(y, {TEACHERS[0]: teacher})
+    sdkd = _loss(_config("sdkd", bands=4))
+    assert sdkd.split.n_bands == 4 and sdkd.cutoff is None
+    total, components = sdkd(student, x, single)
+    total = total.detach()
+    with torch.no_grad():
+        distance = F.mse_loss(student(x), teacher)
+    # Parseval: the band distances add up to the output KD distance
+    assert sum(float(components[f"kd_band{b}"]) for b in range(4)) == pytest.approx(
+        float(distance), rel=1e-5)
+    weights = torch.stack([components[f"w_band{b}"] for b in range(4)])
+    bands = torch.stack([components[f"kd_band{b}"] for b in range(4)])
+    assert float(components["kd"]) == pytest.approx(float((weights * bands).sum()), rel=1e-5)
+    assert float(total) == pytest.approx(float(components["task"] + components["kd"]), rel=1e-6)
+    # two copies of the teacher, weighted by any rule, are that teacher (same weights too)
+    both = _cached(y, {TEACHERS[0]: teacher, TEACHERS[1]: teacher.clone()})
+    for rule in ("aver", "aekd", "camkd"):
+        multi = _loss(_config("sdkd_multi", {"sdkd_multi": {"weighting": rule}}, bands=4))
+        multi_total, parts = multi(student, x, both)
+        assert float(multi_total.detach()) == pytest.approx(float(total), rel=1e-5), rule
+        for b in range(4):
+            assert float(parts[f"w_band{b}"]) == pytest.approx(float(weights[b]), rel=1e-5,
+                                                               abs=1e-7)
+            pair = parts[f"w_band{b}_{TEACHERS[0]}"] + parts[f"w_band{b}_{TEACHERS[1]}"]
+            assert float(pair) == pytest.approx(1.0, abs=1e-5)
 
 
 # --------------------------------------------------------------------------------------------
@@ -542,22 +648,47 @@ def test_balancer_state_round_trip_continues_identically():
     assert fresh.num is None and fresh.steps == 0
 
 
-def test_balanced_loss_state_round_trips_through_the_loss():
-    cfg = _config("sdkd_latent", balance={"alpha": "loss_ratio", "lambda": "grad_ratio"})
+def _assert_same_state(left, right, where: str = "state") -> None:
+    """Nested loss states (dicts of tensors, floats, None) are equal, tensors bit for bit."""
+    if isinstance(left, dict):
+        assert left.keys() == right.keys(), where
+        for key in left:
+            _assert_same_state(left[key], right[key], f"{where}.{key}")
+    elif isinstance(left, torch.Tensor):
+        assert torch.equal(left, right), where
+    else:
+        assert left == right, where
+
+
+@pytest.mark.parametrize("case", ["sdkd_latent", "sdkd_fixed_balanced", "sdkd_multi_balanced",
+                                  "sdkd_whiten"])
+def test_loss_state_round_trips_and_continues_identically(case):
+    method, extra = CASES[case]
+    cfg = _config(method, extra, balance={"lambda": "grad_ratio"})
     torch.manual_seed(3)
     first = _loss(cfg)
     x, y = _randn(B, T, C, H, W, seed=95), _randn(B, T, C, H, W, seed=96)
-    batch = _cached(y, {TEACHERS[0]: _randn(B, T, C, H, W, seed=97)},
-                    (_randn(B, LATENT, 8, 8, seed=98), _randn(B, LATENT, 8, 8, seed=99)))
+    batch = _cached(y, {name: y + (i + 1) * 0.3 * _randn(B, T, C, H, W, seed=97 + i)
+                        for i, name in enumerate(first.names)},
+                    _randn(B, LATENT, 8, 8, seed=99))
     student = ShiftedStudent(_randn(B, T, C, H, W, seed=100))
     first(student, x, batch)
-    torch.manual_seed(4)
+    first(student, x, {**batch, "y": y.flip(0)})
+    state = first.state_dict()
+    assert (state["advantage"] is None) == (cfg.weighting == "fixed")
+    torch.manual_seed(4)  # another projector: restored from the state
     second = _loss(cfg)
-    second.load_state_dict(first.state_dict())
+    second.load_state_dict(copy.deepcopy(state))
+    _assert_same_state(second.state_dict(), state)
     a, ca = first(student, x, batch)
     b, cb = second(student, x, batch)
-    assert torch.equal(a, b) and torch.equal(ca["lambda"], cb["lambda"])
-    assert torch.equal(ca["alpha"], cb["alpha"])
+    assert torch.equal(a, b) and ca.keys() == cb.keys()
+    for key in ca:
+        assert torch.equal(ca[key], cb[key]), key
+    assert float(ca["lambda"]) != 1.0  # balanced
+    if cfg.weighting == "advantage":
+        assert {f"w_band{b}" for b in range(3)} <= ca.keys()
+    _assert_same_state(first.state_dict(), second.state_dict())
 
 
 # --------------------------------------------------------------------------------------------
@@ -569,8 +700,8 @@ class Exploding(nn.Module):
         raise AssertionError("the cached path ran a teacher")
 
 
-@pytest.mark.parametrize("case", ["sdkd_latent", "camkd", "sdkd_multi_aekd",
-                                  "aekd_parameters"])
+@pytest.mark.parametrize("case", ["sdkd", "sdkd_fixed", "sdkd_latent", "camkd",
+                                  "sdkd_multi_aekd", "aekd_parameters"])
 def test_cached_and_online_teacher_outputs_give_the_same_loss_and_gradients(case):
     method, extra = CASES[case]
     cfg = _config(method, extra)
@@ -648,7 +779,7 @@ def test_resumed_distillation_run_ends_bit_identical(tmp_path):
     train_set = TensorDataset(x, x.flip(1) + 0.1 * _randn(12, T, C, H, W, seed=131))
     xv = _randn(4, T, C, H, W, seed=132)
     val_set = TensorDataset(xv, xv.flip(1))
-    cfg = _config("sdkd_latent", balance={"alpha": "loss_ratio", "lambda": "grad_ratio"})
+    cfg = _config("sdkd_latent", balance={"lambda": "grad_ratio"})
     train_cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-3, seed=0, device="cpu",
                             patience=None, checkpoint_every_steps=1)
 
@@ -679,11 +810,11 @@ def test_resumed_distillation_run_ends_bit_identical(tmp_path):
     b = load_checkpoint(tmp_path / "resumed" / "last.pt")
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
-    assert a["loss_state"]["alpha_balance"] == b["loss_state"]["alpha_balance"]
-    assert a["loss_state"]["lambda_balance"] == b["loss_state"]["lambda_balance"]
-    assert a["loss_state"]["alpha_balance"]["steps"] > 0
-    for key, value in a["loss_state"]["projector"].items():
-        assert torch.equal(value, b["loss_state"]["projector"][key]), key
+    # every part of the loss's state: projector, balancers, band advantage, running means
+    _assert_same_state(a["loss_state"], b["loss_state"], "loss_state")
+    assert a["loss_state"]["lambda_balance"]["steps"] > 0
+    assert a["loss_state"]["advantage"]["distance"]["weight"] > 0
+    assert a["loss_state"]["running"]["latent_mean"]["value"] is not None
     for index, slot in a["optimizer"]["state"].items():
         for key, value in slot.items():
             assert torch.equal(torch.as_tensor(value),
@@ -691,7 +822,8 @@ def test_resumed_distillation_run_ends_bit_identical(tmp_path):
     for left, right in zip(whole.history, resumed.history, strict=True):
         assert {k: v for k, v in left.items() if k != "time_s"} == {
             k: v for k, v in right.items() if k != "time_s"}
-    assert "train_kd" in whole.history[-1] and "train_latent_high" in whole.history[-1]
+    last = whole.history[-1]
+    assert {"train_kd", "train_latent", "train_latent_share", "train_w_band0"} <= last.keys()
     assert whole.best_val_loss == resumed.best_val_loss
     for (name, p), q in zip(student_a.named_parameters(), student_b.parameters(), strict=True):
         assert torch.equal(p, q), name

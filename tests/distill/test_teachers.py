@@ -165,9 +165,13 @@ def test_precomputed_outputs_match_running_the_teachers_and_cache_bytes_counts_t
     assert set(cache) == set(teachers)
     x = data.tensors[0]
     for name, model in teachers.items():
-        assert set(cache[name]) == {"prediction", "high", "low"}
+        # the latent the loss aligns with: the teacher's state after its last block
+        assert set(cache[name]) == {"prediction", "state"}
         assert cache[name]["prediction"].shape == (6, 3, 1, 16, 16)
-        assert cache[name]["high"].shape == cache[name]["low"].shape == (6, 16, 8, 8)
+        assert cache[name]["state"].shape == (6, model.latent_channels, 8, 8) == (6, 16, 8, 8)
+        _, features = model.forward_features(x[:2])
+        torch.testing.assert_close(cache[name]["state"][:2], features["state"], rtol=1e-6,
+                                   atol=1e-6)
         direct = run_teacher(model, x[4:], latents=True)
         for key, value in direct.items():
             torch.testing.assert_close(cache[name][key][4:], value, rtol=1e-6, atol=1e-6)
@@ -196,49 +200,29 @@ def test_with_teacher_targets_attaches_each_windows_outputs():
         WithTeacherTargets(data, {"t": {"prediction": torch.zeros(5, 2)}})
 
 
-def test_loss_from_cache_attaches_only_the_chosen_teachers_and_sets_the_cutoff():
-    from sdkd_pipeline.distill import loss_from_cache
-
-    teachers, data = _teachers(), _dataset()
-    cache = precompute_teacher_outputs(teachers, data, latents=False, batch_size=4,
-                                       device=torch.device("cpu"))
-    torch.manual_seed(0)
-    student = build_model("unet", **SHAPE, hidden=4, base_width=4, levels=2)
-    cfg = _cfg("sdkd", cutoff={"mode": "energy", "energy_fraction": 0.9})
-    chosen = {"simvp": teachers["simvp"]}
-    loss, train, cutoff = loss_from_cache(cfg, chosen, cache, data, student, height=16,
-                                          width=16)
-    assert cutoff == choose_cutoff(cfg, 16, 16, [cache["simvp"]["prediction"]])
-    x, target = train[0]
-    assert set(target["teachers"]) == {"simvp"}
-    # the loss on the cached targets equals the loss with the teacher run on the batch
-    xs, ys = next(iter(DataLoader(train, batch_size=6)))
-    cached_total, _ = loss(student, xs, ys)
-    online_total, _ = loss(student, xs, ys["y"])
-    torch.testing.assert_close(cached_total, online_total, rtol=1e-5, atol=1e-6)
-    _, _, k = loss_from_cache(_cfg("output_mse"), chosen, cache, data, student, height=16,
-                              width=16)
-    assert k is None  # no bands, no cutoff
-
-
-def test_latents_need_a_teacher_with_high_and_low_and_outputs_must_be_finite():
+def test_latents_need_a_teacher_with_a_state_and_outputs_must_be_finite():
     torch.manual_seed(0)
     unet = freeze(build_model("unet", **SHAPE, hidden=8, base_width=8))
-    with pytest.raises(ConfigError, match="'high' and 'low'"):
+    with pytest.raises(ConfigError, match=r"latent 'state'; UNet has \['bottleneck'\]"):
         run_teacher(unet, torch.zeros(1, 3, 1, 16, 16), latents=True)
+    teacher = _teachers()["simvp"]
+    outputs = run_teacher(teacher, torch.zeros(1, 3, 1, 16, 16), latents=True)
+    assert set(outputs) == {"prediction", "state"}
+    assert set(run_teacher(teacher, torch.zeros(1, 3, 1, 16, 16), latents=False)) == {
+        "prediction"}
     finite_or_raise("t", {"prediction": torch.zeros(3)})
     with pytest.raises(DataError, match=r"'t' produced non-finite prediction.*pipeline=teacher"):
         finite_or_raise("t", {"prediction": torch.tensor([0.0, math.nan])})
 
 
 # --------------------------------------------------------------------------------------------
-# choose_cutoff
+# choose_cutoff (the paper's fixed two-band weighting is what uses a cutoff)
 
 
 def test_a_fixed_cutoff_is_returned_as_given():
-    assert choose_cutoff(_cfg("sdkd", cutoff={"k": 4}), 32, 32) == 4.0
-    assert choose_cutoff(_cfg("sdkd", cutoff={"k": 0.5}), 16, 16) == 0.5
-    assert choose_cutoff(_cfg("sdkd", cutoff={"k": 22.6}), 32, 32) == 22.6
+    assert choose_cutoff(_cfg("sdkd", weighting="fixed", cutoff={"k": 4}), 32, 32) == 4.0
+    assert choose_cutoff(_cfg("sdkd", weighting="fixed", cutoff={"k": 0.5}), 16, 16) == 0.5
+    assert choose_cutoff(_cfg("sdkd", weighting="fixed", cutoff={"k": 22.6}), 32, 32) == 22.6
 
 
 @pytest.mark.parametrize(("k", "height", "width"), [(23, 32, 32), (22.7, 32, 32), (12, 16, 16),
@@ -246,7 +230,7 @@ def test_a_fixed_cutoff_is_returned_as_given():
 def test_a_cutoff_beyond_the_grid_names_distill_cutoff_k(k, height, width):
     assert k >= max_wavenumber(height, width)
     with pytest.raises(ConfigError, match=r"distill\.cutoff\.k"):
-        choose_cutoff(_cfg("sdkd", cutoff={"k": k}), height, width)
+        choose_cutoff(_cfg("sdkd", weighting="fixed", cutoff={"k": k}), height, width)
 
 
 def _sinusoid(ky: int, kx: int, n: int = 32, batch: int = 2) -> torch.Tensor:
@@ -257,18 +241,18 @@ def _sinusoid(ky: int, kx: int, n: int = 32, batch: int = 2) -> torch.Tensor:
 
 @pytest.mark.parametrize(("ky", "kx"), [(0, 3), (3, 0), (2, 2)])  # |k| = 3, 3, 2.83 (shell 3)
 def test_the_energy_cutoff_puts_a_sinusoids_shell_in_the_low_band(ky, kx):
-    cfg = _cfg("sdkd", cutoff={"mode": "energy", "energy_fraction": 0.9})
+    cfg = _cfg("sdkd", weighting="fixed", cutoff={"mode": "energy", "energy_fraction": 0.9})
     cutoff = choose_cutoff(cfg, 32, 32, [_sinusoid(ky, kx)])
     assert 3 < cutoff < 4
     assert cutoff == pytest.approx(3.5)
 
 
 def test_the_energy_cutoff_averages_the_teachers_spectra():
-    cfg = _cfg("sdkd", cutoff={"mode": "energy", "energy_fraction": 0.9})
+    cfg = _cfg("sdkd", weighting="fixed", cutoff={"mode": "energy", "energy_fraction": 0.9})
     # half of the energy at shell 3, half at shell 10: 90 % is reached at shell 10 only
     cutoff = choose_cutoff(cfg, 32, 32, [_sinusoid(0, 3), _sinusoid(10, 0)])
     assert cutoff == pytest.approx(10.5)
-    less = _cfg("sdkd", cutoff={"mode": "energy", "energy_fraction": 0.4})
+    less = _cfg("sdkd", weighting="fixed", cutoff={"mode": "energy", "energy_fraction": 0.4})
     assert choose_cutoff(less, 32, 32, [_sinusoid(0, 3), _sinusoid(10, 0)]) == pytest.approx(3.5)
     with pytest.raises(ConfigError, match="energy"):
         choose_cutoff(cfg, 32, 32, None)
@@ -277,7 +261,7 @@ def test_the_energy_cutoff_averages_the_teachers_spectra():
 def test_the_energy_cutoff_of_the_last_shell_stays_below_the_largest_wavenumber_16x16():
     # 16x16: k_max = 11.31 rounds down to the last shell 11, which the clamp keeps inside
     noise = torch.randn(16, 1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
-    cfg = _cfg("sdkd", cutoff={"mode": "energy", "energy_fraction": 0.9999})
+    cfg = _cfg("sdkd", weighting="fixed", cutoff={"mode": "energy", "energy_fraction": 0.9999})
     cutoff = choose_cutoff(cfg, 16, 16, [noise])
     assert 10.5 < cutoff < max_wavenumber(16, 16)
 
@@ -285,7 +269,7 @@ def test_the_energy_cutoff_of_the_last_shell_stays_below_the_largest_wavenumber_
 @pytest.mark.parametrize(("n", "fraction"), [(32, 0.9999), (8, 0.99)])
 def test_the_energy_cutoff_of_the_last_shell_stays_below_the_largest_wavenumber(n, fraction):
     noise = torch.randn(16, 1, 1, n, n, generator=torch.Generator().manual_seed(0))
-    cfg = _cfg("sdkd", cutoff={"mode": "energy", "energy_fraction": fraction})
+    cfg = _cfg("sdkd", weighting="fixed", cutoff={"mode": "energy", "energy_fraction": fraction})
     cutoff = choose_cutoff(cfg, n, n, [noise])
     # everything but the grid's largest wavenumber(s) goes to the low band
     distinct = torch.unique(radial_wavenumber(n, n))

@@ -72,8 +72,9 @@ def test_more_output_frames_than_input_frames(name):
 def test_latents_are_named_and_carry_gradients(name):
     model = _tiny(name, 16, 16)
     _, features = model.forward_features(torch.randn(2, T_IN, CHANNELS, 16, 16))
-    expected = {"high", "low", "fused"} if MODEL_ROLES[name] == "teacher" else {"bottleneck"}
-    assert set(features) == expected
+    teacher = MODEL_ROLES[name] == "teacher"
+    expected = {"high", "low", "fused", "state"} if teacher else {"bottleneck"}
+    assert set(features) == expected == set(model.latent_names)
     # Latent distillation back-propagates through these maps into the model.
     sum(f.square().mean() for f in features.values()).backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
@@ -97,6 +98,33 @@ def test_st_alternet_fused_latent_is_layer_normalised_sum_of_branches():
     far = 15  # token (3, 3), outside the 3x3 neighbourhood of token (0, 0)
     torch.testing.assert_close(high_a[0, far], high_b[0, far])
     assert not torch.allclose(low_a[0, far], low_b[0, far])
+
+
+def test_teacher_state_is_the_latent_after_the_last_block():
+    """``state`` (what sdkd_latent aligns the student with) is ST-AlterNet's token map after
+    the last block's residuals and SimVP's last block's fused output."""
+    torch.manual_seed(0)
+    x = torch.randn(2, T_IN, CHANNELS, 16, 16)
+    alternet = _tiny("st_alternet", 16, 16, depth=2).eval()
+    seen = {}
+    alternet.blocks[-1].register_forward_hook(lambda m, i, out: seen.update(tokens=out[0]))
+    with torch.no_grad():
+        _, features = alternet.forward_features(x)
+    tokens = seen["tokens"]  # (B, h*w, D) after both residuals of the last block
+    h, w = features["state"].shape[-2:]
+    torch.testing.assert_close(features["state"], tokens.transpose(1, 2).reshape(2, -1, h, w))
+    assert not torch.allclose(features["state"], features["fused"])
+
+    simvp = _tiny("simvp", 16, 16, depth=3).eval()
+    seen.clear()
+    # the last block's latent after both residuals is what its reduction to the decoder reads
+    simvp.translator[-1].reduction.register_forward_hook(
+        lambda m, inputs, out: seen.update(fused=inputs[0]))
+    with torch.no_grad():
+        _, features = simvp.forward_features(x)
+    torch.testing.assert_close(features["state"], seen["fused"])
+    torch.testing.assert_close(features["state"], features["fused"])
+    assert features["state"].shape[1] == simvp.latent_channels
 
 
 def test_default_sizes_and_student_budgets_on_the_ns_grid():

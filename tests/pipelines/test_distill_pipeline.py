@@ -18,12 +18,26 @@ NS_ONLY = {"data.datasets": "navier_stokes"}
 STUDENTS = "data/06_models/navier_stokes/students"
 
 
+# variants declared here, not taken from conf/base: the paper's fixed two-band weighting with
+# a cutoff from the teachers' spectrum and a balanced lambda, and sdkd with function matching
+# (the smoke Navier-Stokes store is generated: fresh solver trajectories)
+VARIANTS = {
+    "distill.variants.sdkd_energy.method": "sdkd",
+    "distill.variants.sdkd_energy.weighting": "fixed",
+    "distill.variants.sdkd_energy.cutoff.mode": "energy",
+    "distill.variants.sdkd_energy.balance.lambda": "grad_ratio",
+    "distill.variants.sdkd_fm.method": "sdkd",
+    "distill.variants.sdkd_fm.function_matching.enabled": True,
+    "distill.variants.sdkd_fm.function_matching.ratio": 0.5,
+}
+
+
 def test_distill_trains_each_method_logs_it_and_keeps_best_weights(project):
     run_kedro(project, env="smoke", pipeline="data", params=NS_ONLY)
     run_kedro(project, env="smoke", pipeline="teacher", params=NS_ONLY)
-    methods = ["none", "sdkd_adaptive", "aekd", "sdkd_latent"]
+    methods = ["none", "sdkd", "sdkd_energy", "aekd", "sdkd_latent", "sdkd_fm"]
     run_kedro(project, env="smoke", pipeline="distill",
-              params={**NS_ONLY, "distill.methods": "+".join(methods)})
+              params={**NS_ONLY, **VARIANTS, "distill.methods": "+".join(methods)})
 
     val = WindowDataset(project / "data/05_model_input/navier_stokes.zarr", "val")
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
@@ -57,14 +71,31 @@ def test_distill_trains_each_method_logs_it_and_keeps_best_weights(project):
             assert all(0.4 - 1e-4 <= w <= 0.6 + 1e-4 for w in weights)  # cap C = 0.6
         else:  # single teacher: the one with the lower validation error
             assert summary["teachers"] == [min(teacher_val, key=teacher_val.get)]
-        if method == "sdkd_adaptive":
-            # the cutoff came from the teachers' spectrum, and alpha / lambda were balanced
+        metrics = run.data.metrics
+        if method in ("sdkd", "sdkd_latent", "sdkd_fm"):
+            # the advantage weighting: log-spaced bands, each weighted, no cutoff
+            assert summary["cutoff"] is None
+            for band in range(3):
+                assert f"train_kd_band{band}" in metrics and f"train_w_band{band}" in metrics
+                assert 0.0 <= metrics[f"train_w_band{band}"] <= 4.0  # advantage.w_max
+            assert "train_alpha" not in metrics and "train_kd_high" not in metrics
+        if method == "sdkd_energy":
+            # the cutoff came from the teachers' spectrum; alpha is fixed, lambda balanced
             assert summary["cutoff"] is not None and summary["cutoff"] % 1 == 0.5
-            assert run.data.metrics["train_alpha"] != 1.0
-            assert run.data.metrics["train_lambda"] != 1.0
+            assert metrics["train_alpha"] == 1.0
+            assert metrics["train_lambda"] != 1.0
             assert run.data.params["cutoff"] == str(summary["cutoff"])
+            assert "train_kd_high" in metrics and "train_kd_low" in metrics
         if method == "sdkd_latent":
-            assert "train_latent_high" in run.data.metrics
+            assert {"train_latent", "train_latent_weight", "train_latent_share"} <= set(metrics)
+            assert 0.0 < metrics["train_latent_share"] < 1.0
+            assert "train_latent_high" not in metrics
+        if method == "sdkd_fm":
+            # the solver's fresh trajectories: half as many inputs as training windows
+            train = WindowDataset(project / "data/05_model_input/navier_stokes.zarr", "train")
+            assert run.data.params["function_matching_source"] == "solver"
+            assert run.data.params["function_matching_inputs"] == str(-(-len(train) // 2))
+            assert 0.5 < metrics["train_labelled"] < 1.0  # 2/3 of the samples have a truth
 
 
 def test_distill_without_teachers_says_to_run_the_teacher_pipeline(project):
@@ -136,13 +167,17 @@ def test_teacher_datasets_default_to_the_enabled_ones_and_bound_distillation(cap
 
 
 def test_teacher_outputs_are_computed_once_per_teacher_and_store(monkeypatch):
-    """Each distill node of one `kedro run` would otherwise rerun the same teachers."""
+    """Each distill node of one `kedro run` would otherwise rerun the same teachers: the node
+    keeps one ``DistillCache`` for the process."""
     import numpy as np
 
     from sdkd_pipeline.data.raw import make_raw
     from sdkd_pipeline.data.tensors import SplitConfig, WindowConfig, build_tensor_dataset
+    from sdkd_pipeline.distill import setup
     from sdkd_pipeline.models import build_model
     from sdkd_pipeline.pipelines.distill import nodes
+
+    assert isinstance(nodes._CACHE, setup.DistillCache)
 
     def windows(seed):
         fields = np.random.default_rng(seed).normal(size=(4, 8, 1, 16, 16)).astype("float32")
@@ -158,17 +193,17 @@ def test_teacher_outputs_are_computed_once_per_teacher_and_store(monkeypatch):
                            frame_hidden=4, hidden=8, depth=2, mlp_ratio=2.0).eval()
 
     calls = []
-    real = nodes.precompute_teacher_outputs
-    monkeypatch.setattr(nodes, "precompute_teacher_outputs",
+    real = setup.precompute_teacher_outputs
+    monkeypatch.setattr(setup, "precompute_teacher_outputs",
                         lambda models, *a, **k: calls.append(sorted(models)) or real(models, *a,
                                                                                      **k))
-    monkeypatch.setattr(nodes, "_OUTPUT_MEMO", {})
+    cache = setup.DistillCache()
     a, b = teacher(0), teacher(1)
     train = windows(0)
     kw = {"latents": False, "batch_size": 4, "device": torch.device("cpu"),
           "autocast_dtype": None}
-    first = nodes.teacher_outputs({"a": a}, train, **kw)
-    both = nodes.teacher_outputs({"a": a, "b": b}, train, **kw)  # only b is new
+    first = cache.teacher_outputs({"a": a}, train, **kw)
+    both = cache.teacher_outputs({"a": a, "b": b}, train, **kw)  # only b is new
     assert calls == [["a"], ["b"]]
     assert both["a"]["prediction"] is first["a"]["prediction"]
     with torch.no_grad():
@@ -176,8 +211,12 @@ def test_teacher_outputs_are_computed_once_per_teacher_and_store(monkeypatch):
         assert torch.allclose(both["b"]["prediction"], b(x), atol=1e-5)
     # retrained weights, latents or another store: computed again
     retrained = teacher(2)
-    nodes.teacher_outputs({"a": retrained}, train, **kw)
-    nodes.teacher_outputs({"a": a}, train, **{**kw, "latents": True})
-    nodes.teacher_outputs({"a": a}, windows(1), **kw)
+    cache.teacher_outputs({"a": retrained}, train, **kw)
+    with_latents = cache.teacher_outputs({"a": a}, train, **{**kw, "latents": True})
+    assert set(with_latents["a"]) == {"prediction", "state"}
+    other = windows(1)
+    cache.teacher_outputs({"a": a}, other, **kw)
     assert calls[2:] == [["a"], ["a"], ["a"]]
-    assert len(nodes._OUTPUT_MEMO) == 1  # the previous store's outputs were let go
+    # set-up on another store lets the previous store's outputs go
+    cache.forget_other_stores({setup.windows_fingerprint(other)})
+    assert len(cache.outputs) == 1

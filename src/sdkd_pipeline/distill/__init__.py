@@ -15,13 +15,11 @@ from sdkd_pipeline.distill.losses import (
     build_loss,
     camkd_weights,
     choose_cutoff,
-    loss_from_cache,
 )
 from sdkd_pipeline.distill.minnorm import min_norm_weights, min_norm_weights_torch
 
 __all__ = [
     "METHODS", "MULTI_TEACHER", "SINGLE_TEACHER", "Balancer", "DistillConfig",
-    "DistillationLoss", "build_loss", "camkd_weights", "choose_cutoff", "loss_from_cache",
-    "min_norm_weights",
+    "DistillationLoss", "build_loss", "camkd_weights", "choose_cutoff", "min_norm_weights",
     "min_norm_weights_torch",
 ]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from numbers import Real
+from numbers import Integral, Real
 from typing import Any
 
 from sdkd_pipeline.config_utils import list_param
@@ -33,13 +33,19 @@ SINGLE_TEACHER = frozenset({"output_mse", "sdkd", "sdkd_latent"})
 MULTI_TEACHER = frozenset({"aver_mkd", "aekd", "camkd", "sdkd_multi"})
 CUTOFF_MODES = ("fixed", "energy")
 BALANCE_MODES = ("fixed", "loss_ratio", "grad_ratio")
+# band weighting of sdkd, sdkd_latent and sdkd_multi: ``advantage`` weighs log-spaced bands by
+# the teacher's advantage in each (distill/band_weights.py); ``fixed`` is the paper's two-band
+# form D_high + alpha D_low (alpha = 1: plain output KD), kept as a control
+WEIGHTINGS = ("advantage", "fixed")
+FM_SOURCES = ("auto", "solver", "mixup")
 AEKD_GRADIENTS = ("output", "parameters")
 BAND_WEIGHTINGS = ("aver", "aekd", "camkd")
 CACHE_MODES = ("auto", "on", "off")
 
 # the keys of ``distill`` that configure a loss (the rest: lists, training, student configs)
 LOSS_KEYS = frozenset({"teacher", "teachers", "lambda", "alpha", "cutoff", "balance", "latent",
-                       "aekd", "camkd", "sdkd_multi", "teacher_cache", "cache_max_gb"})
+                       "aekd", "camkd", "sdkd_multi", "teacher_cache", "cache_max_gb",
+                       "weighting", "bands", "advantage", "function_matching"})
 PIPELINE_KEYS = frozenset({"students", "methods", "datasets", "training", "variants"})
 
 
@@ -59,7 +65,20 @@ class DistillConfig:
       contribute equally, ``grad_ratio`` equalises their gradient norms at the student's output
       (the square root of the loss ratio for these squared errors); ``lambda`` and ``alpha``
       then scale the balanced values;
-    - ``latent_weight``: weight of the latent term of ``sdkd_latent``;
+    - ``weighting``: how ``sdkd``, ``sdkd_latent`` and ``sdkd_multi`` weigh wavenumber bands:
+      ``advantage`` (default) gives each of ``bands`` log-spaced radial bands the weight
+      ``clip((E_b(G,Y) - E_b(F,Y)) / E_b(G,F), 0, advantage_w_max)`` from running estimates
+      (momentum ``advantage_momentum``; ``advantage_whiten`` also divides each band by the
+      teacher's share of energy in it); ``fixed`` is the paper's D_high + alpha D_low at the
+      cutoff (alpha = 1 is plain output KD);
+    - ``latent_share``: ``sdkd_latent``'s latent term is weighted so that it is this share of
+      the loss (running means of both terms); ``latent_weight`` instead fixes its weight when
+      ``latent_share`` is null;
+    - ``fm_*``: function matching (Beyer et al. 2022): the student also learns the teachers'
+      outputs on ``fm_ratio`` times as many unlabelled inputs as there are training windows,
+      from the solver's fresh initial states (``solver``) or mixup of training inputs
+      (``mixup``, Beta(``fm_mixup_alpha``)); ``auto`` picks the solver where the dataset is
+      generated. Never from validation or test data;
     - ``aekd_cap`` (C), ``aekd_gradients`` (``output``: gradients at the student's output,
       flattened over the batch; ``parameters``: w.r.t. all student parameters, M extra
       backward passes as in the AEKD paper);
@@ -85,6 +104,18 @@ class DistillConfig:
     balance_min: float = 1e-3
     balance_max: float = 1e3
     latent_weight: float = 0.1
+    latent_share: float | None = 0.2
+    weighting: str = "advantage"
+    bands: int = 3
+    advantage_w_max: float = 4.0
+    advantage_momentum: float = 0.9
+    advantage_whiten: bool = False
+    advantage_whiten_max: float = 100.0
+    fm_enabled: bool = False
+    fm_source: str = "auto"
+    fm_ratio: float = 1.0
+    fm_mixup_alpha: float = 0.4
+    fm_seed: int = 0
     aekd_cap: float = 0.6
     aekd_gradients: str = "output"
     camkd_temperature: float = 0.5
@@ -107,6 +138,11 @@ class DistillConfig:
     @property
     def uses_bands(self) -> bool:
         return self.method in ("sdkd", "sdkd_latent", "sdkd_multi")
+
+    @property
+    def uses_cutoff(self) -> bool:
+        """The paper's two-band split at k_c (the ``fixed`` weighting) needs a cutoff."""
+        return self.uses_bands and self.weighting == "fixed"
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -187,6 +223,18 @@ def _real(where: str, value: Any, *, low: float | None = None, high: float | Non
     return value
 
 
+def _integer(where: str, value: Any, *, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
+        raise ConfigError(f"{where} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def _flag(where: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    return value
+
+
 def _choice(where: str, value: Any, options: tuple[str, ...]) -> str:
     if value not in options:
         raise ConfigError(f"{where} must be one of {', '.join(options)}, got {value!r}")
@@ -197,7 +245,17 @@ def _build(cls: type[DistillConfig], name: str, method: str, s: Mapping[str, Any
            ) -> DistillConfig:
     cutoff = _section(s, "cutoff", {"mode", "k", "energy_fraction"}, where)
     balance = _section(s, "balance", {"alpha", "lambda", "momentum", "min", "max"}, where)
-    latent = _section(s, "latent", {"weight"}, where)
+    latent = _section(s, "latent", {"weight", "share"}, where)
+    advantage = _section(s, "advantage", {"w_max", "momentum", "whiten", "whiten_max"}, where)
+    fm = _section(s, "function_matching", {"enabled", "source", "ratio", "mixup_alpha", "seed"},
+                  where)
+    if balance.get("alpha", "fixed") in ("loss_ratio", "grad_ratio"):
+        raise ConfigError(
+            f"{where}.balance.alpha: {balance['alpha']!r} is no longer offered: it scaled "
+            "alpha D_low to match D_high, which mutes the band where the teacher's advantage "
+            "lies; use weighting: advantage (bands weighted by the teacher's advantage in "
+            "each) or a fixed alpha"
+        )
     aekd = _section(s, "aekd", {"cap", "gradients"}, where)
     camkd = _section(s, "camkd", {"temperature"}, where)
     multi = _section(s, "sdkd_multi", {"weighting"}, where)
@@ -232,6 +290,26 @@ def _build(cls: type[DistillConfig], name: str, method: str, s: Mapping[str, Any
         balance_max=_real(f"{where}.balance.max", balance.get("max", 1e3), low=0.0,
                           open_low=True),
         latent_weight=_real(f"{where}.latent.weight", latent.get("weight", 0.1), low=0.0),
+        latent_share=None if latent.get("share", 0.2) is None else _real(
+            f"{where}.latent.share", latent.get("share", 0.2), low=0.0, high=0.9,
+            open_low=True),
+        weighting=_choice(f"{where}.weighting", s.get("weighting", "advantage"), WEIGHTINGS),
+        bands=_integer(f"{where}.bands", s.get("bands", 3), low=2),
+        advantage_w_max=_real(f"{where}.advantage.w_max", advantage.get("w_max", 4.0), low=0.0,
+                              open_low=True),
+        advantage_momentum=_real(f"{where}.advantage.momentum",
+                                 advantage.get("momentum", 0.9), low=0.0, high=0.9999),
+        advantage_whiten=_flag(f"{where}.advantage.whiten", advantage.get("whiten", False)),
+        advantage_whiten_max=_real(f"{where}.advantage.whiten_max",
+                                   advantage.get("whiten_max", 100.0), low=1.0),
+        fm_enabled=_flag(f"{where}.function_matching.enabled", fm.get("enabled", False)),
+        fm_source=_choice(f"{where}.function_matching.source", fm.get("source", "auto"),
+                          FM_SOURCES),
+        fm_ratio=_real(f"{where}.function_matching.ratio", fm.get("ratio", 1.0), low=0.0,
+                       open_low=True),
+        fm_mixup_alpha=_real(f"{where}.function_matching.mixup_alpha",
+                             fm.get("mixup_alpha", 0.4), low=0.0, open_low=True),
+        fm_seed=_integer(f"{where}.function_matching.seed", fm.get("seed", 0), low=0),
         aekd_cap=_real(f"{where}.aekd.cap", aekd.get("cap", 0.6), low=0.0, open_low=True),
         aekd_gradients=_choice(f"{where}.aekd.gradients", aekd.get("gradients", "output"),
                                AEKD_GRADIENTS),

@@ -36,9 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sdkd_pipeline.distill.band_weights import BandAdvantage, RunningMean, all_ranks_mean
 from sdkd_pipeline.distill.config import DistillConfig
 from sdkd_pipeline.distill.minnorm import min_norm_weights_torch
-from sdkd_pipeline.distill.teachers import WithTeacherTargets, run_teacher
+from sdkd_pipeline.distill.teachers import run_teacher
 from sdkd_pipeline.errors import ConfigError
 from sdkd_pipeline.spectral import (
     BandSplit,
@@ -204,6 +205,10 @@ class DistillationLoss:
     ``teachers`` maps names to frozen teacher models; they are used only when a batch's target
     carries no cached teacher outputs (``WithTeacherTargets``). They stay out of
     ``parameters()`` and ``state_dict()``: the teachers have their own checkpoints.
+
+    A batch's target may mark samples without a truth (function matching): ``{"y": ...,
+    "labelled": bool (B,), "teachers": ...}``. The task term and every statistic that needs the
+    truth then use the labelled samples only; the KD terms use all samples.
     """
 
     def __init__(
@@ -237,13 +242,22 @@ class DistillationLoss:
         self.names = sorted(self.teachers) if cfg.multi_teacher else list(self.teachers)
         self.height, self.width = height, width
         self.split: BandSplit | None = None
+        self.advantage: BandAdvantage | None = None
         self.cutoff = cutoff
-        if cfg.uses_bands:
+        if cfg.uses_cutoff:
             if cutoff is None:
                 raise ConfigError(f"method {cfg.name!r} needs a band cutoff (choose_cutoff)")
             self.split = BandSplit.two_band(height, width, cutoff)
+        elif cfg.uses_bands:
+            self.split = BandSplit.log_spaced(height, width, cfg.bands)
+            self.advantage = BandAdvantage(
+                self.split, w_max=cfg.advantage_w_max, momentum=cfg.advantage_momentum,
+                whiten=cfg.advantage_whiten, whiten_max=cfg.advantage_whiten_max)
         self.projector: nn.Conv2d | None = None
-        self.latent_split: BandSplit | None = None
+        self.latent_mean = RunningMean(cfg.advantage_momentum)
+        self.latent_var = RunningMean(cfg.advantage_momentum)
+        self.main_running = RunningMean(cfg.balance_momentum)
+        self.latent_running = RunningMean(cfg.balance_momentum)
         if cfg.needs_latents:
             if not student_latent_channels or not teacher_latent_channels:
                 raise ConfigError("sdkd_latent needs the student's and teacher's latent widths")
@@ -265,6 +279,8 @@ class DistillationLoss:
             model.to(device)
         if self.projector is not None:
             self.projector.to(device)
+        if self.split is not None:
+            self.split.to(device)
         return self
 
     def parameters(self):
@@ -275,6 +291,8 @@ class DistillationLoss:
             "projector": None if self.projector is None else self.projector.state_dict(),
             "alpha_balance": self.alpha_balance.state_dict(),
             "lambda_balance": self.lambda_balance.state_dict(),
+            "advantage": None if self.advantage is None else self.advantage.state_dict(),
+            "running": {name: getattr(self, name).state_dict() for name in _RUNNING},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -282,20 +300,38 @@ class DistillationLoss:
             self.projector.load_state_dict(state["projector"])
         self.alpha_balance.load_state_dict(state["alpha_balance"])
         self.lambda_balance.load_state_dict(state["lambda_balance"])
+        if self.advantage is not None and state.get("advantage") is not None:
+            self.advantage.load_state_dict(state["advantage"])
+        for name, value in (state.get("running") or {}).items():
+            getattr(self, name).load_state_dict(value)
 
     # -- the loss ------------------------------------------------------------------------
 
-    def teacher_outputs(self, x: torch.Tensor, y: Any) -> tuple[torch.Tensor,
-                                                               dict[str, dict[str, torch.Tensor]]]:
-        """The truth and the teachers' outputs: cached ones from the batch, else a forward."""
+    def teacher_outputs(self, x: torch.Tensor, y: Any) -> tuple[
+            torch.Tensor, torch.Tensor | None, dict[str, dict[str, torch.Tensor]]]:
+        """``(truth, labelled mask or None, teachers' outputs)``: cached outputs from the
+        batch, else a forward pass of each teacher."""
         if isinstance(y, Mapping):
-            return y["y"], {n: y["teachers"][n] for n in self.names}
-        return y, {n: run_teacher(self.teachers[n], x, self.cfg.needs_latents)
-                   for n in self.names}
+            labelled = y.get("labelled")
+            if "teachers" in y:
+                return y["y"], labelled, {n: y["teachers"][n] for n in self.names}
+            y = y["y"]
+        else:
+            labelled = None
+        return y, labelled, {n: run_teacher(self.teachers[n], x, self.cfg.needs_latents)
+                             for n in self.names}
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: Any
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        target, outputs = self.teacher_outputs(x, y)
+        target, labelled, outputs = self.teacher_outputs(x, y)
+        labelled_share = None
+        if labelled is not None:
+            labelled = labelled.to(x.device).bool()
+            # logged for every batch that carries a mask, all-labelled ones too (the engine
+            # averages components over all samples of the epoch)
+            labelled_share = labelled.float().mean()
+            if bool(labelled.all()):
+                labelled = None  # every sample has a truth: the plain path
         if self.cfg.needs_latents:
             prediction, features = model(x, return_features=True)
         else:
@@ -305,17 +341,29 @@ class DistillationLoss:
                              f"target shape {tuple(target.shape)}")
         prediction = prediction.float()
         target = target.float()
-        task = F.mse_loss(prediction, target)
+        if labelled is None:
+            task = F.mse_loss(prediction, target)
+        elif bool(labelled.any()):
+            task = F.mse_loss(prediction[labelled], target[labelled])
+        else:
+            task = prediction.sum() * 0.0  # no truth in this batch
         teacher_preds = torch.stack([outputs[n]["prediction"].float() for n in self.names])
         components: dict[str, torch.Tensor] = {"task": task.detach()}
-        kd = self._kd_term(prediction, target, teacher_preds, components)
-        if self.cfg.needs_latents:
-            latent = self._latent_term(features, outputs[self.names[0]], components)
-            kd = kd + self.cfg.latent_weight * latent
+        if labelled_share is not None:
+            components["labelled"] = labelled_share
+        kd = self._kd_term(prediction, target, labelled, teacher_preds, components)
         lam = self.cfg.lam * self.lambda_balance(task, kd)
         components["kd"] = kd.detach()
         components["lambda"] = lam.detach()
-        return task + lam * kd, components
+        total = task + lam * kd
+        if self.cfg.needs_latents:
+            latent = self._latent_term(features, outputs[self.names[0]], components)
+            weight = self._latent_weight(total, latent)
+            components.update(latent_weight=weight.detach(),
+                              latent_share=(weight * latent / (total + weight * latent)
+                                            .clamp_min(_EPS)).detach())
+            total = total + weight * latent
+        return total, components
 
     # -- the KD terms --------------------------------------------------------------------
 
@@ -323,8 +371,8 @@ class DistillationLoss:
         return self.cfg.alpha * self.alpha_balance(d_high, d_low)
 
     def _kd_term(self, prediction: torch.Tensor, target: torch.Tensor,
-                 teacher_preds: torch.Tensor, components: dict[str, torch.Tensor]
-                 ) -> torch.Tensor:
+                 labelled: torch.Tensor | None, teacher_preds: torch.Tensor,
+                 components: dict[str, torch.Tensor]) -> torch.Tensor:
         method = self.cfg.method
         names = self.names
         if method == "output_mse":
@@ -332,6 +380,9 @@ class DistillationLoss:
         if method in ("sdkd", "sdkd_latent"):
             assert self.split is not None
             bands = self.split.band_mse(prediction, teacher_preds[0])
+            if self.advantage is not None:
+                self.advantage.update(prediction, target, teacher_preds[0], labelled)
+                return self._advantage_sum(bands, components)
             alpha = self._alpha(bands[HIGH], bands[LOW])
             components.update(kd_high=bands[HIGH].detach(), kd_low=bands[LOW].detach(),
                               alpha=alpha.detach())
@@ -346,17 +397,28 @@ class DistillationLoss:
             kd = (weights * per_teacher).sum()
         elif method == "camkd":
             per_sample = _per_sample_mse(prediction[None], teacher_preds)  # (M, B)
-            weights_ms = camkd_weights(_per_sample_mse(teacher_preds, target[None]),
-                                       self.cfg.camkd_temperature)
+            weights_ms = _camkd_or_uniform(_per_sample_mse(teacher_preds, target[None]),
+                                           labelled, self.cfg.camkd_temperature)
             kd = (weights_ms * per_sample).sum(0).mean()
             weights = weights_ms.mean(1)
         elif method == "sdkd_multi":
-            return self._sdkd_multi(prediction, target, teacher_preds, components)
+            return self._sdkd_multi(prediction, target, labelled, teacher_preds, components)
         else:  # pragma: no cover - config validation rejects other names
             raise ConfigError(f"unknown distillation method {method!r}")
         for name, w in zip(names, weights, strict=True):
             components[f"w_{name}"] = w.detach()
         return kd
+
+    def _advantage_sum(self, bands: torch.Tensor, components: dict[str, torch.Tensor]
+                       ) -> torch.Tensor:
+        """sum_b w_b s_b D_b with the advantage weights w_b and whitening scales s_b."""
+        assert self.advantage is not None
+        weights = self.advantage.weights().to(bands.device)
+        scales = self.advantage.scales().to(bands.device)
+        for b in range(len(bands)):
+            components[f"kd_band{b}"] = bands[b].detach()
+            components[f"w_band{b}"] = weights[b]
+        return (weights * scales * bands).sum()
 
     def _aekd(self, prediction: torch.Tensor, teacher_preds: torch.Tensor,
               per_teacher: torch.Tensor, band: int | None) -> torch.Tensor:
@@ -379,71 +441,118 @@ class DistillationLoss:
         return aekd_weights(gram, self.cfg.aekd_cap)
 
     def _sdkd_multi(self, prediction: torch.Tensor, target: torch.Tensor,
-                    teacher_preds: torch.Tensor, components: dict[str, torch.Tensor]
-                    ) -> torch.Tensor:
+                    labelled: torch.Tensor | None, teacher_preds: torch.Tensor,
+                    components: dict[str, torch.Tensor]) -> torch.Tensor:
         assert self.split is not None
         rule = self.cfg.band_weighting
-        n = len(self.names)
+        n, n_bands = len(self.names), self.split.n_bands
         if rule == "camkd":
             # per sample: (M, B, bands) distances and teacher errors against the truth
             dist = torch.stack([self.split.band_mse_per_sample(prediction, p)
                                 for p in teacher_preds])
             errors = torch.stack([self.split.band_mse_per_sample(p, target)
                                   for p in teacher_preds])
-            weights = torch.stack([camkd_weights(errors[..., b], self.cfg.camkd_temperature)
-                                   for b in (LOW, HIGH)], dim=-1)  # (M, B, 2)
-            banded = (weights * dist).sum(0).mean(0)  # (2,)
-            mean_w = weights.mean(1)  # (M, 2)
+            weights = torch.stack([_camkd_or_uniform(errors[..., b], labelled,
+                                                     self.cfg.camkd_temperature)
+                                   for b in range(n_bands)], dim=-1)  # (M, B, bands)
+            banded = (weights * dist).sum(0).mean(0)  # (bands,)
+            mean_w = weights.mean(1)  # (M, bands)
         else:
             dist = torch.stack([self.split.band_mse(prediction, p) for p in teacher_preds])
             if rule == "aver":
                 mean_w = torch.full_like(dist, 1.0 / n)
             else:  # aekd per band: min-norm weights of each band's gradients
                 mean_w = torch.stack([self._aekd(prediction, teacher_preds, dist[:, b], band=b)
-                                      for b in (LOW, HIGH)], dim=-1)
-            banded = (mean_w * dist).sum(0)  # (2,)
+                                      for b in range(n_bands)], dim=-1)
+            banded = (mean_w * dist).sum(0)  # (bands,)
+        for i, name in enumerate(self.names):
+            if self.advantage is None:
+                components[f"w_low_{name}"] = mean_w[i, LOW].detach()
+                components[f"w_high_{name}"] = mean_w[i, HIGH].detach()
+            else:
+                for b in range(n_bands):
+                    components[f"w_band{b}_{name}"] = mean_w[i, b].detach()
+        if self.advantage is not None:
+            self._observe_ensemble(prediction, target, labelled, teacher_preds, mean_w.detach())
+            return self._advantage_sum(banded, components)
         alpha = self._alpha(banded[HIGH], banded[LOW])
         components.update(kd_high=banded[HIGH].detach(), kd_low=banded[LOW].detach(),
                           alpha=alpha.detach())
-        for i, name in enumerate(self.names):
-            components[f"w_low_{name}"] = mean_w[i, LOW].detach()
-            components[f"w_high_{name}"] = mean_w[i, HIGH].detach()
         return banded[HIGH] + alpha * banded[LOW]
+
+    @torch.no_grad()
+    def _observe_ensemble(self, prediction: torch.Tensor, target: torch.Tensor,
+                          labelled: torch.Tensor | None, teacher_preds: torch.Tensor,
+                          mean_w: torch.Tensor) -> None:
+        """The teachers' band statistics folded with their per-band weights (M, bands), so
+        the advantage is the weighted ensemble's."""
+        assert self.advantage is not None and self.split is not None
+        split, adv = self.split, self.advantage
+        prediction = prediction.detach()
+        distance = torch.stack([split.band_mse(prediction, p) for p in teacher_preds])
+        energy = torch.stack([adv.band_power(p) for p in teacher_preds])
+        student_error = teacher_error = None
+        if labelled is None or bool(labelled.any()):
+            sel = slice(None) if labelled is None else labelled
+            student_error = split.band_mse(prediction[sel], target[sel])
+            teacher_error = (mean_w * torch.stack(
+                [split.band_mse(p[sel], target[sel]) for p in teacher_preds])).sum(0)
+        adv.observe(distance=(mean_w * distance).sum(0), teacher_energy=(mean_w * energy).sum(0),
+                    student_error=student_error, teacher_error=teacher_error)
+
+    # -- latent alignment ----------------------------------------------------------------
 
     def _latent_term(self, features: Mapping[str, torch.Tensor],
                      teacher: Mapping[str, torch.Tensor], components: dict[str, torch.Tensor]
                      ) -> torch.Tensor:
+        """MSE between the student's projected bottleneck and the teacher's latent state,
+        standardized per channel by running statistics (FitNets)."""
         if "bottleneck" not in features:
             raise ConfigError(f"sdkd_latent needs the student's 'bottleneck' latent; the "
                               f"student returns {sorted(features)}")
         assert self.projector is not None
+        state = teacher["state"].float()
+        with torch.no_grad():
+            self.latent_mean.update(all_ranks_mean(state.mean((0, 2, 3))))
+            self.latent_var.update(all_ranks_mean(state.var((0, 2, 3), unbiased=False)))
+        mean = self.latent_mean.get()[None, :, None, None]
+        std = self.latent_var.get().clamp_min(_EPS).sqrt()[None, :, None, None]
+        standardized = (state - mean) / std
         projected = self.projector(features["bottleneck"].float())
-        z_high, z_low = teacher["high"].float(), teacher["low"].float()
-        if projected.shape[-2:] != z_high.shape[-2:]:
-            projected = F.interpolate(projected, size=z_high.shape[-2:], mode="bilinear",
+        if projected.shape[-2:] != standardized.shape[-2:]:
+            projected = F.interpolate(projected, size=standardized.shape[-2:], mode="bilinear",
                                       align_corners=False)
-        split = self._latent_bands(*z_high.shape[-2:])
-        high = split.band_mse(projected, z_high)[HIGH]
-        low = split.band_mse(projected, z_low)[LOW]
-        # the same band weighting as the output term (balanced there when configured)
-        alpha = components.get("alpha", torch.tensor(self.cfg.alpha, device=high.device))
-        latent = high + alpha * low
-        components.update(latent_high=high.detach(), latent_low=low.detach())
+        latent = F.mse_loss(projected, standardized)
+        components["latent"] = latent.detach()
         return latent
 
-    def _latent_bands(self, h: int, w: int) -> BandSplit:
-        if self.latent_split is None or (self.latent_split.height, self.latent_split.width) != (
-                h, w):
-            assert self.cutoff is not None
-            k_max = max_wavenumber(h, w)
-            cutoff = self.cutoff
-            if cutoff >= k_max:
-                # the latent grid is coarser than the data's: keep a non-empty high band
-                cutoff = k_max / 2
-                log.warning("latent grid %dx%d resolves wavenumbers up to %.2f only: latent "
-                            "band cutoff lowered from %g to %g", h, w, k_max, self.cutoff, cutoff)
-            self.latent_split = BandSplit.two_band(h, w, cutoff)
-        return self.latent_split
+    def _latent_weight(self, main: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        """``latent_share / (1 - latent_share)`` times running main / latent: the latent term
+        is then that share of the loss; or the fixed ``latent_weight``."""
+        if self.cfg.latent_share is None:
+            return torch.tensor(self.cfg.latent_weight, device=latent.device)
+        self.main_running.update(main.detach())
+        self.latent_running.update(latent.detach())
+        share = self.cfg.latent_share
+        ratio = self.main_running.get() / self.latent_running.get().clamp_min(_EPS)
+        # capped like the balancers: a latent term that has nearly vanished is not blown up
+        weight = (share / (1 - share) * ratio).clamp(max=self.cfg.balance_max)
+        return weight.to(latent.device)
+
+
+_RUNNING = ("latent_mean", "latent_var", "main_running", "latent_running")
+
+
+def _camkd_or_uniform(errors: torch.Tensor, labelled: torch.Tensor | None,
+                      temperature: float) -> torch.Tensor:
+    """CA-MKD weights (M, B) from the teachers' errors on samples with a truth; uniform
+    weights on samples without one (function matching), where confidence is unknown."""
+    if labelled is None:
+        return camkd_weights(errors, temperature)
+    weights = torch.full_like(errors, 1.0 / errors.shape[0])
+    if bool(labelled.any()):
+        weights[:, labelled] = camkd_weights(errors[:, labelled], temperature)
+    return weights
 
 
 def _per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -458,23 +567,3 @@ def build_loss(cfg: DistillConfig, teachers: Mapping[str, nn.Module], **kwargs: 
         return None
     return DistillationLoss(cfg, teachers, **kwargs)
 
-
-def loss_from_cache(cfg: DistillConfig, teachers: Mapping[str, nn.Module],
-                    cache: Mapping[str, Mapping[str, torch.Tensor]], train_set: Any,
-                    model: nn.Module, *, height: int, width: int, cutoff_windows: int = 128
-                    ) -> tuple[DistillationLoss, WithTeacherTargets, float | None]:
-    """``(loss, training windows with the teachers' cached targets, cutoff)`` for distilling
-    ``model`` from ``teachers``, whose outputs on ``train_set`` are ``cache`` (as made by
-    ``precompute_teacher_outputs``; it may hold other teachers too). An energy cutoff is set
-    from the first ``cutoff_windows`` cached predictions."""
-    names = list(teachers)
-    predictions = [cache[n]["prediction"][:cutoff_windows] for n in names]
-    cutoff = choose_cutoff(cfg, height, width, predictions) if cfg.uses_bands else None
-    first = teachers[names[0]]
-    loss = build_loss(
-        cfg, teachers, height=height, width=width, cutoff=cutoff,
-        student_latent_channels=getattr(model, "latent_channels", None),
-        teacher_latent_channels=getattr(first, "latent_channels", None),
-        student_parameters=list(model.parameters()),
-    )
-    return loss, WithTeacherTargets(train_set, {n: cache[n] for n in names}), cutoff

@@ -86,15 +86,14 @@ def freeze(model: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def run_teacher(model: nn.Module, x: torch.Tensor, latents: bool) -> dict[str, torch.Tensor]:
-    """The teacher's prediction (and with ``latents`` its ``high`` / ``low`` latents), float32."""
+    """The teacher's prediction (and with ``latents`` its latent ``state``, the latent after
+    the last block's residual), float32."""
     if latents:
         prediction, features = model.forward_features(x)
-        missing = {"high", "low"} - set(features)
-        if missing:
-            raise ConfigError(f"latent distillation needs the teacher's 'high' and 'low' "
-                              f"latents; {type(model).__name__} has {sorted(features)}")
-        return {"prediction": prediction.float(), "high": features["high"].float(),
-                "low": features["low"].float()}
+        if "state" not in features:
+            raise ConfigError(f"latent distillation needs the teacher's latent 'state'; "
+                              f"{type(model).__name__} has {sorted(features)}")
+        return {"prediction": prediction.float(), "state": features["state"].float()}
     return {"prediction": model(x).float()}
 
 

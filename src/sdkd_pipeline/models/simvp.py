@@ -130,13 +130,14 @@ class GSTABlock(nn.Module):
         x = x + low
         high = self.scale2 * self.mlp(self.norm2(x))
         fused = x + high
-        return self.reduction(fused), {"high": high, "low": low, "fused": fused}
+        # ``state``: the latent after both residuals, what the next block (or the decoder) reads
+        return self.reduction(fused), {"high": high, "low": low, "fused": fused, "state": fused}
 
 
 class SimVP(ForecastModel):
     """SimVP v2 (gSTA) teacher (see the module docstring)."""
 
-    latent_names = ("high", "low", "fused")
+    latent_names = ("high", "low", "fused", "state")
 
     def __init__(self, *, in_frames: int, out_frames: int, channels: int, height: int,
                  width: int, config: SimVPConfig | None = None) -> None:

@@ -132,7 +132,7 @@ class AlterBlock(nn.Module):
 class STAlterNet(ForecastModel):
     """ST-AlterNet teacher (see the module docstring for the layout)."""
 
-    latent_names = ("high", "low", "fused")
+    latent_names = ("high", "low", "fused", "state")
 
     def __init__(self, *, in_frames: int, out_frames: int, channels: int, height: int,
                  width: int, config: STAlterNetConfig | None = None) -> None:
@@ -172,4 +172,6 @@ class STAlterNet(ForecastModel):
         def as_map(t: torch.Tensor) -> torch.Tensor:
             return t.transpose(1, 2).reshape(batch, -1, h, w)
 
-        return y, {"high": as_map(high), "low": as_map(low), "fused": as_map(fused)}
+        # ``state``: the token map after the last block's residuals (before the output norm)
+        return y, {"high": as_map(high), "low": as_map(low), "fused": as_map(fused),
+                   "state": as_map(tokens)}
