@@ -54,6 +54,7 @@ Stability guard (two layers):
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time as _time
@@ -69,6 +70,8 @@ import xarray as xr
 from sdkd_pipeline.data.raw import make_raw
 from sdkd_pipeline.errors import ConfigError, DataError, MissingRawDataError
 
+log = logging.getLogger(__name__)
+
 DATASET_NAME = "navier_stokes"
 GENERATED_SOURCE = "generated:navier_stokes_pseudospectral"
 CHANNELS = ["vorticity"]
@@ -81,6 +84,9 @@ _LAYOUTS = ("half", "packed")
 # Safety factor applied to the stability bound when ``dt`` is chosen automatically (then
 # rounded down to 1, 2 or 5 x 10^k): FNO's nu = 1e-5 setting gets FNO's dt = 1e-4.
 _AUTO_DT_SAFETY = 0.5
+# The resolution check: a grid resolves the flow when the outer fifth of its dealiased shells
+# holds less than this share of the enstrophy (nu = 1e-4 on 64^2: ~1e-4).
+RESOLVED_CUTOFF_SHARE = 1e-3
 
 
 # --------------------------------------------------------------------------------------------
@@ -600,6 +606,8 @@ class RunDiagnostics:
     blowup_time: np.ndarray  # (batch,) float, NaN where sane
     max_rms_ratio: float  # max over records of rms(w) / (rms(w0) + t rms(f))
     max_speed: float  # max |u| over all records
+    # max over records of the enstrophy share in the outer fifth of the dealiased shells
+    max_cutoff_share: float = 0.0
 
 
 class VorticitySolver:
@@ -661,6 +669,7 @@ class VorticitySolver:
         self.parseval_weights = real(ops.parseval_weights)
         self.forcing_rms = float(np.sqrt(np.mean(forcing_field(self.n, forcing_amplitude) ** 2)))
         self._buffers: dict[int, tuple[torch.Tensor, ...]] = {}
+        self._cutoff_mask: torch.Tensor | None = None
 
     # -- state conversion --------------------------------------------------------------------
 
@@ -700,6 +709,21 @@ class VorticitySolver:
         w_h = self.half_plane(state)
         return torch.fft.irfft2(w_h.unsqueeze(-3) * self.half_derivatives[which],
                                 s=(self.n, self.n))
+
+    def cutoff_share(self, state: torch.Tensor) -> torch.Tensor:
+        """Per trajectory, the share of the enstrophy in the outer fifth of the dealiased
+        shells (0.8 k_d < |k| <= k_d, k_d = n/3): the resolution check. A resolved flow has
+        next to nothing there; a pile-up near the cutoff means the grid is too coarse."""
+        w_h = self.half_plane(state)
+        if self._cutoff_mask is None:
+            ky, kx = wavenumbers(self.n)
+            kmag = np.sqrt(kx**2 + ky**2)
+            k_d = self.n / 3.0
+            self._cutoff_mask = torch.as_tensor((kmag > 0.8 * k_d) & (kmag <= k_d),
+                                                device=self.device)
+        power = (w_h.real**2 + w_h.imag**2) * self.parseval_weights
+        total = power.sum(dim=(-2, -1)).clamp_min(torch.finfo(power.dtype).tiny)
+        return (power * self._cutoff_mask).sum(dim=(-2, -1)) / total
 
     def max_speed(self, state: torch.Tensor) -> torch.Tensor:
         uv = self._half_fields(state, slice(0, 2))
@@ -798,7 +822,7 @@ class VorticitySolver:
             frame = 1
         blown = torch.zeros(batch, dtype=torch.bool, device=self.device)
         blowup_time = torch.full((batch,), float("nan"), dtype=torch.float64)
-        max_ratio, max_speed = 0.0, 0.0
+        max_ratio, max_speed, max_cutoff = 0.0, 0.0, 0.0
         chunk = max(1, min(steps_per_record, 200))
         for r in range(spinup_records + n_records):
             done = 0
@@ -824,6 +848,7 @@ class VorticitySolver:
             if bool(sane.any()):
                 max_ratio = max(max_ratio, float(ratio[sane].max()))
                 max_speed = max(max_speed, float(self.max_speed(w_h[sane]).max()))
+                max_cutoff = max(max_cutoff, float(self.cutoff_share(w_h[sane]).max()))
             if r + 1 < spinup_records or (r + 1 == spinup_records
                                           and not include_initial_state):
                 continue
@@ -835,6 +860,7 @@ class VorticitySolver:
             blowup_time=blowup_time.numpy(),
             max_rms_ratio=max_ratio,
             max_speed=max_speed,
+            max_cutoff_share=max_cutoff,
         )
         return records, diagnostics
 
@@ -887,7 +913,7 @@ def generate_navier_stokes(
     m = cfg.record_resolution
     fields_out = np.empty((cfg.n_trajectories, n_frames, 1, m, m), dtype=np.float32)
     blown_all = np.zeros(cfg.n_trajectories, dtype=bool)
-    max_ratio, max_speed = 0.0, 0.0
+    max_ratio, max_speed, max_cutoff = 0.0, 0.0, 0.0
     n_steps = (cfg.spinup_records + cfg.n_records) * cfg.steps_per_record
     started = _time.perf_counter()
     bar = tqdm(
@@ -924,9 +950,16 @@ def generate_navier_stokes(
             blown_all[idx] = diag.blown_up
             max_ratio = max(max_ratio, diag.max_rms_ratio)
             max_speed = max(max_speed, diag.max_speed)
+            max_cutoff = max(max_cutoff, diag.max_cutoff_share)
     finally:
         bar.close()
     elapsed = _time.perf_counter() - started
+    if max_cutoff > RESOLVED_CUTOFF_SHARE:
+        log.warning(
+            "%s: resolution check: up to %.2g of the enstrophy lies in the outer fifth of the "
+            "dealiased shells of the %d^2 grid (resolved flows hold < %g there); the grid "
+            "may not resolve viscosity=%g: raise resolution", PARAM_PREFIX, max_cutoff,
+            cfg.resolution, RESOLVED_CUTOFF_SHARE, cfg.viscosity)
     kept = np.flatnonzero(~blown_all)
     if kept.size == 0:
         raise ConfigError(
@@ -948,6 +981,7 @@ def generate_navier_stokes(
             "max_speed": max_speed,
             "max_stability_number": dt * max_speed**2 / (2.0 * cfg.viscosity),
             "max_enstrophy_bound_ratio": max_ratio,
+            "max_cutoff_enstrophy_share": max_cutoff,
             "dropped_trajectories": ",".join(str(i) for i in np.flatnonzero(blown_all)) or "none",
             "equation": "dw/dt + u.grad(w) = nu lap(w) + f, f = A(sin 2pi(x+y) + cos 2pi(x+y))",
             "scheme": "pseudo-spectral, 2/3 dealiasing, Crank-Nicolson viscous, forward-Euler "
