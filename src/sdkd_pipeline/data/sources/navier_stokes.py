@@ -667,6 +667,7 @@ class VorticitySolver:
         self._c_w_c, self._neg_c_nl_c = cplx(ops.c_w), cplx(-ops.c_nl)
         self.forcing_term = cplx(ops.forcing_term)
         self.parseval_weights = real(ops.parseval_weights)
+        self._half_parseval_weights = real(half.parseval_weights)
         self.forcing_rms = float(np.sqrt(np.mean(forcing_field(self.n, forcing_amplitude) ** 2)))
         self._buffers: dict[int, tuple[torch.Tensor, ...]] = {}
         self._cutoff_mask: torch.Tensor | None = None
@@ -721,7 +722,7 @@ class VorticitySolver:
             k_d = self.n / 3.0
             self._cutoff_mask = torch.as_tensor((kmag > 0.8 * k_d) & (kmag <= k_d),
                                                 device=self.device)
-        power = (w_h.real**2 + w_h.imag**2) * self.parseval_weights
+        power = (w_h.real**2 + w_h.imag**2) * self._half_parseval_weights
         total = power.sum(dim=(-2, -1)).clamp_min(torch.finfo(power.dtype).tiny)
         return (power * self._cutoff_mask).sum(dim=(-2, -1)) / total
 
