@@ -1,0 +1,68 @@
+"""benchmarks/study.py on its quick profile: the files it writes, their columns, and resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REQUIRED = ["role", "model", "method", "seed", "function_matching", "val_mse", "test_mse",
+            "test_mae", "test_ssim", "steps", "seconds"]
+
+
+def _run(out: Path, work: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "study.py"), "--profile", "quick",
+         "--out", str(out), "--work", str(work), *extra],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+    )
+
+
+@pytest.mark.slow
+def test_quick_study_writes_one_row_per_model_and_resumes_without_retraining(tmp_path):
+    out, work = tmp_path / "results", tmp_path / "work"
+    first = _run(out, work)
+    assert first.returncode == 0, first.stderr[-3000:]
+    with open(out / "study_cpu.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert set(REQUIRED) <= set(rows[0])
+    roles = [(r["role"], r["model"], r["method"], r["seed"]) for r in rows]
+    assert len(roles) == len(set(roles))  # one row per trained model
+    methods = ["none", "none_matched", "output_mse", "sdkd", "sdkd_fm"]
+    assert sorted(r[2] for r in roles if r[0] == "student") == sorted(methods * 2)
+    assert {r[1] for r in roles if r[0] == "teacher"} == {"st_alternet", "simvp"}
+    assert {r[1] for r in roles if r[0] == "baseline"} == {"persistence", "climatology"}
+    fm = {r["method"]: r["function_matching"] for r in rows if r["role"] == "student"}
+    assert fm["sdkd_fm"] == "true" and fm["sdkd"] == "false"
+    for r in rows:
+        assert math.isfinite(float(r["test_mse"])) and float(r["test_mse"]) > 0
+        if r["role"] != "baseline":
+            assert int(r["steps"]) == 6  # 2 epochs of 3 batches: every method the same budget
+
+    report = json.loads((out / "study_cpu.json").read_text())
+    assert report["meta"]["command"].startswith("python")
+    assert report["meta"]["commit"]
+    unet = report["summary"]["students"]["unet"]
+    assert unet["none"]["gap_closed"][0] == pytest.approx(0.0, abs=1e-12) or math.isnan(
+        unet["none"]["gap_closed"][0])
+    assert unet["sdkd"]["vs_output_mse_pairs"] == 2
+    assert (out / "study_cpu.md").read_text().startswith("# Distillation study")
+    assert (out / "study_cpu_unet.png").stat().st_size > 10_000
+
+    second = _run(out, work)  # everything is finished: nothing is trained again
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "seed 0 none " not in second.stdout and "reusing" in second.stdout
+    with open(out / "study_cpu.csv") as handle:
+        assert list(csv.DictReader(handle)) == rows
+
+
+def test_an_unknown_profile_is_refused_with_the_known_ones(tmp_path):
+    result = _run(tmp_path / "o", tmp_path / "w", "--profile", "laptop")
+    assert result.returncode != 0
+    assert "no profile 'laptop'" in result.stderr and "cpu" in result.stderr
