@@ -623,16 +623,25 @@ def figures(summary: dict, rows: list[dict], prefix: Path) -> list[str]:
         ax = axes[0]
         ax.bar(range(len(names)), means, yerr=[h if math.isfinite(h) else 0 for h in halves],
                color=["#999" if m.startswith("none") else "#3b75af" for m in names], capsize=3)
+        top = 1.45 * max(m + (h if math.isfinite(h) else 0) for m, h in zip(means, halves))
+        styles = iter([("--", "#c44"), ("-.", "#d98b2b"), (":", "#7a4")])
+        off_scale = []
         for r in rows:
-            if r["role"] == "teacher":
-                ax.axhline(r["test_mse"], ls="--", lw=1, color="#c44",
-                           label=f"teacher {r['model']}")
-            if r["role"] == "baseline" and r["model"] == "persistence":
-                ax.axhline(r["test_mse"], ls=":", lw=1, color="#333", label="persistence")
+            if r["role"] not in ("teacher", "baseline"):
+                continue
+            label = f"{r['role']} {r['model']}: {r['test_mse']:.4f}"
+            if r["test_mse"] > top:  # persistence and climatology are ~10x worse here
+                off_scale.append(label)
+                continue
+            ls, color = next(styles, (":", "#333"))
+            ax.axhline(r["test_mse"], ls=ls, lw=1.2, color=color, label=label)
+        if off_scale:
+            ax.plot([], [], " ", label="off the scale: " + "; ".join(off_scale))
+        ax.set_ylim(0, top)
         ax.set_xticks(range(len(names)), names, rotation=40, ha="right")
         ax.set_ylabel("test MSE (de-normalized)")
         ax.set_title(f"{student}: test MSE, mean and 95 % CI over seeds")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper center")
         ax = axes[1]
         width = 0.8 / 3
         for i, band in enumerate(("low", "mid", "high")):
@@ -642,7 +651,9 @@ def figures(summary: dict, rows: list[dict], prefix: Path) -> list[str]:
         ax.set_xticks(range(len(names)), names, rotation=40, ha="right")
         ax.set_ylabel("test MSE per wavenumber band")
         ax.set_title("error by band (mean over seeds)")
-        ax.legend(fontsize=8)
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, high * 2.0)
+        ax.legend(fontsize=8, loc="upper center", ncol=3)
         fig.tight_layout()
         path = prefix.with_name(f"{prefix.name}_{student}.png")
         fig.savefig(path, dpi=110)
