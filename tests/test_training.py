@@ -123,6 +123,7 @@ def test_training_learns_writes_loadable_checkpoints_and_reloads_best(tmp_path):
     result = train(model, train_set, val_set, _config(epochs=4), out_dir=tmp_path,
                    test_set=test_set, progress=False)
     assert result.epochs_run == 4 and not result.stopped_early
+    assert result.stop_reason == "max_epochs"
     assert [row["epoch"] for row in result.history] == [1, 2, 3, 4]
     assert {"train_loss", "val_loss", "lr", "time_s", "samples"} <= set(result.history[0])
     assert result.best_val_loss < 0.95 * initial_val
@@ -255,6 +256,7 @@ def test_early_stopping_triggers_after_patience(tmp_path):
     result = train(_model(), SyntheticWindows(8, 1), SyntheticWindows(4, 2), cfg,
                    out_dir=tmp_path, progress=False)
     assert result.stopped_early and result.epochs_run == 3 and result.best_epoch == 1
+    assert result.stop_reason == "early_stopping"
     assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 1
 
 
@@ -405,8 +407,10 @@ def test_resumed_run_tags_its_tracker_run_with_the_run_it_continues(tmp_path):
     train(_model(), *data, _config(epochs=1), out_dir=tmp_path / "run", tracker=first,
           progress=False)
     assert load_checkpoint(tmp_path / "run" / "last.pt")["tracker_run_id"] == first.run_id
-    assert all(json.loads(line)["method"] != "set_tags"
-               for line in (tmp_path / "first.jsonl").read_text().splitlines())
+    first_tags = [json.loads(line)["tags"]
+                  for line in (tmp_path / "first.jsonl").read_text().splitlines()
+                  if json.loads(line)["method"] == "set_tags"]
+    assert first_tags == [{"stop_reason": "max_epochs"}]  # no resume tags on a fresh run
 
     second = FileRecordingTracker(tmp_path / "second.jsonl")
     train(_model(), *data, _config(epochs=1), out_dir=tmp_path / "run", tracker=second,
@@ -414,7 +418,8 @@ def test_resumed_run_tags_its_tracker_run_with_the_run_it_continues(tmp_path):
     calls = [json.loads(line) for line in (tmp_path / "second.jsonl").read_text().splitlines()]
     tags = [c["tags"] for c in calls if c["method"] == "set_tags"]
     assert tags == [{"resumed_from_epoch": 1, "resumed_from_batch": 0,
-                     "resumed_from_run": "run-of-the-killed-process"}]
+                     "resumed_from_run": "run-of-the-killed-process"},
+                    {"stop_reason": "max_epochs"}]
 
 
 # --------------------------------------------------------------------------------------------

@@ -280,6 +280,12 @@ class TrainResult:
     samples_per_second: float
     resumed_from_epoch: int | None = None
 
+    @property
+    def stop_reason(self) -> str:
+        """Why training ended: ``early_stopping`` (validation stopped improving for
+        ``patience`` validations) or ``max_epochs`` (the budget ran out first)."""
+        return "early_stopping" if self.stopped_early else "max_epochs"
+
 
 # --------------------------------------------------------------------------------------------
 # learning-rate schedule
@@ -1068,6 +1074,7 @@ class _Run:
         final = {"best_val_loss": result.best_val_loss, "best_epoch": float(result.best_epoch),
                  "epochs_run": float(result.epochs_run),
                  "stopped_early": float(result.stopped_early)}
+        tracker.set_tags({"stop_reason": result.stop_reason})
         if math.isfinite(result.samples_per_second):
             final["samples_per_second"] = result.samples_per_second
         if result.test_loss is not None:

@@ -125,8 +125,9 @@ def train_forecaster(
         )
         run_id = tracker.run_id
     logger.info(
-        "%s/%s: best val MSE %.4g at epoch %d, test MSE %.4g (normalized units)",
-        dataset, model_name, result.best_val_loss, result.best_epoch, result.test_loss,
+        "%s/%s: best val MSE %.4g at epoch %d of %d (%s), test MSE %.4g (normalized units)",
+        dataset, model_name, result.best_val_loss, result.best_epoch, result.epochs_run,
+        result.stop_reason.replace("_", " "), result.test_loss,
     )
     checkpoint = {
         "model": model_name,
@@ -155,6 +156,7 @@ def train_forecaster(
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,
+        "stop_reason": result.stop_reason,
         "best_val_mse": float(result.best_val_loss),
         "test_mse": None if result.test_loss is None else float(result.test_loss),
         "samples_per_second": float(result.samples_per_second),
