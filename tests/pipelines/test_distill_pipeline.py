@@ -220,3 +220,17 @@ def test_teacher_outputs_are_computed_once_per_teacher_and_store(monkeypatch):
     # set-up on another store lets the previous store's outputs go
     cache.forget_other_stores({setup.windows_fingerprint(other)})
     assert len(cache.outputs) == 1
+
+
+def test_a_second_run_finds_the_students_run_folder_after_the_teachers_reload(project):
+    """The teacher node opens a new MLflow run each time it reloads a finished run; the
+    student's run folder must not depend on that id, or a killed distillation would start over
+    in a new folder instead of resuming."""
+    run_kedro(project, env="smoke", pipeline="data", params=NS_ONLY)
+    for _ in range(2):
+        run_kedro(project, env="smoke", pipeline="teacher", params=NS_ONLY)
+        run_kedro(project, env="smoke", pipeline="distill",
+                  params={**NS_ONLY, "distill.methods": "sdkd"})
+    folders = sorted(p.name for p in (project / "data/06_models/runs/navier_stokes/unet/sdkd")
+                     .iterdir() if p.is_dir())
+    assert len(folders) == 1, folders

@@ -2,15 +2,14 @@
 
 A *method* is one of the built-in losses (``METHODS``); a *variant* is a named method with its
 own settings, declared under ``distill.variants`` so that evaluation can compare, say, the
-paper's fixed cutoff with an adaptive one side by side::
+advantage-weighted bands with the paper's fixed two-band form side by side::
 
     distill:
-      methods: [none, sdkd, sdkd_adaptive, aekd]
+      methods: [none, sdkd, sdkd_fixed, aekd]
       lambda: 1.0
-      alpha: 1.0
-      cutoff: {mode: fixed, k: 4}
+      bands: 3
       variants:
-        sdkd_adaptive: {method: sdkd, cutoff: {mode: energy}, balance: {alpha: loss_ratio}}
+        sdkd_fixed: {method: sdkd, weighting: fixed, alpha: 1.0, cutoff: {mode: fixed, k: 4}}
 
 Shared settings sit at the top of ``distill``; a variant overrides any of them. Every bad value
 is a ``ConfigError`` naming the parameter as written in the YAML.
@@ -60,11 +59,12 @@ class DistillConfig:
     - ``cutoff_mode``: ``fixed`` (``cutoff_k``, in cycles per domain length of the longer
       axis) or ``energy`` (the smallest k holding ``cutoff_energy_fraction`` of the teachers'
       predicted energy on training windows);
-    - ``balance_alpha`` / ``balance_lambda``: ``fixed``, or adapted each step from running
-      means of the loss terms: ``loss_ratio`` makes the two bands (resp. the task and KD terms)
-      contribute equally, ``grad_ratio`` equalises their gradient norms at the student's output
-      (the square root of the loss ratio for these squared errors); ``lambda`` and ``alpha``
-      then scale the balanced values;
+    - ``balance_lambda``: ``fixed``, or adapted each step from running means of the loss
+      terms: ``loss_ratio`` makes the task and KD terms contribute equally, ``grad_ratio``
+      equalises their gradient norms at the student's output (the square root of the loss
+      ratio for these squared errors); ``lambda`` then scales the balanced value.
+      ``balance_alpha`` is ``fixed`` only: balancing alpha D_low against D_high muted the band
+      where the teacher's advantage lay, so those modes are refused;
     - ``weighting``: how ``sdkd``, ``sdkd_latent`` and ``sdkd_multi`` weigh wavenumber bands:
       ``advantage`` (default) gives each of ``bands`` log-spaced radial bands the weight
       ``clip((E_b(G,Y) - E_b(F,Y)) / E_b(G,F), 0, advantage_w_max)`` from running estimates

@@ -2,27 +2,32 @@
 
 Every loss is ``L = MSE(G, Y) + lambda * L_KD`` in normalized units, with G the student's
 prediction, Y the truth and F_m the teachers' predictions. Per-band distances use the
-orthonormal band operators of ``sdkd_pipeline.spectral``: ``D_low(G, F) + D_high(G, F) =
-MSE(G, F)`` exactly (Parseval), so ``sdkd`` with ``alpha = 1`` is ``output_mse``.
+orthonormal band operators of ``sdkd_pipeline.spectral``: the bands' D_b(G, F) sum to MSE(G, F)
+exactly (Parseval).
 
 - ``output_mse``: L_KD = MSE(G, F).
-- ``sdkd``: L_KD = D_high(G, F) + alpha D_low(G, F).
-- ``sdkd_latent``: ``sdkd`` plus ``latent_weight`` times the same band distance between the
-  student's bottleneck through a trained 1x1 projector P and the teacher's latents:
-  D_high(P(b), Z_h) + alpha D_low(P(b), Z_l).
+- ``sdkd``: L_KD = sum_b w_b D_b(G, F) over ``bands`` log-spaced radial bands, w_b the teacher's
+  advantage in band b (``distill/band_weights.py``; ``weighting: advantage``, the default), or
+  the paper's D_high + alpha D_low at the cutoff (``weighting: fixed``; alpha = 1 is exactly
+  ``output_mse``).
+- ``sdkd_latent``: ``sdkd`` plus the MSE between the student's bottleneck through a trained
+  1x1 projector P and the teacher's latent state, standardized per channel, weighted to be
+  ``latent_share`` of the loss (or by the fixed ``latent_weight``).
 - ``aver_mkd``: L_KD = mean_m MSE(G, F_m).
 - ``aekd``: L_KD = sum_m w_m MSE(G, F_m), w the min-norm point of the teachers' loss gradients
   on the capped simplex (AEKD), recomputed every batch.
 - ``camkd``: L_KD = mean_i sum_m w_mi MSE(G_i, F_mi), per-sample confidence weights
   w_mi = (1 - softmax_m(e_mi / (T mean e))) / (M - 1) from the teachers' errors e against Y.
-- ``sdkd_multi``: L_KD = sum_m (w^high_m D_high(G, F_m) + alpha w^low_m D_low(G, F_m)), with
-  per-band weights from the ``aver``, ``aekd`` or ``camkd`` rule applied to that band.
+- ``sdkd_multi``: per band, teacher weights from the ``aver``, ``aekd`` or ``camkd`` rule
+  applied to that band, then the bands weighted as ``sdkd`` weighs them (advantage of the
+  teachers so combined, or D_high + alpha D_low).
 
 Teacher weights never carry gradient (they are computed from detached quantities), and every
 loss term keeps its graph to the student: terms are combined with tensor ops
 (``torch.stack``), never through ``torch.tensor(list)``, which detaches (a bug of the peers'
-code). ``lambda`` and ``alpha`` can be balanced on the fly (``balance``); the cutoff is fixed
-per run (chosen before training, see ``choose_cutoff``).
+code). ``lambda`` can be balanced on the fly (``balance.lambda``); the fixed weighting's cutoff
+is fixed per run (chosen before training, see ``choose_cutoff``). A batch may mark samples
+without a truth (function matching): the task term uses the labelled samples only.
 """
 
 from __future__ import annotations
