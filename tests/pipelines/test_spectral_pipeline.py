@@ -39,7 +39,7 @@ def test_spectral_needs_the_teachers_then_reports_slopes_and_logs_runs(project):
             assert math.isfinite(entry["raw_slope"]) and math.isfinite(entry["r2"])
             assert entry["verdict"].startswith(("power law", "no power law"))
             assert (entry["slope"] is not None) == entry["power_law"]
-        assert summary["spectra"]["data"]["fit_k_min"] == 3.0
+        assert summary["spectra"]["data"]["fit_k_min"] == 4.0  # the base fit_range [4, 14]
         assert summary["reference_slopes"]["k^-3"] == -3.0
         assert summary["branch_check"]["verdict"]
         shares = summary["band_shares"]
