@@ -66,3 +66,37 @@ def test_an_unknown_profile_is_refused_with_the_known_ones(tmp_path):
     result = _run(tmp_path / "o", tmp_path / "w", "--profile", "laptop")
     assert result.returncode != 0
     assert "no profile 'laptop'" in result.stderr and "cpu" in result.stderr
+
+
+def test_the_readme_shows_the_cpu_study_exactly_as_its_results_file_says():
+    """The README's results block is regenerated from benchmarks/results/study_cpu.json
+    (``study.py --render ... --readme README.md``), never edited by hand."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import study
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    report = json.loads((REPO / "benchmarks/results/study_cpu.json").read_text())
+    summary = study.summarize(report["rows"], report["meta"]["methods"])
+    block = study.readme_block(study.markdown(summary, report["rows"], report["meta"]), "cpu")
+    assert block in (REPO / "README.md").read_text()
+    # and the committed Markdown next to the results is the same rendering
+    assert (REPO / "benchmarks/results/study_cpu.md").read_text() == study.markdown(
+        summary, report["rows"], report["meta"])
+
+
+def test_update_readme_replaces_only_the_block_and_refuses_a_readme_without_one(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import study
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    readme = tmp_path / "README.md"
+    begin, end = study.README_BEGIN.format(label="x"), study.README_END.format(label="x")
+    readme.write_text(f"intro\n{begin}\nold\n{end}\noutro\n")
+    study.update_readme(readme, "# title\n## part\nnew\n", "x")
+    assert readme.read_text() == f"intro\n{begin}\n### part\nnew\n{end}\noutro\n"
+    readme.write_text("no block here\n")
+    with pytest.raises(SystemExit, match="no block for study 'x'"):
+        study.update_readme(readme, "# t\n", "x")
+    assert readme.read_text() == "no block here\n"
