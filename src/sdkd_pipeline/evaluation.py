@@ -81,7 +81,6 @@ __all__ = [
 ]
 
 BASELINE_METHOD = "none"
-TEACHER_METHOD = "supervised"
 METRIC_COLUMNS = ("mse", "mae", "rmse", "psnr", "ssim")
 BAND_COLUMNS = tuple(f"band_mse_{band}" for band in BAND_NAMES)
 EXPORT_FORMATS = ("torchscript", "onnx")

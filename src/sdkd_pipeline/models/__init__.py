@@ -12,7 +12,6 @@ from sdkd_pipeline.models.mlp_mixer import MLPMixer, MLPMixerConfig
 from sdkd_pipeline.models.registry import (
     MODEL_ROLES,
     build_model,
-    build_model_from_mapping,
     default_config,
     list_models,
     resolve_config,
@@ -36,7 +35,6 @@ __all__ = [
     "UNet",
     "UNetConfig",
     "build_model",
-    "build_model_from_mapping",
     "count_flops",
     "count_parameters",
     "default_config",

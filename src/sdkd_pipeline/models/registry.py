@@ -10,7 +10,6 @@ pass ``param_path`` when the config lives elsewhere.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,9 +90,3 @@ def build_model(
             raise ConfigError(f"{key} must be a positive integer, got {value!r}")
     config = resolve_config(name, param_path=param_path, **cfg)
     return _SPECS[name].model_cls(config=config, **shape)
-
-
-def build_model_from_mapping(name: str, shape: Mapping[str, int], cfg: Mapping[str, Any] | None,
-                             *, param_path: str | None = None) -> ForecastModel:
-    """``build_model`` for a config held in a mapping (e.g. a Kedro parameters dict)."""
-    return build_model(name, param_path=param_path, **dict(shape), **dict(cfg or {}))

@@ -72,17 +72,6 @@ class STAlterNetConfig(ModelConfig):
             raise ConfigError(f"{prefix}.conv_kernel must be odd, got {self.conv_kernel}")
 
 
-class ChannelLayerNorm(nn.Module):
-    """LayerNorm over the channels of a (B, C, h, w) map, at every position."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-
 class SpatialSelfAttention(nn.Module):
     """Multi-head self-attention over the h*w tokens of a (B, N, D) sequence."""
 
