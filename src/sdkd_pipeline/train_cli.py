@@ -3,13 +3,20 @@
     python -m sdkd_pipeline.train_cli --store data/05_model_input/navier_stokes.zarr \\
         --model st_alternet --out data/06_models/runs/navier_stokes/st_alternet
     torchrun --nproc_per_node=4 -m sdkd_pipeline.train_cli --store ... --model simvp --out ...
+    python -m sdkd_pipeline.train_cli --store ... --model unet --method sdkd \\
+        --teacher data/06_models/navier_stokes/st_alternet.pt \\
+        --teacher data/06_models/navier_stokes/simvp.pt --out runs/unet_sdkd
 
 Model and training settings come from a parameters file (default: the project's
-``conf/base/parameters_<role>.yml``), sections ``<role>.<model>`` and ``<role>.training``;
-``--set key=value`` overrides training keys. Under torchrun every rank trains (DDP); rank 0
-alone writes checkpoints and logs the MLflow run (``--mlflow``).
+``conf/base/parameters_teacher.yml`` for a teacher, ``parameters_distill.yml`` for a student),
+sections ``<role>.<model>`` and ``<role>.training`` (``distill.<model>`` and
+``distill.training`` for students); ``--set key=value`` overrides training keys. A student
+trains with ``--method`` (default ``none``), a method or variant of the file's ``distill``
+section, from the teacher checkpoints given with ``--teacher`` (written by the teacher
+pipeline; single-teacher methods take ``distill.teacher`` among them, ``best`` = lowest
+validation MSE). Under torchrun every rank trains (DDP); rank 0 alone writes checkpoints and
+logs the MLflow run (``--mlflow``).
 """
-
 from __future__ import annotations
 
 import argparse
@@ -20,10 +27,19 @@ from typing import Any
 import yaml
 
 from sdkd_pipeline.data.windows import WindowDataset
-from sdkd_pipeline.errors import ConfigError
+from sdkd_pipeline.errors import ConfigError, SDKDError
 from sdkd_pipeline.models import build_model
 from sdkd_pipeline.models.registry import MODEL_ROLES
-from sdkd_pipeline.training import TrainConfig, distributed_env, seed_everything, train
+from sdkd_pipeline.training import (
+    TrainConfig,
+    autocast_dtype,
+    distributed_env,
+    resolve_device,
+    seed_everything,
+    train,
+)
+
+PARAMS_SECTION = {"teacher": "teacher", "student": "distill"}
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
@@ -36,6 +52,32 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def _teacher_checkpoints(paths: list[str]) -> dict[str, dict[str, Any]]:
+    """``--teacher`` files, by teacher name (the checkpoint's ``model``)."""
+    import torch
+
+    out: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        if not Path(path).is_file():
+            raise ConfigError(f"--teacher {path}: no such file (teacher checkpoints are written "
+                              "by `kedro run --pipelines=teacher` to data/06_models/<dataset>/)")
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a truncated file, a pickle payload, not a checkpoint
+            raise ConfigError(f"--teacher {path}: not a readable checkpoint ({exc})") from None
+        needed = {"model", "shape", "model_config", "state_dict", "mean", "std",
+                  "best_val_loss"}
+        if not isinstance(ckpt, dict) or not needed <= set(ckpt):
+            raise ConfigError(f"--teacher {path}: not a teacher checkpoint of the teacher "
+                              f"pipeline (needs {sorted(needed)})")
+        if MODEL_ROLES.get(ckpt["model"]) != "teacher":
+            raise ConfigError(f"--teacher {path}: holds a {ckpt['model']!r}, not a teacher")
+        if ckpt["model"] in out:
+            raise ConfigError(f"--teacher {path}: a second {ckpt['model']!r} checkpoint")
+        out[ckpt["model"]] = ckpt
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sdkd_pipeline.train_cli", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,19 +86,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="checkpoint folder (best.pt, last.pt)")
     parser.add_argument("--params-file", default=None)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--method", default=None,
+                        help="students: distillation method or variant (default none)")
+    parser.add_argument("--teacher", action="append", default=[], metavar="CHECKPOINT",
+                        help="students: a teacher checkpoint (repeat for several)")
     parser.add_argument("--mlflow", action="store_true", help="log the run to MLflow")
     parser.add_argument("--dataset", default=None, help="dataset name for the MLflow tags")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    try:
+        return _main(args)
+    except SDKDError as exc:  # a user's mistake: the message names what to fix
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
 
+
+def _main(args: argparse.Namespace) -> int:
     role = MODEL_ROLES[args.model]
-    params_file = Path(args.params_file or f"conf/base/parameters_{role}.yml")
+    section_name = PARAMS_SECTION[role]
+    if role == "teacher" and (args.method or args.teacher):
+        raise ConfigError(f"--method and --teacher are for students; {args.model!r} is a "
+                          "teacher, trained on the data alone")
+    params_file = Path(args.params_file or f"conf/base/parameters_{section_name}.yml")
     if not params_file.is_file():
         raise ConfigError(f"--params-file {params_file}: no such file")
     params = yaml.safe_load(params_file.read_text()) or {}
-    section = params.get(role) or {}
+    section = params.get(section_name) or {}
     training = {**(section.get("training") or {}), **_overrides(args.set)}
-    cfg = TrainConfig.from_dict(training, prefix=f"{role}.training")
+    cfg = TrainConfig.from_dict(training, prefix=f"{section_name}.training")
+    distill_cfg = None
+    checkpoints: dict[str, dict[str, Any]] = {}
+    if role == "student":
+        from sdkd_pipeline.distill.config import DistillConfig
+
+        distill_cfg = DistillConfig.from_params(args.method or "none", section)
+        checkpoints = _teacher_checkpoints(args.teacher)
+        if distill_cfg.needs_teachers and not checkpoints:
+            raise ConfigError(f"--method {distill_cfg.name}: distills from teachers; give their "
+                              "checkpoints with --teacher data/06_models/<dataset>/<teacher>.pt")
 
     store = args.store
     if str(store).endswith((".nc", ".nc4")):
@@ -65,31 +131,47 @@ def main(argv: list[str] | None = None) -> int:
         store = xr.open_dataset(store).load()
     splits = {name: WindowDataset(store, name) for name in ("train", "val", "test")}
     _, _, channels, height, width = splits["train"].shape
+    shape = {"in_frames": splits["train"].t_in, "out_frames": splits["train"].t_out,
+             "channels": channels, "height": height, "width": width}
     seed_everything(cfg.seed)  # the initial weights too, not only the training
-    model = build_model(
-        args.model, in_frames=splits["train"].t_in, out_frames=splits["train"].t_out,
-        channels=channels, height=height, width=width, **(section.get(args.model) or {}),
-    )
+    model = build_model(args.model, **shape, **(section.get(args.model) or {}))
+    loss, train_set, method = None, splits["train"], None
+    if distill_cfg is not None:
+        from sdkd_pipeline.distill.setup import prepare_distillation
+        from sdkd_pipeline.distill.teachers import choose_teachers, load_teachers
+
+        method = distill_cfg.name
+        chosen = choose_teachers(distill_cfg, {n: float(c["best_val_loss"])
+                                               for n, c in checkpoints.items()})
+        device = resolve_device(cfg.device)
+        teachers = load_teachers({n: checkpoints[n] for n in chosen}, shape,
+                                 splits["train"].mean, splits["train"].std, device)
+        prepared = prepare_distillation(
+            distill_cfg, teachers, model, splits["train"], device=device,
+            autocast_dtype=autocast_dtype(cfg.precision, device),
+            batch_size=cfg.val_batch_size or cfg.batch_size)
+        if prepared.loss is not None:
+            loss, train_set = prepared.loss, prepared.train_set
     env = distributed_env()
     main_rank = env is None or env[0] == 0
     if args.mlflow and main_rank:
         from sdkd_pipeline.tracking import MLflowTracker, run_tags
 
         dataset = args.dataset or Path(str(args.store)).stem
-        tracker = MLflowTracker(run_name=f"{dataset}/{args.model}",
-                                tags=run_tags(dataset, role, args.model))
+        name = f"{dataset}/{args.model}" + (f"/{method}" if method else "")
+        tracker = MLflowTracker(run_name=name, tags=run_tags(dataset, role, args.model, method))
     else:
         tracker = None
     try:
-        result = train(model, splits["train"], splits["val"], cfg, out_dir=args.out,
-                       tracker=tracker, test_set=splits["test"], progress=not args.no_progress)
+        result = train(model, train_set, splits["val"], cfg, out_dir=args.out, tracker=tracker,
+                       loss=loss, test_set=splits["test"], progress=not args.no_progress)
     finally:
         if tracker is not None:
             tracker.close()
     if main_rank:
         print(json.dumps({"best_val_mse": result.best_val_loss, "best_epoch": result.best_epoch,
-                          "test_mse": result.test_loss,
-                          "best_checkpoint": str(result.best_checkpoint)}))
+                          "test_mse": result.test_loss, "stop_reason": result.stop_reason,
+                          "method": method, "best_checkpoint": str(result.best_checkpoint)}))
     return 0
 
 

@@ -77,6 +77,22 @@ def check_teacher_matches(name: str, checkpoint: Mapping[str, Any], shape: Mappi
         )
 
 
+def load_teachers(checkpoints: Mapping[str, Mapping[str, Any]], shape: Mapping[str, int],
+                  mean: torch.Tensor, std: torch.Tensor,
+                  device: torch.device | str = "cpu") -> dict[str, nn.Module]:
+    """The frozen teachers of ``checkpoints`` (written by the teacher pipeline), each checked
+    against the data the student sees (``check_teacher_matches``), on ``device``."""
+    from sdkd_pipeline.models import build_model
+
+    teachers: dict[str, nn.Module] = {}
+    for name, ckpt in checkpoints.items():
+        check_teacher_matches(name, ckpt, shape, mean, std)
+        model = build_model(ckpt["model"], **ckpt["shape"], **ckpt["model_config"])
+        model.load_state_dict(ckpt["state_dict"])
+        teachers[name] = freeze(model).to(device)
+    return teachers
+
+
 def freeze(model: nn.Module) -> nn.Module:
     model.eval()
     for param in model.parameters():

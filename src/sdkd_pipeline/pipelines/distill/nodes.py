@@ -12,8 +12,8 @@ import xarray as xr
 from sdkd_pipeline.data.windows import WindowDataset
 from sdkd_pipeline.distill.config import DistillConfig
 from sdkd_pipeline.distill.setup import DistillCache, prepare_distillation, state_digest
-from sdkd_pipeline.distill.teachers import check_teacher_matches, choose_teachers, freeze
-from sdkd_pipeline.pipelines.forecaster import LossSetup, load_forecaster, train_forecaster
+from sdkd_pipeline.distill.teachers import choose_teachers, load_teachers
+from sdkd_pipeline.pipelines.forecaster import LossSetup, train_forecaster
 from sdkd_pipeline.training import TrainConfig, autocast_dtype, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -80,10 +80,7 @@ def _setup(cfg: DistillConfig, checkpoints: Mapping[str, Mapping[str, Any]],
     shape = {"in_frames": train_set.t_in, "out_frames": train_set.t_out, "channels": channels,
              "height": height, "width": width}
     device = resolve_device(train_cfg.device)
-    teachers = {}
-    for name, ckpt in checkpoints.items():
-        check_teacher_matches(name, ckpt, shape, train_set.mean, train_set.std)
-        teachers[name] = freeze(load_forecaster(ckpt)).to(device)
+    teachers = load_teachers(checkpoints, shape, train_set.mean, train_set.std, device)
     prepared = prepare_distillation(
         cfg, teachers, model, train_set, device=device,
         autocast_dtype=autocast_dtype(train_cfg.precision, device),
