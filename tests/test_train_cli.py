@@ -102,3 +102,27 @@ def test_a_teacher_refuses_student_options(setup, capsys):
         train_cli.main(["--store", str(store), "--model", "simvp", "--out", str(root / "t"),
                         "--method", "sdkd"])
     assert "--method and --teacher are for students" in capsys.readouterr().err
+
+
+def test_a_student_distils_under_torchrun_on_two_cpu_processes(setup):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root, store, params = setup
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(name, None)
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "sdkd_pipeline.train_cli", "--store", str(store), "--model", "unet",
+         "--method", "sdkd", "--teacher", str(root / "simvp.pt"), "--out", str(root / "ddp"),
+         "--params-file", str(params), "--no-progress"],
+        cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+        timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1  # rank 0 alone reports
+    assert json.loads(lines[0])["method"] == "sdkd"
+    assert (root / "ddp" / "best.pt").is_file()
