@@ -18,6 +18,8 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "compare_students
 def _reports(root: Path) -> None:
     results = [
         _result("teacher", "simvp", "supervised", 1.0, 0.2, val=0.3),
+        _result("baseline", "persistence", "baseline", 4.5, 1.1),
+        _result("baseline", "climatology", "baseline", 50.0, 3.0),  # off the scale
         _result("student", "unet", "none", 5.0, 1.0),
         _result("student", "unet", "sdkd", 3.0, 0.6),
         _result("student", "resnet", "none", 4.0, 0.9),
@@ -52,6 +54,11 @@ def test_notebook_draws_the_comparison(tmp_path, monkeypatch):
     assert set(namespace["figures"]) == {"navier_stokes_mse", "navier_stokes_steps"}
     gap = namespace["gap"].set_index("model")["gap_closed_mse"]
     assert gap["unet"] == 0.5  # (5 - 3) / (5 - 1)
+    shown = namespace["table"].set_index("model")
+    assert shown.loc["simvp", "teacher_check"] == "ok"  # below persistence, 3x below none
+    labels = [line.get_label() for line in namespace["figures"]["navier_stokes_mse"].axes[0]
+              .get_lines()]
+    assert "persistence" in labels and "climatology" not in labels
     assert list(namespace["summary"]["slope"]) == [-2.0]
 
 
