@@ -37,6 +37,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -166,6 +167,9 @@ def fmt(mean: float, half: float, digits: int = 4, scale: float = 1.0, unit: str
 # stages
 
 
+STUDENT_RUN_PREFIX = "student-run-"
+
+
 class Study:
     def __init__(self, cfg: dict, args: argparse.Namespace) -> None:
         self.cfg, self.args = cfg, args
@@ -183,6 +187,10 @@ class Study:
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.runs_path = self.work / "runs.jsonl"
+        # a killed study leaves its student's temporary run folder behind: nothing reads it
+        for stale in sorted(self.work.glob(f"{STUDENT_RUN_PREFIX}*")):
+            shutil.rmtree(stale, ignore_errors=True)
+            print(f"removed {stale} (the run folder of an interrupted study)", flush=True)
         self.done = self._finished_runs()
         self.cache = DistillCache()
         self.times: dict[str, float] = {}
@@ -423,7 +431,8 @@ class Study:
                         cfg, {n: self.teacher_models[n] for n in chosen}, probe,
                         self.sets["train"], device=self.device, autocast_dtype=dtype,
                         batch_size=64, cache=self.cache)
-                    with tempfile.TemporaryDirectory(dir=self.work) as out_dir:
+                    with tempfile.TemporaryDirectory(prefix=STUDENT_RUN_PREFIX,
+                                                     dir=self.work) as out_dir:
                         model, info = self._train(
                             student, model_cfg or {}, training, seed, loss=prepared.loss,
                             train_data=prepared.train_set if prepared.loss else None,

@@ -55,9 +55,13 @@ def test_quick_study_writes_one_row_per_model_and_resumes_without_retraining(tmp
     assert (out / "study_cpu.md").read_text().startswith("# Distillation study")
     assert (out / "study_cpu_unet.png").stat().st_size > 10_000
 
+    leftover = work / "student-run-killed"  # what a killed study leaves behind
+    leftover.mkdir()
+    (leftover / "last.pt").write_bytes(b"partial")
     second = _run(out, work)  # everything is finished: nothing is trained again
     assert second.returncode == 0, second.stderr[-3000:]
     assert "seed 0 none " not in second.stdout and "reusing" in second.stdout
+    assert not leftover.exists() and "interrupted study" in second.stdout
     with open(out / "study_cpu.csv") as handle:
         assert list(csv.DictReader(handle)) == rows
 
