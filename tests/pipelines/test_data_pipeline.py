@@ -117,6 +117,32 @@ def test_negative_viscosity_names_the_parameter(project):
     assert not list((project / "data").rglob("*.zarr"))
 
 
+def test_a_reader_option_typo_names_the_parameter_and_the_nearest_option(project):
+    with pytest.raises(ConfigError, match=r"navier_stokes\.source\.fno_mat\.viscocity: unknown "
+                                          r"option \(did you mean 'viscosity'\?\)"):
+        run_kedro(
+            project,
+            env="smoke",
+            pipeline="data",
+            params={
+                "data.datasets": "navier_stokes",
+                "navier_stokes.source.kind": "fno_mat",
+                "navier_stokes.source.fno_mat.viscocity": 1e-3,
+            },
+        )
+    assert not list((project / "data").rglob("*.zarr"))
+
+
+def test_reader_options_are_checked_against_the_reader(tmp_path):
+    from sdkd_pipeline.data.sources import load_raw
+
+    with pytest.raises(ConfigError, match=r"rayleigh_benard\.source\.the_well\.pathz: unknown "
+                                          r"option \(did you mean 'paths'\?\)"):
+        load_raw("rayleigh_benard", {"kind": "the_well", "the_well": {"pathz": str(tmp_path)}})
+    with pytest.raises(ConfigError, match=r"navier_stokes\.source\.fno_mat: 'path' is required"):
+        load_raw("navier_stokes", {"kind": "fno_mat", "fno_mat": {"viscosity": 1e-3}})
+
+
 def test_window_longer_than_series_names_the_parameter(project):
     with pytest.raises(ConfigError, match=r"weatherbench\.window"):
         run_kedro(

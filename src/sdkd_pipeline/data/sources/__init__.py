@@ -13,6 +13,8 @@ the same name holds its options, e.g.::
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +27,26 @@ from sdkd_pipeline.errors import ConfigError, SDKDError
 DATASETS = ("navier_stokes", "rayleigh_benard", "weatherbench", "taxibj", "taxibj_plus")
 
 
+def _call_with_options(reader: Callable[..., xr.Dataset], opts: dict, where: str) -> xr.Dataset:
+    """``reader(**opts)``, with an option the reader does not take named as a parameter (and
+    the nearest known one suggested) instead of Python's ``unexpected keyword argument``."""
+    known = [name for name, p in inspect.signature(reader).parameters.items()
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    for key in opts:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"parameter {where}.{key}: unknown option{hint}; the options of "
+                              f"{where} are {known}")
+    missing = [name for name, p in inspect.signature(reader).parameters.items()
+               if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+               and name not in opts]
+    if missing:
+        raise ConfigError(f"parameter {where}: {missing[0]!r} is required (the options of "
+                          f"{where} are {known})")
+    return reader(**opts)
+
+
 def _navier_stokes_generate(opts: dict, progress: bool) -> xr.Dataset:
     from sdkd_pipeline.data.sources.navier_stokes import generate_navier_stokes
 
@@ -34,7 +56,7 @@ def _navier_stokes_generate(opts: dict, progress: bool) -> xr.Dataset:
 def _navier_stokes_fno_mat(opts: dict, progress: bool) -> xr.Dataset:
     from sdkd_pipeline.data.sources.navier_stokes import read_fno_mat
 
-    return read_fno_mat(**opts)
+    return _call_with_options(read_fno_mat, opts, "navier_stokes.source.fno_mat")
 
 
 def _rayleigh_benard_free_slip(opts: dict, progress: bool) -> xr.Dataset:
@@ -46,7 +68,7 @@ def _rayleigh_benard_free_slip(opts: dict, progress: bool) -> xr.Dataset:
 def _rayleigh_benard_the_well(opts: dict, progress: bool) -> xr.Dataset:
     from sdkd_pipeline.data.sources.rayleigh_benard import read_the_well_rbc
 
-    return read_the_well_rbc(**opts)
+    return _call_with_options(read_the_well_rbc, opts, "rayleigh_benard.source.the_well")
 
 
 def _weatherbench(fmt: str) -> Callable[[dict, bool], xr.Dataset]:
