@@ -56,6 +56,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from sdkd_pipeline.config_utils import known_keys
+from sdkd_pipeline.devices import resolve_device
 from sdkd_pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -182,24 +183,6 @@ def _require_real(where: str, name: str, value: Any, *, positive: bool) -> None:
     if not ok or (value <= 0 if positive else value < 0):
         bound = "> 0" if positive else ">= 0"
         raise ConfigError(f"{where}.{name} must be a finite number {bound}, got {value!r}")
-
-
-def resolve_device(device: str | torch.device = "auto", *, check_available: bool = True
-                   ) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; other names are checked and returned."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if resolved.type not in ("cpu", "cuda"):
-        raise ConfigError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
-    if check_available and resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available")
-    return resolved
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

@@ -68,6 +68,7 @@ import torch
 import xarray as xr
 
 from sdkd_pipeline.data.raw import make_raw
+from sdkd_pipeline.devices import resolve_device
 from sdkd_pipeline.errors import ConfigError, DataError, MissingRawDataError
 
 log = logging.getLogger(__name__)
@@ -299,16 +300,6 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         return float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{where} = {value!r}: must be a number") from None
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` -> CUDA if available, else CPU; refuse CUDA where there is none."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("CUDA is not available")
-    return dev
 
 
 def _as_config(cfg: NavierStokesConfig | Mapping[str, Any]) -> NavierStokesConfig:

@@ -59,6 +59,7 @@ import torch
 import xarray as xr
 
 from sdkd_pipeline.data.raw import make_raw
+from sdkd_pipeline.devices import resolve_device
 from sdkd_pipeline.errors import ConfigError, DataError, MissingRawDataError
 
 DATASET_NAME = "rayleigh_benard"
@@ -170,7 +171,7 @@ class FreeSlipRBCConfig:
         if self.dtype not in ("float32", "float64"):
             raise bad("dtype", "must be 'float32' or 'float64'")
         try:
-            _resolve_device(self.device)
+            resolve_device(self.device)
         except (RuntimeError, ValueError) as exc:
             raise bad("device", f"is not usable here ({exc})") from None
         return self
@@ -198,15 +199,6 @@ def _coerce(value: Any, kind: type, where: str) -> Any:
         return float(value)  # YAML reads "1e6" (no dot) as a string; accept it here
     except (TypeError, ValueError):
         raise ConfigError(f"{where} = {value!r}: must be a number") from None
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("CUDA is not available")
-    return dev
 
 
 # --------------------------------------------------------------------------------------------
@@ -518,7 +510,7 @@ def generate_rayleigh_benard_free_slip(
         cfg = FreeSlipRBCConfig.from_dict(cfg, prefix=prefix)
     else:
         cfg.validate(prefix)
-    device = _resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     solver = FreeSlipBoussinesqSolver(
         rayleigh=cfg.rayleigh,
