@@ -56,15 +56,17 @@ def choose_teachers(cfg: DistillConfig, val_losses: Mapping[str, float]) -> list
     return names
 
 
-def check_teacher_matches(name: str, checkpoint: Mapping[str, Any], shape: Mapping[str, int],
-                          mean: torch.Tensor, std: torch.Tensor) -> None:
-    """A teacher must have been trained on the very data the student sees: same window shape,
-    same normalization (the training split's statistics). A regenerated dataset makes old
-    teacher checkpoints stale; say so instead of distilling from them."""
+def check_checkpoint_matches(label: str, command: str, checkpoint: Mapping[str, Any],
+                             shape: Mapping[str, int], mean: torch.Tensor,
+                             std: torch.Tensor) -> None:
+    """A checkpoint must have been trained on the very data it is used with: same window
+    shape, same normalization (the training split's statistics). A regenerated dataset makes
+    old checkpoints stale; say so (``label`` names the model, ``command`` remakes it) instead
+    of using them."""
     if dict(checkpoint.get("shape", {})) != dict(shape):
         raise DataError(
-            f"teacher {name!r} was trained for data of shape {dict(checkpoint.get('shape', {}))}"
-            f" but the tensor store holds {dict(shape)}; rerun `{TEACHER_COMMAND}`"
+            f"{label} was trained for data of shape {dict(checkpoint.get('shape', {}))}"
+            f" but the tensor store holds {dict(shape)}; rerun `{command}`"
         )
     same = (torch.allclose(torch.as_tensor(checkpoint["mean"]).float(), mean.float(),
                            rtol=1e-5, atol=1e-6)
@@ -72,9 +74,16 @@ def check_teacher_matches(name: str, checkpoint: Mapping[str, Any], shape: Mappi
                                rtol=1e-5, atol=1e-6))
     if not same:
         raise DataError(
-            f"teacher {name!r} was trained on data with other normalization statistics than "
-            f"the current tensor store (the data were regenerated); rerun `{TEACHER_COMMAND}`"
+            f"{label} was trained on data with other normalization statistics than "
+            f"the current tensor store (the data were regenerated); rerun `{command}`"
         )
+
+
+def check_teacher_matches(name: str, checkpoint: Mapping[str, Any], shape: Mapping[str, int],
+                          mean: torch.Tensor, std: torch.Tensor) -> None:
+    """``check_checkpoint_matches`` for teacher ``name``: a student learns from a teacher
+    trained on the data it sees."""
+    check_checkpoint_matches(f"teacher {name!r}", TEACHER_COMMAND, checkpoint, shape, mean, std)
 
 
 def load_teachers(checkpoints: Mapping[str, Mapping[str, Any]], shape: Mapping[str, int],
@@ -199,7 +208,7 @@ def finite_or_raise(name: str, outputs: Mapping[str, torch.Tensor]) -> None:
 
 
 __all__ = [
-    "TEACHER_COMMAND", "WithTeacherTargets", "cache_bytes", "check_teacher_matches",
-    "choose_teachers", "describe_cache", "finite_or_raise", "freeze",
-    "precompute_teacher_outputs", "run_teacher", "should_cache",
+    "TEACHER_COMMAND", "WithTeacherTargets", "cache_bytes", "check_checkpoint_matches",
+    "check_teacher_matches", "choose_teachers", "describe_cache", "finite_or_raise", "freeze",
+    "load_teachers", "precompute_teacher_outputs", "run_teacher", "should_cache",
 ]

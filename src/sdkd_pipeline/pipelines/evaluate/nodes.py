@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 import xarray as xr
 
 from sdkd_pipeline.data.windows import WindowDataset
-from sdkd_pipeline.errors import DataError
+from sdkd_pipeline.distill.teachers import check_checkpoint_matches
 from sdkd_pipeline.evaluation import (
     EvaluationConfig,
     evaluate_checkpoints,
@@ -59,28 +58,9 @@ def _check_matches(
     label: str, command: str, checkpoint: Mapping[str, Any], windows: WindowDataset
 ) -> None:
     _, _, channels, height, width = windows.shape
-    shape = {
-        "in_frames": windows.t_in,
-        "out_frames": windows.t_out,
-        "channels": channels,
-        "height": height,
-        "width": width,
-    }
-    if dict(checkpoint.get("shape", {})) != shape:
-        raise DataError(
-            f"{label} was trained for data of shape {dict(checkpoint.get('shape', {}))}"
-            f" but the tensor store holds {shape}; rerun `{command}`"
-        )
-    same = torch.allclose(
-        torch.as_tensor(checkpoint["mean"]).float(), windows.mean.float(), rtol=1e-5, atol=1e-6
-    ) and torch.allclose(
-        torch.as_tensor(checkpoint["std"]).float(), windows.std.float(), rtol=1e-5, atol=1e-6
-    )
-    if not same:
-        raise DataError(
-            f"{label} was trained on data with other normalization statistics than "
-            f"the current tensor store (the data were regenerated); rerun `{command}`"
-        )
+    shape = {"in_frames": windows.t_in, "out_frames": windows.t_out, "channels": channels,
+             "height": height, "width": width}
+    check_checkpoint_matches(label, command, checkpoint, shape, windows.mean, windows.std)
 
 
 def evaluate_dataset(
