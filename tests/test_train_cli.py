@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 import yaml
 
 from sdkd_pipeline import train_cli
-from sdkd_pipeline.data.raw import make_raw
-from sdkd_pipeline.data.store import load_store_in_memory, write_store
-from sdkd_pipeline.data.tensors import SplitConfig, WindowConfig, build_tensor_dataset
+from sdkd_pipeline.data.store import load_store_in_memory
 from sdkd_pipeline.data.windows import WindowDataset
 from sdkd_pipeline.models import build_model
+from tests.demo_store import write_demo_store
 
 TRAINING = {"epochs": 2, "batch_size": 4, "lr": 1e-3, "patience": None, "seed": 0,
             "max_batches_per_epoch": 2, "device": "cpu"}
@@ -24,14 +22,10 @@ TRAINING = {"epochs": 2, "batch_size": 4, "lr": 1e-3, "patience": None, "seed": 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    fields = np.random.default_rng(3).normal(size=(6, 10, 1, 16, 16)).astype(np.float32)
-    raw = make_raw(fields, dataset="demo", source="test:demo", channels=["w"],
-                   time=np.arange(10.0))
-    tensors = build_tensor_dataset(raw, split=SplitConfig(4, 1, 1), window=WindowConfig(3, 3))
-    store = root / "demo.nc"
-    load_store_in_memory(write_store(tensors, root / "demo.zarr")).to_netcdf(store)
-    train_set = WindowDataset(load_store_in_memory(root / "demo.zarr"), "train")
-    shape = {"in_frames": 3, "out_frames": 3, "channels": 1, "height": 16, "width": 16}
+    zarr_path, store = write_demo_store(root)
+    train_set = WindowDataset(load_store_in_memory(zarr_path), "train")
+    shape = train_set.model_shape
+    assert shape == {"in_frames": 3, "out_frames": 3, "channels": 1, "height": 16, "width": 16}
     config = {"frame_hidden": 4, "hidden": 8, "spatial_layers": 2, "depth": 2}
     torch.manual_seed(0)
     teacher = build_model("simvp", **shape, **config)

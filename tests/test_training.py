@@ -160,19 +160,11 @@ def test_same_seed_gives_identical_runs_on_cpu(tmp_path):
 def test_train_cli_twice_gives_identical_best_checkpoints(tmp_path):
     """Two ``python -m sdkd_pipeline.train_cli`` processes (each with its own random initial
     torch seed) on a NetCDF store: the same best checkpoint, bit for bit."""
-    import numpy as np
     import yaml
 
-    from sdkd_pipeline.data.raw import make_raw
-    from sdkd_pipeline.data.store import load_store_in_memory, write_store
-    from sdkd_pipeline.data.tensors import SplitConfig, WindowConfig, build_tensor_dataset
+    from tests.demo_store import write_demo_store
 
-    fields = np.random.default_rng(3).normal(size=(6, 10, 1, 16, 16)).astype(np.float32)
-    raw = make_raw(fields, dataset="demo", source="test:demo", channels=["w"],
-                   time=np.arange(10.0))
-    tensors = build_tensor_dataset(raw, split=SplitConfig(4, 1, 1), window=WindowConfig(3, 3))
-    store = tmp_path / "demo.nc"
-    load_store_in_memory(write_store(tensors, tmp_path / "demo.zarr")).to_netcdf(store)
+    _, store = write_demo_store(tmp_path)
     params = tmp_path / "parameters_teacher.yml"
     params.write_text(yaml.safe_dump({"teacher": {
         "simvp": {"frame_hidden": 4, "hidden": 8, "spatial_layers": 2, "depth": 2},

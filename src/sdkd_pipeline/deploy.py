@@ -109,12 +109,9 @@ def checkpoint_meta(checkpoint: Checkpoint | str | Path) -> dict[str, Any]:
 
 def build_checkpoint_model(checkpoint: Checkpoint | str | Path) -> nn.Module:
     """The checkpoint's model in eval mode (like ``pipelines.forecaster.load_forecaster``)."""
-    from sdkd_pipeline.models import build_model
+    from sdkd_pipeline.models import model_from_checkpoint
 
-    ckpt = _load_checkpoint(checkpoint)
-    model = build_model(ckpt["model"], **dict(ckpt["shape"]), **dict(ckpt["model_config"]))
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval()
+    return model_from_checkpoint(_load_checkpoint(checkpoint))
 
 
 class PredictionModule(nn.Module):

@@ -17,6 +17,7 @@ pipeline; single-teacher methods take ``distill.teacher`` among them, ``best`` =
 validation MSE). Under torchrun every rank trains (DDP); rank 0 alone writes checkpoints and
 logs the MLflow run (``--mlflow``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -130,9 +131,7 @@ def _main(args: argparse.Namespace) -> int:
 
         store = xr.open_dataset(store).load()
     splits = {name: WindowDataset(store, name) for name in ("train", "val", "test")}
-    _, _, channels, height, width = splits["train"].shape
-    shape = {"in_frames": splits["train"].t_in, "out_frames": splits["train"].t_out,
-             "channels": channels, "height": height, "width": width}
+    shape = splits["train"].model_shape
     seed_everything(cfg.seed)  # the initial weights too, not only the training
     model = build_model(args.model, **shape, **(section.get(args.model) or {}))
     loss, train_set, method = None, splits["train"], None

@@ -91,6 +91,15 @@ class WindowDataset(torch.utils.data.Dataset):
         self._cache_bytes = int(cache_mb * 1024**2)
         self._reset_reader()
 
+    @property
+    def model_shape(self) -> dict[str, int]:
+        """The keyword arguments ``build_model`` takes for this data: ``in_frames``,
+        ``out_frames``, ``channels``, ``height``, ``width`` (what checkpoints record as
+        ``shape``)."""
+        _, _, channels, height, width = self.shape
+        return {"in_frames": self.t_in, "out_frames": self.t_out, "channels": channels,
+                "height": height, "width": width}
+
     # -- reading -----------------------------------------------------------------------------
 
     def __len__(self) -> int:

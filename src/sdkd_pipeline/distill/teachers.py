@@ -91,14 +91,12 @@ def load_teachers(checkpoints: Mapping[str, Mapping[str, Any]], shape: Mapping[s
                   device: torch.device | str = "cpu") -> dict[str, nn.Module]:
     """The frozen teachers of ``checkpoints`` (written by the teacher pipeline), each checked
     against the data the student sees (``check_teacher_matches``), on ``device``."""
-    from sdkd_pipeline.models import build_model
+    from sdkd_pipeline.models import model_from_checkpoint
 
     teachers: dict[str, nn.Module] = {}
     for name, ckpt in checkpoints.items():
         check_teacher_matches(name, ckpt, shape, mean, std)
-        model = build_model(ckpt["model"], **ckpt["shape"], **ckpt["model_config"])
-        model.load_state_dict(ckpt["state_dict"])
-        teachers[name] = freeze(model).to(device)
+        teachers[name] = freeze(model_from_checkpoint(ckpt)).to(device)
     return teachers
 
 

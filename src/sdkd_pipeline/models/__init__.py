@@ -14,6 +14,7 @@ from sdkd_pipeline.models.registry import (
     build_model,
     default_config,
     list_models,
+    model_from_checkpoint,
     resolve_config,
 )
 from sdkd_pipeline.models.resnet import ResNet, ResNetConfig
@@ -39,5 +40,6 @@ __all__ = [
     "count_parameters",
     "default_config",
     "list_models",
+    "model_from_checkpoint",
     "resolve_config",
 ]

@@ -10,6 +10,7 @@ pass ``param_path`` when the config lives elsewhere.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,3 +91,12 @@ def build_model(
             raise ConfigError(f"{key} must be a positive integer, got {value!r}")
     config = resolve_config(name, param_path=param_path, **cfg)
     return _SPECS[name].model_cls(config=config, **shape)
+
+
+def model_from_checkpoint(checkpoint: Mapping[str, Any]) -> ForecastModel:
+    """The trained model a checkpoint of the training node holds (its ``model``, ``shape``,
+    ``model_config`` and ``state_dict``), in eval mode."""
+    model = build_model(checkpoint["model"], **dict(checkpoint["shape"]),
+                        **dict(checkpoint["model_config"]))
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval()

@@ -19,7 +19,7 @@ import torch
 import xarray as xr
 
 from sdkd_pipeline.data.windows import WindowDataset
-from sdkd_pipeline.models import build_model
+from sdkd_pipeline.models import build_model, model_from_checkpoint
 from sdkd_pipeline.models.complexity import count_flops, count_parameters
 from sdkd_pipeline.models.registry import resolve_config
 from sdkd_pipeline.tracking import MLflowTracker, flatten_params, run_tags
@@ -67,14 +67,7 @@ def train_forecaster(
     store = tensors.encoding.get("store_path") or tensors
     splits = {name: WindowDataset(store, name) for name in ("train", "val", "test")}
     train_set = splits["train"]
-    _, _, channels, height, width = train_set.shape
-    shape = {
-        "in_frames": train_set.t_in,
-        "out_frames": train_set.t_out,
-        "channels": channels,
-        "height": height,
-        "width": width,
-    }
+    shape = train_set.model_shape
     root = param_root or role  # where the configs sit in the parameters (for error messages)
     param_path = f"{root}.{model_name}"
     model_cfg = resolve_config(model_name, param_path=param_path, **(model_params or {}))
@@ -84,7 +77,7 @@ def train_forecaster(
     seed_everything(cfg.seed)
     model = build_model(model_name, param_path=param_path, **shape, **model_cfg.to_dict())
     n_params = count_parameters(model)
-    flops = count_flops(model, (1, train_set.t_in, channels, height, width))
+    flops = count_flops(model, (1, train_set.t_in, *train_set.shape[2:]))
     run_folder = f"{model_name}/{method}" if role == "student" else model_name
     out_dir = (
         Path(tracking.get("checkpoint_dir", "data/06_models/runs"))
@@ -194,6 +187,4 @@ def _run_key(model_cfg: dict, train_cfg: dict, data: WindowDataset,
 
 def load_forecaster(checkpoint: dict[str, Any]) -> torch.nn.Module:
     """Rebuild a trained model from a checkpoint written by ``train_forecaster``."""
-    model = build_model(checkpoint["model"], **checkpoint["shape"], **checkpoint["model_config"])
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.eval()
+    return model_from_checkpoint(checkpoint)

@@ -76,11 +76,9 @@ def _setup(cfg: DistillConfig, checkpoints: Mapping[str, Mapping[str, Any]],
            model: torch.nn.Module, splits: Mapping[str, WindowDataset], train_cfg: TrainConfig
            ) -> LossSetup:
     train_set = splits["train"]
-    _, _, channels, height, width = train_set.shape
-    shape = {"in_frames": train_set.t_in, "out_frames": train_set.t_out, "channels": channels,
-             "height": height, "width": width}
     device = resolve_device(train_cfg.device)
-    teachers = load_teachers(checkpoints, shape, train_set.mean, train_set.std, device)
+    teachers = load_teachers(checkpoints, train_set.model_shape, train_set.mean, train_set.std,
+                             device)
     prepared = prepare_distillation(
         cfg, teachers, model, train_set, device=device,
         autocast_dtype=autocast_dtype(train_cfg.precision, device),

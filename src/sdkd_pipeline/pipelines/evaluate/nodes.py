@@ -57,10 +57,8 @@ def _parse_input(name: str) -> tuple[str, str, str | None]:
 def _check_matches(
     label: str, command: str, checkpoint: Mapping[str, Any], windows: WindowDataset
 ) -> None:
-    _, _, channels, height, width = windows.shape
-    shape = {"in_frames": windows.t_in, "out_frames": windows.t_out, "channels": channels,
-             "height": height, "width": width}
-    check_checkpoint_matches(label, command, checkpoint, shape, windows.mean, windows.std)
+    check_checkpoint_matches(label, command, checkpoint, windows.model_shape, windows.mean,
+                             windows.std)
 
 
 def evaluate_dataset(

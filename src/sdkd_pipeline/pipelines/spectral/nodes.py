@@ -47,10 +47,7 @@ def analyse_teacher_spectra(
                                      distill_cutoff=_distill_cutoff_k(distill_params))
     store = tensors.encoding.get("store_path") or tensors
     windows = WindowDataset(store, cfg.split)
-    shape = {"in_frames": windows.t_in, "out_frames": windows.t_out,
-             "channels": windows.shape[2], "height": windows.shape[3],
-             "width": windows.shape[4]}
-    check_teacher_matches(teacher, checkpoint, shape, windows.mean, windows.std)
+    check_teacher_matches(teacher, checkpoint, windows.model_shape, windows.mean, windows.std)
     device = resolve_device(cfg.device)
     model = load_forecaster(dict(checkpoint)).to(device)
     analysis, figure = analyse_spectra(model, windows, cfg, title=f"{dataset} / {teacher}",
