@@ -137,11 +137,9 @@ def git_commit() -> str:
 
 def t_quantile(n: int) -> float:
     """The 97.5 % quantile of Student's t with n - 1 degrees of freedom."""
-    try:
-        from scipy.stats import t
-        return float(t.ppf(0.975, n - 1))
-    except ImportError:  # pragma: no cover - scipy is a dependency
-        return {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78}.get(n, 1.96)
+    from scipy.stats import t  # a dependency of the project
+
+    return float(t.ppf(0.975, n - 1))
 
 
 def mean_ci(values: list[float]) -> tuple[float, float, int]:
@@ -168,6 +166,11 @@ def fmt(mean: float, half: float, digits: int = 4, scale: float = 1.0, unit: str
 
 
 STUDENT_RUN_PREFIX = "student-run-"
+
+
+def _run_key(row: dict) -> tuple:
+    """What identifies a trained model in ``runs.jsonl``: role, model, method, seed."""
+    return row["role"], row["model"], row["method"], row["seed"]
 
 
 class Study:
@@ -201,7 +204,7 @@ class Study:
             for line in self.runs_path.read_text().splitlines():
                 if line.strip():
                     row = json.loads(line)
-                    done[(row["role"], row["model"], row["method"], row["seed"])] = row
+                    done[_run_key(row)] = row
         elif self.runs_path.exists():
             self.runs_path.unlink()
         return done
@@ -209,7 +212,7 @@ class Study:
     def _record(self, row: dict) -> dict:
         with open(self.runs_path, "a") as handle:
             handle.write(json.dumps(row) + "\n")
-        self.done[(row["role"], row["model"], row["method"], row["seed"])] = row
+        self.done[_run_key(row)] = row
         return row
 
     # -- data ----------------------------------------------------------------------------
@@ -242,9 +245,7 @@ class Study:
             (self.work / "tensors.seconds").unlink(missing_ok=True)
         self.sets = {s: WindowDataset(tensors, s) for s in ("train", "val", "test")}
         train_set = self.sets["train"]
-        _, _, c, h, w = train_set.shape
-        self.shape = {"in_frames": train_set.t_in, "out_frames": train_set.t_out,
-                      "channels": c, "height": h, "width": w}
+        self.shape = train_set.model_shape
         self.data_range = test_data_range(self.sets["test"], 32)
         self.data_info = {"windows": {s: len(d) for s, d in self.sets.items()},
                           "seconds": self._data_seconds(started),
