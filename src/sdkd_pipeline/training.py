@@ -700,7 +700,13 @@ def train(
             run = _Run(model, train_set, val_set, cfg, Path(out_dir), loss or MSELoss(),
                        tracker, test_set, progress, val_metric or squared_error_sum,
                        device, dist_ctx)
-            return run.execute()
+            result = run.execute()
+            if dist_ctx.initialized_here:
+                # every rank reaches the end before the group goes: a rank tearing gloo down
+                # while the other still used it aborted once ("terminate called without an
+                # active exception"); only on success, so a failed rank never waits here
+                dist.barrier()
+            return result
     finally:
         if dist_ctx.initialized_here:
             dist.destroy_process_group()
