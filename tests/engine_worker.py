@@ -130,14 +130,14 @@ def main(argv: list[str] | None = None) -> int:
 
     tracker = None
     if args.record_writes:
-        original_save = training._atomic_torch_save
+        original_save = training.engine._atomic_torch_save
 
         def recording_save(obj: Any, path: Path) -> None:
             with open(records / f"writes_rank{rank}.txt", "a") as handle:
                 handle.write(f"{path}\n")
             original_save(obj, path)
 
-        training._atomic_torch_save = recording_save
+        training.engine._atomic_torch_save = recording_save
         tracker = FileRecordingTracker(records / f"tracker_rank{rank}.jsonl")
 
     torch.manual_seed(1234)  # model initialisation, identical in every process

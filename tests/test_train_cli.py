@@ -9,10 +9,10 @@ import pytest
 import torch
 import yaml
 
-from sdkd_pipeline import train_cli
 from sdkd_pipeline.data.store import load_store_in_memory
 from sdkd_pipeline.data.windows import WindowDataset
 from sdkd_pipeline.models import build_model
+from sdkd_pipeline.training import __main__ as train_cli
 from tests.demo_store import write_demo_store
 
 TRAINING = {"epochs": 2, "batch_size": 4, "lr": 1e-3, "patience": None, "seed": 0,
@@ -110,7 +110,7 @@ def test_a_student_distils_under_torchrun_on_two_cpu_processes(setup):
         env.pop(name, None)
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "sdkd_pipeline.train_cli", "--store", str(store), "--model", "unet",
+         "-m", "sdkd_pipeline.training", "--store", str(store), "--model", "unet",
          "--method", "sdkd", "--teacher", str(root / "simvp.pt"), "--out", str(root / "ddp"),
          "--params-file", str(params), "--no-progress"],
         cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,

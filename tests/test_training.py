@@ -158,7 +158,7 @@ def test_same_seed_gives_identical_runs_on_cpu(tmp_path):
 
 
 def test_train_cli_twice_gives_identical_best_checkpoints(tmp_path):
-    """Two ``python -m sdkd_pipeline.train_cli`` processes (each with its own random initial
+    """Two ``python -m sdkd_pipeline.training`` processes (each with its own random initial
     torch seed) on a NetCDF store: the same best checkpoint, bit for bit."""
     import yaml
 
@@ -178,7 +178,7 @@ def test_train_cli_twice_gives_identical_best_checkpoints(tmp_path):
     # b loads its batches in two DataLoader workers: that must not change a bit either
     for run, extra in (("a", []), ("b", ["--set", "num_workers=2"])):
         done = subprocess.run(
-            [sys.executable, "-m", "sdkd_pipeline.train_cli", "--store", str(store),
+            [sys.executable, "-m", "sdkd_pipeline.training", "--store", str(store),
              "--model", "simvp", "--out", str(tmp_path / run), "--params-file", str(params),
              "--no-progress", *extra],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=120)

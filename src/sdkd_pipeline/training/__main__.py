@@ -1,16 +1,18 @@
 """Train one model on one tensor store without Kedro, e.g. on several GPUs with torchrun.
 
-    python -m sdkd_pipeline.train_cli --store data/05_model_input/navier_stokes.zarr \\
+    python -m sdkd_pipeline.training --store data/05_model_input/navier_stokes.zarr \\
         --model st_alternet --out data/06_models/runs/navier_stokes/st_alternet
-    torchrun --nproc_per_node=4 -m sdkd_pipeline.train_cli --store ... --model simvp --out ...
-    python -m sdkd_pipeline.train_cli --store ... --model unet --method sdkd \\
+    torchrun --nproc_per_node=4 -m sdkd_pipeline.training --store ... --model simvp --out ...
+    python -m sdkd_pipeline.training --store ... --model unet --method sdkd \\
         --teacher data/06_models/navier_stokes/st_alternet.pt \\
         --teacher data/06_models/navier_stokes/simvp.pt --out runs/unet_sdkd
 
 Model and training settings come from a parameters file (default: the project's
 ``conf/base/parameters_teacher.yml`` for a teacher, ``parameters_distill.yml`` for a student),
 sections ``<role>.<model>`` and ``<role>.training`` (``distill.<model>`` and
-``distill.training`` for students); ``--set key=value`` overrides training keys. A student
+``distill.training`` for students) over the shared ``training:`` block (that of
+``conf/base/parameters.yml`` with the default files, or the file's own); ``--set key=value``
+overrides training keys. A student
 trains with ``--method`` (default ``none``), a method or variant of the file's ``distill``
 section, from the teacher checkpoints given with ``--teacher`` (written by the teacher
 pipeline; single-teacher methods take ``distill.teacher`` among them, ``best`` = lowest
@@ -28,19 +30,17 @@ from typing import Any
 import yaml
 
 from sdkd_pipeline.data.windows import WindowDataset
+from sdkd_pipeline.devices import resolve_device
 from sdkd_pipeline.errors import ConfigError, SDKDError
 from sdkd_pipeline.models import build_model
 from sdkd_pipeline.models.registry import MODEL_ROLES
-from sdkd_pipeline.training import (
-    TrainConfig,
-    autocast_dtype,
-    distributed_env,
-    resolve_device,
-    seed_everything,
-    train,
-)
+from sdkd_pipeline.training.checkpoint import seed_everything
+from sdkd_pipeline.training.config import autocast_dtype, stage_config
+from sdkd_pipeline.training.distributed import distributed_env
+from sdkd_pipeline.training.engine import train
 
 PARAMS_SECTION = {"teacher": "teacher", "student": "distill"}
+SHARED_PARAMS = Path("conf/base/parameters.yml")
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
@@ -80,7 +80,7 @@ def _teacher_checkpoints(paths: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sdkd_pipeline.train_cli", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m sdkd_pipeline.training", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", required=True, help="tensor store (.zarr) or NetCDF copy")
     parser.add_argument("--model", required=True, choices=sorted(MODEL_ROLES))
@@ -112,8 +112,14 @@ def _main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--params-file {params_file}: no such file")
     params = yaml.safe_load(params_file.read_text()) or {}
     section = params.get(section_name) or {}
+    # the shared ``training:`` block: the project's conf/base/parameters.yml with the default
+    # files, then the params file's own top-level ``training:`` over it
+    shared: dict[str, Any] = {}
+    if args.params_file is None and SHARED_PARAMS.is_file():
+        shared = dict((yaml.safe_load(SHARED_PARAMS.read_text()) or {}).get("training") or {})
+    shared.update(params.get("training") or {})
     training = {**(section.get("training") or {}), **_overrides(args.set)}
-    cfg = TrainConfig.from_dict(training, prefix=f"{section_name}.training")
+    cfg = stage_config(shared, training, f"{section_name}.training")
     distill_cfg = None
     checkpoints: dict[str, dict[str, Any]] = {}
     if role == "student":
