@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from sdkd_pipeline.baselines import (
+from sdkd_pipeline.data.raw import make_raw
+from sdkd_pipeline.data.tensors import SplitConfig, WindowConfig, build_tensor_dataset
+from sdkd_pipeline.data.windows import WindowDataset
+from sdkd_pipeline.errors import ConfigError, DataError
+from sdkd_pipeline.evaluation import evaluate_models, predict_windows, test_data_range
+from sdkd_pipeline.evaluation.baselines import (
     Climatology,
     Persistence,
     build_baselines,
     time_of_day,
     training_runs,
 )
-from sdkd_pipeline.data.raw import make_raw
-from sdkd_pipeline.data.tensors import SplitConfig, WindowConfig, build_tensor_dataset
-from sdkd_pipeline.data.windows import WindowDataset
-from sdkd_pipeline.errors import ConfigError, DataError
-from sdkd_pipeline.evaluation import evaluate_models, predict_windows, test_data_range
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -238,7 +238,7 @@ def test_build_baselines_names():
 
 def test_baselines_import_without_kedro_mlflow_zarr_dask():
     code = (
-        "import sys; import sdkd_pipeline.baselines; "
+        "import sys; import sdkd_pipeline.evaluation.baselines; "
         "bad = [m for m in ('kedro', 'mlflow', 'zarr', 'dask') "
         "if m in sys.modules]; assert not bad, bad"
     )

@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from sdkd_pipeline import deploy
-from sdkd_pipeline import evaluation as evaluation_module
 from sdkd_pipeline.data.raw import make_raw
 from sdkd_pipeline.data.tensors import (
     SplitConfig,
@@ -29,7 +28,9 @@ from sdkd_pipeline.errors import ConfigError
 from sdkd_pipeline.evaluation import (
     EvaluationConfig,
     ModelResult,
+    accuracy,
     build_table,
+    checkpoints,
     evaluate_checkpoints,
     evaluate_models,
     measure_latency,
@@ -37,11 +38,12 @@ from sdkd_pipeline.evaluation import (
     plot_prediction_panel,
     plot_step_curves,
     predict_windows,
+    tables,
     teacher_check,
     test_data_range,
     to_markdown,
 )
-from sdkd_pipeline.metrics import ForecastMetrics, MetricAccumulator
+from sdkd_pipeline.evaluation.metrics import ForecastMetrics, MetricAccumulator
 from sdkd_pipeline.models import build_model
 
 T_IN, T_OUT, SIZE = 2, 2, 16
@@ -325,7 +327,7 @@ def test_baselines_are_never_the_reference_teacher():
         _result("student", "unet", "none", 5.0, 1.0),
         _result("student", "unet", "sdkd", 3.0, 0.6),
     ]
-    assert evaluation_module.best_teacher(results).model == "simvp"
+    assert tables.best_teacher(results).model == "simvp"
     table = build_table(results, teachers=["simvp"], students=["unet"], methods=["none", "sdkd"])
     row = table.set_index(["model", "method"]).loc[("unet", "sdkd")]
     assert row["gap_closed_mse"] == pytest.approx((5.0 - 3.0) / (5.0 - 2.0))
@@ -337,8 +339,8 @@ def test_baselines_are_never_the_reference_teacher():
         "speedup_vs_simvp_b32",
     ]
     # curves keep the order and the role
-    curves = evaluation_module.curves_json(
-        evaluation_module._order(results, ["simvp"], ["unet"], ["none", "sdkd"]),
+    curves = tables.curves_json(
+        tables._order(results, ["simvp"], ["unet"], ["none", "sdkd"]),
         dataset="demo",
         data_range=[1.0],
         channels=["u"],
@@ -356,7 +358,7 @@ def test_a_flagged_teacher_is_logged_as_a_warning(caplog):
     ]
     table = build_table(results)
     with caplog.at_level(logging.WARNING, logger="sdkd_pipeline.evaluation"):
-        evaluation_module._warn_flagged_teachers(table, "demo")
+        checkpoints._warn_flagged_teachers(table, "demo")
     (record,) = caplog.records
     message = record.getMessage()
     assert "demo: teacher bad" in message and "not below persistence" in message
@@ -411,20 +413,53 @@ def test_latency_is_positive_and_restores_threads():
     assert torch.get_num_threads() == 1
 
 
+class _MatMul(torch.nn.Module):
+    """A model whose forward is an ``n x n`` matrix product (work ~ n^3), counting its calls."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        weight = torch.randn(n, n, generator=torch.Generator().manual_seed(n))
+        self.weight = torch.nn.Parameter(weight)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return x + (self.weight @ self.weight)[0, 0]
+
+
+def _fastest_call_ms(model: torch.nn.Module, x: torch.Tensor, calls: int = 5) -> float:
+    times = []
+    with torch.no_grad():
+        for _ in range(calls):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+    return min(times) * 1e3
+
+
+def test_latency_is_the_median_forward_time_in_milliseconds():
+    # 1024 x 1024 products do 64x the work of 256 x 256: the medians differ by far more than 8x
+    small, big = _MatMul(256), _MatMul(1024)
+    shape = (1, 1, 4, 4)
+    small_ms = measure_latency(small, shape, [1], repeats=9, warmup=1)[1]
+    start = time.perf_counter()
+    big_ms = measure_latency(big, shape, [1], repeats=5, warmup=0)[1]
+    wall = time.perf_counter() - start
+    assert big_ms > 8.0 * small_ms > 0, (big_ms, small_ms)
+    # milliseconds of the forward call: at least half the fastest call timed here (a loaded
+    # machine only slows calls down), and 3 of the 5 timed calls (those at or above the median)
+    # fit in the wall time of the whole measurement
+    assert big_ms >= 0.5 * _fastest_call_ms(big, torch.zeros(1, *shape)), big_ms
+    assert 3 * big_ms / 1e3 <= wall, (big_ms, wall)
+
+
 def test_latency_of_a_slow_model_stops_after_three_calls_past_the_budget():
-    class Slow(torch.nn.Module):
-        calls = 0
-
-        def forward(self, x):
-            Slow.calls += 1
-            time.sleep(0.02)
-            return x
-
-    latency = measure_latency(Slow(), (1, 1, 4, 4), [1], repeats=9, warmup=1, max_seconds=0.01)
-    assert Slow.calls == 1 + 3 and latency[1] >= 20.0
-    Slow.calls = 0
-    measure_latency(Slow(), (1, 1, 4, 4), [1], repeats=4, warmup=0, max_seconds=None)
-    assert Slow.calls == 4
+    slow = _MatMul(512)
+    measure_latency(slow, (1, 1, 4, 4), [1], repeats=9, warmup=1, max_seconds=1e-9)
+    assert slow.calls == 1 + 3
+    slow.calls = 0
+    measure_latency(slow, (1, 1, 4, 4), [1], repeats=4, warmup=0, max_seconds=None)
+    assert slow.calls == 4
     assert EvaluationConfig.from_params({}).max_seconds == 2.0
     assert EvaluationConfig.from_params({"latency": {"max_seconds": None}}).max_seconds is None
     with pytest.raises(ConfigError, match="evaluate.latency.max_seconds"):
@@ -503,7 +538,7 @@ def test_evaluate_checkpoints_table_and_figures(windows):
 def test_panel_predictions_come_from_the_metric_pass(windows):
     models = {"a": _model("unet", 2), "b": _model("simvp", 1)}
     data_range = test_data_range(windows, batch_size=2)
-    metrics, truth, kept = evaluation_module._evaluate_pass(
+    metrics, truth, kept = accuracy._evaluate_pass(
         models, windows, data_range, batch_size=2, keep=[1, 99, 0]
     )
     expected_truth, expected = predict_windows(models, windows, [1, 99, 0])
@@ -676,9 +711,22 @@ def test_bad_parameters_are_named():
         EvaluationConfig.from_params({"batch_size": "x"})
 
 
+def test_the_package_reexports_every_name_from_its_module():
+    import importlib
+
+    import sdkd_pipeline.evaluation as evaluation
+
+    assert sorted(evaluation.__all__) == sorted(evaluation._EXPORTS)
+    for name, module in evaluation._EXPORTS.items():
+        defined = importlib.import_module(f"sdkd_pipeline.evaluation.{module}")
+        assert getattr(evaluation, name) is getattr(defined, name), name
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        evaluation.nothing  # noqa: B018
+
+
 def test_library_imports_without_kedro_mlflow_zarr_dask():
     code = (
-        "import sys; import sdkd_pipeline.evaluation; "
+        "import sys; from sdkd_pipeline.evaluation import *; "
         "bad = [m for m in ('kedro', 'mlflow', 'zarr', 'dask') "
         "if m in sys.modules]; assert not bad, bad"
     )

@@ -1,0 +1,156 @@
+"""Accuracy of every model on the test split, in one streamed pass.
+
+Imports only torch at module level, so it runs without Kedro, MLflow, Zarr or Dask.
+
+Every accuracy metric is computed by ``metrics.MetricAccumulator`` on de-normalized fields,
+streamed over the test loader (the split is never held in memory), with the models in eval
+mode under ``torch.no_grad``; every model's predictions are computed once, in that pass (the
+prediction panel's windows are kept from it). PSNR and SSIM use one explicit data range per
+channel, ``max - min`` of the test split's truth, computed once per dataset
+(``test_data_range``) and used for every model. A module with ``uses_window_index`` (the
+climatology of ``baselines``) also gets the indices of the batch's windows in the split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from sdkd_pipeline.errors import ConfigError
+from sdkd_pipeline.evaluation.metrics import ForecastMetrics, MetricAccumulator, data_range_from
+
+__all__ = ["evaluate_models", "predict_windows", "test_data_range"]
+
+
+def _loader(windows: Any, batch_size: int) -> DataLoader:
+    return DataLoader(windows, batch_size=batch_size, shuffle=False, num_workers=0)
+
+
+def test_data_range(windows: Any, batch_size: int = 16) -> torch.Tensor:
+    """``max - min`` of each channel over the de-normalized truth of ``windows`` (streamed)."""
+    return data_range_from(
+        (windows.denormalize(y) for _, y in _loader(windows, batch_size)),
+        channel_names=getattr(windows, "channels", None),
+    )
+
+
+test_data_range.__test__ = False  # not a pytest test, whatever its name
+
+
+def _forward(
+    model: torch.nn.Module, x: torch.Tensor, window_index: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``model(x)`` as a float tensor; a module with ``uses_window_index`` (the climatology)
+    also gets the indices of the batch's windows in the split."""
+    if window_index is not None and getattr(model, "uses_window_index", False):
+        out = model(x, window_index=window_index)
+    else:
+        out = model(x)
+    if isinstance(out, Mapping):
+        out = out["prediction"]
+    elif isinstance(out, (tuple, list)):
+        out = out[0]
+    return out.float()
+
+
+def evaluate_models(
+    models: Mapping[str, torch.nn.Module],
+    windows: Any,
+    data_range: Sequence[float] | torch.Tensor,
+    *,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+) -> dict[str, ForecastMetrics]:
+    """Metrics of each model on ``windows`` (a WindowDataset: normalized ``(x, y)`` items and
+    ``denormalize``), in one streamed pass over the loader; every model sees each batch."""
+    metrics, _, _ = _evaluate_pass(
+        models, windows, data_range, batch_size=batch_size, device=device
+    )
+    return metrics
+
+
+def _chosen_windows(windows: Any, indices: Iterable[int]) -> list[int]:
+    return [i for i in indices if 0 <= i < len(windows)] or [0]
+
+
+def _evaluate_pass(
+    models: Mapping[str, torch.nn.Module],
+    windows: Any,
+    data_range: Sequence[float] | torch.Tensor,
+    *,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    keep: Iterable[int] = (),
+) -> tuple[dict[str, ForecastMetrics], torch.Tensor | None, dict[str, torch.Tensor]]:
+    """``evaluate_models``, also keeping the de-normalized truth ``(K, T, C, H, W)`` and each
+    model's prediction of windows ``keep`` (as ``predict_windows`` picks them; ``None`` and
+    ``{}`` when ``keep`` is empty), so the panel needs no second forward pass."""
+    if not models:
+        raise ConfigError("evaluate_models: no model to evaluate")
+    device = torch.device(device)
+    x0, y0 = windows[0]
+    steps, channels, height, width = (int(s) for s in y0.shape)
+    accumulators = {
+        name: MetricAccumulator(channels, steps, height, width, data_range) for name in models
+    }
+    keep = list(keep)
+    chosen = _chosen_windows(windows, keep) if keep else []
+    kept_truth: dict[int, torch.Tensor] = {}
+    kept: dict[str, dict[int, torch.Tensor]] = {name: {} for name in models}
+    states = {}
+    for name, model in models.items():
+        states[name] = model.training
+        model.to(device).eval()
+    try:
+        with torch.no_grad():
+            start = 0
+            for x, y in _loader(windows, batch_size):
+                x = x.to(device)
+                truth = windows.denormalize(y.to(device))
+                rows = {i: i - start for i in chosen if start <= i < start + len(x)}
+                for i, row in rows.items():
+                    kept_truth[i] = truth[row].cpu()
+                index = torch.arange(start, start + len(x))
+                for name, model in models.items():
+                    prediction = windows.denormalize(_forward(model, x, index))
+                    accumulators[name].update(prediction, truth)
+                    for i, row in rows.items():
+                        kept[name][i] = prediction[row].cpu()
+                start += len(x)
+    finally:
+        for name, model in models.items():
+            model.train(states[name])
+    metrics = {name: acc.compute() for name, acc in accumulators.items()}
+    if not chosen:
+        return metrics, None, {}
+    truth = torch.stack([kept_truth[i] for i in chosen])
+    predictions = {name: torch.stack([kept[name][i] for i in chosen]) for name in models}
+    return metrics, truth, predictions
+
+
+def predict_windows(
+    models: Mapping[str, torch.nn.Module],
+    windows: Any,
+    indices: Iterable[int],
+    *,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """De-normalized truth ``(K, T, C, H, W)`` and each model's prediction for windows
+    ``indices`` (out-of-range indices are dropped; at least window 0 is used)."""
+    device = torch.device(device)
+    chosen = _chosen_windows(windows, indices)
+    xs, ys = zip(*(windows[i] for i in chosen), strict=True)
+    x = torch.stack(xs).to(device)
+    truth = windows.denormalize(torch.stack(ys))
+    predictions = {}
+    with torch.no_grad():
+        for name, model in models.items():
+            was = model.training
+            model.to(device).eval()
+            index = torch.as_tensor(chosen, dtype=torch.long)
+            predictions[name] = windows.denormalize(_forward(model, x, index)).cpu()
+            model.train(was)
+    return truth, predictions
