@@ -1,4 +1,4 @@
-"""Tests of the spectral analysis library ``sdkd_pipeline.spectral_analysis`` (no Kedro)."""
+"""Tests of the spectral analysis library ``sdkd_pipeline.spectral.analysis`` (no Kedro)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch.utils.data import TensorDataset
 from sdkd_pipeline.errors import ConfigError
 from sdkd_pipeline.models import build_model
 from sdkd_pipeline.spectral import radial_energy_spectrum
-from sdkd_pipeline.spectral_analysis import (
+from sdkd_pipeline.spectral.analysis import (
     REFERENCE_SLOPES,
     SUMMARY_COLUMNS,
     SpectralConfig,

@@ -1,4 +1,4 @@
-"""`kedro run --pipeline=spectral` on the smoke config: reports, MLflow runs, missing teachers."""
+"""`kedro run --pipelines=spectral` on the smoke config: reports, MLflow runs, missing teachers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from sdkd_pipeline.errors import MissingInputError
 from sdkd_pipeline.pipelines.spectral.nodes import tabulate_spectra
-from sdkd_pipeline.spectral_analysis import SUMMARY_COLUMNS
+from sdkd_pipeline.spectral.analysis import SUMMARY_COLUMNS
 from tests.pipelines.conftest import run_kedro
 
 NS_ONLY = {"data.datasets": "navier_stokes"}
@@ -21,7 +21,7 @@ REPORTS = "data/08_reporting/spectral"
 
 def test_spectral_needs_the_teachers_then_reports_slopes_and_logs_runs(project):
     run_kedro(project, env="smoke", pipeline="data", params=NS_ONLY)
-    with pytest.raises(MissingInputError, match=r"kedro run --pipeline=teacher"):
+    with pytest.raises(MissingInputError, match=r"kedro run --pipelines=teacher"):
         run_kedro(project, env="smoke", pipeline="spectral", params=NS_ONLY)
     assert not (project / REPORTS).exists()  # the check runs before any node
 
@@ -81,7 +81,7 @@ def test_spectral_needs_the_teachers_then_reports_slopes_and_logs_runs(project):
 
 def test_spectral_without_data_names_both_commands(project):
     with pytest.raises(MissingInputError,
-                       match=r"--pipeline=data`? then `kedro run --pipeline=teacher"):
+                       match=r"--pipelines=data`? then `kedro run --pipelines=teacher"):
         run_kedro(project, env="smoke", pipeline="spectral", params=NS_ONLY)
 
 

@@ -1,4 +1,4 @@
-"""Spectral analysis nodes: thin glue over ``sdkd_pipeline.spectral_analysis``."""
+"""Spectral analysis nodes: thin glue over ``sdkd_pipeline.spectral.analysis``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import xarray as xr
 from sdkd_pipeline.data.windows import WindowDataset
 from sdkd_pipeline.distill.teachers import check_teacher_matches
 from sdkd_pipeline.pipelines.forecaster import load_forecaster
-from sdkd_pipeline.spectral_analysis import (
+from sdkd_pipeline.spectral.analysis import (
     SUMMARY_COLUMNS,
     SpectralConfig,
     analyse_spectra,
@@ -20,7 +20,7 @@ from sdkd_pipeline.spectral_analysis import (
     spectral_metrics,
     summary_rows,
 )
-from sdkd_pipeline.tracking import MLflowTracker, flatten_params, run_tags
+from sdkd_pipeline.tracking import DEFAULT_EXPERIMENT, MLflowTracker, flatten_params, run_tags
 from sdkd_pipeline.training import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def analyse_teacher_spectra(
 
     tracking = dict(tracking or {})
     tags = run_tags(dataset, "teacher", teacher, "spectral")
-    with MLflowTracker(experiment=tracking.get("experiment", "sdkd_pipeline"),
+    with MLflowTracker(experiment=tracking.get("experiment", DEFAULT_EXPERIMENT),
                        run_name=f"{dataset}/{teacher}/spectral", tags=tags) as tracker:
         summary["mlflow_run_id"] = tracker.run_id
         tracker.log_params(flatten_params({**tags, "spectral": cfg.to_dict(),

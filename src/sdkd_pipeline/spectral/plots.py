@@ -1,4 +1,4 @@
-"""The figure of the spectral analysis (``spectral_analysis.analyse_spectra``): log-log spectra
+"""The figure of the spectral analysis (``analysis.analyse_spectra``): log-log spectra
 with fitted and reference lines.
 
 Imports numpy only at module level and matplotlib inside ``plot_spectra`` (no pyplot state).
@@ -45,7 +45,7 @@ def plot_spectra(spectra: Mapping[str, tuple[np.ndarray, np.ndarray]],
     """Log-log ``E(k)`` of the data (left) and the latents (right).
 
     A spectrum whose fit is a power law (``fits[name]["power_law"]``, see
-    ``spectral_analysis.slope_summary``) gets its fitted line over the fit range (gid
+    ``analysis.slope_summary``) gets its fitted line over the fit range (gid
     ``fit_<name>``, label ``... fit: slope s ± e``); one that is not gets no line, and its legend
     entry says ``no power law`` with the verdict's numbers. The reference lines ``k^-5/3`` and
     ``k^-3`` (gids ``reference_k^-5/3``, ``reference_k^-3``) start at the panel's first power-law

@@ -5,7 +5,7 @@ The bands are ``BandSplit.log_spaced(H, W, 3)``, named low / mid / high as the e
 MSE (``metrics.BAND_NAMES``): the mean (k = 0) is in the low band, each band is closed above,
 and no window is applied, so the shares of an error field are its ``band_mse / mse``. The share
 above a cutoff uses ``BandSplit.two_band(H, W, k_c)`` as the distillation loss does. Used by
-``spectral_analysis``; imports torch and numpy only.
+``measure`` and ``analysis``; imports torch and numpy only.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from sdkd_pipeline.errors import ConfigError
-from sdkd_pipeline.spectral import BandSplit
+from sdkd_pipeline.spectral.bands import BandSplit
 
 __all__ = ["SHARE_BANDS", "SHARE_KEYS", "BandTotals", "band_share_text", "band_shares",
            "share_bands"]

@@ -1,8 +1,8 @@
-"""Spectral analysis of the data and of a teacher's latents (``kedro run --pipeline=spectral``).
+"""Spectral analysis of the data and of a teacher's latents (``kedro run --pipelines=spectral``).
 
 What it measures, for one (dataset, teacher):
 
-- Radially binned energy spectra ``E(k)`` (``spectral.radial_energy_spectrum``) of the target
+- Radially binned energy spectra ``E(k)`` (``spectra.radial_energy_spectrum``) of the target
   fields and of the teacher's latents ``high`` (Z_h, conv branch), ``low`` (Z_l, attention
   branch) and ``fused``, averaged over windows, channels and frames.
 - A least-squares slope of ``log E`` on ``log k`` over a stated range, with its standard error,
@@ -25,8 +25,8 @@ Units. The data are the store's normalized fields ((x - mean) / std per channel,
 statistics): a constant factor per channel, so a single channel's slope is as in physical units
 (several channels weigh equally), and the band shares are those the distillation losses see
 (for one channel the teacher error's shares equal the evaluation's ``band_mse / mse``, which is
-in physical units: the factor std^2 cancels). Wavenumbers are cycles per domain length (the longer axis)
-for the data *and* the latents: a latent grid ``h x w`` that covers the (padded) domain has its
+in physical units: the factor std^2 cancels). Wavenumbers are cycles per domain length (the
+longer axis) for the data *and* the latents: a latent grid ``h x w`` that covers the (padded) domain has its
 own integer shells rescaled by ``max(H, W) / (max(h, w) * downsample_factor)``, which is 1 when
 the grid needs no padding, so a latent's ``k`` is the same physical scale as the data's ``k``.
 
@@ -34,40 +34,49 @@ Non-periodic directions (RBC's walls, latitude) leak energy into every wavenumbe
 jump at the boundary; ``window`` removes the linear trend and applies a Hann window first
 (``hann_y``: along rows only; ``hann``: along both axes), for the data and the latents alike.
 
-Imports torch, numpy and (inside ``plot_spectra``, in ``spectral_plot``) matplotlib only; no
+This module holds the statistics (``slope_summary``, ``branch_check``), the whole analysis
+(``analyse_spectra``) and its tables (``summary_rows``, ``spectral_metrics``), and gathers the
+stage's other public names from ``config`` (``SpectralConfig``), ``measure`` (``teacher_pass``
+and the spectra), ``plots`` (``plot_spectra``) and ``shares`` (the band shares), so callers
+import the whole library from here.
+
+Imports torch, numpy and (inside ``plot_spectra``, in ``plots``) matplotlib only; no
 Kedro, MLflow, Zarr or Dask, so it runs in a notebook on any ``(x, y)`` dataset and any model
 with ``forward_features``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from sdkd_pipeline.errors import ConfigError
-from sdkd_pipeline.spectral import (
-    detrend_and_window,
+from sdkd_pipeline.spectral.config import WINDOWS, SpectralConfig
+from sdkd_pipeline.spectral.measure import (
+    LATENT_NAMES,
+    Spectrum,
+    apply_window,
+    data_spectrum,
+    evenly_spaced_indices,
+    latent_spectra,
+    teacher_pass,
+)
+from sdkd_pipeline.spectral.plots import REFERENCE_SLOPES, plot_spectra
+from sdkd_pipeline.spectral.shares import (
+    SHARE_BANDS,
+    SHARE_KEYS,
+    band_share_text,
+    band_shares,
+    share_bands,
+)
+from sdkd_pipeline.spectral.spectra import (
     fit_exponential,
     fit_power_law,
     high_band_fraction,
     spectral_centroid,
-)
-from sdkd_pipeline.spectral import (
-    radial_energy_spectrum as _radial_energy_spectrum,
-)
-from sdkd_pipeline.spectral_plot import REFERENCE_SLOPES, plot_spectra
-from sdkd_pipeline.spectral_shares import (
-    SHARE_BANDS,
-    SHARE_KEYS,
-    BandTotals,
-    band_share_text,
-    band_shares,
-    share_bands,
 )
 
 __all__ = [
@@ -93,311 +102,11 @@ __all__ = [
     "teacher_pass",
 ]
 
-Spectrum = tuple[np.ndarray, np.ndarray]
-
-# the latents analysed by default (a model's others, such as a teacher's "state", on request)
-LATENT_NAMES = ("high", "low", "fused")
-WINDOWS = ("none", "hann", "hann_y")
 # one row per spectrum (data, high, low, fused) and one "teacher_error" row for the band shares
 # of the teacher's error; a slope only where the spectrum is a power law
 SUMMARY_COLUMNS = ("dataset", "teacher", "latent", "power_law", "slope", "slope_stderr",
                    "raw_slope", "fit_k_min", "fit_k_max", "r2", "exp_r2", "high_band_fraction",
                    "centroid", *(f"share_{key}" for key in SHARE_KEYS), "verdict")
-
-
-# ---------------------------------------------------------------------------------------------
-# Configuration
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SpectralConfig:
-    """Settings of one analysis (the ``spectral`` parameters resolved for one dataset).
-
-    ``distill_cutoff`` is the distillation's band cutoff ``distill.cutoff.k`` (None: no share
-    above it is reported)."""
-
-    split: str = "test"
-    max_windows: int = 64
-    batch_size: int = 16
-    data_fit_range: tuple[float, float] = (3.0, 12.0)
-    latent_fit_range: tuple[float, float] = (2.0, 6.0)
-    min_r2: float = 0.95
-    exponential_r2_margin: float = 0.01
-    high_band_cutoff: float | None = None  # None: half the latent grid's largest shell
-    window: str = "none"
-    device: str = "auto"
-    distill_cutoff: float | None = None
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any] | None, dataset: str,
-                    prefix: str = "spectral", *, distill_cutoff: Any = None) -> SpectralConfig:
-        """Validate the ``spectral`` parameters; ``window`` is a mapping dataset -> window (or
-        one window for all). ``distill_cutoff``: ``distill.cutoff.k`` or None. Errors name the
-        parameter."""
-        params = dict(params or {})
-        known = {"split", "max_windows", "batch_size", "fit_range", "min_r2",
-                 "exponential_r2_margin", "high_band_cutoff", "window", "device"}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ConfigError(f"parameter {prefix}: unknown key(s) {unknown}; known: "
-                              f"{sorted(known)}")
-        defaults = cls()
-        split = str(params.get("split", defaults.split))
-        if split not in ("train", "val", "test"):
-            raise ConfigError(f"parameter {prefix}.split must be train, val or test, got "
-                              f"{split!r}")
-        fit = dict(params.get("fit_range") or {})
-        bad = sorted(set(fit) - {"data", "latent"})
-        if bad:
-            raise ConfigError(f"parameter {prefix}.fit_range: unknown key(s) {bad}; use data "
-                              "and latent")
-        cutoff = params.get("high_band_cutoff", defaults.high_band_cutoff)
-        if cutoff is not None:
-            cutoff = _positive_float(cutoff, f"{prefix}.high_band_cutoff")
-        min_r2 = _positive_float(params.get("min_r2", defaults.min_r2), f"{prefix}.min_r2")
-        if min_r2 > 1:
-            raise ConfigError(f"parameter {prefix}.min_r2 must lie in (0, 1], got {min_r2:g}")
-        margin = _fraction(params.get("exponential_r2_margin", defaults.exponential_r2_margin),
-                           f"{prefix}.exponential_r2_margin")
-        return cls(
-            split=split,
-            max_windows=_positive_int(params.get("max_windows", defaults.max_windows),
-                                      f"{prefix}.max_windows"),
-            batch_size=_positive_int(params.get("batch_size", defaults.batch_size),
-                                     f"{prefix}.batch_size"),
-            data_fit_range=_fit_range(fit.get("data", defaults.data_fit_range),
-                                      f"{prefix}.fit_range.data"),
-            latent_fit_range=_fit_range(fit.get("latent", defaults.latent_fit_range),
-                                        f"{prefix}.fit_range.latent"),
-            min_r2=min_r2,
-            exponential_r2_margin=margin,
-            high_band_cutoff=cutoff,
-            window=_window_for(params.get("window", defaults.window), dataset, prefix),
-            device=str(params.get("device", defaults.device)),
-            distill_cutoff=(None if distill_cutoff is None
-                            else _positive_float(distill_cutoff, "distill.cutoff.k")),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["data_fit_range"] = list(self.data_fit_range)
-        out["latent_fit_range"] = list(self.latent_fit_range)
-        return out
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"parameter {name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _number(value: Any) -> float:
-    if isinstance(value, bool):
-        return float("nan")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-def _positive_float(value: Any, name: str) -> float:
-    number = _number(value)
-    if not math.isfinite(number) or number <= 0:
-        raise ConfigError(f"parameter {name} must be a positive number, got {value!r}")
-    return number
-
-
-def _fraction(value: Any, name: str) -> float:
-    number = _number(value)
-    if not 0 <= number < 1:
-        raise ConfigError(f"parameter {name} must be a number in [0, 1), got {value!r}")
-    return number
-
-
-def _fit_range(value: Any, name: str) -> tuple[float, float]:
-    if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2:
-        raise ConfigError(f"parameter {name} must be [k_min, k_max], got {value!r}")
-    k_min, k_max = (_positive_float(v, name) for v in value)
-    # radial shells are the integers (times the latent's scale, 1 without padding)
-    n_shells = math.floor(k_max) - math.ceil(k_min) + 1
-    if n_shells < 3:
-        raise ConfigError(
-            f"parameter {name} = [{k_min:g}, {k_max:g}] holds {max(n_shells, 0)} integer "
-            "wavenumber(s); a slope fit needs at least 3"
-        )
-    return k_min, k_max
-
-
-def _window_for(value: Any, dataset: str, prefix: str) -> str:
-    name = f"{prefix}.window"
-    if isinstance(value, Mapping):
-        if dataset not in value:
-            raise ConfigError(f"parameter {name} names no window for dataset {dataset!r}; add "
-                              f"{name}.{dataset}: one of {list(WINDOWS)}")
-        value, name = value[dataset], f"{name}.{dataset}"
-    window = "none" if value is None or value is False else str(value).lower()
-    if window not in WINDOWS:
-        raise ConfigError(f"parameter {name} must be one of {list(WINDOWS)}, got {value!r}")
-    return window
-
-
-
-# ---------------------------------------------------------------------------------------------
-# Spectra
-# ---------------------------------------------------------------------------------------------
-
-
-def apply_window(x: torch.Tensor, window: str) -> torch.Tensor:
-    """Detrend and Hann-window ``(..., H, W)`` fields along their non-periodic axes:
-    ``none`` (periodic), ``hann_y`` (rows: RBC's walls, latitude) or ``hann`` (both axes)."""
-    if window == "none":
-        return x
-    if window == "hann_y":
-        return detrend_and_window(x, (-2,))
-    if window == "hann":
-        return detrend_and_window(x, (-2, -1))
-    raise ConfigError(f"window must be one of {list(WINDOWS)}, got {window!r}")
-
-
-def evenly_spaced_indices(n_items: int, max_items: int) -> list[int]:
-    """At most ``max_items`` distinct indices spread evenly over ``range(n_items)``.
-
-    Neighbouring windows overlap and share a trajectory; spreading them samples the split."""
-    if n_items < 1:
-        raise ValueError("the dataset is empty")
-    if max_items >= n_items:
-        return list(range(n_items))
-    return sorted({int(i) for i in np.linspace(0, n_items - 1, max_items).round()})
-
-
-class _MeanSpectrum:
-    """Running mean of spectra over batches of unequal size."""
-
-    def __init__(self) -> None:
-        self.k: np.ndarray | None = None
-        self.total: np.ndarray | None = None
-        self.count = 0
-
-    def add(self, fields: torch.Tensor, n: int) -> None:
-        k, energy = _radial_energy_spectrum(fields)
-        if self.total is None:
-            self.k, self.total = k, energy * n
-        else:
-            self.total = self.total + energy * n
-        self.count += n
-
-    def result(self, k_scale: float = 1.0) -> Spectrum:
-        assert self.k is not None and self.total is not None
-        return self.k * k_scale, self.total / self.count
-
-
-def _loader(dataset, max_windows: int, batch_size: int):
-    indices = evenly_spaced_indices(len(dataset), max_windows)
-    subset = torch.utils.data.Subset(dataset, indices)
-    return torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False)
-
-
-def data_spectrum(dataset, max_windows: int, *, window: str = "none",
-                  batch_size: int = 16) -> Spectrum:
-    """Mean radial spectrum ``(k, E)`` of the target fields ``y`` of up to ``max_windows``
-    windows of an ``(x, y)`` dataset (``y``: ``(T, C, H, W)``), over windows, frames and
-    channels. In the dataset's units (normalized for a ``WindowDataset``)."""
-    mean = _MeanSpectrum()
-    for _, y in _loader(dataset, max_windows, batch_size):
-        mean.add(apply_window(y, window), len(y))
-    return mean.result()
-
-
-def teacher_pass(model: torch.nn.Module, dataset, *, max_windows: int, batch_size: int,
-                 window: str = "none", device: torch.device | str | None = None,
-                 names: Sequence[str] | None = None, distill_cutoff: float | None = None,
-                 ) -> dict[str, Any]:
-    """One forward pass of the model (``forward_features``) over up to ``max_windows`` windows
-    of an ``(x, y)`` dataset, collecting:
-
-    - ``data``: the mean radial spectrum ``(k, E)`` of the targets ``y`` (after ``window``);
-    - ``latents``: ``{name: (k, E)}`` of the latents ``names`` (default: ``LATENT_NAMES`` that
-      the model has, else all of its latents; each ``(B, C_lat, h, w)``), averaged over
-      windows and latent channels, ``k`` in cycles per domain length like the data's (see the
-      module docstring);
-    - ``band_shares``: ``{"bands": {low: [0, c0], ...}, "distill_cutoff_k", "data": shares of
-      y, "teacher_error": shares of prediction - y}`` (``band_shares``; no window).
-
-    The model runs in eval mode without gradients on ``device`` (default: where its parameters
-    are); its training mode is restored afterwards.
-    """
-    if device is None:
-        device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    data = _MeanSpectrum()
-    means: dict[str, _MeanSpectrum] = {}
-    truth: BandTotals | None = None
-    error: BandTotals | None = None
-    k_scale = 1.0
-    try:
-        with torch.no_grad():
-            for x, y in _loader(dataset, max_windows, batch_size):
-                prediction, features = model.forward_features(x.to(device))
-                y = y.to(prediction.device)
-                if prediction.shape != y.shape:
-                    raise ValueError(f"{type(model).__name__} predicts {tuple(prediction.shape)} "
-                                     f"for targets {tuple(y.shape)}")
-                if truth is None:
-                    truth = BandTotals(*y.shape[-2:], distill_cutoff)
-                    error = BandTotals(*y.shape[-2:], distill_cutoff)
-                data.add(apply_window(y, window), len(y))
-                truth.add(y)
-                error.add(prediction.double() - y.double())
-                wanted = names or _default_latents(model, features)
-                for name in wanted:
-                    if name not in features:
-                        raise KeyError(f"{type(model).__name__} has no latent {name!r}; it "
-                                       f"returns {sorted(features)}")
-                    latent = features[name].float()
-                    means.setdefault(name, _MeanSpectrum()).add(apply_window(latent, window),
-                                                                len(x))
-                k_scale = _latent_k_scale(model, x.shape[-2:], latent.shape[-2:])
-    finally:
-        model.train(was_training)
-    assert truth is not None and error is not None
-    return {
-        "data": data.result(),
-        "latents": {name: mean.result(k_scale) for name, mean in means.items()},
-        "band_shares": {
-            "bands": truth.band_ranges(),
-            "distill_cutoff_k": distill_cutoff,
-            "data": truth.shares(),
-            "teacher_error": error.shares(),
-        },
-    }
-
-
-def _default_latents(model: torch.nn.Module, features: Mapping[str, Any]) -> tuple[str, ...]:
-    """``LATENT_NAMES`` that the model has (a teacher's other latents, e.g. ``state``, are left
-    out), else all of its latents (a student's ``bottleneck``)."""
-    available = tuple(getattr(model, "latent_names", None) or features)
-    return tuple(n for n in LATENT_NAMES if n in available) or available
-
-
-def latent_spectra(model: torch.nn.Module, dataset, *, max_windows: int, batch_size: int,
-                   window: str = "none", device: torch.device | str | None = None,
-                   names: Sequence[str] | None = None) -> dict[str, Spectrum]:
-    """Mean radial spectra ``{name: (k, E)}`` of the model's latents: ``teacher_pass``'s
-    ``latents``."""
-    return teacher_pass(model, dataset, max_windows=max_windows, batch_size=batch_size,
-                        window=window, device=device, names=names)["latents"]
-
-
-def _latent_k_scale(model: torch.nn.Module, data_hw: Sequence[int],
-                    latent_hw: Sequence[int]) -> float:
-    """Latent shells in cycles per latent domain -> cycles per data domain length."""
-    factor = getattr(model, "downsample_factor", None)
-    if factor is None:  # assume the latent grid covers exactly the data domain
-        return 1.0
-    scale = max(data_hw) / (max(latent_hw) * factor)
-    return 1.0 if math.isclose(scale, 1.0) else float(scale)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -454,6 +163,8 @@ def _band_limited(k, E, k_max: float | None) -> Spectrum:
         return k, E
     keep = k <= k_max * (1 + 1e-9)
     return k[keep], E[keep]
+
+
 def branch_check(high: Spectrum, low: Spectrum, cutoff: float | None = None) -> dict[str, Any]:
     """Is the conv branch (Z_h, ``high``) the high-pass one and attention (Z_l, ``low``) the
     low-pass one? Compares the energy share above ``cutoff`` (default: half the largest shell
