@@ -13,9 +13,9 @@ import torch
 import xarray as xr
 
 from sdkd_pipeline import deploy
+from sdkd_pipeline.deploy.__main__ import main as cli_main
 from sdkd_pipeline.errors import DataError
 from sdkd_pipeline.models import build_model
-from sdkd_pipeline.predict_cli import main as cli_main
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -348,7 +348,7 @@ def test_cli_export_and_predict_round_trip(ckpt, tmp_path, capsys):
 
 def test_cli_runs_as_module(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "sdkd_pipeline.predict_cli", "--help"],
+        [sys.executable, "-m", "sdkd_pipeline.deploy", "--help"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -358,7 +358,7 @@ def test_cli_runs_as_module(tmp_path):
 
 def test_deploy_imports_without_heavy_packages():
     code = (
-        "import sys, sdkd_pipeline.deploy, sdkd_pipeline.predict_cli; "
+        "import sys, sdkd_pipeline.deploy, sdkd_pipeline.deploy.__main__; "
         "print([m for m in ('kedro', 'mlflow', 'zarr', 'dask', 'onnx', 'onnxruntime') "
         "if m in sys.modules])"
     )

@@ -1,8 +1,8 @@
 """Deploy a trained forecaster: export it, or forecast from a data file.
 
-    python -m sdkd_pipeline.predict_cli export \\
+    python -m sdkd_pipeline.deploy export \\
         --checkpoint data/06_models/navier_stokes/students/unet/sdkd.pt --out exported/
-    python -m sdkd_pipeline.predict_cli predict --model exported/unet_sdkd.onnx \\
+    python -m sdkd_pipeline.deploy predict --model exported/unet_sdkd.onnx \\
         --input data/02_intermediate/navier_stokes_raw.zarr --output forecast.nc \\
         [--time-index N] [--trajectory K]
 
@@ -20,12 +20,16 @@ import json
 import sys
 from pathlib import Path
 
+from sdkd_pipeline.deploy.checkpoint import _load_checkpoint
+from sdkd_pipeline.deploy.export import export_onnx, export_torchscript
+from sdkd_pipeline.deploy.forecast import predict
+from sdkd_pipeline.deploy.runtime import check_onnx, check_torchscript
 from sdkd_pipeline.errors import SDKDError
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m sdkd_pipeline.predict_cli", description=__doc__,
+        prog="python -m sdkd_pipeline.deploy", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -52,28 +56,26 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _export(args: argparse.Namespace) -> dict:
-    from sdkd_pipeline import deploy
-
     formats = [f.strip().lower() for f in args.formats.split(",") if f.strip()]
     unknown = sorted(set(formats) - {"torchscript", "onnx"})
     if unknown or not formats:
         raise SystemExit(f"--formats: unknown format(s) {unknown}; use torchscript, onnx")
-    checkpoint = deploy._load_checkpoint(args.checkpoint)
+    checkpoint = _load_checkpoint(args.checkpoint)
     args.out.mkdir(parents=True, exist_ok=True)
     result: dict = {"checkpoint": str(args.checkpoint)}
     if "torchscript" in formats:
-        path = deploy.export_torchscript(checkpoint, args.out)
+        path = export_torchscript(checkpoint, args.out)
         entry: dict = {"path": str(path)}
         if not args.no_check:
-            entry["max_abs_diff"] = deploy.check_torchscript(checkpoint, path, atol=args.atol,
-                                                             rtol=args.rtol)
+            entry["max_abs_diff"] = check_torchscript(checkpoint, path, atol=args.atol,
+                                                     rtol=args.rtol)
         result["torchscript"] = entry
     if "onnx" in formats:
-        path = deploy.export_onnx(checkpoint, args.out, opset=args.opset)
+        path = export_onnx(checkpoint, args.out, opset=args.opset)
         entry = {"path": str(path)}
         if not args.no_check:
-            entry["max_abs_diff"] = deploy.check_onnx(checkpoint, path, atol=args.atol,
-                                                      rtol=args.rtol)
+            entry["max_abs_diff"] = check_onnx(checkpoint, path, atol=args.atol,
+                                              rtol=args.rtol)
         result["onnx"] = entry
     return result
 
@@ -84,11 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             result = _export(args)
         else:
-            from sdkd_pipeline import deploy
-
-            out = deploy.predict(args.model, args.input, args.output,
-                                 time_index=args.time_index, trajectory=args.trajectory,
-                                 variable=args.variable)
+            out = predict(args.model, args.input, args.output,
+                          time_index=args.time_index, trajectory=args.trajectory,
+                          variable=args.variable)
             result = {"output": str(out)}
     except (SDKDError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

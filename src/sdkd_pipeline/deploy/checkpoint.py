@@ -1,0 +1,102 @@
+"""Checkpoints and the metadata an exported model carries.
+
+``checkpoint_meta(checkpoint)`` is the JSON-able metadata (channels, mean, std, shape, model,
+method, ...) of a checkpoint written by ``train_forecaster``; it travels inside every exported
+file (the TorchScript archive's ``sdkd_meta.json`` extra file, the ONNX model's
+``metadata_props``). ``build_checkpoint_model`` rebuilds the checkpoint's model in eval mode.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sdkd_pipeline.errors import DataError
+
+META_FILE = "sdkd_meta.json"
+ONNX_META_KEY = "sdkd_meta"
+META_FORMAT = "sdkd-export/1"
+_META_KEYS = ("model", "method", "dataset", "role", "model_config")
+
+Checkpoint = Mapping[str, Any]
+
+
+# -- checkpoints and metadata --------------------------------------------------------------------
+
+
+def _load_checkpoint(checkpoint: Checkpoint | str | Path) -> dict[str, Any]:
+    if isinstance(checkpoint, Mapping):
+        ckpt = dict(checkpoint)
+        origin = "checkpoint"
+    else:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise DataError(f"{path}: no checkpoint file there")
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise DataError(f"{path}: cannot be read as a checkpoint ({exc})") from exc
+        origin = str(path)
+        if not isinstance(ckpt, dict):
+            raise DataError(f"{path}: not a checkpoint dict (got {type(ckpt).__name__})")
+    missing = [
+        k
+        for k in ("model", "model_config", "shape", "channels", "mean", "std", "state_dict")
+        if k not in ckpt
+    ]
+    if missing:
+        raise DataError(f"{origin}: checkpoint lacks {', '.join(missing)}")
+    return ckpt
+
+
+def _floats(value: Any) -> list[float]:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    return [float(v) for v in np.asarray(value, dtype=np.float64).reshape(-1)]
+
+
+def _plain(value: Any) -> Any:
+    """JSON-able copy of a config value."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def checkpoint_meta(checkpoint: Checkpoint | str | Path) -> dict[str, Any]:
+    """The metadata an exported model carries (JSON-able)."""
+    ckpt = _load_checkpoint(checkpoint)
+    shape = {k: int(v) for k, v in dict(ckpt["shape"]).items()}
+    meta: dict[str, Any] = {
+        "format": META_FORMAT,
+        "channels": [str(c) for c in ckpt["channels"]],
+        "mean": _floats(ckpt["mean"]),
+        "std": _floats(ckpt["std"]),
+        "shape": shape,
+    }
+    for key in _META_KEYS:
+        meta[key] = _plain(ckpt.get(key))
+    n_chan = shape.get("channels")
+    for key in ("channels", "mean", "std"):
+        if len(meta[key]) != n_chan:
+            raise DataError(
+                f"checkpoint: {key} has {len(meta[key])} entries but shape.channels = {n_chan}"
+            )
+    return meta
+
+
+def build_checkpoint_model(checkpoint: Checkpoint | str | Path) -> nn.Module:
+    """The checkpoint's model in eval mode (like ``pipelines.forecaster.load_forecaster``)."""
+    from sdkd_pipeline.models import model_from_checkpoint
+
+    return model_from_checkpoint(_load_checkpoint(checkpoint))
+
+
+def _example_input(meta: Mapping[str, Any], batch: int, seed: int = 0) -> torch.Tensor:
+    s = meta["shape"]
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, s["in_frames"], s["channels"], s["height"], s["width"], generator=gen)
+
