@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from sdkd_pipeline.data import download as dl
 from sdkd_pipeline.data.download import (
     RemoteFile,
     download_file,
@@ -20,6 +19,7 @@ from sdkd_pipeline.data.download import (
     fetch_all,
     sha256_of,
 )
+from sdkd_pipeline.data.download import fetch as dl_fetch
 from sdkd_pipeline.errors import ConfigError, DownloadError
 from tests.http_server import Faults, LocalHTTPServer, publish, serve_directory
 
@@ -44,7 +44,7 @@ def server(tmp_path: Path) -> LocalHTTPServer:
 def no_sleep(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Record backoff delays instead of sleeping them."""
     delays: list[float] = []
-    monkeypatch.setattr(dl.time, "sleep", delays.append)
+    monkeypatch.setattr(dl_fetch.time, "sleep", delays.append)
     return delays
 
 

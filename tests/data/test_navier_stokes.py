@@ -12,6 +12,7 @@ import torch
 
 from sdkd_pipeline.data.raw import RAW_DIMS
 from sdkd_pipeline.data.sources import navier_stokes as ns
+from sdkd_pipeline.data.sources.navier_stokes.solver import _TINY, _flush_tiny
 from sdkd_pipeline.errors import ConfigError, DataError, MissingRawDataError
 
 LAYOUTS = ["half", "packed"]
@@ -466,9 +467,9 @@ def test_flushing_tiny_modes_changes_nothing_above_them(one_torch_thread):
                                      sigma=7.0**1.5)
     state = solver.to_state(w0)
     state[..., -3:, -3:] = 1e-25  # values that would decay into subnormals
-    flushed = ns._flush_tiny(state.clone())
+    flushed = _flush_tiny(state.clone())
     assert torch.count_nonzero(flushed[..., -3:, -3:]) == 0
-    keep = torch.view_as_real(state).abs() >= ns._TINY
+    keep = torch.view_as_real(state).abs() >= _TINY
     assert torch.equal(torch.view_as_real(flushed)[keep], torch.view_as_real(state)[keep])
     # a run flushed every 50 steps matches the same run stepped one step at a time, where the
     # flush only ever touches values below 1e-20

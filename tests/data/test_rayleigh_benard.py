@@ -507,7 +507,6 @@ def local_well_server(tmp_path):
 
 
 def test_download_then_read(tmp_path, local_well_server):
-    pytest.importorskip("sdkd_pipeline.data.download")
     folder, base_url = local_well_server
     name = "rayleigh_benard_Rayleigh_1e6_Prandtl_1.hdf5"
     write_well_file(folder / name, n_traj=1)

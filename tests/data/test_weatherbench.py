@@ -387,7 +387,6 @@ def test_archive_url_follows_the_tum_pattern() -> None:
 
 
 def test_download_against_local_server(tmp_path: Path) -> None:
-    pytest.importorskip("sdkd_pipeline.data.download")
     from tests.http_server import serve_directory
 
     # The real archive holds the yearly files at its top level.

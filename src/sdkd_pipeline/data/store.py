@@ -177,7 +177,8 @@ def open_store(path: str | Path, *, chunks: Any = "store", kind: str = "tensors"
     """
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path}: no Zarr store there; build it first with `kedro run --pipeline=data`")
+        raise DataError(f"{path}: no Zarr store there; build it first with "
+                        "`kedro run --pipelines=data`")
     if not is_zarr_store(path):
         raise DataError(f"{path}: not a Zarr store (no zarr.json or .zgroup)")
     if chunks == "store":

@@ -1,4 +1,5 @@
-"""One module per dataset; each returns a *raw dataset* as defined in ``data/raw.py``.
+"""One module or package per dataset (a package splits config, solver and readers); each
+returns a *raw dataset* as defined in ``data/raw.py``.
 
 ``load_raw(dataset, source)`` is the single entry point the pipelines use. ``source`` is the
 ``<dataset>.source`` parameter section: ``kind`` names a generator or reader, and the section of

@@ -1,4 +1,4 @@
-"""WeatherBench / ERA5 reanalysis fields as a raw dataset (one trajectory, datetime64 time).
+"""WeatherBench / ERA5 readers: WB1 yearly NetCDF, WB2 Zarr and Copernicus GRIB / NetCDF.
 
 Three on-disk layouts are read into the same contract:
 
@@ -23,81 +23,23 @@ Zarr, dask and cfgrib are imported lazily: this module imports with numpy/xarray
 
 from __future__ import annotations
 
-import argparse
-import os
-import re
-import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-from sdkd_pipeline.config_utils import known_keys
 from sdkd_pipeline.data.raw import make_raw
-from sdkd_pipeline.errors import ConfigError, DataError, DownloadError, MissingRawDataError
-
-DATASET_NAME = "weatherbench"
-DEFAULT_RAW_DIR = Path("data/01_raw/weatherbench")
-ERA5_ATTRIBUTION = (
-    "Contains modified Copernicus Climate Change Service information; "
-    "ERA5 reanalysis (Hersbach et al. 2020), WeatherBench (Rasp et al. 2020)"
+from sdkd_pipeline.data.sources.weatherbench.config import (
+    DATASET_NAME,
+    DEFAULT_RAW_DIR,
+    DOWNLOAD_COMMAND,
+    ERA5_ATTRIBUTION,
+    VariableRequest,
+    channel_name,
+    resolve_variable,
 )
-FORMATS = ("wb1_netcdf", "wb2_zarr", "era5")
-
-# WeatherBench 1 archive on the TUM data server (mediaTUM record 1524895). One zip per
-# variable and resolution, holding the yearly NetCDF files.
-WB1_BASE_URL = "https://dataserv.ub.tum.de/s/m1524895/download"
-WB1_RESOLUTIONS = ("5.625deg", "2.8125deg", "1.40625deg")
-WB1_VARIABLES = (
-    "10m_u_component_of_wind",
-    "10m_v_component_of_wind",
-    "2m_temperature",
-    "geopotential",
-    "geopotential_500",
-    "potential_vorticity",
-    "relative_humidity",
-    "specific_humidity",
-    "temperature",
-    "temperature_850",
-    "toa_incident_solar_radiation",
-    "total_cloud_cover",
-    "total_precipitation",
-    "u_component_of_wind",
-    "v_component_of_wind",
-    "vorticity",
-)
-DOWNLOAD_COMMAND = (
-    "python -m sdkd_pipeline.data.sources.weatherbench {variable} "
-    "--dest data/01_raw/weatherbench --resolution {resolution}"
-)
-
-# ERA5 / CDS long names (WB1 directory names, WB2 variable names) -> ERA5 short names (the
-# names inside WB1 and Copernicus files, and the stem of our channel names).
-LONG_TO_SHORT: dict[str, str] = {
-    "2m_temperature": "t2m",
-    "2m_dewpoint_temperature": "d2m",
-    "10m_u_component_of_wind": "u10",
-    "10m_v_component_of_wind": "v10",
-    "mean_sea_level_pressure": "msl",
-    "surface_pressure": "sp",
-    "sea_surface_temperature": "sst",
-    "total_precipitation": "tp",
-    "total_cloud_cover": "tcc",
-    "toa_incident_solar_radiation": "tisr",
-    "geopotential": "z",
-    "temperature": "t",
-    "u_component_of_wind": "u",
-    "v_component_of_wind": "v",
-    "vertical_velocity": "w",
-    "specific_humidity": "q",
-    "relative_humidity": "r",
-    "vorticity": "vo",
-    "potential_vorticity": "pv",
-}
-SHORT_TO_LONG: dict[str, str] = {short: long for long, short in LONG_TO_SHORT.items()}
+from sdkd_pipeline.errors import ConfigError, DataError, MissingRawDataError
 
 # Dimension names used by the different writers -> ours.
 _DIM_ALIASES = {
@@ -109,155 +51,6 @@ _DIM_ALIASES = {
     "plev": "level",
 }
 _SPATIAL_DIMS = ("lat", "lon")
-_SINGLE_LEVEL_NAME = re.compile(r"^(?P<base>.+)_(?P<level>\d+)(hPa)?$")
-
-
-@dataclass(frozen=True)
-class VariableRequest:
-    """One requested variable, resolved to the names each layout uses.
-
-    ``long`` names the WB1 directory and the WB2 variable; ``short`` is the name inside WB1 and
-    Copernicus files; ``fixed_level`` is set for WB1's single-level directories such as
-    ``geopotential_500`` (files holding only that level).
-    """
-
-    requested: str
-    long: str
-    short: str
-    fixed_level: int | None = None
-
-    @property
-    def directory(self) -> str:
-        return self.requested if self.fixed_level is not None else self.long
-
-
-def resolve_variable(name: str) -> VariableRequest:
-    """Accept a long name (``2m_temperature``), a short name (``t2m``) or a WB1 single-level
-    directory name (``geopotential_500``)."""
-    if name in LONG_TO_SHORT:
-        return VariableRequest(name, name, LONG_TO_SHORT[name])
-    if name in SHORT_TO_LONG:
-        return VariableRequest(name, SHORT_TO_LONG[name], name)
-    match = _SINGLE_LEVEL_NAME.match(name)
-    if match and match["base"] in LONG_TO_SHORT:
-        base = match["base"]
-        return VariableRequest(name, base, LONG_TO_SHORT[base], int(match["level"]))
-    # Unknown to the table: use it verbatim for both (lets users read any ERA5 variable).
-    return VariableRequest(name, name, name)
-
-
-def channel_name(short: str, level: float | None) -> str:
-    """``t2m`` for a surface variable, ``z500`` for geopotential at 500 hPa."""
-    if level is None:
-        return short
-    return f"{short}{int(level) if float(level).is_integer() else level}"
-
-
-# ----------------------------------------------------------------------------- config
-
-
-@dataclass
-class WeatherBenchConfig:
-    """Parameters under ``weatherbench`` in parameters_data.yml.
-
-    ``format`` picks the layout; ``root`` (wb1_netcdf) or ``path`` (wb2_zarr, era5) the input;
-    ``variables`` long or short names (None = every variable in an era5 file); ``levels`` hPa
-    for 3-D variables (None = every level in the file); ``years`` for wb1 (a list, or
-    ``{start, end}`` inclusive); ``time_slice`` [start, end] ISO dates for wb2/era5.
-    """
-
-    format: str
-    variables: list[str] | None = None
-    levels: list[int] | None = None
-    root: str = str(DEFAULT_RAW_DIR)
-    path: str | None = None
-    years: list[int] | None = None
-    resolution: str = "5.625deg"
-    time_slice: list[str] | None = None
-    progress: bool = True
-
-    @classmethod
-    def from_dict(cls, cfg: dict) -> WeatherBenchConfig:
-        if not isinstance(cfg, dict):
-            raise ConfigError(f"weatherbench: expected a mapping of parameters, got {cfg!r}")
-        known_keys(cls, cfg, "weatherbench")
-        if "format" not in cfg:
-            raise ConfigError(f"weatherbench.format: missing; choose one of {list(FORMATS)}")
-        conf = cls(**cfg)
-        if conf.format not in FORMATS:
-            raise ConfigError(
-                f"weatherbench.format: unknown format {conf.format!r}; choose one of "
-                f"{list(FORMATS)}"
-            )
-        if conf.variables is not None:
-            if isinstance(conf.variables, str):
-                conf.variables = [conf.variables]
-            if not conf.variables or not all(isinstance(v, str) for v in conf.variables):
-                raise ConfigError(
-                    f"weatherbench.variables: expected a non-empty list of names, "
-                    f"got {conf.variables!r}"
-                )
-        if conf.levels is not None:
-            conf.levels = _as_int_list(conf.levels, "weatherbench.levels")
-        conf.years = _parse_years(conf.years) if conf.years is not None else None
-        if conf.time_slice is not None and (
-            not isinstance(conf.time_slice, list | tuple) or len(conf.time_slice) != 2
-        ):
-            raise ConfigError(
-                f"weatherbench.time_slice: expected [start, end], got {conf.time_slice!r}"
-            )
-        if conf.format == "wb1_netcdf":
-            if conf.variables is None:
-                raise ConfigError("weatherbench.variables: required for format wb1_netcdf")
-            if conf.years is None:
-                raise ConfigError("weatherbench.years: required for format wb1_netcdf")
-        elif conf.path is None:
-            raise ConfigError(f"weatherbench.path: required for format {conf.format}")
-        if conf.format == "wb2_zarr" and conf.variables is None:
-            raise ConfigError("weatherbench.variables: required for format wb2_zarr")
-        return conf
-
-
-def _as_int_list(value, param: str) -> list[int]:
-    values = [value] if isinstance(value, int | float) else value
-    try:
-        out = [int(v) for v in values]
-    except (TypeError, ValueError):
-        raise ConfigError(f"{param}: expected a list of integers, got {value!r}") from None
-    if not out:
-        raise ConfigError(f"{param}: empty list")
-    return out
-
-
-def _parse_years(years) -> list[int]:
-    if isinstance(years, dict):
-        if set(years) != {"start", "end"}:
-            raise ConfigError(
-                f"weatherbench.years: expected a list or {{start, end}}, got {years!r}"
-            )
-        start, end = int(years["start"]), int(years["end"])
-        if end < start:
-            raise ConfigError(f"weatherbench.years: end {end} is before start {start}")
-        return list(range(start, end + 1))
-    return _as_int_list(years, "weatherbench.years")
-
-
-def read_weatherbench(cfg: dict) -> xr.Dataset:
-    """Entry point: read the layout named by ``cfg['format']`` into the raw contract."""
-    conf = WeatherBenchConfig.from_dict(cfg)
-    if conf.format == "wb1_netcdf":
-        return read_weatherbench1(
-            conf.root,
-            conf.variables,
-            conf.years,
-            conf.levels,
-            resolution=conf.resolution,
-            progress=conf.progress,
-        )
-    time_slice = tuple(conf.time_slice) if conf.time_slice is not None else None
-    if conf.format == "wb2_zarr":
-        return read_weatherbench2_zarr(conf.path, conf.variables, conf.levels, time_slice)
-    return read_era5(conf.path, conf.variables, conf.levels, time_slice=time_slice)
 
 
 # ----------------------------------------------------------------------------- WB1
@@ -297,18 +90,7 @@ def read_weatherbench1(
     paths = {
         (r.requested, y): wb1_file_path(root, r, y, resolution) for r in requests for y in years
     }
-    missing = {key: p for key, p in paths.items() if not p.exists()}
-    if missing:
-        without = sorted(
-            {r.directory for r in requests if any(k[0] == r.requested for k in missing)}
-        )
-        commands = DOWNLOAD_COMMAND.format(variable=" ".join(without), resolution=resolution)
-        first = next(iter(missing.values()))
-        raise MissingRawDataError(
-            f"WeatherBench 1 files missing ({len(missing)} of {len(paths)}), e.g. {first}. "
-            f"They go under {root}/<variable>/<variable>_<year>_{resolution}.nc "
-            f"(default root {DEFAULT_RAW_DIR}/). Download them with: {commands}"
-        )
+    _check_wb1_files(paths, requests, root, resolution)
 
     channels: list[str] = []
     per_channel: list[np.ndarray] = []
@@ -365,6 +147,25 @@ def read_weatherbench1(
             "years": ",".join(str(y) for y in years),
         },
     )
+
+
+def _check_wb1_files(
+    paths: dict[tuple[str, int], Path], requests: list[VariableRequest], root: Path,
+    resolution: str,
+) -> None:
+    """``MissingRawDataError`` naming the download command when a yearly file is absent."""
+    missing = {key: p for key, p in paths.items() if not p.exists()}
+    if missing:
+        without = sorted(
+            {r.directory for r in requests if any(k[0] == r.requested for k in missing)}
+        )
+        commands = DOWNLOAD_COMMAND.format(variable=" ".join(without), resolution=resolution)
+        first = next(iter(missing.values()))
+        raise MissingRawDataError(
+            f"WeatherBench 1 files missing ({len(missing)} of {len(paths)}), e.g. {first}. "
+            f"They go under {root}/<variable>/<variable>_<year>_{resolution}.nc "
+            f"(default root {DEFAULT_RAW_DIR}/). Download them with: {commands}"
+        )
 
 
 def _same_grid(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> bool:
@@ -688,106 +489,3 @@ def _assemble(
         extra_coords={"lat": ("y", lat), "lon": ("x", lon)},
         attrs=attrs,
     )
-
-
-# ----------------------------------------------------------------------------- download
-
-
-def wb1_archive_url(
-    variable: str, resolution: str = "5.625deg", base_url: str = WB1_BASE_URL
-) -> str:
-    """URL of the zip holding every year of one WB1 variable at one resolution."""
-    from urllib.parse import quote
-
-    folder = quote(f"/{resolution}/{variable}", safe="")
-    return f"{base_url}?path={folder}&files={quote(f'{variable}_{resolution}.zip')}"
-
-
-def download_weatherbench1(
-    variable: str,
-    dest_dir: str | Path = DEFAULT_RAW_DIR,
-    resolution: str = "5.625deg",
-    base_url: str = WB1_BASE_URL,
-    progress: bool = True,
-    keep_archive: bool = False,
-) -> list[Path]:
-    """Download one WB1 variable and unpack its yearly NetCDF files into
-    ``{dest_dir}/{variable}/``. Returns the NetCDF paths.
-
-    The archive is unpacked into a temporary folder beside the target and the files moved in
-    only once extraction succeeded, so a failed download leaves no partial variable folder.
-    """
-    from sdkd_pipeline.data.download import download_file, extract_archive
-
-    if variable not in WB1_VARIABLES:
-        raise ConfigError(
-            f"weatherbench.download.variable: {variable!r} is not a WeatherBench 1 variable; "
-            f"choose one of {list(WB1_VARIABLES)}"
-        )
-    if resolution not in WB1_RESOLUTIONS:
-        raise ConfigError(
-            f"weatherbench.download.resolution: {resolution!r} is not one of {list(WB1_RESOLUTIONS)}"
-        )
-    dest_dir = Path(dest_dir)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    archive = dest_dir / f"{variable}_{resolution}.zip"
-    target = dest_dir / variable
-    url = wb1_archive_url(variable, resolution, base_url)
-    if not archive.exists():
-        download_file(url, archive, progress=progress)
-    staging = Path(tempfile.mkdtemp(prefix=f".{variable}.", dir=dest_dir))
-    try:
-        extracted = extract_archive(archive, staging, progress=progress)
-        netcdf = sorted(Path(p) for p in extracted if str(p).endswith(".nc"))
-        if not netcdf:
-            raise DownloadError(
-                f"{archive}: the archive from {url} holds no NetCDF files "
-                f"(found {[Path(p).name for p in extracted][:5]})"
-            )
-        target.mkdir(parents=True, exist_ok=True)
-        moved = []
-        for path in netcdf:
-            final = target / path.name
-            os.replace(path, final)
-            moved.append(final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    if not keep_archive:
-        archive.unlink(missing_ok=True)
-    return moved
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m sdkd_pipeline.data.sources.weatherbench 2m_temperature --dest ...``"""
-    parser = argparse.ArgumentParser(
-        prog="python -m sdkd_pipeline.data.sources.weatherbench",
-        description="Download WeatherBench 1 variables (yearly NetCDF) from the TUM server.",
-    )
-    parser.add_argument(
-        "variables",
-        nargs="+",
-        choices=WB1_VARIABLES,
-        metavar="VARIABLE",
-        help=f"one or more of: {', '.join(WB1_VARIABLES)}",
-    )
-    parser.add_argument("--dest", default=str(DEFAULT_RAW_DIR))
-    parser.add_argument("--resolution", default="5.625deg", choices=WB1_RESOLUTIONS)
-    parser.add_argument("--base-url", default=WB1_BASE_URL)
-    parser.add_argument("--keep-archive", action="store_true")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    for variable in args.variables:
-        files = download_weatherbench1(
-            variable,
-            args.dest,
-            args.resolution,
-            args.base_url,
-            progress=not args.no_progress,
-            keep_archive=args.keep_archive,
-        )
-        print(f"{variable}: {len(files)} files in {Path(args.dest) / variable}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
