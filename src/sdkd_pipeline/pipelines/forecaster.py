@@ -22,8 +22,8 @@ from sdkd_pipeline.data.windows import WindowDataset
 from sdkd_pipeline.models import build_model, model_from_checkpoint
 from sdkd_pipeline.models.complexity import count_flops, count_parameters
 from sdkd_pipeline.models.registry import resolve_config
-from sdkd_pipeline.tracking import MLflowTracker, flatten_params, run_tags
-from sdkd_pipeline.training import TrainConfig, seed_everything, train
+from sdkd_pipeline.tracking import DEFAULT_EXPERIMENT, MLflowTracker, flatten_params, run_tags
+from sdkd_pipeline.training import TrainConfig, seed_everything, stage_config, train
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ def train_forecaster(
     setup: Setup | None = None,
     identity: Mapping[str, Any] | None = None,
     param_root: str | None = None,
+    shared_training: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train ``model_name`` on the tensor store of ``dataset``; one MLflow run for it.
 
@@ -63,6 +64,8 @@ def train_forecaster(
     catalog, and a JSON summary (losses, parameters, FLOPs, where the run is logged).
     ``identity`` (e.g. the distillation settings and teachers) joins the hash that names the
     run's folder, so a run with other settings never resumes this one's ``last.pt``.
+    ``shared_training`` (the top-level ``training:`` of ``conf/base/parameters.yml``) holds the
+    engine settings both stages share; ``training`` (``<root>.training``) wins over it.
     """
     store = tensors.encoding.get("store_path") or tensors
     splits = {name: WindowDataset(store, name) for name in ("train", "val", "test")}
@@ -71,7 +74,7 @@ def train_forecaster(
     root = param_root or role  # where the configs sit in the parameters (for error messages)
     param_path = f"{root}.{model_name}"
     model_cfg = resolve_config(model_name, param_path=param_path, **(model_params or {}))
-    cfg = TrainConfig.from_dict(training, prefix=f"{root}.training")
+    cfg = stage_config(shared_training, training, f"{root}.training")
     # the initial weights come from the run's seed (torch seeds each process at random), so
     # two runs of one config give the same checkpoint and the study's seeds are paired
     seed_everything(cfg.seed)
@@ -88,7 +91,7 @@ def train_forecaster(
 
     tags = run_tags(dataset, role, model_name, method)
     with MLflowTracker(
-        experiment=tracking.get("experiment", "sdkd_pipeline"),
+        experiment=tracking.get("experiment", DEFAULT_EXPERIMENT),
         run_name=f"{dataset}/{model_name}" + ("" if method == "supervised" else f"/{method}"),
         tags=tags,
     ) as tracker:

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from sdkd_pipeline.config_utils import list_param as _names
+from sdkd_pipeline.data.sources import DATASETS as KNOWN_DATASETS
 from sdkd_pipeline.errors import ConfigError
-
-KNOWN_DATASETS = ("navier_stokes", "rayleigh_benard", "weatherbench", "taxibj", "taxibj_plus")
 
 _parameters: dict[str, Any] | None = None
 
@@ -90,7 +89,7 @@ def enabled_models(role: str, params: dict[str, Any] | None = None) -> list[str]
 def _stage_datasets(section: str, available: list[str], available_from: str,
                     params: dict[str, Any], hint: str) -> list[str]:
     """``<section>.datasets``: defaults to ``available``; names not in it are left out with a
-    warning (e.g. ``kedro run --pipeline=data --params data.datasets=weatherbench`` is not
+    warning (e.g. ``kedro run --pipelines=data --params data.datasets=weatherbench`` is not
     refused because the default trains on Navier-Stokes). An unknown name is an error."""
     wanted = (params.get(section) or {}).get("datasets")
     datasets = _names(wanted) if wanted else list(available)

@@ -1,4 +1,4 @@
-"""``kedro run --pipeline=distill``: every enabled student with every method on every dataset."""
+"""``kedro run --pipelines=distill``: every enabled student with every method on every dataset."""
 
 from sdkd_pipeline.pipelines.distill.pipeline import create_pipeline
 

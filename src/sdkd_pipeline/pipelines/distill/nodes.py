@@ -32,6 +32,7 @@ def distill_student(
     training: Mapping[str, Any],
     tracking: Mapping[str, Any],
     progress: bool = True,
+    shared_training: Mapping[str, Any] | None = None,
     *,
     dataset: str,
     student: str,
@@ -64,7 +65,7 @@ def distill_student(
     checkpoint, summary = train_forecaster(
         tensors, (distill or {}).get(student), dict(training or {}), dict(tracking or {}),
         progress, dataset=dataset, model_name=student, role="student", method=cfg.name,
-        setup=setup, identity=identity, param_root="distill",
+        setup=setup, identity=identity, param_root="distill", shared_training=shared_training,
     )
     summary["teachers"] = chosen
     summary["distill_method"] = cfg.method

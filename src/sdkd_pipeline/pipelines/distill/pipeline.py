@@ -35,6 +35,7 @@ def create_distill_pipeline(dataset: str, student: str, method: str, cfg: Distil
         "tensors": "tensors",
         "distill": "params:distill",
         "training": "params:distill.training",
+        "shared_training": "params:training",
         "tracking": "params:tracking",
         "progress": "params:data.progress",
         **{f"{TEACHER_INPUT_PREFIX}{t}": f"teacher_{t}_checkpoint" for t in read},
@@ -47,7 +48,7 @@ def create_distill_pipeline(dataset: str, student: str, method: str, cfg: Distil
         inputs={"tensors": f"{dataset}.tensors",
                 **{f"teacher_{t}_checkpoint": f"{dataset}.{t}.checkpoint" for t in read}},
         parameters={p: p for p in ("params:distill", "params:distill.training",
-                                   "params:tracking", "params:data.progress")},
+                                   "params:training", "params:tracking", "params:data.progress")},
         tags=["distill", dataset, student, method],
     )
 

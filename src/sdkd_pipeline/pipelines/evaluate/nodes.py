@@ -23,7 +23,7 @@ from sdkd_pipeline.evaluation import (
     to_markdown,
 )
 from sdkd_pipeline.pipelines.forecaster import load_forecaster
-from sdkd_pipeline.tracking import MLflowTracker, flatten_params
+from sdkd_pipeline.tracking import DEFAULT_EXPERIMENT, MLflowTracker, flatten_params
 
 logger = logging.getLogger(__name__)
 
@@ -85,9 +85,9 @@ def evaluate_dataset(
     for name, checkpoint in checkpoints.items():
         role, model, method = _parse_input(name)
         if role == "teacher":
-            label, command = f"teacher {model!r}", "kedro run --pipeline=teacher"
+            label, command = f"teacher {model!r}", "kedro run --pipelines=teacher"
         else:
-            label, command = f"student {model!r} ({method})", "kedro run --pipeline=distill"
+            label, command = f"student {model!r} ({method})", "kedro run --pipelines=distill"
         _check_matches(label, command, checkpoint, windows)
         module = load_forecaster(dict(checkpoint))
         entries.append(
@@ -123,7 +123,7 @@ def evaluate_dataset(
         "models": ",".join(f"{r.model}/{r.method}" for r in result.results),
     }
     with MLflowTracker(
-        experiment=tracking.get("experiment", "sdkd_pipeline"),
+        experiment=tracking.get("experiment", DEFAULT_EXPERIMENT),
         run_name=f"{dataset}/evaluation",
         tags=tags,
     ) as tracker:

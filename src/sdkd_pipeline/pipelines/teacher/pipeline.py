@@ -16,13 +16,14 @@ def create_teacher_pipeline(dataset: str, model: str) -> Pipeline:
         [
             node(
                 func,
-                inputs=[
-                    "tensors",
-                    f"params:teacher.{model}",
-                    "params:teacher.training",
-                    "params:tracking",
-                    "params:data.progress",
-                ],
+                inputs={
+                    "tensors": "tensors",
+                    "model_params": f"params:teacher.{model}",
+                    "training": "params:teacher.training",
+                    "tracking": "params:tracking",
+                    "progress": "params:data.progress",
+                    "shared_training": "params:training",
+                },
                 outputs=["checkpoint", "summary"],
                 name="train_teacher",
             )
@@ -36,6 +37,7 @@ def create_teacher_pipeline(dataset: str, model: str) -> Pipeline:
             f"params:teacher.{model}": f"params:teacher.{model}",
             "params:teacher.training": "params:teacher.training",
             "params:tracking": "params:tracking",
+            "params:training": "params:training",
             "params:data.progress": "params:data.progress",
         },
         tags=["teacher", dataset, model],
