@@ -13,10 +13,10 @@ Sizes live in ``benchmarks/study.yml``. The stages:
    recorded), split by trajectory; the data spectrum's power-law fit and band shares;
 2. **teachers**: each trained until validation stops improving (early stopping, the reason
    recorded), one seed;
-3. **baselines**: persistence and climatology (``sdkd_pipeline.baselines``);
+3. **baselines**: persistence and climatology (``sdkd_pipeline.evaluation.baselines``);
 4. **students**: every student x method x seed with the same budget (epochs, batches per epoch,
    early stopping); ``none_matched`` is ``none`` for the whole budget;
-5. **report**: test MSE / MAE / SSIM (de-normalized, ``sdkd_pipeline.metrics``) mean and 95 %
+5. **report**: test MSE / MAE / SSIM (de-normalized, ``sdkd_pipeline.evaluation.metrics``) mean and 95 %
    confidence interval over seeds (Student t), gap closed = (none - student) / (none - teacher)
    paired by seed with the teacher of lower *validation* MSE, paired differences against
    ``none`` and ``output_mse``, error per wavenumber band, and figures.
@@ -50,7 +50,6 @@ import numpy as np
 import torch
 import yaml
 
-from sdkd_pipeline.baselines import Climatology, Persistence
 from sdkd_pipeline.data.sources import navier_stokes as ns
 from sdkd_pipeline.data.tensors import SplitConfig, WindowConfig, build_tensor_dataset
 from sdkd_pipeline.data.windows import WindowDataset
@@ -58,10 +57,11 @@ from sdkd_pipeline.distill import DistillConfig
 from sdkd_pipeline.distill.setup import DistillCache, prepare_distillation
 from sdkd_pipeline.distill.teachers import choose_teachers, freeze
 from sdkd_pipeline.evaluation import evaluate_models, test_data_range
+from sdkd_pipeline.evaluation.baselines import Climatology, Persistence
 from sdkd_pipeline.models import build_model
 from sdkd_pipeline.models.complexity import count_parameters
 from sdkd_pipeline.spectral import BandSplit, radial_energy_spectrum
-from sdkd_pipeline.spectral_analysis import SpectralConfig, analyse_spectra, slope_summary
+from sdkd_pipeline.spectral.analysis import SpectralConfig, analyse_spectra, slope_summary
 from sdkd_pipeline.training import TrainConfig, autocast_dtype, seed_everything, train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import socket
 import subprocess
 import sys
@@ -67,10 +68,41 @@ def test_run_tags_and_default_uri(monkeypatch):
     assert default_tracking_uri() == "http://127.0.0.1:5000"
 
 
-def test_null_tracker_satisfies_the_protocol():
-    assert isinstance(NullTracker(), Tracker)
+def _protocol_methods() -> list[str]:
+    return sorted(n for n, v in vars(Tracker).items()
+                  if callable(v) and not n.startswith("_"))
+
+
+@pytest.mark.parametrize("cls", [NullTracker, MLflowTracker])
+def test_trackers_implement_the_protocol_signatures(cls):
+    # isinstance on a runtime-checkable Protocol only checks that the names exist; the engine
+    # calls these with keywords, so every parameter of the Protocol's method must be accepted
+    # under the same name, with the same default, and nothing more may be required
+    methods = _protocol_methods()
+    assert {"log_params", "log_metrics", "set_tags", "log_artifact", "log_dict",
+            "log_figure", "close"} <= set(methods)
+    for name in methods:
+        want = inspect.signature(getattr(Tracker, name)).parameters
+        got = inspect.signature(getattr(cls, name)).parameters
+        for p in want.values():
+            assert p.name in got, f"{cls.__name__}.{name} lacks parameter {p.name!r}"
+            assert got[p.name].default == p.default, f"{cls.__name__}.{name}({p.name})"
+        extra = [p for n, p in got.items() if n not in want
+                 and p.default is inspect.Parameter.empty
+                 and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        assert not extra, f"{cls.__name__}.{name} requires {extra} beyond the Protocol"
+
+
+def test_null_tracker_takes_every_call_the_engine_makes(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("x")
     with NullTracker() as tracker:
+        tracker.log_params({"lr": 1e-3})
         tracker.log_metrics({"a": 1.0}, step=1)
+        tracker.set_tags({"role": "teacher"})
+        tracker.log_artifact(path, artifact_path="files")
+        tracker.log_dict({"a": 1}, "a.json")
+        tracker.log_figure(None, "a.png")
 
 
 def test_plot_loss_curves_makes_a_png(tmp_path):

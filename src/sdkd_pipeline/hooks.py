@@ -47,7 +47,7 @@ class RawFilesPreflightHook:
 
 class UpstreamOutputsHook:
     """Before a run, checks that the outputs of earlier stages this pipeline reads exist, and
-    names the command that makes them: ``kedro run --pipeline=distill`` without teachers says
+    names the command that makes them: ``kedro run --pipelines=distill`` without teachers says
     to run the teacher pipeline first, instead of failing deep inside a node."""
 
     @hook_impl
@@ -64,7 +64,7 @@ class UpstreamOutputsHook:
             missing.append((stage, f"{name} ({where})"))
         if missing:
             stages = sorted({stage for stage, _ in missing}, key=STAGE_ORDER.index)
-            commands = " then ".join(f"`kedro run --pipeline={s}`" for s in stages)
+            commands = " then ".join(f"`kedro run --pipelines={s}`" for s in stages)
             listing = "; ".join(item for _, item in missing)
             raise MissingInputError(
                 f"this run reads outputs of earlier stages that do not exist yet: {listing}. "

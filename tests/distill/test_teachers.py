@@ -102,18 +102,18 @@ def test_a_matching_teacher_passes():
 @pytest.mark.parametrize("shape", [{**SHAPE, "height": 32}, {**SHAPE, "out_frames": 2},
                                    {k: v for k, v in SHAPE.items() if k != "channels"}])
 def test_a_teacher_of_another_shape_is_stale(shape):
-    with pytest.raises(DataError, match=r"kedro run --pipeline=teacher") as error:
+    with pytest.raises(DataError, match=r"kedro run --pipelines=teacher") as error:
         check_teacher_matches("simvp", _checkpoint(shape), SHAPE, torch.tensor([0.5]),
                               torch.tensor([2.0]))
     assert "'simvp'" in str(error.value) and "shape" in str(error.value)
-    with pytest.raises(DataError, match=r"kedro run --pipeline=teacher"):
+    with pytest.raises(DataError, match=r"kedro run --pipelines=teacher"):
         check_teacher_matches("simvp", {"mean": 0.5, "std": 2.0}, SHAPE, torch.tensor([0.5]),
                               torch.tensor([2.0]))
 
 
 @pytest.mark.parametrize(("mean", "std"), [(0.6, 2.0), (0.5, 2.1)])
 def test_a_teacher_with_other_statistics_is_stale(mean, std):
-    with pytest.raises(DataError, match=r"kedro run --pipeline=teacher") as error:
+    with pytest.raises(DataError, match=r"kedro run --pipelines=teacher") as error:
         check_teacher_matches("st_alternet", _checkpoint(mean=mean, std=std), SHAPE,
                               torch.tensor([0.5]), torch.tensor([2.0]))
     assert "normalization" in str(error.value)

@@ -1,4 +1,4 @@
-"""`kedro run --pipeline=distill` on the smoke config: students, MLflow runs, errors."""
+"""`kedro run --pipelines=distill` on the smoke config: students, MLflow runs, errors."""
 
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def test_distill_trains_each_method_logs_it_and_keeps_best_weights(project):
 
 def test_distill_without_teachers_says_to_run_the_teacher_pipeline(project):
     run_kedro(project, env="smoke", pipeline="data", params=NS_ONLY)
-    with pytest.raises(MissingInputError, match=r"kedro run --pipeline=teacher"):
+    with pytest.raises(MissingInputError, match=r"kedro run --pipelines=teacher"):
         run_kedro(project, env="smoke", pipeline="distill", params=NS_ONLY)
     # nothing was trained: the check runs before any node
     assert not (project / STUDENTS).exists()
@@ -108,7 +108,7 @@ def test_distill_without_teachers_says_to_run_the_teacher_pipeline(project):
 
 def test_distill_without_data_names_both_commands(project):
     with pytest.raises(MissingInputError,
-                       match=r"--pipeline=data`? then `kedro run --pipeline=teacher"):
+                       match=r"--pipelines=data`? then `kedro run --pipelines=teacher"):
         run_kedro(project, env="smoke", pipeline="distill", params=NS_ONLY)
 
 

@@ -1,4 +1,4 @@
-"""`kedro run --pipeline=download` fetches WeatherBench 1 from the URL in config, and the data
+"""`kedro run --pipelines=download` fetches WeatherBench 1 from the URL in config, and the data
 pipeline then reads it: served by a local HTTP server on 127.0.0.1, never the internet."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`kedro run --pipeline=evaluate` on the smoke config: the table, its files and MLflow run."""
+"""`kedro run --pipelines=evaluate` on the smoke config: the table, its files and MLflow run."""
 
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ def test_evaluate_without_a_student_says_to_run_distill(project):
     run_kedro(project, env="smoke", pipeline="data", params=NS_ONLY)
     # the baseline needs no teacher: only unet/none exists, unet/sdkd and the teachers do not
     run_kedro(project, env="smoke", pipeline="distill", params={**FAST, "distill.methods": "none"})
-    with pytest.raises(MissingInputError, match=r"kedro run --pipeline=distill") as error:
+    with pytest.raises(MissingInputError, match=r"kedro run --pipelines=distill") as error:
         run_kedro(project, env="smoke", pipeline="evaluate", params=NS_ONLY)
     message = str(error.value)
     assert "navier_stokes.unet.sdkd.checkpoint" in message

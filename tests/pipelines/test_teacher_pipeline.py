@@ -1,4 +1,4 @@
-"""`kedro run --pipeline=teacher` on the smoke config: checkpoints, summaries, MLflow runs."""
+"""`kedro run --pipelines=teacher` on the smoke config: checkpoints, summaries, MLflow runs."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def test_teachers_train_register_checkpoints_and_log_to_mlflow(project):
 
 
 def test_teacher_without_data_says_which_command_to_run(project):
-    with pytest.raises(Exception, match=r"kedro run --pipeline=data"):
+    with pytest.raises(Exception, match=r"kedro run --pipelines=data"):
         run_kedro(project, env="smoke", pipeline="teacher", params=NS_ONLY)
 
 

@@ -19,11 +19,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from sdkd_pipeline.distill.config import DistillConfig
 from sdkd_pipeline.errors import ConfigError, DataError
-from sdkd_pipeline.training import _autocast
+from sdkd_pipeline.training.evaluate import _autocast
 
 log = logging.getLogger(__name__)
 
-TEACHER_COMMAND = "kedro run --pipeline=teacher"
+TEACHER_COMMAND = "kedro run --pipelines=teacher"
 
 
 def choose_teachers(cfg: DistillConfig, val_losses: Mapping[str, float]) -> list[str]:
