@@ -29,7 +29,7 @@ def setup(tmp_path_factory):
     config = {"frame_hidden": 4, "hidden": 8, "spatial_layers": 2, "depth": 2}
     torch.manual_seed(0)
     teacher = build_model("simvp", **shape, **config)
-    ckpt = {"model": "simvp", "role": "teacher", "shape": shape,
+    ckpt = {"model": "simvp", "role": "teacher", "shape": shape, "channels": ["vorticity"],
             "model_config": teacher.config.to_dict(), "mean": train_set.mean.clone(),
             "std": train_set.std.clone(), "state_dict": teacher.state_dict(),
             "best_val_loss": 0.5, "best_epoch": 1}

@@ -211,7 +211,7 @@ def test_latents_need_a_teacher_with_a_state_and_outputs_must_be_finite():
     assert set(run_teacher(teacher, torch.zeros(1, 3, 1, 16, 16), latents=False)) == {
         "prediction"}
     finite_or_raise("t", {"prediction": torch.zeros(3)})
-    with pytest.raises(DataError, match=r"'t' produced non-finite prediction.*pipeline=teacher"):
+    with pytest.raises(DataError, match=r"'t' produced non-finite prediction.*pipelines=teacher"):
         finite_or_raise("t", {"prediction": torch.tensor([0.0, math.nan])})
 
 

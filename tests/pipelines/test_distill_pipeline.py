@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import mlflow
 import pytest
 import torch
 
 from sdkd_pipeline.data.windows import WindowDataset
-from sdkd_pipeline.errors import ConfigError, MissingInputError
+from sdkd_pipeline.errors import ConfigError, DataError, MissingInputError
 from sdkd_pipeline.pipelines.forecaster import load_forecaster
 from sdkd_pipeline.training import evaluate_mse
 from tests.pipelines.conftest import run_kedro
@@ -104,6 +105,19 @@ def test_distill_without_teachers_says_to_run_the_teacher_pipeline(project):
         run_kedro(project, env="smoke", pipeline="distill", params=NS_ONLY)
     # nothing was trained: the check runs before any node
     assert not (project / STUDENTS).exists()
+
+
+def test_a_teacher_file_of_another_architecture_is_refused(project):
+    # simvp.pt copied over st_alternet.pt must not be used (and credited) as ST-AlterNet
+    run_kedro(project, env="smoke", pipeline="data", params=NS_ONLY)
+    run_kedro(project, env="smoke", pipeline="teacher", params=NS_ONLY)
+    models = project / "data/06_models/navier_stokes"
+    shutil.copyfile(models / "simvp.pt", models / "st_alternet.pt")
+    with pytest.raises(DataError, match=r"teacher 'st_alternet': holds a 'simvp' checkpoint, "
+                                        r"not 'st_alternet'.*kedro run --pipelines=teacher"):
+        run_kedro(project, env="smoke", pipeline="distill",
+                  params={**NS_ONLY, "distill.methods": "sdkd", "distill.teacher": "st_alternet"})
+    assert not (project / STUDENTS / "unet" / "sdkd.pt").exists()
 
 
 def test_distill_without_data_names_both_commands(project):

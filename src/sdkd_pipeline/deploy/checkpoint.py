@@ -18,41 +18,19 @@ import torch
 from torch import nn
 
 from sdkd_pipeline.errors import DataError
+from sdkd_pipeline.models.checkpoint import Checkpoint
 
 META_FILE = "sdkd_meta.json"
 ONNX_META_KEY = "sdkd_meta"
 META_FORMAT = "sdkd-export/1"
 _META_KEYS = ("model", "method", "dataset", "role", "model_config")
 
-Checkpoint = Mapping[str, Any]
-
-
 # -- checkpoints and metadata --------------------------------------------------------------------
 
 
-def _load_checkpoint(checkpoint: Checkpoint | str | Path) -> dict[str, Any]:
-    if isinstance(checkpoint, Mapping):
-        ckpt = dict(checkpoint)
-        origin = "checkpoint"
-    else:
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise DataError(f"{path}: no checkpoint file there")
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise DataError(f"{path}: cannot be read as a checkpoint ({exc})") from exc
-        origin = str(path)
-        if not isinstance(ckpt, dict):
-            raise DataError(f"{path}: not a checkpoint dict (got {type(ckpt).__name__})")
-    missing = [
-        k
-        for k in ("model", "model_config", "shape", "channels", "mean", "std", "state_dict")
-        if k not in ckpt
-    ]
-    if missing:
-        raise DataError(f"{origin}: checkpoint lacks {', '.join(missing)}")
-    return ckpt
+def _load_checkpoint(checkpoint: Checkpoint | Mapping[str, Any] | str | Path) -> Checkpoint:
+    """``checkpoint`` (a dict or the file it is in) as a checked ``Checkpoint``."""
+    return Checkpoint.of(checkpoint)
 
 
 def _floats(value: Any) -> list[float]:
@@ -66,7 +44,7 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def checkpoint_meta(checkpoint: Checkpoint | str | Path) -> dict[str, Any]:
+def checkpoint_meta(checkpoint: Checkpoint | Mapping[str, Any] | str | Path) -> dict[str, Any]:
     """The metadata an exported model carries (JSON-able)."""
     ckpt = _load_checkpoint(checkpoint)
     shape = {k: int(v) for k, v in dict(ckpt["shape"]).items()}
@@ -88,11 +66,9 @@ def checkpoint_meta(checkpoint: Checkpoint | str | Path) -> dict[str, Any]:
     return meta
 
 
-def build_checkpoint_model(checkpoint: Checkpoint | str | Path) -> nn.Module:
-    """The checkpoint's model in eval mode (like ``pipelines.forecaster.load_forecaster``)."""
-    from sdkd_pipeline.models import model_from_checkpoint
-
-    return model_from_checkpoint(_load_checkpoint(checkpoint))
+def build_checkpoint_model(checkpoint: Checkpoint | Mapping[str, Any] | str | Path) -> nn.Module:
+    """The checkpoint's model in eval mode (``Checkpoint.build_model``)."""
+    return _load_checkpoint(checkpoint).build_model()
 
 
 def _example_input(meta: Mapping[str, Any], batch: int, seed: int = 0) -> torch.Tensor:

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from sdkd_pipeline.distill.config import DistillConfig
 from sdkd_pipeline.errors import ConfigError, DataError
+from sdkd_pipeline.models.checkpoint import Checkpoint, check_checkpoint_matches
 from sdkd_pipeline.training.evaluate import _autocast
 
 log = logging.getLogger(__name__)
@@ -56,29 +57,6 @@ def choose_teachers(cfg: DistillConfig, val_losses: Mapping[str, float]) -> list
     return names
 
 
-def check_checkpoint_matches(label: str, command: str, checkpoint: Mapping[str, Any],
-                             shape: Mapping[str, int], mean: torch.Tensor,
-                             std: torch.Tensor) -> None:
-    """A checkpoint must have been trained on the very data it is used with: same window
-    shape, same normalization (the training split's statistics). A regenerated dataset makes
-    old checkpoints stale; say so (``label`` names the model, ``command`` remakes it) instead
-    of using them."""
-    if dict(checkpoint.get("shape", {})) != dict(shape):
-        raise DataError(
-            f"{label} was trained for data of shape {dict(checkpoint.get('shape', {}))}"
-            f" but the tensor store holds {dict(shape)}; rerun `{command}`"
-        )
-    same = (torch.allclose(torch.as_tensor(checkpoint["mean"]).float(), mean.float(),
-                           rtol=1e-5, atol=1e-6)
-            and torch.allclose(torch.as_tensor(checkpoint["std"]).float(), std.float(),
-                               rtol=1e-5, atol=1e-6))
-    if not same:
-        raise DataError(
-            f"{label} was trained on data with other normalization statistics than "
-            f"the current tensor store (the data were regenerated); rerun `{command}`"
-        )
-
-
 def check_teacher_matches(name: str, checkpoint: Mapping[str, Any], shape: Mapping[str, int],
                           mean: torch.Tensor, std: torch.Tensor) -> None:
     """``check_checkpoint_matches`` for teacher ``name``: a student learns from a teacher
@@ -90,13 +68,13 @@ def load_teachers(checkpoints: Mapping[str, Mapping[str, Any]], shape: Mapping[s
                   mean: torch.Tensor, std: torch.Tensor,
                   device: torch.device | str = "cpu") -> dict[str, nn.Module]:
     """The frozen teachers of ``checkpoints`` (written by the teacher pipeline), each checked
-    against the data the student sees (``check_teacher_matches``), on ``device``."""
-    from sdkd_pipeline.models import model_from_checkpoint
-
+    to be the architecture it is named after (a file copied over another teacher's is refused)
+    and against the data the student sees (``check_teacher_matches``), on ``device``."""
     teachers: dict[str, nn.Module] = {}
     for name, ckpt in checkpoints.items():
-        check_teacher_matches(name, ckpt, shape, mean, std)
-        teachers[name] = freeze(model_from_checkpoint(ckpt)).to(device)
+        checkpoint = Checkpoint.of(ckpt, origin=f"teacher {name!r}").expect_model(name)
+        check_teacher_matches(name, checkpoint, shape, mean, std)
+        teachers[name] = freeze(checkpoint.build_model()).to(device)
     return teachers
 
 

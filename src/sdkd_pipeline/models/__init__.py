@@ -6,6 +6,7 @@ All map (B, T_in, C, H, W) -> (B, T_out, C, H, W) on any grid and expose latents
 ``fused``; students ``bottleneck``.
 """
 
+from sdkd_pipeline.models.checkpoint import Checkpoint
 from sdkd_pipeline.models.complexity import count_flops, count_parameters
 from sdkd_pipeline.models.layers import ForecastModel
 from sdkd_pipeline.models.mlp_mixer import MLPMixer, MLPMixerConfig
@@ -24,6 +25,7 @@ from sdkd_pipeline.models.unet import UNet, UNetConfig
 
 __all__ = [
     "MODEL_ROLES",
+    "Checkpoint",
     "ForecastModel",
     "MLPMixer",
     "MLPMixerConfig",

@@ -19,7 +19,8 @@ import torch
 import xarray as xr
 
 from sdkd_pipeline.data.windows import WindowDataset
-from sdkd_pipeline.models import build_model, model_from_checkpoint
+from sdkd_pipeline.models import build_model
+from sdkd_pipeline.models.checkpoint import Checkpoint
 from sdkd_pipeline.models.complexity import count_flops, count_parameters
 from sdkd_pipeline.models.registry import resolve_config
 from sdkd_pipeline.tracking import DEFAULT_EXPERIMENT, MLflowTracker, flatten_params, run_tags
@@ -190,4 +191,4 @@ def _run_key(model_cfg: dict, train_cfg: dict, data: WindowDataset,
 
 def load_forecaster(checkpoint: dict[str, Any]) -> torch.nn.Module:
     """Rebuild a trained model from a checkpoint written by ``train_forecaster``."""
-    return model_from_checkpoint(checkpoint)
+    return Checkpoint.of(checkpoint).build_model()

@@ -31,8 +31,9 @@ import yaml
 
 from sdkd_pipeline.data.windows import WindowDataset
 from sdkd_pipeline.devices import resolve_device
-from sdkd_pipeline.errors import ConfigError, SDKDError
+from sdkd_pipeline.errors import ConfigError, DataError, SDKDError
 from sdkd_pipeline.models import build_model
+from sdkd_pipeline.models.checkpoint import Checkpoint
 from sdkd_pipeline.models.registry import MODEL_ROLES
 from sdkd_pipeline.training.checkpoint import seed_everything
 from sdkd_pipeline.training.config import autocast_dtype, stage_config
@@ -53,29 +54,26 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def _teacher_checkpoints(paths: list[str]) -> dict[str, dict[str, Any]]:
+def _teacher_checkpoints(paths: list[str]) -> dict[str, Checkpoint]:
     """``--teacher`` files, by teacher name (the checkpoint's ``model``)."""
-    import torch
-
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, Checkpoint] = {}
     for path in paths:
+        label = f"--teacher {path}"
         if not Path(path).is_file():
-            raise ConfigError(f"--teacher {path}: no such file (teacher checkpoints are written "
+            raise ConfigError(f"{label}: no such file (teacher checkpoints are written "
                               "by `kedro run --pipelines=teacher` to data/06_models/<dataset>/)")
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a truncated file, a pickle payload, not a checkpoint
-            raise ConfigError(f"--teacher {path}: not a readable checkpoint ({exc})") from None
-        needed = {"model", "shape", "model_config", "state_dict", "mean", "std",
-                  "best_val_loss"}
-        if not isinstance(ckpt, dict) or not needed <= set(ckpt):
-            raise ConfigError(f"--teacher {path}: not a teacher checkpoint of the teacher "
-                              f"pipeline (needs {sorted(needed)})")
-        if MODEL_ROLES.get(ckpt["model"]) != "teacher":
-            raise ConfigError(f"--teacher {path}: holds a {ckpt['model']!r}, not a teacher")
-        if ckpt["model"] in out:
-            raise ConfigError(f"--teacher {path}: a second {ckpt['model']!r} checkpoint")
-        out[ckpt["model"]] = ckpt
+            ckpt = Checkpoint.load(path)
+        except DataError as exc:  # a truncated file, a pickle payload, not a checkpoint
+            reason = str(exc).removeprefix(f"{path}: ")
+            raise ConfigError(f"{label}: not a readable checkpoint ({reason})") from None
+        ckpt.expect_role("teacher", label)
+        if "best_val_loss" not in ckpt:
+            raise ConfigError(f"{label}: not a checkpoint of the teacher pipeline (lacks "
+                              "best_val_loss)")
+        if ckpt.model_name in out:
+            raise ConfigError(f"{label}: a second {ckpt.model_name!r} checkpoint")
+        out[ckpt.model_name] = ckpt
     return out
 
 
@@ -121,7 +119,7 @@ def _main(args: argparse.Namespace) -> int:
     training = {**(section.get("training") or {}), **_overrides(args.set)}
     cfg = stage_config(shared, training, f"{section_name}.training")
     distill_cfg = None
-    checkpoints: dict[str, dict[str, Any]] = {}
+    checkpoints: dict[str, Checkpoint] = {}
     if role == "student":
         from sdkd_pipeline.distill.config import DistillConfig
 

@@ -15,14 +15,14 @@ import pandas as pd
 import xarray as xr
 
 from sdkd_pipeline.data.windows import WindowDataset
-from sdkd_pipeline.distill.teachers import check_checkpoint_matches
+from sdkd_pipeline.errors import DataError
 from sdkd_pipeline.evaluation import (
     EvaluationConfig,
     evaluate_checkpoints,
     table_metrics,
     to_markdown,
 )
-from sdkd_pipeline.pipelines.forecaster import load_forecaster
+from sdkd_pipeline.models.checkpoint import Checkpoint
 from sdkd_pipeline.tracking import DEFAULT_EXPERIMENT, MLflowTracker, flatten_params
 
 logger = logging.getLogger(__name__)
@@ -54,11 +54,16 @@ def _parse_input(name: str) -> tuple[str, str, str | None]:
     )
 
 
-def _check_matches(
-    label: str, command: str, checkpoint: Mapping[str, Any], windows: WindowDataset
-) -> None:
-    check_checkpoint_matches(label, command, checkpoint, windows.model_shape, windows.mean,
-                             windows.std)
+def _checked(label: str, command: str, checkpoint: Mapping[str, Any], model: str,
+             method: str | None, windows: WindowDataset) -> Checkpoint:
+    """``checkpoint`` as what its catalog entry says it is (architecture and, for a student,
+    method) and trained on the store's data; else an error naming it and ``command``."""
+    ckpt = Checkpoint.of(checkpoint, origin=label).expect_model(model, command=command)
+    if method is not None and ckpt.get("method") not in (None, method):
+        raise DataError(f"{label}: holds a student distilled with {ckpt['method']!r}, not "
+                        f"{method!r} (a file copied over another method's?); rerun "
+                        f"`{command}`")
+    return ckpt.check_trained_on(windows, command=command)
 
 
 def evaluate_dataset(
@@ -88,8 +93,8 @@ def evaluate_dataset(
             label, command = f"teacher {model!r}", "kedro run --pipelines=teacher"
         else:
             label, command = f"student {model!r} ({method})", "kedro run --pipelines=distill"
-        _check_matches(label, command, checkpoint, windows)
-        module = load_forecaster(dict(checkpoint))
+        checkpoint = _checked(label, command, checkpoint, model, method, windows)
+        module = checkpoint.build_model()
         entries.append(
             (role, model, method or str(checkpoint.get("method", "supervised")), module, checkpoint)
         )

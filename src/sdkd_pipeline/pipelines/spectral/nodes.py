@@ -10,8 +10,9 @@ import pandas as pd
 import xarray as xr
 
 from sdkd_pipeline.data.windows import WindowDataset
+from sdkd_pipeline.devices import resolve_device
 from sdkd_pipeline.distill.teachers import check_teacher_matches
-from sdkd_pipeline.pipelines.forecaster import load_forecaster
+from sdkd_pipeline.models.checkpoint import Checkpoint
 from sdkd_pipeline.spectral.analysis import (
     SUMMARY_COLUMNS,
     SpectralConfig,
@@ -21,7 +22,6 @@ from sdkd_pipeline.spectral.analysis import (
     summary_rows,
 )
 from sdkd_pipeline.tracking import DEFAULT_EXPERIMENT, MLflowTracker, flatten_params, run_tags
-from sdkd_pipeline.training import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +47,10 @@ def analyse_teacher_spectra(
                                      distill_cutoff=_distill_cutoff_k(distill_params))
     store = tensors.encoding.get("store_path") or tensors
     windows = WindowDataset(store, cfg.split)
+    checkpoint = Checkpoint.of(checkpoint, origin=f"teacher {teacher!r}").expect_model(teacher)
     check_teacher_matches(teacher, checkpoint, windows.model_shape, windows.mean, windows.std)
     device = resolve_device(cfg.device)
-    model = load_forecaster(dict(checkpoint)).to(device)
+    model = checkpoint.build_model().to(device)
     analysis, figure = analyse_spectra(model, windows, cfg, title=f"{dataset} / {teacher}",
                                        device=device)
     summary: dict[str, Any] = {"dataset": dataset, "teacher": teacher,
