@@ -60,8 +60,7 @@ TEACHERS = {name: _TEACHER[name] for name in ("st_alternet", "simvp")}
 STUDENTS = {name: _DISTILL[name] for name in ("unet", "resnet", "mlp_mixer")}
 # --quick: tiny models on a small grid, a smoke test that finishes in seconds
 QUICK_TEACHERS = {
-    "st_alternet": {"hidden": 16, "depth": 1, "heads": 2, "frame_hidden": 8,
-                    "spatial_layers": 2},
+    "st_alternet": {"hidden": 16, "depth": 1, "heads": 2, "frame_hidden": 8, "spatial_layers": 2},
     "simvp": {"frame_hidden": 8, "hidden": 16, "spatial_layers": 2, "depth": 2},
 }
 QUICK_STUDENTS = {
@@ -83,8 +82,9 @@ def _median_time(fn: Callable[[], Any], min_calls: int, min_time: float) -> floa
     return statistics.median(times)
 
 
-def _load_teachers(folder: Path, names: list[str]) -> tuple[dict[str, nn.Module],
-                                                          dict[str, float], dict[str, int]]:
+def _load_teachers(
+    folder: Path, names: list[str]
+) -> tuple[dict[str, nn.Module], dict[str, float], dict[str, int]]:
     from sdkd_pipeline.pipelines.forecaster import load_forecaster  # only on this path
 
     teachers, val_losses, shape = {}, {}, {}
@@ -101,10 +101,19 @@ def _load_teachers(folder: Path, names: list[str]) -> tuple[dict[str, nn.Module]
 class Variant:
     """One (method, mode) of one student: its own copy of the student, loss and optimizer."""
 
-    def __init__(self, label: str, method: str, mode: str, template: nn.Module,
-                 teachers: dict[str, nn.Module], single: str, shape: dict[str, int],
-                 x: torch.Tensor, y: torch.Tensor, cache: dict[str, dict[str, torch.Tensor]]
-                 ) -> None:
+    def __init__(
+        self,
+        label: str,
+        method: str,
+        mode: str,
+        template: nn.Module,
+        teachers: dict[str, nn.Module],
+        single: str,
+        shape: dict[str, int],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        cache: dict[str, dict[str, torch.Tensor]],
+    ) -> None:
         self.label, self.method, self.mode = label, method, mode
         self.model = copy.deepcopy(template).train()
         self.x = x
@@ -119,18 +128,23 @@ class Variant:
             used = dict(teachers) if cfg.multi_teacher else {single: teachers[single]}
             h, w = shape["height"], shape["width"]
             self.loss = build_loss(
-                cfg, used, height=h, width=w,
+                cfg,
+                used,
+                height=h,
+                width=w,
                 cutoff=choose_cutoff(cfg, h, w) if cfg.uses_cutoff else None,
                 student_latent_channels=template.latent_channels,
                 teacher_latent_channels=teachers[single].latent_channels,
                 student_parameters=list(self.model.parameters()),
             )
             self.teacher_names = sorted(used)
-            self.target = y if mode == "online" else {
-                "y": y, "teachers": {n: cache[n] for n in self.teacher_names}}
+            self.target = (
+                y
+                if mode == "online"
+                else {"y": y, "teachers": {n: cache[n] for n in self.teacher_names}}
+            )
         extra_params = list(getattr(self.loss, "parameters", lambda: iter(()))())
-        self.optimizer = torch.optim.Adam(list(self.model.parameters()) + extra_params,
-                                          lr=1e-3)
+        self.optimizer = torch.optim.Adam(list(self.model.parameters()) + extra_params, lr=1e-3)
 
     def step(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -149,20 +163,30 @@ class TeacherForward:
         run_teacher(self.model, self.x, latents=False)
 
 
-def bench_student(student: str, template: nn.Module, methods: list[str],
-                  teachers: dict[str, nn.Module], single: str, shape: dict[str, int],
-                  x: torch.Tensor, y: torch.Tensor, cache: dict[str, dict[str, torch.Tensor]],
-                  args: argparse.Namespace) -> dict[str, float]:
+def bench_student(
+    student: str,
+    template: nn.Module,
+    methods: list[str],
+    teachers: dict[str, nn.Module],
+    single: str,
+    shape: dict[str, int],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cache: dict[str, dict[str, torch.Tensor]],
+    args: argparse.Namespace,
+) -> dict[str, float]:
     """Median seconds per step of each variant label (``none``, ``sdkd/online``, ...) and of
     each teacher's forward pass (``fwd/<teacher>``), all timed in the same rounds."""
     variants: list[Variant | TeacherForward] = [
-        TeacherForward(n, m, x) for n, m in sorted(teachers.items())]
+        TeacherForward(n, m, x) for n, m in sorted(teachers.items())
+    ]
     for method in methods:
         modes = ["-"] if method == "none" else ["cached", "online"]
         for mode in modes:
             label = method if method == "none" else f"{method}/{mode}"
-            variants.append(Variant(label, method, mode, template, teachers, single, shape, x,
-                                    y, cache))
+            variants.append(
+                Variant(label, method, mode, template, teachers, single, shape, x, y, cache)
+            )
     for variant in variants:
         for _ in range(args.warmup):
             variant.step()
@@ -180,28 +204,45 @@ def bench_student(student: str, template: nn.Module, methods: list[str],
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--students", nargs="+", default=list(STUDENTS),
-                        choices=list(STUDENTS))
-    parser.add_argument("--methods", nargs="+", default=[*METHODS, AEKD_PARAMS],
-                        choices=[*METHODS, AEKD_PARAMS],
-                        help=f"{AEKD_PARAMS}: aekd with gradients w.r.t. the parameters")
+    parser.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS))
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=[*METHODS, AEKD_PARAMS],
+        choices=[*METHODS, AEKD_PARAMS],
+        help=f"{AEKD_PARAMS}: aekd with gradients w.r.t. the parameters",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant")
     parser.add_argument("--steps", type=int, default=1, help="timed steps per round")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--teachers-from", type=Path, default=None,
-                        help="folder with trained <teacher>.pt checkpoints (default: random "
-                             "teachers at the laptop sizes)")
-    parser.add_argument("--teacher", default="best",
-                        help="teacher of single-teacher methods (best: lowest validation MSE "
-                             "of the loaded checkpoints; simvp for random teachers)")
-    parser.add_argument("--train-windows", type=int, default=396,
-                        help="training windows the cache covers (396 on the default NS data)")
+    parser.add_argument(
+        "--teachers-from",
+        type=Path,
+        default=None,
+        help="folder with trained <teacher>.pt checkpoints (default: random "
+        "teachers at the laptop sizes)",
+    )
+    parser.add_argument(
+        "--teacher",
+        default="best",
+        help="teacher of single-teacher methods (best: lowest validation MSE "
+        "of the loaded checkpoints; simvp for random teachers)",
+    )
+    parser.add_argument(
+        "--train-windows",
+        type=int,
+        default=396,
+        help="training windows the cache covers (396 on the default NS data)",
+    )
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batches-per-epoch", type=int, default=25)
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny models on a 16x16 grid, 1 round: a smoke run of seconds")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny models on a 16x16 grid, 1 round: a smoke run of seconds",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.quick:
@@ -234,15 +275,29 @@ def main() -> None:
     student_configs = QUICK_STUDENTS if args.quick else STUDENTS
     batch = args.batch_size
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, shape["in_frames"], shape["channels"], shape["height"],
-                    shape["width"], generator=generator)
-    y = torch.randn(batch, shape["out_frames"], shape["channels"], shape["height"],
-                    shape["width"], generator=generator)
-    print(f"grid {shape['height']}x{shape['width']}, {shape['in_frames']} -> "
-          f"{shape['out_frames']} frames, {shape['channels']} channel(s), batch {batch}; "
-          f"teachers {origin}: {', '.join(sorted(teachers))} (single-teacher methods: "
-          f"{single}); torch {torch.__version__}, CPU threads {torch.get_num_threads()}; "
-          f"{args.repeats} rounds x {args.steps} steps after {args.warmup} warm-up steps")
+    x = torch.randn(
+        batch,
+        shape["in_frames"],
+        shape["channels"],
+        shape["height"],
+        shape["width"],
+        generator=generator,
+    )
+    y = torch.randn(
+        batch,
+        shape["out_frames"],
+        shape["channels"],
+        shape["height"],
+        shape["width"],
+        generator=generator,
+    )
+    print(
+        f"grid {shape['height']}x{shape['width']}, {shape['in_frames']} -> "
+        f"{shape['out_frames']} frames, {shape['channels']} channel(s), batch {batch}; "
+        f"teachers {origin}: {', '.join(sorted(teachers))} (single-teacher methods: "
+        f"{single}); torch {torch.__version__}, CPU threads {torch.get_num_threads()}; "
+        f"{args.repeats} rounds x {args.steps} steps after {args.warmup} warm-up steps"
+    )
 
     # the teachers' outputs on the batch, computed once: the cached targets
     cache = {n: run_teacher(m, x, latents=True) for n, m in teachers.items()}
@@ -251,15 +306,21 @@ def main() -> None:
     preds = torch.stack([cache[n]["prediction"] for n in sorted(teachers)])
     residuals = torch.randn_like(preds[0])[None] - preds
     cfg = DistillConfig.from_params("sdkd_multi", {})
-    split = build_loss(cfg, teachers, height=shape["height"], width=shape["width"],
-                       cutoff=choose_cutoff(cfg, shape["height"], shape["width"])).split
+    split = build_loss(
+        cfg,
+        teachers,
+        height=shape["height"],
+        width=shape["width"],
+        cutoff=choose_cutoff(cfg, shape["height"], shape["width"]),
+    ).split
     min_time = 0.05 if args.quick else 1.0
     aekd_us = 1e6 * _median_time(
-        lambda: aekd_weights(aekd_output_gram(residuals), 0.6), 20, min_time)
+        lambda: aekd_weights(aekd_output_gram(residuals), 0.6), 20, min_time
+    )
     gram_us = 1e6 * _median_time(lambda: aekd_output_gram(residuals), 20, min_time)
     band_us = 1e6 * _median_time(
-        lambda: [aekd_weights(band_gram(residuals, split, b), 0.6) for b in (0, 1)], 20,
-        min_time)
+        lambda: [aekd_weights(band_gram(residuals, split, b), 0.6) for b in (0, 1)], 20, min_time
+    )
 
     results: dict[str, dict[str, float]] = {}
     params: dict[str, int] = {}
@@ -268,36 +329,48 @@ def main() -> None:
         template = build_model(student, **shape, **student_configs[student])
         params[student] = sum(p.numel() for p in template.parameters())
         print(f"timing {student} ({params[student]:,} params) ...", flush=True)
-        results[student] = bench_student(student, template, args.methods, teachers, single,
-                                         shape, x, y, cache, args)
+        results[student] = bench_student(
+            student, template, args.methods, teachers, single, shape, x, y, cache, args
+        )
 
     # a teacher's forward: timed in every student's rounds; the median of those medians
-    teacher_fwd = {n: statistics.median(results[s][f"fwd/{n}"] for s in args.students)
-                   for n in teachers}
-    print("\nTeacher forward pass per batch of "
-          f"{batch} (no grad, eval; median over the students' rounds)")
+    teacher_fwd = {
+        n: statistics.median(results[s][f"fwd/{n}"] for s in args.students) for n in teachers
+    }
+    print(
+        "\nTeacher forward pass per batch of "
+        f"{batch} (no grad, eval; median over the students' rounds)"
+    )
     for name in sorted(teachers):
         n_params = sum(p.numel() for p in teachers[name].parameters())
-        per_student = ", ".join(f"{s} {results[s][f'fwd/{name}'] * 1e3:.1f}"
-                                for s in args.students)
-        print(f"  {name:<12} {n_params:>9,} params {teacher_fwd[name] * 1e3:>9.1f} ms "
-              f"(in the rounds of: {per_student} ms)")
+        per_student = ", ".join(f"{s} {results[s][f'fwd/{name}'] * 1e3:.1f}" for s in args.students)
+        print(
+            f"  {name:<12} {n_params:>9,} params {teacher_fwd[name] * 1e3:>9.1f} ms "
+            f"(in the rounds of: {per_student} ms)"
+        )
 
     # ---- the table ----------------------------------------------------------------------
     def teachers_of(method: str) -> list[str]:
         if method == "none":
             return []
-        return sorted(teachers) if method in ("aver_mkd", "aekd", "camkd", "sdkd_multi",
-                                              AEKD_PARAMS) else [single]
+        return (
+            sorted(teachers)
+            if method in ("aver_mkd", "aekd", "camkd", "sdkd_multi", AEKD_PARAMS)
+            else [single]
+        )
 
-    print("\nms per training step (median), ratio to none on the same student and batch; "
-          "'vs none+T': online step / (none step + forward of the method's teachers)")
+    print(
+        "\nms per training step (median), ratio to none on the same student and batch; "
+        "'vs none+T': online step / (none step + forward of the method's teachers)"
+    )
     for student in args.students:
         r = results[student]
         none = r.get("none")
         print(f"\n{student} ({params[student]:,} params)")
-        print(f"  {'method':<12} {'cached ms':>10} {'x none':>8} {'online ms':>10} {'x none':>8}"
-              f" {'vs none+T':>10} {'online-cached':>14}")
+        print(
+            f"  {'method':<12} {'cached ms':>10} {'x none':>8} {'online ms':>10} {'x none':>8}"
+            f" {'vs none+T':>10} {'online-cached':>14}"
+        )
         for method in args.methods:
             if method == "none":
                 print(f"  {'none':<12} {r['none'] * 1e3:>10.1f} {1.0:>7.2f}x {'':>10} {'':>8}")
@@ -310,8 +383,10 @@ def main() -> None:
             else:
                 x_cached = x_online = f"{'-':>8}"
                 vs = f"{'-':>10}"
-            print(f"  {method:<12} {cached * 1e3:>10.1f} {x_cached} {online * 1e3:>10.1f} "
-                  f"{x_online} {vs} {(online - cached) * 1e3:>11.1f} ms")
+            print(
+                f"  {method:<12} {cached * 1e3:>10.1f} {x_cached} {online * 1e3:>10.1f} "
+                f"{x_online} {vs} {(online - cached) * 1e3:>11.1f} ms"
+            )
 
     print(f"\nTarget: sdkd within 1.3x of none plus the teacher's ({single}) forward pass")
     header = f"  {'':<40}" + "".join(f" {s:>11}" for s in args.students)
@@ -319,61 +394,94 @@ def main() -> None:
     if "none" in args.methods and "sdkd" in args.methods:
         rows = {
             "sdkd cached / none": lambda r: r["sdkd/cached"] / r["none"],
-            f"sdkd online / (none + {single} forward)":
-                lambda r: r["sdkd/online"] / (r["none"] + r[f"fwd/{single}"]),
+            f"sdkd online / (none + {single} forward)": lambda r: (
+                r["sdkd/online"] / (r["none"] + r[f"fwd/{single}"])
+            ),
             "sdkd online / none": lambda r: r["sdkd/online"] / r["none"],
         }
         for name, fn in rows.items():
-            print(f"  {name:<40}" + "".join(f" {fn(results[s]):>10.2f}x"
-                                            for s in args.students))
-        worst = max(max(results[s]["sdkd/cached"] / results[s]["none"],
-                        results[s]["sdkd/online"] / (results[s]["none"]
-                                                     + results[s][f"fwd/{single}"]))
-                    for s in args.students)
-        print(f"  worst ratio {worst:.2f}x: {'meets' if worst <= 1.3 else 'MISSES'} the 1.3x "
-              "target")
+            print(f"  {name:<40}" + "".join(f" {fn(results[s]):>10.2f}x" for s in args.students))
+        worst = max(
+            max(
+                results[s]["sdkd/cached"] / results[s]["none"],
+                results[s]["sdkd/online"] / (results[s]["none"] + results[s][f"fwd/{single}"]),
+            )
+            for s in args.students
+        )
+        print(
+            f"  worst ratio {worst:.2f}x: {'meets' if worst <= 1.3 else 'MISSES'} the 1.3x target"
+        )
     else:
         print("  (needs none and sdkd in --methods)")
 
-    print(f"\nAEKD weighting step alone ({len(teachers)} teachers, residuals "
-          f"{tuple(residuals.shape)}):")
-    print(f"  output Gram + min-norm solve (aekd): {aekd_us:8.1f} us  (Gram alone "
-          f"{gram_us:.1f} us)")
+    print(
+        f"\nAEKD weighting step alone ({len(teachers)} teachers, residuals "
+        f"{tuple(residuals.shape)}):"
+    )
+    print(
+        f"  output Gram + min-norm solve (aekd): {aekd_us:8.1f} us  (Gram alone {gram_us:.1f} us)"
+    )
     print(f"  per-band Gram + solve, 2 bands (sdkd_multi weighting: aekd): {band_us:8.1f} us")
     if "aekd" in args.methods:
         print(f"  {'':<40}" + "".join(f" {s:>11}" for s in args.students))
-        print(f"  {'weighting / aekd cached step':<40}" + "".join(
-            f" {aekd_us * 1e-6 / results[s]['aekd/cached']:>10.1%}" for s in args.students))
+        print(
+            f"  {'weighting / aekd cached step':<40}"
+            + "".join(
+                f" {aekd_us * 1e-6 / results[s]['aekd/cached']:>10.1%}" for s in args.students
+            )
+        )
     if AEKD_PARAMS in args.methods:
-        print(f"  {'aekd (gradients: parameters) cached ms':<40}" + "".join(
-            f" {results[s][f'{AEKD_PARAMS}/cached'] * 1e3:>11.1f}" for s in args.students))
+        print(
+            f"  {'aekd (gradients: parameters) cached ms':<40}"
+            + "".join(f" {results[s][f'{AEKD_PARAMS}/cached'] * 1e3:>11.1f}" for s in args.students)
+        )
         if "aekd" in args.methods:
-            print(f"  {'  x aekd (gradients: output) cached':<40}" + "".join(
-                f" {results[s][f'{AEKD_PARAMS}/cached'] / results[s]['aekd/cached']:>10.2f}x"
-                for s in args.students))
+            print(
+                f"  {'  x aekd (gradients: output) cached':<40}"
+                + "".join(
+                    f" {results[s][f'{AEKD_PARAMS}/cached'] / results[s]['aekd/cached']:>10.2f}x"
+                    for s in args.students
+                )
+            )
         if "none" in args.methods:
-            print(f"  {'  x none':<40}" + "".join(
-                f" {results[s][f'{AEKD_PARAMS}/cached'] / results[s]['none']:>10.2f}x"
-                for s in args.students))
+            print(
+                f"  {'  x none':<40}"
+                + "".join(
+                    f" {results[s][f'{AEKD_PARAMS}/cached'] / results[s]['none']:>10.2f}x"
+                    for s in args.students
+                )
+            )
 
     steps = args.epochs * args.batches_per_epoch
-    print(f"\nOne-off cost of the teacher cache ({args.train_windows} training windows) vs "
-          f"running the teachers every step of a default run ({args.epochs} epochs x "
-          f"{args.batches_per_epoch} batches = {steps} steps of {batch}):")
-    print(f"  {'teacher(s)':<26} {'fwd/window ms':>14} {'cache once s':>13} "
-          f"{'online s':>10} {'online/cache':>13} {'cache MiB':>10}")
+    print(
+        f"\nOne-off cost of the teacher cache ({args.train_windows} training windows) vs "
+        f"running the teachers every step of a default run ({args.epochs} epochs x "
+        f"{args.batches_per_epoch} batches = {steps} steps of {batch}):"
+    )
+    print(
+        f"  {'teacher(s)':<26} {'fwd/window ms':>14} {'cache once s':>13} "
+        f"{'online s':>10} {'online/cache':>13} {'cache MiB':>10}"
+    )
     groups = [[n] for n in sorted(teachers)] + [sorted(teachers)]
     for group in groups:
         per_batch = sum(teacher_fwd[n] for n in group)
         once = per_batch / batch * args.train_windows
         online = per_batch * steps
-        mib = sum(t.numel() * 4 for n in group for k, t in cache[n].items()
-                  if k == "prediction") / batch * args.train_windows / 2**20
+        mib = (
+            sum(t.numel() * 4 for n in group for k, t in cache[n].items() if k == "prediction")
+            / batch
+            * args.train_windows
+            / 2**20
+        )
         label = " + ".join(group) + (" (multi)" if len(group) > 1 else "")
-        print(f"  {label:<26} {per_batch / batch * 1e3:>14.2f} {once:>13.1f} {online:>10.1f} "
-              f"{online / once:>12.1f}x {mib:>10.1f}")
-    print("  (per-window cost from the batch forward; cache MiB counts predictions only, "
-          "sdkd_latent also stores the 'high'/'low' latents)")
+        print(
+            f"  {label:<26} {per_batch / batch * 1e3:>14.2f} {once:>13.1f} {online:>10.1f} "
+            f"{online / once:>12.1f}x {mib:>10.1f}"
+        )
+    print(
+        "  (per-window cost from the batch forward; cache MiB counts predictions only, "
+        "sdkd_latent also stores the 'high'/'low' latents)"
+    )
 
 
 if __name__ == "__main__":

@@ -50,18 +50,32 @@ class ConvForecaster(nn.Module):
         return self.net(x.reshape(b, t * c, h, w)).reshape(b, self.t_out, self.channels, h, w)
 
 
-def plain_loop(model: nn.Module, train_set: TensorDataset, val_set: TensorDataset,
-               epochs: int, batch_size: int, lr: float, seed: int, device: torch.device,
-               dtype: torch.dtype | None, out: Path) -> tuple[float, float]:
+def plain_loop(
+    model: nn.Module,
+    train_set: TensorDataset,
+    val_set: TensorDataset,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    out: Path,
+) -> tuple[float, float]:
     """The minimal loop; returns (train samples/s, end-to-end seconds)."""
     start = time.perf_counter()
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        train_set,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=generator,
+        pin_memory=device.type == "cuda",
+    )
     val_loader = DataLoader(val_set, batch_size=batch_size)
-    autocast = (torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext())
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
     samples, seconds = 0, 0.0
     for _ in range(epochs):
         t0 = time.perf_counter()
@@ -78,8 +92,10 @@ def plain_loop(model: nn.Module, train_set: TensorDataset, val_set: TensorDatase
         seconds += time.perf_counter() - t0
         model.eval()
         with torch.no_grad(), autocast:
-            val = sum(F.mse_loss(model(x.to(device)).float(), y.to(device), reduction="sum")
-                      for x, y in val_loader)
+            val = sum(
+                F.mse_loss(model(x.to(device)).float(), y.to(device), reduction="sum")
+                for x, y in val_loader
+            )
         model.train()
         torch.save({"model": model.state_dict(), "val": float(val)}, out / "plain.pt")
     return samples / seconds, time.perf_counter() - start
@@ -111,58 +127,106 @@ def main() -> None:
     torch.manual_seed(0)
     template = ConvForecaster(t_in, t_out, channels, args.width, args.depth)
     n_params = sum(p.numel() for p in template.parameters())
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
-          f", {torch.get_num_threads()} threads), precision {args.precision}, model "
-          f"{n_params / 1e3:.0f} k params, {args.n_train} samples of {t_in}x{channels}x{grid}x"
-          f"{grid}, batch {args.batch_size}, {args.epochs} epochs x {args.rounds} rounds")
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=1e-4, seed=0,
-                      patience=None, device=str(device), precision=args.precision,
-                      resume=False)
+    print(
+        f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
+        f", {torch.get_num_threads()} threads), precision {args.precision}, model "
+        f"{n_params / 1e3:.0f} k params, {args.n_train} samples of {t_in}x{channels}x{grid}x"
+        f"{grid}, batch {args.batch_size}, {args.epochs} epochs x {args.rounds} rounds"
+    )
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=1e-4,
+        seed=0,
+        patience=None,
+        device=str(device),
+        precision=args.precision,
+        resume=False,
+    )
 
     # warm-up (allocator, kernels, thread pools) outside the measured rounds
     with tempfile.TemporaryDirectory() as tmp:
-        plain_loop(copy.deepcopy(template), train_set, val_set, 1, args.batch_size, 1e-4, 0,
-                   device, dtype, Path(tmp))
+        plain_loop(
+            copy.deepcopy(template),
+            train_set,
+            val_set,
+            1,
+            args.batch_size,
+            1e-4,
+            0,
+            device,
+            dtype,
+            Path(tmp),
+        )
     rows = []
     for round_index in range(args.rounds):
         with tempfile.TemporaryDirectory() as tmp:
             # alternate who goes first, so a drift in machine load favours neither
             def run_engine() -> tuple[float, float, float]:
                 t0, c0 = time.perf_counter(), time.process_time()
-                result = train(copy.deepcopy(template), train_set, val_set, cfg,
-                               out_dir=Path(tmp) / "engine", progress=False)
-                return (result.samples_per_second, time.perf_counter() - t0,
-                        time.process_time() - c0)
+                result = train(
+                    copy.deepcopy(template),
+                    train_set,
+                    val_set,
+                    cfg,
+                    out_dir=Path(tmp) / "engine",
+                    progress=False,
+                )
+                return (
+                    result.samples_per_second,
+                    time.perf_counter() - t0,
+                    time.process_time() - c0,
+                )
 
             def run_plain() -> tuple[float, float, float]:
                 c0 = time.process_time()
-                rate, wall = plain_loop(copy.deepcopy(template), train_set, val_set, args.epochs,
-                                        args.batch_size, 1e-4, 0, device, dtype, Path(tmp))
+                rate, wall = plain_loop(
+                    copy.deepcopy(template),
+                    train_set,
+                    val_set,
+                    args.epochs,
+                    args.batch_size,
+                    1e-4,
+                    0,
+                    device,
+                    dtype,
+                    Path(tmp),
+                )
                 return rate, wall, time.process_time() - c0
 
             if round_index % 2 == 0:
-                (engine_rate, engine_wall, engine_cpu), (plain_rate, plain_wall, plain_cpu) = \
-                    run_engine(), run_plain()
+                (engine_rate, engine_wall, engine_cpu), (plain_rate, plain_wall, plain_cpu) = (
+                    run_engine(),
+                    run_plain(),
+                )
             else:
-                (plain_rate, plain_wall, plain_cpu), (engine_rate, engine_wall, engine_cpu) = \
-                    run_plain(), run_engine()
+                (plain_rate, plain_wall, plain_cpu), (engine_rate, engine_wall, engine_cpu) = (
+                    run_plain(),
+                    run_engine(),
+                )
         rows.append((engine_rate, plain_rate, engine_wall, plain_wall, engine_cpu, plain_cpu))
-        print(f"round {round_index + 1}: engine {engine_rate:8.1f} samples/s, "
-              f"plain {plain_rate:8.1f} samples/s, ratio {engine_rate / plain_rate:.3f}"
-              f"; end to end {engine_wall:.2f} s vs {plain_wall:.2f} s wall, "
-              f"{engine_cpu:.2f} s vs {plain_cpu:.2f} s CPU")
+        print(
+            f"round {round_index + 1}: engine {engine_rate:8.1f} samples/s, "
+            f"plain {plain_rate:8.1f} samples/s, ratio {engine_rate / plain_rate:.3f}"
+            f"; end to end {engine_wall:.2f} s vs {plain_wall:.2f} s wall, "
+            f"{engine_cpu:.2f} s vs {plain_cpu:.2f} s CPU"
+        )
     engine_rate = statistics.median(r[0] for r in rows)
     plain_rate = statistics.median(r[1] for r in rows)
     ratios = [r[0] / r[1] for r in rows]
     wall_ratios = [r[3] / r[2] for r in rows]
-    print(f"median train throughput: engine {engine_rate:.1f} samples/s, plain loop "
-          f"{plain_rate:.1f} samples/s; ratio engine/plain median {statistics.median(ratios):.3f}"
-          f" (min {min(ratios):.3f}, max {max(ratios):.3f}; target >= 0.95)")
+    print(
+        f"median train throughput: engine {engine_rate:.1f} samples/s, plain loop "
+        f"{plain_rate:.1f} samples/s; ratio engine/plain median {statistics.median(ratios):.3f}"
+        f" (min {min(ratios):.3f}, max {max(ratios):.3f}; target >= 0.95)"
+    )
     cpu_ratios = [r[5] / r[4] for r in rows]
-    print(f"median end-to-end speed ratio (plain time / engine time, incl. validation and "
-          f"checkpoints): wall {statistics.median(wall_ratios):.3f}, CPU time "
-          f"{statistics.median(cpu_ratios):.3f} (CPU time leaves out waiting for other processes, "
-          f"not cache or SMT contention: on a shared machine trust medians over many rounds)")
+    print(
+        f"median end-to-end speed ratio (plain time / engine time, incl. validation and "
+        f"checkpoints): wall {statistics.median(wall_ratios):.3f}, CPU time "
+        f"{statistics.median(cpu_ratios):.3f} (CPU time leaves out waiting for other processes, "
+        f"not cache or SMT contention: on a shared machine trust medians over many rounds)"
+    )
 
 
 if __name__ == "__main__":

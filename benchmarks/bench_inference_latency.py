@@ -67,8 +67,9 @@ def _prepare(model: torch.nn.Module, mode: str) -> Callable[[torch.Tensor], torc
     raise SystemExit(f"unknown mode {mode!r}")
 
 
-def _time_round(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                device: torch.device, calls: int) -> list[float]:
+def _time_round(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device: torch.device, calls: int
+) -> list[float]:
     times = []
     for _ in range(calls):
         _synchronize(device)
@@ -79,8 +80,14 @@ def _time_round(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     return times
 
 
-def measure(models: dict[str, torch.nn.Module], x: torch.Tensor, device: torch.device,
-            mode: str, min_repeats: int, min_time: float) -> dict[str, float]:
+def measure(
+    models: dict[str, torch.nn.Module],
+    x: torch.Tensor,
+    device: torch.device,
+    mode: str,
+    min_repeats: int,
+    min_time: float,
+) -> dict[str, float]:
     """Median latency (s) of each model on ``x``; models interleaved round by round."""
     prepared = {}
     for name, model in models.items():
@@ -95,8 +102,10 @@ def measure(models: dict[str, torch.nn.Module], x: torch.Tensor, device: torch.d
     samples: dict[str, list[float]] = {name: [] for name in models}
     start = time.perf_counter()
     with torch.inference_mode():
-        while (min(len(s) for s in samples.values()) < min_repeats
-               or time.perf_counter() - start < min_time):
+        while (
+            min(len(s) for s in samples.values()) < min_repeats
+            or time.perf_counter() - start < min_time
+        ):
             for name, fn in prepared.items():
                 samples[name].extend(_time_round(fn, x, device, 2))
             if time.perf_counter() - start > 20 * max(min_time, 1.0):
@@ -106,21 +115,33 @@ def measure(models: dict[str, torch.nn.Module], x: torch.Tensor, device: torch.d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--devices", nargs="+", default=None,
-                        help="cpu and/or cuda (default: cpu, plus cuda when present)")
+    parser.add_argument(
+        "--devices",
+        nargs="+",
+        default=None,
+        help="cpu and/or cuda (default: cpu, plus cuda when present)",
+    )
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32])
-    parser.add_argument("--modes", nargs="+", default=None,
-                        help="eager compile cudagraphs (default: all that apply)")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=None,
+        help="eager compile cudagraphs (default: all that apply)",
+    )
     parser.add_argument("--models", nargs="+", default=list(MODEL_ROLES))
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch)")
     parser.add_argument("--grid", nargs=2, type=int, default=[64, 64], metavar=("H", "W"))
-    parser.add_argument("--frames", nargs=2, type=int, default=[10, 10],
-                        metavar=("T_IN", "T_OUT"))
+    parser.add_argument("--frames", nargs=2, type=int, default=[10, 10], metavar=("T_IN", "T_OUT"))
     parser.add_argument("--channels", type=int, default=1)
     parser.add_argument("--min-repeats", type=int, default=10)
     parser.add_argument("--min-time", type=float, default=2.0, help="seconds per measurement")
-    parser.add_argument("--set", dest="overrides", nargs="*", default=[],
-                        help="config overrides, e.g. st_alternet.hidden=64")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="*",
+        default=[],
+        help="config overrides, e.g. st_alternet.hidden=64",
+    )
     args = parser.parse_args()
 
     if args.threads:
@@ -128,22 +149,32 @@ def main() -> None:
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     overrides = _parse_overrides(args.overrides)
     (height, width), (t_in, t_out) = args.grid, args.frames
-    shape = {"in_frames": t_in, "out_frames": t_out, "channels": args.channels,
-             "height": height, "width": width}
+    shape = {
+        "in_frames": t_in,
+        "out_frames": t_out,
+        "channels": args.channels,
+        "height": height,
+        "width": width,
+    }
     torch.manual_seed(0)
-    cpu_models = {name: build_model(name, **shape, **overrides.get(name, {})).eval()
-                  for name in args.models}
+    cpu_models = {
+        name: build_model(name, **shape, **overrides.get(name, {})).eval() for name in args.models
+    }
     params = {name: count_parameters(m) for name, m in cpu_models.items()}
-    flops = {name: count_flops(m, (t_in, args.channels, height, width))
-             for name, m in cpu_models.items()}
-    print(f"grid {height}x{width}, {t_in} -> {t_out} frames, {args.channels} channel(s); "
-          f"torch {torch.__version__}, CPU threads {torch.get_num_threads()}")
+    flops = {
+        name: count_flops(m, (t_in, args.channels, height, width)) for name, m in cpu_models.items()
+    }
+    print(
+        f"grid {height}x{width}, {t_in} -> {t_out} frames, {args.channels} channel(s); "
+        f"torch {torch.__version__}, CPU threads {torch.get_num_threads()}"
+    )
 
     latency: dict[tuple[str, str, int], dict[str, float]] = {}
     for device_name in devices:
         device = torch.device(device_name)
-        modes = args.modes or (["eager", "compile", "cudagraphs"] if device.type == "cuda"
-                               else ["eager", "compile"])
+        modes = args.modes or (
+            ["eager", "compile", "cudagraphs"] if device.type == "cuda" else ["eager", "compile"]
+        )
         models = {name: m.to(device) for name, m in cpu_models.items()}
         for mode in modes:
             if mode == "cudagraphs" and device.type != "cuda":
@@ -153,7 +184,8 @@ def main() -> None:
                 torch._dynamo.reset()
                 x = torch.randn(batch, t_in, args.channels, height, width, device=device)
                 latency[(device_name, mode, batch)] = measure(
-                    models, x, device, mode, args.min_repeats, args.min_time)
+                    models, x, device, mode, args.min_repeats, args.min_time
+                )
         cpu_models = {name: m.cpu() for name, m in models.items()}
 
     keys = list(latency)
@@ -187,8 +219,11 @@ def main() -> None:
         for batch in args.batch_sizes:
             best = {}
             for name in args.models:
-                options = {mode: latency[(d, mode, b)][name]
-                           for (d, mode, b) in keys if d == device_name and b == batch}
+                options = {
+                    mode: latency[(d, mode, b)][name]
+                    for (d, mode, b) in keys
+                    if d == device_name and b == batch
+                }
                 mode = min(options, key=options.get)
                 best[name] = (options[mode], mode)
             parts = [f"{n} {best[n][0] * 1e3:.2f} ms ({best[n][1]})" for n in args.models]

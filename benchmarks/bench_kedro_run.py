@@ -38,27 +38,43 @@ def main() -> None:
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="sdkd-kedro-run-"))
     project = _fresh_project(root)
-    command = [sys.executable, "-m", "kedro", "run", *(["--env", args.env] if args.env else []),
-               *args.kedro_args]
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+    command = [
+        sys.executable,
+        "-m",
+        "kedro",
+        "run",
+        *(["--env", args.env] if args.env else []),
+        *args.kedro_args,
+    ]
+    env = {
+        **os.environ,
+        "KEDRO_DISABLE_TELEMETRY": "1",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
+    }
     print(f"project {project}\n$ {' '.join(command)}", flush=True)
     start = time.perf_counter()
     with open(project / "run.log", "w") as log:
-        rc = subprocess.run(command, cwd=project, env=env, stdout=log,
-                            stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(
+            command, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT
+        ).returncode
     wall = time.perf_counter() - start
     if rc != 0:
         print((project / "run.log").read_text()[-4000:])
         raise SystemExit(f"kedro run failed (rc {rc}); log in {project / 'run.log'}")
     report = json.loads((project / "data/08_reporting/run_times.json").read_text())
 
-    print(f"\nwall time of `kedro run` (process start to exit): {wall:.0f} s = {wall / 60:.1f} min "
-          f"(pipeline {report['seconds']:.0f} s, {len(report['nodes'])} nodes)")
-    print(f"  vs the 15-minute goal:   {wall / GOAL_S:.2f}x  "
-          f"({'within' if wall <= GOAL_S else 'OVER'})")
-    print(f"  vs the 10-minute target: {wall / TARGET_S:.2f}x  "
-          f"({'within' if wall <= TARGET_S else 'over'})")
+    print(
+        f"\nwall time of `kedro run` (process start to exit): {wall:.0f} s = {wall / 60:.1f} min "
+        f"(pipeline {report['seconds']:.0f} s, {len(report['nodes'])} nodes)"
+    )
+    print(
+        f"  vs the 15-minute goal:   {wall / GOAL_S:.2f}x  "
+        f"({'within' if wall <= GOAL_S else 'OVER'})"
+    )
+    print(
+        f"  vs the 10-minute target: {wall / TARGET_S:.2f}x  "
+        f"({'within' if wall <= TARGET_S else 'over'})"
+    )
     print(f"  CPU threads torch may use: {os.cpu_count()} cores on this machine")
     print("\nseconds per stage:")
     for stage, seconds in sorted(report["stages"].items(), key=lambda kv: -kv[1]):
@@ -67,8 +83,7 @@ def main() -> None:
     for entry in report["nodes"][: args.top]:
         print(f"  {entry['seconds']:7.1f} s  {entry['stage']:9s} {entry['node']}")
     tables = sorted((project / "data/08_reporting").rglob("*_table.md"))
-    print("\ntables written: " + (", ".join(str(t.relative_to(project)) for t in tables)
-                                 or "none"))
+    print("\ntables written: " + (", ".join(str(t.relative_to(project)) for t in tables) or "none"))
     if args.keep is None:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -49,8 +49,10 @@ class InMemoryWindows(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         traj, t0 = self.windows[index]
         block = self.fields[traj, t0 : t0 + self.t_in + self.t_out]
-        return (torch.from_numpy(block[: self.t_in].copy()),
-                torch.from_numpy(block[self.t_in :].copy()))
+        return (
+            torch.from_numpy(block[: self.t_in].copy()),
+            torch.from_numpy(block[self.t_in :].copy()),
+        )
 
 
 def smooth_fields(n_traj: int, n_time: int, n_y: int, n_x: int, seed: int = 0) -> np.ndarray:
@@ -67,14 +69,21 @@ def smooth_fields(n_traj: int, n_time: int, n_y: int, n_x: int, seed: int = 0) -
     return out
 
 
-def time_epochs(datasets: dict[str, tuple[Dataset, Sampler | None]], epochs: int, workers: int,
-                batch: int) -> dict[str, list[float]]:
+def time_epochs(
+    datasets: dict[str, tuple[Dataset, Sampler | None]], epochs: int, workers: int, batch: int
+) -> dict[str, list[float]]:
     """Samples/s per epoch; epochs of the different loaders interleave, so that load from
     other processes on a shared machine affects all of them alike."""
     loaders = {
-        name: DataLoader(ds, batch_size=batch, shuffle=sampler is None, sampler=sampler,
-                         num_workers=workers, persistent_workers=workers > 0,
-                         generator=torch.Generator().manual_seed(0))
+        name: DataLoader(
+            ds,
+            batch_size=batch,
+            shuffle=sampler is None,
+            sampler=sampler,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            generator=torch.Generator().manual_seed(0),
+        )
         for name, (ds, sampler) in datasets.items()
     }
     rates: dict[str, list[float]] = {name: [] for name in loaders}
@@ -89,9 +98,13 @@ def time_epochs(datasets: dict[str, tuple[Dataset, Sampler | None]], epochs: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--layout", choices=["ns", "series"], default="ns",
-                        help="ns: trajectories of 64x64 vorticity, 10 -> 10 (default); series: "
-                        "one long 32x64 series like WeatherBench, 12 -> 12")
+    parser.add_argument(
+        "--layout",
+        choices=["ns", "series"],
+        default="ns",
+        help="ns: trajectories of 64x64 vorticity, 10 -> 10 (default); series: "
+        "one long 32x64 series like WeatherBench, 12 -> 12",
+    )
     parser.add_argument("--trajectories", type=int, default=48)
     parser.add_argument("--frames", type=int, default=None, help="ns: 30, series: 6000")
     parser.add_argument("--epochs", type=int, default=6)
@@ -110,8 +123,13 @@ def main() -> None:
         frames = args.frames or 6000
         fields = smooth_fields(1, frames, 32, 64)
         window, split = WindowConfig(12, 12, 1), SplitConfig(0.7, 0.1, 0.2)
-    raw = make_raw(fields, dataset="bench", source="generated:benchmark",
-                   channels=["field"], time=np.arange(frames, dtype=np.float64))
+    raw = make_raw(
+        fields,
+        dataset="bench",
+        source="generated:benchmark",
+        channels=["field"],
+        time=np.arange(frames, dtype=np.float64),
+    )
     tensors = build_tensor_dataset(raw, split=split, window=window, chunk_time=args.chunk_time)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.zarr"
@@ -119,14 +137,20 @@ def main() -> None:
         write_store(tensors, path, compressor=args.compressor)
         write_s = time.perf_counter() - start
         zarr_ds = WindowDataset(path, "train", cache_mb=args.cache_mb)
-        memory = InMemoryWindows(np.ascontiguousarray(tensors["fields"].values),
-                                 zarr_ds.windows, window.t_in, window.t_out)
+        memory = InMemoryWindows(
+            np.ascontiguousarray(tensors["fields"].values),
+            zarr_ds.windows,
+            window.t_in,
+            window.t_out,
+        )
         store_mb = tensors["fields"].nbytes / 1024**2
-        print(f"store: {tuple(tensors['fields'].shape)} ({store_mb:.0f} MB), chunks "
-              f"{tuple(c[0] for c in tensors['fields'].chunks)}, compressor {args.compressor}, "
-              f"written in {write_s:.2f} s; train windows: {len(zarr_ds)} of "
-              f"{window.t_in}+{window.t_out} frames; DataLoader: {args.workers} workers, batch "
-              f"{args.batch}, {args.epochs} epochs; machine: {os.cpu_count()} cores (shared)")
+        print(
+            f"store: {tuple(tensors['fields'].shape)} ({store_mb:.0f} MB), chunks "
+            f"{tuple(c[0] for c in tensors['fields'].chunks)}, compressor {args.compressor}, "
+            f"written in {write_s:.2f} s; train windows: {len(zarr_ds)} of "
+            f"{window.t_in}+{window.t_out} frames; DataLoader: {args.workers} workers, batch "
+            f"{args.batch}, {args.epochs} epochs; machine: {os.cpu_count()} cores (shared)"
+        )
         runs: dict[str, tuple[Dataset, Sampler | None]] = {
             "memory (numpy baseline)": (memory, None),
             f"zarr (cache {args.cache_mb:g} MB)": (zarr_ds, None),
@@ -136,12 +160,16 @@ def main() -> None:
         results = time_epochs(runs, args.epochs, args.workers, args.batch)
     base = results["memory (numpy baseline)"]
     base_first, base_steady = base[0], float(np.median(base[1:] or base))
-    print(f"{'loader':34s} {'epoch 1 samples/s':>18s} {'ratio':>6s} "
-          f"{'median later epochs':>20s} {'ratio':>6s}")
+    print(
+        f"{'loader':34s} {'epoch 1 samples/s':>18s} {'ratio':>6s} "
+        f"{'median later epochs':>20s} {'ratio':>6s}"
+    )
     for name, rates in results.items():
         first, steady = rates[0], float(np.median(rates[1:] or rates))
-        print(f"{name:34s} {first:18.0f} {first / base_first:6.2f} "
-              f"{steady:20.0f} {steady / base_steady:6.2f}")
+        print(
+            f"{name:34s} {first:18.0f} {first / base_first:6.2f} "
+            f"{steady:20.0f} {steady / base_steady:6.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,15 @@ def time_steps(cfg: ns.NavierStokesConfig, batch: int, layout: str, steps: int) 
     """Seconds per step for one batch (after a warm-up that triggers compilation)."""
     device = ns.resolve_device(cfg.device)
     dtype = torch.float32 if cfg.dtype == "float32" else torch.float64
-    solver = ns.VorticitySolver(cfg.resolution, viscosity=cfg.viscosity, dt=cfg.resolved_dt,
-                                device=device, dtype=dtype, compile=cfg.compile, layout=layout)
+    solver = ns.VorticitySolver(
+        cfg.resolution,
+        viscosity=cfg.viscosity,
+        dt=cfg.resolved_dt,
+        device=device,
+        dtype=dtype,
+        compile=cfg.compile,
+        layout=layout,
+    )
     w0 = ns.sample_initial_vorticity(cfg.resolution, range(batch), seed=cfg.seed)
     state = solver.advance(solver.to_state(w0), 3)
     _sync(device)
@@ -63,8 +70,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=0, help="0: all trajectories at once")
     p.add_argument("--layout", default="half", choices=["half", "packed", "auto"])
     p.add_argument("--compile", default="on", choices=["on", "off"])
-    p.add_argument("--autotune", action="store_true",
-                   help="time 50 steps for a few batch sizes and layouts first; use the best")
+    p.add_argument(
+        "--autotune",
+        action="store_true",
+        help="time 50 steps for a few batch sizes and layouts first; use the best",
+    )
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--downsample", default="spectral", choices=["spectral", "stride"])
@@ -79,28 +89,47 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"device: {torch.cuda.get_device_name(device)}", flush=True)
     batch = args.batch_size or args.trajectories
     base = ns.NavierStokesConfig(
-        n_trajectories=args.trajectories, resolution=args.resolution,
-        record_resolution=args.record_resolution, viscosity=args.viscosity, dt=args.dt,
-        t_final=args.time_units, record_every=1.0, seed=0, device=str(device),
-        dtype=args.dtype, compile=args.compile == "on", layout=args.layout,
-        downsample=args.downsample, batch_size=batch,
+        n_trajectories=args.trajectories,
+        resolution=args.resolution,
+        record_resolution=args.record_resolution,
+        viscosity=args.viscosity,
+        dt=args.dt,
+        t_final=args.time_units,
+        record_every=1.0,
+        seed=0,
+        device=str(device),
+        dtype=args.dtype,
+        compile=args.compile == "on",
+        layout=args.layout,
+        downsample=args.downsample,
+        batch_size=batch,
     ).validate()
     # The stability bound is checked for the full horizon, not just the part that runs.
     ns.NavierStokesConfig(**{**base.__dict__, "t_final": args.full_time_units}).validate()
 
     layout = args.layout
     if args.autotune:
-        candidates = [b for b in (args.trajectories, args.trajectories // 2,
-                                  args.trajectories // 4, args.trajectories // 8)
-                      if b >= 1 and args.trajectories % b == 0]
+        candidates = [
+            b
+            for b in (
+                args.trajectories,
+                args.trajectories // 2,
+                args.trajectories // 4,
+                args.trajectories // 8,
+            )
+            if b >= 1 and args.trajectories % b == 0
+        ]
         results = []
         for lay in ("half", "packed"):
             for b in candidates:
                 per_step = time_steps(base, b, lay, 50)
                 rate = b / per_step
                 results.append((rate, lay, b))
-                print(f"autotune: layout={lay:6s} batch={b:5d} {per_step * 1e3:8.3f} ms/step "
-                      f"{rate:12.0f} traj-steps/s", flush=True)
+                print(
+                    f"autotune: layout={lay:6s} batch={b:5d} {per_step * 1e3:8.3f} ms/step "
+                    f"{rate:12.0f} traj-steps/s",
+                    flush=True,
+                )
         _, layout, batch = max(results)
         print(f"autotune: using layout={layout}, batch={batch}", flush=True)
     cfg = ns.NavierStokesConfig(**{**base.__dict__, "layout": layout, "batch_size": batch})
@@ -121,10 +150,16 @@ def main(argv: list[str] | None = None) -> dict:
     fields = ds["fields"].values
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "trajectories": args.trajectories, "resolution": args.resolution,
-        "record_resolution": args.record_resolution, "dt": cfg.resolved_dt,
-        "layout": layout, "batch": batch, "compile": cfg.compile,
-        "time_units_run": args.time_units, "steps_run": steps, "run_seconds": run_s,
+        "trajectories": args.trajectories,
+        "resolution": args.resolution,
+        "record_resolution": args.record_resolution,
+        "dt": cfg.resolved_dt,
+        "layout": layout,
+        "batch": batch,
+        "compile": cfg.compile,
+        "time_units_run": args.time_units,
+        "steps_run": steps,
+        "run_seconds": run_s,
         "setup_seconds": setup_s,
         "ms_per_step_all_trajectories": 1e3 * per_step_all,
         "trajectory_steps_per_second": args.trajectories / per_step_all,
@@ -136,12 +171,18 @@ def main(argv: list[str] | None = None) -> dict:
         "dropped_trajectories": ds.attrs["dropped_trajectories"],
     }
     print(json.dumps(report, indent=2), flush=True)
-    print(f"FNO recipe ({args.full_time_units:g} time units, {full_steps} steps): estimated "
-          f"{report['estimated_full_recipe_minutes']:.1f} min on {report['device']} "
-          f"(budget {args.budget_minutes:g} min: {'OK' if report['fits_budget'] else 'OVER'})")
+    print(
+        f"FNO recipe ({args.full_time_units:g} time units, {full_steps} steps): estimated "
+        f"{report['estimated_full_recipe_minutes']:.1f} min on {report['device']} "
+        f"(budget {args.budget_minutes:g} min: {'OK' if report['fits_budget'] else 'OVER'})"
+    )
     if args.save:
-        np.savez(args.save, u=fields[:, :, 0], t=ds["time"].values,
-                 attrs=json.dumps({k: ds.attrs[k] for k in ds.attrs}))
+        np.savez(
+            args.save,
+            u=fields[:, :, 0],
+            t=ds["time"].values,
+            attrs=json.dumps({k: ds.attrs[k] for k in ds.attrs}),
+        )
         print(f"saved {args.save}")
     return report
 

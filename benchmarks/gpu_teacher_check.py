@@ -47,13 +47,20 @@ def main() -> None:
         raw, split=SplitConfig(train=0.75, val=0.125, test=0.125), window=WindowConfig(10, 10)
     )
     sets = {s: WindowDataset(tensors, s) for s in ("train", "val", "test")}
-    print(f"data: {raw['fields'].shape} generated in {time.perf_counter() - t0:.1f} s; "
-          f"{len(sets['train'])} training windows")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
+    print(
+        f"data: {raw['fields'].shape} generated in {time.perf_counter() - t0:.1f} s; "
+        f"{len(sets['train'])} training windows"
+    )
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}")
-    header = f"{'teacher':12} {'batch':>5} {'precision':>9} {'ch_last':>7} | " \
-             f"{'samples/s':>10} {'peak GiB':>8} {'val MSE':>8} {'bf16/fp32':>9}"
+    header = (
+        f"{'teacher':12} {'batch':>5} {'precision':>9} {'ch_last':>7} | "
+        f"{'samples/s':>10} {'peak GiB':>8} {'val MSE':>8} {'bf16/fp32':>9}"
+    )
     print(header)
     print("-" * len(header))
     for name in ("st_alternet", "simvp"):
@@ -64,26 +71,44 @@ def main() -> None:
                     if device.type != "cuda" and precision == "bf16":
                         continue
                     torch.manual_seed(0)
-                    model = build_model(name, in_frames=10, out_frames=10, channels=1,
-                                        height=64, width=64,
-                                        **(SMALL[name] if args.small else {}))
-                    cfg = TrainConfig(epochs=args.epochs, batch_size=batch, lr=1e-3,
-                                      device=str(device), precision=precision,
-                                      channels_last=channels_last, patience=None,
-                                      num_workers=2)
+                    model = build_model(
+                        name,
+                        in_frames=10,
+                        out_frames=10,
+                        channels=1,
+                        height=64,
+                        width=64,
+                        **(SMALL[name] if args.small else {}),
+                    )
+                    cfg = TrainConfig(
+                        epochs=args.epochs,
+                        batch_size=batch,
+                        lr=1e-3,
+                        device=str(device),
+                        precision=precision,
+                        channels_last=channels_last,
+                        patience=None,
+                        num_workers=2,
+                    )
                     if device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(device)
                     with tempfile.TemporaryDirectory() as out:
-                        result = train(model, sets["train"], sets["val"], cfg, out_dir=out,
-                                       progress=False)
-                    peak = (torch.cuda.max_memory_allocated(device) / 2**30
-                            if device.type == "cuda" else float("nan"))
+                        result = train(
+                            model, sets["train"], sets["val"], cfg, out_dir=out, progress=False
+                        )
+                    peak = (
+                        torch.cuda.max_memory_allocated(device) / 2**30
+                        if device.type == "cuda"
+                        else float("nan")
+                    )
                     speed[precision] = result.samples_per_second
-                    ratio = (f"{speed['bf16'] / speed['fp32']:.2f}x"
-                             if precision == "bf16" else "")
-                    print(f"{name:12} {batch:>5} {precision:>9} {channels_last!s:>7} | "
-                          f"{result.samples_per_second:>10.1f} {peak:>8.2f} "
-                          f"{result.best_val_loss:>8.4f} {ratio:>9}", flush=True)
+                    ratio = f"{speed['bf16'] / speed['fp32']:.2f}x" if precision == "bf16" else ""
+                    print(
+                        f"{name:12} {batch:>5} {precision:>9} {channels_last!s:>7} | "
+                        f"{result.samples_per_second:>10.1f} {peak:>8.2f} "
+                        f"{result.best_val_loss:>8.4f} {ratio:>9}",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

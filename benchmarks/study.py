@@ -67,9 +67,26 @@ from sdkd_pipeline.training import TrainConfig, autocast_dtype, seed_everything,
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "benchmarks" / "study.yml"
 SINGLE = ("output_mse", "sdkd", "sdkd_latent")
-CSV_COLUMNS = ["role", "model", "method", "seed", "function_matching", "val_mse", "test_mse",
-               "test_mae", "test_ssim", "test_band_low", "test_band_mid", "test_band_high",
-               "params", "steps", "epochs", "best_epoch", "stopped_early", "seconds"]
+CSV_COLUMNS = [
+    "role",
+    "model",
+    "method",
+    "seed",
+    "function_matching",
+    "val_mse",
+    "test_mse",
+    "test_mae",
+    "test_ssim",
+    "test_band_low",
+    "test_band_mid",
+    "test_band_high",
+    "params",
+    "steps",
+    "epochs",
+    "best_epoch",
+    "stopped_early",
+    "seconds",
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,7 +114,8 @@ def load_profile(path: Path, name: str) -> dict:
         if "models" in (profiles[name].get(part) or {}):
             cfg[part]["models"] = {
                 model: merge((profiles["defaults"][part]["models"] or {}).get(model, {}), value)
-                if value else {}
+                if value
+                else {}
                 for model, value in profiles[name][part]["models"].items()
             }
     return cfg
@@ -106,6 +124,7 @@ def load_profile(path: Path, name: str) -> dict:
 def config_key(*parts: Any) -> str:
     """A digest of what defines a run, so a finished run is reused only for the same settings."""
     import hashlib
+
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -122,10 +141,15 @@ def device_label(device: torch.device) -> str:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         return out + ("+uncommitted" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -223,21 +247,29 @@ class Study:
         path = self.work / "tensors.nc"
         gen = dict(data_cfg["generate"])
         gen["device"] = str(self.device)
-        key = json.dumps({"generate": gen, "window": data_cfg["window"],
-                          "split": data_cfg["split"]}, sort_keys=True)
+        key = json.dumps(
+            {"generate": gen, "window": data_cfg["window"], "split": data_cfg["split"]},
+            sort_keys=True,
+        )
         key_path = self.work / "tensors.key"
         self.data_key = key
-        if path.exists() and key_path.exists() and key_path.read_text() == key \
-                and not self.args.fresh:
+        if (
+            path.exists()
+            and key_path.exists()
+            and key_path.read_text() == key
+            and not self.args.fresh
+        ):
             import xarray as xr
+
             tensors = xr.open_dataset(path).load()
             print(f"data: reusing {path}", flush=True)
         else:
-            raw = ns.generate_navier_stokes(ns.NavierStokesConfig.from_dict(gen),
-                                            progress=False)
+            raw = ns.generate_navier_stokes(ns.NavierStokesConfig.from_dict(gen), progress=False)
             tensors = build_tensor_dataset(
-                raw, split=SplitConfig(**data_cfg["split"]),
-                window=WindowConfig(**data_cfg["window"])).compute()
+                raw,
+                split=SplitConfig(**data_cfg["split"]),
+                window=WindowConfig(**data_cfg["window"]),
+            ).compute()
             tmp = path.with_suffix(".tmp.nc")
             tensors.to_netcdf(tmp)
             os.replace(tmp, path)
@@ -247,14 +279,21 @@ class Study:
         train_set = self.sets["train"]
         self.shape = train_set.model_shape
         self.data_range = test_data_range(self.sets["test"], 32)
-        self.data_info = {"windows": {s: len(d) for s, d in self.sets.items()},
-                          "seconds": self._data_seconds(started),
-                          "shape": list(train_set.shape), "generate": gen,
-                          "window": data_cfg["window"], "split": data_cfg["split"],
-                          "spectrum": self._spectrum(data_cfg.get("fit_range", [3, 12]))}
+        self.data_info = {
+            "windows": {s: len(d) for s, d in self.sets.items()},
+            "seconds": self._data_seconds(started),
+            "shape": list(train_set.shape),
+            "generate": gen,
+            "window": data_cfg["window"],
+            "split": data_cfg["split"],
+            "spectrum": self._spectrum(data_cfg.get("fit_range", [3, 12])),
+        }
         self.times["data"] = time.perf_counter() - started
-        print(f"data: {self.data_info['windows']} windows, {self.data_info['spectrum']['verdict']}"
-              f" ({self.times['data']:.0f} s)", flush=True)
+        print(
+            f"data: {self.data_info['windows']} windows, {self.data_info['spectrum']['verdict']}"
+            f" ({self.times['data']:.0f} s)",
+            flush=True,
+        )
 
     def _data_seconds(self, started: float) -> float:
         """Seconds that making the data took (recorded once, so a resumed study reports the
@@ -274,61 +313,117 @@ class Study:
         split = BandSplit.log_spaced(*frames.shape[-2:], 3)
         bands = split.band_energy(frames.float()).reshape(-1, 3).sum(0)
         shares = (bands / bands.sum()).tolist()
-        return {**{key: fit[key] for key in ("power_law", "verdict", "slope", "slope_stderr",
-                                             "raw_slope", "r2", "exp_r2", "fit_k_min",
-                                             "fit_k_max")},
-                "band_cutoffs": list(split.cutoffs),
-                "energy_share": dict(zip(("low", "mid", "high"), shares, strict=True))}
+        return {
+            **{
+                key: fit[key]
+                for key in (
+                    "power_law",
+                    "verdict",
+                    "slope",
+                    "slope_stderr",
+                    "raw_slope",
+                    "r2",
+                    "exp_r2",
+                    "fit_k_min",
+                    "fit_k_max",
+                )
+            },
+            "band_cutoffs": list(split.cutoffs),
+            "energy_share": dict(zip(("low", "mid", "high"), shares, strict=True)),
+        }
 
     # -- training ------------------------------------------------------------------------
 
-    def _train(self, name: str, model_cfg: dict, training: dict, seed: int, *,
-               loss=None, train_data=None, out_dir: Path) -> tuple[torch.nn.Module, dict]:
+    def _train(
+        self,
+        name: str,
+        model_cfg: dict,
+        training: dict,
+        seed: int,
+        *,
+        loss=None,
+        train_data=None,
+        out_dir: Path,
+    ) -> tuple[torch.nn.Module, dict]:
         seed_everything(seed)
         model = build_model(name, **self.shape, **model_cfg)
         cfg = TrainConfig.from_dict({**training, "seed": seed, "device": str(self.device)})
         started = time.perf_counter()
-        result = train(model, train_data or self.sets["train"], self.sets["val"], cfg,
-                       out_dir=out_dir, loss=loss, progress=False)
+        result = train(
+            model,
+            train_data or self.sets["train"],
+            self.sets["val"],
+            cfg,
+            out_dir=out_dir,
+            loss=loss,
+            progress=False,
+        )
         samples = sum(h.get("samples", 0) for h in result.history)
         steps = int(round(samples / cfg.batch_size)) if samples else 0
-        reason = (f"early stop: no validation improvement for {cfg.patience} epochs"
-                  if result.stopped_early else f"budget: {cfg.epochs} epochs")
-        return model, {"steps": steps, "epochs": result.epochs_run,
-                       "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
-                       "stop_reason": reason, "val_mse_normalized": result.best_val_loss,
-                       "train_seconds": time.perf_counter() - started,
-                       # the last epoch's loss diagnostics: band weights w_band<b>, band
-                       # distances kd_band<b>, the latent term's share, teacher weights
-                       "last_epoch": {k: v for k, v in (result.history[-1] if result.history
-                                                        else {}).items()
-                                      if k.startswith(("train_w_", "train_kd", "train_latent"))}}
+        reason = (
+            f"early stop: no validation improvement for {cfg.patience} epochs"
+            if result.stopped_early
+            else f"budget: {cfg.epochs} epochs"
+        )
+        return model, {
+            "steps": steps,
+            "epochs": result.epochs_run,
+            "best_epoch": result.best_epoch,
+            "stopped_early": result.stopped_early,
+            "stop_reason": reason,
+            "val_mse_normalized": result.best_val_loss,
+            "train_seconds": time.perf_counter() - started,
+            # the last epoch's loss diagnostics: band weights w_band<b>, band
+            # distances kd_band<b>, the latent term's share, teacher weights
+            "last_epoch": {
+                k: v
+                for k, v in (result.history[-1] if result.history else {}).items()
+                if k.startswith(("train_w_", "train_kd", "train_latent"))
+            },
+        }
 
     def _metrics(self, modules: dict[str, torch.nn.Module]) -> dict[str, dict]:
         out = {}
         for split in ("val", "test"):
-            data_range = self.data_range if split == "test" else test_data_range(
-                self.sets[split], 32)
-            metrics = evaluate_models(modules, self.sets[split], data_range,
-                                      batch_size=self.cfg["evaluate"]["batch_size"],
-                                      device=self.device)
+            data_range = (
+                self.data_range if split == "test" else test_data_range(self.sets[split], 32)
+            )
+            metrics = evaluate_models(
+                modules,
+                self.sets[split],
+                data_range,
+                batch_size=self.cfg["evaluate"]["batch_size"],
+                device=self.device,
+            )
             for key, m in metrics.items():
                 out.setdefault(key, {})[split] = m
         return out
 
     def _row(self, role, model, method, seed, fm, metrics, info, params, seconds) -> dict:
         test, val = metrics["test"], metrics["val"]
-        return {"role": role, "model": model, "method": method, "seed": seed,
-                "function_matching": fm, "val_mse": val.mse, "test_mse": test.mse,
-                "test_mae": test.mae, "test_ssim": test.ssim,
-                "test_band_low": test.band_mse["low"], "test_band_mid": test.band_mse["mid"],
-                "test_band_high": test.band_mse["high"], "params": params,
-                "steps": info.get("steps", 0), "epochs": info.get("epochs", 0),
-                "best_epoch": info.get("best_epoch", 0),
-                "stopped_early": info.get("stopped_early", False), "seconds": seconds,
-                "stop_reason": info.get("stop_reason", ""),
-                "test_mse_per_step": list(test.mse_per_step),
-                "last_epoch": info.get("last_epoch", {})}
+        return {
+            "role": role,
+            "model": model,
+            "method": method,
+            "seed": seed,
+            "function_matching": fm,
+            "val_mse": val.mse,
+            "test_mse": test.mse,
+            "test_mae": test.mae,
+            "test_ssim": test.ssim,
+            "test_band_low": test.band_mse["low"],
+            "test_band_mid": test.band_mse["mid"],
+            "test_band_high": test.band_mse["high"],
+            "params": params,
+            "steps": info.get("steps", 0),
+            "epochs": info.get("epochs", 0),
+            "best_epoch": info.get("best_epoch", 0),
+            "stopped_early": info.get("stopped_early", False),
+            "seconds": seconds,
+            "stop_reason": info.get("stop_reason", ""),
+            "test_mse_per_step": list(test.mse_per_step),
+            "last_epoch": info.get("last_epoch", {}),
+        }
 
     def teachers(self) -> None:
         started = time.perf_counter()
@@ -347,19 +442,35 @@ class Study:
                 print(f"teacher {name}: reusing {path}", flush=True)
                 continue
             t0 = time.perf_counter()
-            model, info = self._train(name, model_cfg or {}, tcfg["training"], seed,
-                                      out_dir=self.work / "runs" / "teachers" / name)
+            model, info = self._train(
+                name,
+                model_cfg or {},
+                tcfg["training"],
+                seed,
+                out_dir=self.work / "runs" / "teachers" / name,
+            )
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(model.state_dict(), path)
             self.teacher_models[name] = freeze(model)
             metrics = self._metrics({name: model})[name]
-            row = self._row("teacher", name, "supervised", seed, False, metrics, info,
-                            count_parameters(model), time.perf_counter() - t0)
+            row = self._row(
+                "teacher",
+                name,
+                "supervised",
+                seed,
+                False,
+                metrics,
+                info,
+                count_parameters(model),
+                time.perf_counter() - t0,
+            )
             row["config_key"] = ckey
             self._record(row)
-            print(f"teacher {name}: val {row['val_mse']:.4g} test {row['test_mse']:.4g} "
-                  f"({info['stop_reason']}, {info['steps']} steps, {row['seconds']:.0f} s)",
-                  flush=True)
+            print(
+                f"teacher {name}: val {row['val_mse']:.4g} test {row['test_mse']:.4g} "
+                f"({info['stop_reason']}, {info['steps']} steps, {row['seconds']:.0f} s)",
+                flush=True,
+            )
         self.times["teachers"] = time.perf_counter() - started
 
     def spectra(self) -> None:
@@ -367,20 +478,26 @@ class Study:
         error per band (the spectral stage's analysis, on the test split)."""
         fit = self.cfg["data"].get("fit_range", [3, 12])
         latent_fit = self.cfg["data"].get("latent_fit_range", [1, 4])
-        cfg = SpectralConfig(data_fit_range=tuple(fit), latent_fit_range=tuple(latent_fit),
-                             device=str(self.device))
+        cfg = SpectralConfig(
+            data_fit_range=tuple(fit), latent_fit_range=tuple(latent_fit), device=str(self.device)
+        )
         self.spectral: dict[str, Any] = {}
         for name, model in self.teacher_models.items():
-            summary, figure = analyse_spectra(model, self.sets["test"], cfg,
-                                              title=f"{name} (study)", device=self.device)
+            summary, figure = analyse_spectra(
+                model, self.sets["test"], cfg, title=f"{name} (study)", device=self.device
+            )
             figure.savefig(self.out / f"study_{self.label}_spectra_{name}.png", dpi=100)
             import matplotlib.pyplot as plt
+
             plt.close(figure)
-            keep = {"branch_check": summary.get("branch_check"),
-                    "band_shares": summary.get("band_shares"),
-                    "latents": {k: {f: v.get(f) for f in ("verdict", "slope", "slope_stderr",
-                                                          "r2")}
-                                for k, v in summary.get("spectra", {}).items()}}
+            keep = {
+                "branch_check": summary.get("branch_check"),
+                "band_shares": summary.get("band_shares"),
+                "latents": {
+                    k: {f: v.get(f) for f in ("verdict", "slope", "slope_stderr", "r2")}
+                    for k, v in summary.get("spectra", {}).items()
+                },
+            }
             self.spectral[name] = json.loads(json.dumps(keep, default=str))
             print(f"spectra {name}: {keep['branch_check']['verdict']}", flush=True)
 
@@ -389,10 +506,12 @@ class Study:
         metrics = {}
         for split in ("val", "test"):
             modules["climatology"] = Climatology.fit(self.sets[split])
-            data_range = self.data_range if split == "test" else test_data_range(
-                self.sets[split], 32)
-            for key, m in evaluate_models(modules, self.sets[split], data_range,
-                                          batch_size=32, device="cpu").items():
+            data_range = (
+                self.data_range if split == "test" else test_data_range(self.sets[split], 32)
+            )
+            for key, m in evaluate_models(
+                modules, self.sets[split], data_range, batch_size=32, device="cpu"
+            ).items():
                 metrics.setdefault(key, {})[split] = m
         for name, m in metrics.items():
             if ("baseline", name, "baseline", 0) not in self.done:
@@ -401,9 +520,12 @@ class Study:
     def students(self) -> None:
         started = time.perf_counter()
         scfg, distill = self.cfg["students"], self.cfg["distill"]
-        teacher_val = {n: self.done[("teacher", n, "supervised",
-                                     int(self.cfg["teachers"]["training"].get("seed", 0)))]
-                       ["val_mse"] for n in self.teacher_models}
+        teacher_val = {
+            n: self.done[
+                ("teacher", n, "supervised", int(self.cfg["teachers"]["training"].get("seed", 0)))
+            ]["val_mse"]
+            for n in self.teacher_models
+        }
         methods = self.args.methods or self.cfg["methods"]
         seeds = self.args.seeds if self.args.seeds is not None else self.cfg["seeds"]
         dtype = autocast_dtype("auto", self.device)
@@ -411,55 +533,93 @@ class Study:
             for seed in seeds:
                 for method in methods:
                     cfg = DistillConfig.from_params(method, distill)
-                    training = {**scfg["training"],
-                                **(self.cfg.get("method_training") or {}).get(method, {})}
+                    training = {
+                        **scfg["training"],
+                        **(self.cfg.get("method_training") or {}).get(method, {}),
+                    }
                     key = config_key(cfg.to_dict(), training, model_cfg, self.data_key)
                     done = self.done.get(("student", student, method, seed))
                     if done is not None and done.get("config_key") == key:
                         continue
                     same = self._same_run(student, method, seed, cfg, training)
                     if same is not None:
-                        self._record({**same, "method": method, "copy_of": same["method"],
-                                      "seconds": 0.0, "config_key": key})
-                        print(f"{student} seed {seed} {method:14s} = {same['method']} (that run "
-                              "used the whole budget: the same training)", flush=True)
+                        self._record(
+                            {
+                                **same,
+                                "method": method,
+                                "copy_of": same["method"],
+                                "seconds": 0.0,
+                                "config_key": key,
+                            }
+                        )
+                        print(
+                            f"{student} seed {seed} {method:14s} = {same['method']} (that run "
+                            "used the whole budget: the same training)",
+                            flush=True,
+                        )
                         continue
                     t0 = time.perf_counter()
                     chosen = choose_teachers(cfg, teacher_val)
                     seed_everything(seed)
                     probe = build_model(student, **self.shape, **(model_cfg or {}))
                     prepared = prepare_distillation(
-                        cfg, {n: self.teacher_models[n] for n in chosen}, probe,
-                        self.sets["train"], device=self.device, autocast_dtype=dtype,
-                        batch_size=64, cache=self.cache)
-                    with tempfile.TemporaryDirectory(prefix=STUDENT_RUN_PREFIX,
-                                                     dir=self.work) as out_dir:
+                        cfg,
+                        {n: self.teacher_models[n] for n in chosen},
+                        probe,
+                        self.sets["train"],
+                        device=self.device,
+                        autocast_dtype=dtype,
+                        batch_size=64,
+                        cache=self.cache,
+                    )
+                    with tempfile.TemporaryDirectory(
+                        prefix=STUDENT_RUN_PREFIX, dir=self.work
+                    ) as out_dir:
                         model, info = self._train(
-                            student, model_cfg or {}, training, seed, loss=prepared.loss,
+                            student,
+                            model_cfg or {},
+                            training,
+                            seed,
+                            loss=prepared.loss,
                             train_data=prepared.train_set if prepared.loss else None,
-                            out_dir=Path(out_dir))
+                            out_dir=Path(out_dir),
+                        )
                     metrics = self._metrics({student: model})[student]
-                    row = self._row("student", student, method, seed, cfg.fm_enabled, metrics,
-                                    info, count_parameters(model), time.perf_counter() - t0)
+                    row = self._row(
+                        "student",
+                        student,
+                        method,
+                        seed,
+                        cfg.fm_enabled,
+                        metrics,
+                        info,
+                        count_parameters(model),
+                        time.perf_counter() - t0,
+                    )
                     row["teachers"] = chosen
                     row["config_key"] = key
                     if prepared.unlabelled is not None:
                         row["function_matching_inputs"] = len(prepared.unlabelled)
                     self._record(row)
-                    print(f"{student} seed {seed} {method:14s} val {row['val_mse']:.4g} test "
-                          f"{row['test_mse']:.4g} ({info['steps']} steps, {info['stop_reason']},"
-                          f" {row['seconds']:.0f} s)", flush=True)
+                    print(
+                        f"{student} seed {seed} {method:14s} val {row['val_mse']:.4g} test "
+                        f"{row['test_mse']:.4g} ({info['steps']} steps, {info['stop_reason']},"
+                        f" {row['seconds']:.0f} s)",
+                        flush=True,
+                    )
         self.times["students"] = time.perf_counter() - started
 
-    def _same_run(self, student: str, method: str, seed: int, cfg: DistillConfig,
-                  training: dict) -> dict | None:
+    def _same_run(
+        self, student: str, method: str, seed: int, cfg: DistillConfig, training: dict
+    ) -> dict | None:
         """A finished run that this one would repeat bit for bit: ``none`` without early
         stopping is ``none`` itself when that run never stopped early."""
         if cfg.method != "none" or training.get("patience", 1) is not None:
             return None
         base = self.done.get(("student", student, "none", seed))
         same_rest = {k: v for k, v in training.items() if k != "patience"} == {
-            k: v for k, v in self.cfg["students"]["training"].items() if k != "patience"}
+            k: v for k, v in self.cfg["students"]["training"].items() if k != "patience"
+        }
         if base is None or base["stopped_early"] or not same_rest:
             return None
         return base
@@ -476,9 +636,12 @@ def summarize(rows: list[dict], methods: list[str]) -> dict:
         return {}
     reference = min(teachers, key=lambda r: r["val_mse"])
     baselines = {r["model"]: r for r in rows if r["role"] == "baseline"}
-    out: dict[str, Any] = {"reference_teacher": reference["model"], "students": {},
-                           "teachers": {r["model"]: r for r in teachers},
-                           "baselines": baselines}
+    out: dict[str, Any] = {
+        "reference_teacher": reference["model"],
+        "students": {},
+        "teachers": {r["model"]: r for r in teachers},
+        "baselines": baselines,
+    }
     for student in sorted({r["model"] for r in rows if r["role"] == "student"}):
         mine = [r for r in rows if r["role"] == "student" and r["model"] == student]
         by = {(r["method"], r["seed"]): r for r in mine}
@@ -486,20 +649,32 @@ def summarize(rows: list[dict], methods: list[str]) -> dict:
         for method in [m for m in methods if any(r["method"] == m for r in mine)]:
             runs = [r for r in mine if r["method"] == method]
             stats: dict[str, Any] = {"seeds": sorted(r["seed"] for r in runs)}
-            for metric in ("test_mse", "test_mae", "test_ssim", "val_mse", "test_band_low",
-                           "test_band_mid", "test_band_high", "steps", "seconds"):
+            for metric in (
+                "test_mse",
+                "test_mae",
+                "test_ssim",
+                "val_mse",
+                "test_band_low",
+                "test_band_mid",
+                "test_band_high",
+                "steps",
+                "seconds",
+            ):
                 stats[metric] = mean_ci([r[metric] for r in runs])
-            for base, key in (("none", "vs_none"), ("output_mse", "vs_output_mse"),
-                              ("none_matched", "vs_none_matched")):
+            for base, key in (
+                ("none", "vs_none"),
+                ("output_mse", "vs_output_mse"),
+                ("none_matched", "vs_none_matched"),
+            ):
                 pairs = [(by[(base, r["seed"])], r) for r in runs if (base, r["seed"]) in by]
                 if not pairs or base == method:
                     continue
                 # positive = better than the base (lower error, higher SSIM)
                 stats[f"{key}_mse"] = mean_ci([b["test_mse"] - r["test_mse"] for b, r in pairs])
                 stats[f"{key}_mse_relative"] = mean_ci(
-                    [(b["test_mse"] - r["test_mse"]) / b["test_mse"] for b, r in pairs])
-                stats[f"{key}_ssim"] = mean_ci([r["test_ssim"] - b["test_ssim"]
-                                                for b, r in pairs])
+                    [(b["test_mse"] - r["test_mse"]) / b["test_mse"] for b, r in pairs]
+                )
+                stats[f"{key}_ssim"] = mean_ci([r["test_ssim"] - b["test_ssim"] for b, r in pairs])
                 stats[f"{key}_wins"] = sum(r["test_mse"] < b["test_mse"] for b, r in pairs)
                 stats[f"{key}_pairs"] = len(pairs)
             for base, key in (("none", "gap_closed"), ("none_matched", "gap_closed_matched")):
@@ -508,8 +683,9 @@ def summarize(rows: list[dict], methods: list[str]) -> dict:
                     b = by.get((base, r["seed"]))
                     if b is None or b["test_mse"] <= reference["test_mse"]:
                         continue
-                    gaps.append((b["test_mse"] - r["test_mse"])
-                                / (b["test_mse"] - reference["test_mse"]))
+                    gaps.append(
+                        (b["test_mse"] - r["test_mse"]) / (b["test_mse"] - reference["test_mse"])
+                    )
                 stats[key] = mean_ci(gaps)
             entry[method] = stats
         out["students"][student] = entry
@@ -533,84 +709,121 @@ def claims(summary: dict, rows: list[dict]) -> list[dict]:
         for name, t in teachers.items():
             ratio = none["test_mse"][0] / t["test_mse"]
             beats_persistence = persistence is None or t["test_mse"] < persistence["test_mse"]
-            out.append({
-                "claim": f"teacher {name} is >= 1.5x better than the converged `none` {student}"
-                         " and better than persistence",
-                "measured": f"test MSE {t['test_mse']:.4f} vs none {fmt(*none['test_mse'][:2])}"
-                            f" ({ratio:.2f}x); persistence "
-                            f"{persistence['test_mse']:.4f}" if persistence else "",
-                "verdict": "holds" if ratio >= 1.5 and beats_persistence else "does not hold"})
+            out.append(
+                {
+                    "claim": f"teacher {name} is >= 1.5x better than the converged `none` {student}"
+                    " and better than persistence",
+                    "measured": f"test MSE {t['test_mse']:.4f} vs none {fmt(*none['test_mse'][:2])}"
+                    f" ({ratio:.2f}x); persistence "
+                    f"{persistence['test_mse']:.4f}"
+                    if persistence
+                    else "",
+                    "verdict": "holds" if ratio >= 1.5 and beats_persistence else "does not hold",
+                }
+            )
         candidates = {m: s for m, s in entry.items() if not m.startswith("none")}
         if not candidates:
             continue
         best = min(candidates, key=lambda m: candidates[m]["val_mse"][0])
         b = candidates[best]
-        out.append({
-            "claim": f"distillation closes >= 60 % of the gap ({student}; paper: ~54 % on "
-                     "WeatherBench), best method chosen on validation",
-            "measured": f"{best}: {fmt(*b['gap_closed'][:2], 1, 100, ' %')} of the gap, paired "
-                        f"gain over none {fmt(*b['vs_none_mse_relative'][:2], 1, 100, ' %')} "
-                        f"of its MSE ({b['vs_none_wins']}/{b['vs_none_pairs']} seeds better)",
-            "verdict": "holds" if b["gap_closed"][0] >= 0.6 else (
-                f"not reached ({100 * b['gap_closed'][0]:.0f} % of the 60 %)"
-                if math.isfinite(b["gap_closed"][0]) else "undefined")})
-        for method, base, what in (("sdkd", "output_mse", "the frequency-aligned default beats "
-                                    "plain output KD"),
-                                   ("sdkd", "none", "sdkd beats no distillation"),
-                                   ("sdkd_fm", "sdkd", "function matching improves sdkd"),
-                                   ("output_mse_fm", "output_mse",
-                                    "function matching improves output KD")):
+        out.append(
+            {
+                "claim": f"distillation closes >= 60 % of the gap ({student}; paper: ~54 % on "
+                "WeatherBench), best method chosen on validation",
+                "measured": f"{best}: {fmt(*b['gap_closed'][:2], 1, 100, ' %')} of the gap, paired "
+                f"gain over none {fmt(*b['vs_none_mse_relative'][:2], 1, 100, ' %')} "
+                f"of its MSE ({b['vs_none_wins']}/{b['vs_none_pairs']} seeds better)",
+                "verdict": "holds"
+                if b["gap_closed"][0] >= 0.6
+                else (
+                    f"not reached ({100 * b['gap_closed'][0]:.0f} % of the 60 %)"
+                    if math.isfinite(b["gap_closed"][0])
+                    else "undefined"
+                ),
+            }
+        )
+        for method, base, what in (
+            ("sdkd", "output_mse", "the frequency-aligned default beats plain output KD"),
+            ("sdkd", "none", "sdkd beats no distillation"),
+            ("sdkd_fm", "sdkd", "function matching improves sdkd"),
+            ("output_mse_fm", "output_mse", "function matching improves output KD"),
+        ):
             if method not in entry or base not in entry:
                 continue
-            pairs = [(r0, r1) for r0 in rows for r1 in rows
-                     if r0["role"] == r1["role"] == "student" and r0["model"] == r1["model"]
-                     == student and r0["method"] == base and r1["method"] == method
-                     and r0["seed"] == r1["seed"]]
+            pairs = [
+                (r0, r1)
+                for r0 in rows
+                for r1 in rows
+                if r0["role"] == r1["role"] == "student"
+                and r0["model"] == r1["model"] == student
+                and r0["method"] == base
+                and r1["method"] == method
+                and r0["seed"] == r1["seed"]
+            ]
             gains = [(a["test_mse"] - b["test_mse"]) / a["test_mse"] for a, b in pairs]
             ci = mean_ci(gains)
-            out.append({
-                "claim": f"{what} ({student}: paired test-MSE gain, 95 % CI)",
-                "measured": f"{fmt(*ci[:2], 1, 100, ' %')} "
-                            f"({sum(g > 0 for g in gains)}/{len(gains)} seeds better)",
-                "verdict": "holds (CI above zero)" if _lower(ci) > 0 else (
-                    "not shown (CI includes zero)" if ci[0] > 0 else "does not hold")})
+            out.append(
+                {
+                    "claim": f"{what} ({student}: paired test-MSE gain, 95 % CI)",
+                    "measured": f"{fmt(*ci[:2], 1, 100, ' %')} "
+                    f"({sum(g > 0 for g in gains)}/{len(gains)} seeds better)",
+                    "verdict": "holds (CI above zero)"
+                    if _lower(ci) > 0
+                    else ("not shown (CI includes zero)" if ci[0] > 0 else "does not hold"),
+                }
+            )
     return out
 
 
 def markdown(summary: dict, rows: list[dict], meta: dict) -> str:
-    lines = [f"# Distillation study ({meta['label']}, profile {meta['profile']})", "",
-             f"Command: `{meta['command']}`  ",
-             f"Commit: `{meta['commit']}`; {meta['device']}; torch {meta['torch']}; "
-             f"compute {meta['compute_seconds'] / 60:.1f} min (data and every trained model, "
-             f"as a fresh run would take); this invocation {meta['wall_seconds'] / 60:.1f} min.",
-             "", "Data: " + " / ".join(str(n) for n in meta['data']['windows'].values())
-             + " windows (train / val / test); test spectrum: "
-             f"{meta['data']['spectrum']['verdict']} over k = "
-             f"{meta['data']['spectrum']['fit_k_min']:g}..{meta['data']['spectrum']['fit_k_max']:g}"
-             f"; energy share low/mid/high "
-             + " / ".join(f"{v:.4f}" for v in meta['data']['spectrum']['energy_share'].values())
-             + ".", "",
-             "Test metrics de-normalized (vorticity units); mean ± 95 % CI over seeds (Student t)."
-             " Gap closed = (none - student) / (none - teacher), paired by seed, teacher = "
-             f"{summary.get('reference_teacher')} (lower validation MSE). Paired differences: "
-             "positive = better than the reference method.", ""]
-    lines += ["| role | model | method | val MSE | test MSE | test MAE | test SSIM | steps | "
-              "stop |", "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        f"# Distillation study ({meta['label']}, profile {meta['profile']})",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Commit: `{meta['commit']}`; {meta['device']}; torch {meta['torch']}; "
+        f"compute {meta['compute_seconds'] / 60:.1f} min (data and every trained model, "
+        f"as a fresh run would take); this invocation {meta['wall_seconds'] / 60:.1f} min.",
+        "",
+        "Data: "
+        + " / ".join(str(n) for n in meta["data"]["windows"].values())
+        + " windows (train / val / test); test spectrum: "
+        f"{meta['data']['spectrum']['verdict']} over k = "
+        f"{meta['data']['spectrum']['fit_k_min']:g}..{meta['data']['spectrum']['fit_k_max']:g}"
+        f"; energy share low/mid/high "
+        + " / ".join(f"{v:.4f}" for v in meta["data"]["spectrum"]["energy_share"].values())
+        + ".",
+        "",
+        "Test metrics de-normalized (vorticity units); mean ± 95 % CI over seeds (Student t)."
+        " Gap closed = (none - student) / (none - teacher), paired by seed, teacher = "
+        f"{summary.get('reference_teacher')} (lower validation MSE). Paired differences: "
+        "positive = better than the reference method.",
+        "",
+    ]
+    lines += [
+        "| role | model | method | val MSE | test MSE | test MAE | test SSIM | steps | stop |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
         if r["role"] in ("teacher", "baseline"):
-            lines.append(f"| {r['role']} | {r['model']} | {r['method']} | {r['val_mse']:.4f} | "
-                         f"{r['test_mse']:.4f} | {r['test_mae']:.4f} | {r['test_ssim']:.4f} | "
-                         f"{r['steps']} | {r.get('stop_reason', '')} |")
+            lines.append(
+                f"| {r['role']} | {r['model']} | {r['method']} | {r['val_mse']:.4f} | "
+                f"{r['test_mse']:.4f} | {r['test_mae']:.4f} | {r['test_ssim']:.4f} | "
+                f"{r['steps']} | {r.get('stop_reason', '')} |"
+            )
     found = claims(summary, rows)
     if found:
         lines += ["", "## Claims", "", "| claim | measured | verdict |", "|---|---|---|"]
         lines += [f"| {c['claim']} | {c['measured']} | {c['verdict']} |" for c in found]
     for student, entry in summary.get("students", {}).items():
-        lines += ["", f"## {student}", "",
-                  "| method | n | test MSE | test MAE | test SSIM | gap closed | gap closed vs "
-                  "none_matched | MSE gain vs none | MSE gain vs output_mse | wins vs none | "
-                  "band MSE low / mid / high | steps |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+        lines += [
+            "",
+            f"## {student}",
+            "",
+            "| method | n | test MSE | test MAE | test SSIM | gap closed | gap closed vs "
+            "none_matched | MSE gain vs none | MSE gain vs output_mse | wins vs none | "
+            "band MSE low / mid / high | steps |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        ]
         for method, s in entry.items():
             bands = " / ".join(fmt(*s[f"test_band_{b}"][:2]) for b in ("low", "mid", "high"))
             lines.append(
@@ -621,11 +834,14 @@ def markdown(summary: dict, rows: list[dict], meta: dict) -> str:
                 f"{fmt(*s.get('vs_none_mse_relative', (math.nan, math.nan))[:2], 1, 100, ' %')}"
                 f" | {fmt(*s.get('vs_output_mse_mse_relative', (math.nan, math.nan))[:2], 1, 100, ' %')}"
                 f" | {s.get('vs_none_wins', '-')}/{s.get('vs_none_pairs', '-')} | {bands} | "
-                f"{s['steps'][0]:.0f} |")
+                f"{s['steps'][0]:.0f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
-README_BEGIN = "<!-- study results: {label} (generated by benchmarks/study.py --readme; do not edit) -->"
+README_BEGIN = (
+    "<!-- study results: {label} (generated by benchmarks/study.py --readme; do not edit) -->"
+)
 README_END = "<!-- end of study results: {label} -->"
 
 
@@ -641,8 +857,10 @@ def update_readme(readme: Path, md: str, label: str) -> None:
     text = readme.read_text()
     begin, end = README_BEGIN.format(label=label), README_END.format(label=label)
     if begin not in text or end not in text:
-        raise SystemExit(f"{readme}: no block for study {label!r}; put the two lines\n"
-                         f"{begin}\n{end}\nwhere the results go")
+        raise SystemExit(
+            f"{readme}: no block for study {label!r}; put the two lines\n"
+            f"{begin}\n{end}\nwhere the results go"
+        )
     head, rest = text.split(begin, 1)
     tail = rest.split(end, 1)[1]
     readme.write_text(head + readme_block(md, label) + tail)
@@ -650,6 +868,7 @@ def update_readme(readme: Path, md: str, label: str) -> None:
 
 def figures(summary: dict, rows: list[dict], prefix: Path) -> list[str]:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -660,9 +879,16 @@ def figures(summary: dict, rows: list[dict], prefix: Path) -> list[str]:
         means = [entry[m]["test_mse"][0] for m in names]
         halves = [entry[m]["test_mse"][1] for m in names]
         ax = axes[0]
-        ax.bar(range(len(names)), means, yerr=[h if math.isfinite(h) else 0 for h in halves],
-               color=["#999" if m.startswith("none") else "#3b75af" for m in names], capsize=3)
-        top = 1.45 * max(m + (h if math.isfinite(h) else 0) for m, h in zip(means, halves, strict=True))
+        ax.bar(
+            range(len(names)),
+            means,
+            yerr=[h if math.isfinite(h) else 0 for h in halves],
+            color=["#999" if m.startswith("none") else "#3b75af" for m in names],
+            capsize=3,
+        )
+        top = 1.45 * max(
+            m + (h if math.isfinite(h) else 0) for m, h in zip(means, halves, strict=True)
+        )
         styles = iter([("--", "#c44"), ("-.", "#d98b2b"), (":", "#7a4")])
         off_scale = []
         for r in rows:
@@ -684,8 +910,12 @@ def figures(summary: dict, rows: list[dict], prefix: Path) -> list[str]:
         ax = axes[1]
         width = 0.8 / 3
         for i, band in enumerate(("low", "mid", "high")):
-            ax.bar(np.arange(len(names)) + (i - 1) * width,
-                   [entry[m][f"test_band_{band}"][0] for m in names], width, label=band)
+            ax.bar(
+                np.arange(len(names)) + (i - 1) * width,
+                [entry[m][f"test_band_{band}"][0] for m in names],
+                width,
+                label=band,
+            )
         ax.set_yscale("log")
         ax.set_xticks(range(len(names)), names, rotation=40, ha="right")
         ax.set_ylabel("test MSE per wavenumber band")
@@ -711,11 +941,20 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=None)
     parser.add_argument("--seeds", nargs="+", type=int, default=None)
     parser.add_argument("--fresh", action="store_true", help="ignore finished work")
-    parser.add_argument("--render", type=Path, default=None, metavar="STUDY_JSON",
-                        help="rewrite the Markdown and figures from a finished study's JSON "
-                             "(no training)")
-    parser.add_argument("--readme", type=Path, default=None, metavar="README",
-                        help="with --render: also replace the study's results block in README")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        metavar="STUDY_JSON",
+        help="rewrite the Markdown and figures from a finished study's JSON (no training)",
+    )
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        metavar="README",
+        help="with --render: also replace the study's results block in README",
+    )
     args = parser.parse_args()
     if args.render is not None:
         report = json.loads(args.render.read_text())
@@ -738,29 +977,52 @@ def main() -> None:
     study.students()
     methods = args.methods or cfg["methods"]
     seeds = args.seeds if args.seeds is not None else cfg["seeds"]
-    rows = [r for r in study.done.values() if r["role"] != "student" or (
-        r["method"] in methods and r["seed"] in seeds
-        and r["model"] in cfg["students"]["models"])]
+    rows = [
+        r
+        for r in study.done.values()
+        if r["role"] != "student"
+        or (
+            r["method"] in methods
+            and r["seed"] in seeds
+            and r["model"] in cfg["students"]["models"]
+        )
+    ]
     summary = summarize(rows, methods)
-    meta = {"label": study.label, "profile": args.profile, "methods": methods,
-            "command": " ".join(["python", *sys.argv]), "commit": git_commit(),
-            "device": (torch.cuda.get_device_name(study.device) if study.device.type == "cuda"
-                       else f"CPU ({platform.processor() or platform.machine()}, "
-                            f"{torch.get_num_threads()} threads)"),
-            "torch": torch.__version__, "wall_seconds": time.perf_counter() - started,
-            "stage_seconds": study.times, "data": study.data_info, "config": cfg,
-            "spectral": study.spectral,
-            # what a fresh run costs, also when this invocation resumed finished work
-            "compute_seconds": study.data_info["seconds"] + sum(r["seconds"] for r in rows)}
+    meta = {
+        "label": study.label,
+        "profile": args.profile,
+        "methods": methods,
+        "command": " ".join(["python", *sys.argv]),
+        "commit": git_commit(),
+        "device": (
+            torch.cuda.get_device_name(study.device)
+            if study.device.type == "cuda"
+            else f"CPU ({platform.processor() or platform.machine()}, "
+            f"{torch.get_num_threads()} threads)"
+        ),
+        "torch": torch.__version__,
+        "wall_seconds": time.perf_counter() - started,
+        "stage_seconds": study.times,
+        "data": study.data_info,
+        "config": cfg,
+        "spectral": study.spectral,
+        # what a fresh run costs, also when this invocation resumed finished work
+        "compute_seconds": study.data_info["seconds"] + sum(r["seconds"] for r in rows),
+    }
     prefix = args.out / f"study_{study.label}"
     with open(prefix.with_suffix(".csv"), "w") as handle:
         handle.write(",".join(CSV_COLUMNS) + "\n")
         for r in rows:
-            handle.write(",".join(str(r[c]).lower() if isinstance(r[c], bool) else str(r[c])
-                                  for c in CSV_COLUMNS) + "\n")
+            handle.write(
+                ",".join(
+                    str(r[c]).lower() if isinstance(r[c], bool) else str(r[c]) for c in CSV_COLUMNS
+                )
+                + "\n"
+            )
     meta["figures"] = figures(summary, rows, prefix)
-    prefix.with_suffix(".json").write_text(json.dumps(
-        {"meta": meta, "summary": summary, "rows": rows}, indent=1, default=str))
+    prefix.with_suffix(".json").write_text(
+        json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1, default=str)
+    )
     prefix.with_suffix(".md").write_text(markdown(summary, rows, meta))
     print(prefix.with_suffix(".md").read_text())
 

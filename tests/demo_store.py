@@ -15,8 +15,7 @@ def write_demo_store(root: Path) -> tuple[Path, Path]:
     from sdkd_pipeline.data.tensors import SplitConfig, WindowConfig, build_tensor_dataset
 
     fields = np.random.default_rng(3).normal(size=(6, 10, 1, 16, 16)).astype(np.float32)
-    raw = make_raw(fields, dataset="demo", source="test:demo", channels=["w"],
-                   time=np.arange(10.0))
+    raw = make_raw(fields, dataset="demo", source="test:demo", channels=["w"], time=np.arange(10.0))
     tensors = build_tensor_dataset(raw, split=SplitConfig(4, 1, 1), window=WindowConfig(3, 3))
     zarr_path, netcdf = root / "demo.zarr", root / "demo.nc"
     load_store_in_memory(write_store(tensors, zarr_path)).to_netcdf(netcdf)

@@ -29,8 +29,14 @@ T_IN, T_OUT, CHANNELS, HEIGHT, WIDTH = 3, 2, 2, 8, 8
 class TinyForecaster(nn.Module):
     """(B, T_in, C, H, W) -> (B, T_out, C, H, W) with a conv, a dropout (RNG) and a conv."""
 
-    def __init__(self, t_in: int = T_IN, t_out: int = T_OUT, channels: int = CHANNELS,
-                 width: int = 8, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        t_in: int = T_IN,
+        t_out: int = T_OUT,
+        channels: int = CHANNELS,
+        width: int = 8,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         self.t_out, self.channels = t_out, channels
         self.net = nn.Sequential(
@@ -146,17 +152,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.kill_after_items is not None:
         train_set = KillingDataset(train_set, args.kill_after_items)
     cfg = training.TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=3e-3, seed=7, patience=None,
-        checkpoint_every_steps=args.checkpoint_every_steps, schedule="cosine", warmup_steps=2,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=3e-3,
+        seed=7,
+        patience=None,
+        checkpoint_every_steps=args.checkpoint_every_steps,
+        schedule="cosine",
+        warmup_steps=2,
         grad_clip=1.0,
     )
-    result = training.train(model, train_set, SyntheticWindows(9, seed=2), cfg,
-                            out_dir=args.out_dir, test_set=SyntheticWindows(5, seed=3),
-                            tracker=tracker, progress=False)
+    result = training.train(
+        model,
+        train_set,
+        SyntheticWindows(9, seed=2),
+        cfg,
+        out_dir=args.out_dir,
+        test_set=SyntheticWindows(5, seed=3),
+        tracker=tracker,
+        progress=False,
+    )
     torch.save(model.state_dict(), records / f"final_model_rank{rank}.pt")
     summary = {
-        "best_val_loss": result.best_val_loss, "best_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run, "test_loss": result.test_loss,
+        "best_val_loss": result.best_val_loss,
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "test_loss": result.test_loss,
         "resumed_from_epoch": result.resumed_from_epoch,
         "history": [{k: v for k, v in row.items() if k != "time_s"} for row in result.history],
     }

@@ -93,10 +93,16 @@ def test_climatology_is_the_mean_of_the_training_frames_counted_once():
 
 
 def _simulation_store(fields: np.ndarray):
-    raw = make_raw(fields, dataset="demo", source="test:demo", channels=["u", "v"],
-                   time=np.arange(fields.shape[1], dtype=np.float64))
-    return build_tensor_dataset(raw, split=SplitConfig(2, 1, 1),
-                                window=WindowConfig(T_IN, T_OUT)).load()
+    raw = make_raw(
+        fields,
+        dataset="demo",
+        source="test:demo",
+        channels=["u", "v"],
+        time=np.arange(fields.shape[1], dtype=np.float64),
+    )
+    return build_tensor_dataset(
+        raw, split=SplitConfig(2, 1, 1), window=WindowConfig(T_IN, T_OUT)
+    ).load()
 
 
 def test_climatology_ignores_validation_and_test_frames():

@@ -345,8 +345,13 @@ def test_baselines_are_never_the_reference_teacher():
         data_range=[1.0],
         channels=["u"],
     )
-    assert [m["role"] for m in curves["models"]] == ["teacher", "baseline", "baseline",
-                                                     "student", "student"]
+    assert [m["role"] for m in curves["models"]] == [
+        "teacher",
+        "baseline",
+        "baseline",
+        "student",
+        "student",
+    ]
 
 
 def test_a_flagged_teacher_is_logged_as_a_warning(caplog):
@@ -527,7 +532,11 @@ def test_evaluate_checkpoints_table_and_figures(windows):
     curves = result.curves
     assert curves["gap_reference_teacher"] == "simvp"
     assert [m["model"] for m in curves["models"]] == [
-        "simvp", "persistence", "climatology", "unet", "unet"
+        "simvp",
+        "persistence",
+        "climatology",
+        "unet",
+        "unet",
     ]
     assert curves["baselines"]["climatology"]["train_frames"] == 2 * 9
     assert curves["teacher_check"] == {"min_ratio": 1.5}

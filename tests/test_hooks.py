@@ -54,15 +54,18 @@ def test_run_times_hook_writes_stage_and_node_seconds(tmp_path):
 
     hook = RunTimesHook()
     hook.before_pipeline_run({}, None, None)
-    for name, tags, pause in (("acquire_raw", {"data", "navier_stokes"}, 0.02),
-                              ("train_teacher", {"teacher", "navier_stokes", "simvp"}, 0.05),
-                              ("tabulate", set(), 0.0)):
+    for name, tags, pause in (
+        ("acquire_raw", {"data", "navier_stokes"}, 0.02),
+        ("train_teacher", {"teacher", "navier_stokes", "simvp"}, 0.05),
+        ("tabulate", set(), 0.0),
+    ):
         node = SimpleNamespace(name=name, tags=tags)
         hook.before_node_run(node)
         time.sleep(pause)
         hook.after_node_run(node)
-    hook.after_pipeline_run({"project_path": str(tmp_path), "env": "smoke",
-                             "pipeline_names": ["__default__"]})
+    hook.after_pipeline_run(
+        {"project_path": str(tmp_path), "env": "smoke", "pipeline_names": ["__default__"]}
+    )
     report = json.loads((tmp_path / RUN_TIMES).read_text())
     assert set(report["stages"]) == {"data", "teacher", "other"}
     assert report["stages"]["teacher"] >= 0.05 and report["seconds"] >= 0.07

@@ -27,8 +27,9 @@ def _matmul(n: int):
 
 def test_warmup_calls_are_untimed_and_sync_wraps_every_timed_call():
     events = []
-    times = timed_calls(lambda: events.append("call"), repeats=3, warmup=2,
-                        sync=lambda: events.append("sync"))
+    times = timed_calls(
+        lambda: events.append("call"), repeats=3, warmup=2, sync=lambda: events.append("sync")
+    )
     assert len(times) == 3 and all(t >= 0 for t in times)
     assert events == ["call", "call", "sync"] + ["sync", "call", "sync"] * 3
 

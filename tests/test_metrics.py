@@ -122,8 +122,12 @@ def _torchmetrics_ssim_per_step(prediction, truth, data_range) -> list[float]:
     for t in range(T):
         values = [
             structural_similarity_index_measure(
-                prediction[:, t, c : c + 1], truth[:, t, c : c + 1],
-                gaussian_kernel=True, sigma=1.5, kernel_size=11, data_range=float(data_range[c]),
+                prediction[:, t, c : c + 1],
+                truth[:, t, c : c + 1],
+                gaussian_kernel=True,
+                sigma=1.5,
+                kernel_size=11,
+                data_range=float(data_range[c]),
             )
             for c in range(C)
         ]
@@ -222,8 +226,19 @@ def test_flat_keys_and_to_dict():
     prediction, truth = _fields()
     metrics = _metrics(prediction, truth, [50.0, 50.0])
     flat = metrics.flat()
-    for key in ("mse", "mae", "rmse", "psnr", "ssim", "band_mse_low", "band_mse_mid",
-                "band_mse_high", "mse_step_01", "ssim_step_03", "band_mse_high_step_02"):
+    for key in (
+        "mse",
+        "mae",
+        "rmse",
+        "psnr",
+        "ssim",
+        "band_mse_low",
+        "band_mse_mid",
+        "band_mse_high",
+        "mse_step_01",
+        "ssim_step_03",
+        "band_mse_high_step_02",
+    ):
         assert isinstance(flat[key], float), key
     assert "mse_step_04" not in flat
     assert len(flat) == 5 + 5 * T + 3 + 3 * T

@@ -27,17 +27,30 @@ def _reports(root: Path) -> None:
     ]
     evaluation = root / "data" / "08_reporting" / "evaluation"
     evaluation.mkdir(parents=True)
-    table = build_table(results, teachers=["simvp"], students=["unet", "resnet"],
-                        methods=["none", "sdkd"])
+    table = build_table(
+        results, teachers=["simvp"], students=["unet", "resnet"], methods=["none", "sdkd"]
+    )
     table.to_csv(evaluation / "navier_stokes_table.csv", index=False)
     curves = curves_json(results, dataset="navier_stokes", data_range=[1.0], channels=["w"])
     (evaluation / "navier_stokes_curves.json").write_text(json.dumps(curves))
     spectral = root / "data" / "08_reporting" / "spectral"
     spectral.mkdir(parents=True)
-    pd.DataFrame([{"dataset": "navier_stokes", "teacher": "simvp", "latent": "high",
-                   "slope": -2.0, "slope_stderr": 0.3, "fit_k_min": 2.0, "fit_k_max": 6.0,
-                   "r2": 0.9, "high_band_fraction": 0.05, "centroid": 1.9}]).to_csv(
-        spectral / "navier_stokes_spectral_summary.csv", index=False)
+    pd.DataFrame(
+        [
+            {
+                "dataset": "navier_stokes",
+                "teacher": "simvp",
+                "latent": "high",
+                "slope": -2.0,
+                "slope_stderr": 0.3,
+                "fit_k_min": 2.0,
+                "fit_k_max": 6.0,
+                "r2": 0.9,
+                "high_band_fraction": 0.05,
+                "centroid": 1.9,
+            }
+        ]
+    ).to_csv(spectral / "navier_stokes_spectral_summary.csv", index=False)
 
 
 def test_notebook_draws_the_comparison(tmp_path, monkeypatch):
@@ -56,8 +69,9 @@ def test_notebook_draws_the_comparison(tmp_path, monkeypatch):
     assert gap["unet"] == 0.5  # (5 - 3) / (5 - 1)
     shown = namespace["table"].set_index("model")
     assert shown.loc["simvp", "teacher_check"] == "ok"  # below persistence, 3x below none
-    labels = [line.get_label() for line in namespace["figures"]["navier_stokes_mse"].axes[0]
-              .get_lines()]
+    labels = [
+        line.get_label() for line in namespace["figures"]["navier_stokes_mse"].axes[0].get_lines()
+    ]
     assert "persistence" in labels and "climatology" not in labels
     assert list(namespace["summary"]["slope"]) == [-2.0]
 

@@ -34,8 +34,18 @@ from sdkd_pipeline.spectral.analysis import (
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-TINY = dict(in_frames=3, out_frames=3, channels=1, height=32, width=32, hidden=16, depth=1,
-            heads=2, frame_hidden=8, spatial_layers=2)
+TINY = dict(
+    in_frames=3,
+    out_frames=3,
+    channels=1,
+    height=32,
+    width=32,
+    hidden=16,
+    depth=1,
+    heads=2,
+    frame_hidden=8,
+    spatial_layers=2,
+)
 
 
 def _shell_fields(n: int, size: int, shell_energy, seed: int = 0) -> torch.Tensor:
@@ -158,13 +168,15 @@ def test_branch_check_names_the_high_pass_branch():
     assert check["conv_is_high_pass"] and check["centroid_agrees"]
     assert check["high_band_fraction"]["high"] > 0.99 > 0.01 > check["high_band_fraction"]["low"]
     assert check["verdict"].startswith(
-        "conv branch (Z_h) carries more high-k energy than attention (Z_l)")
+        "conv branch (Z_h) carries more high-k energy than attention (Z_l)"
+    )
     assert "0.0" in check["verdict"] and "centroid" in check["verdict"]
 
     swapped = branch_check(high=smooth, low=rough, cutoff=4.0)
     assert not swapped["conv_is_high_pass"]
     assert swapped["verdict"].startswith(
-        "attention (Z_l) carries more high-k energy than conv branch (Z_h)")
+        "attention (Z_l) carries more high-k energy than conv branch (Z_h)"
+    )
     assert "k > 4" in swapped["verdict"]
 
 
@@ -205,8 +217,9 @@ def test_latent_wavenumbers_are_rescaled_when_the_grid_is_padded():
 def test_analysis_summary_states_slopes_and_references_without_claiming_a_law():
     torch.manual_seed(0)
     model = build_model("st_alternet", **TINY)
-    cfg = SpectralConfig(max_windows=4, batch_size=2, data_fit_range=(3, 12),
-                         latent_fit_range=(2, 6))
+    cfg = SpectralConfig(
+        max_windows=4, batch_size=2, data_fit_range=(3, 12), latent_fit_range=(2, 6)
+    )
     summary, figure = analyse_spectra(model, _tiny_dataset(), cfg, title="tiny")
     text = json.dumps(summary, allow_nan=False)  # plain, finite JSON
     assert "kolmogorov" not in text.lower()
@@ -231,9 +244,17 @@ def test_analysis_summary_states_slopes_and_references_without_claiming_a_law():
     assert [r["latent"] for r in rows] == ["data", "high", "low", "fused", "teacher_error"]
     assert all(set(r) == set(SUMMARY_COLUMNS) for r in rows)
     metrics = spectral_metrics(summary)
-    assert {"power_law_data", "raw_slope_data", "r2_data", "exp_r2_data", "centroid_low",
-            "conv_is_high_pass", "share_high_data", "share_low_teacher_error",
-            "teacher_error_mse"} <= set(metrics)
+    assert {
+        "power_law_data",
+        "raw_slope_data",
+        "r2_data",
+        "exp_r2_data",
+        "centroid_low",
+        "conv_is_high_pass",
+        "share_high_data",
+        "share_low_teacher_error",
+        "teacher_error_mse",
+    } <= set(metrics)
     for name, entry in summary["spectra"].items():
         assert ("slope_" + name in metrics) == entry["power_law"]
     assert len(figure.axes) == 2
@@ -241,10 +262,14 @@ def test_analysis_summary_states_slopes_and_references_without_claiming_a_law():
 
 def test_figure_has_fitted_and_reference_lines():
     fields = _power_law_fields(2, 64, -3.0)
-    spectra = {"data": radial_energy_spectrum(fields),
-               "high": radial_energy_spectrum(_power_law_fields(2, 16, -3.0, seed=1))}
-    fits = {"data": slope_summary(*spectra["data"], (3, 12)),
-            "high": slope_summary(*spectra["high"], (2, 6))}
+    spectra = {
+        "data": radial_energy_spectrum(fields),
+        "high": radial_energy_spectrum(_power_law_fields(2, 16, -3.0, seed=1)),
+    }
+    fits = {
+        "data": slope_summary(*spectra["data"], (3, 12)),
+        "high": slope_summary(*spectra["high"], (2, 6)),
+    }
     assert fits["data"]["power_law"] and fits["high"]["power_law"]
     figure = plot_spectra(spectra, fits, cutoff=5.5)
     for axes, name in zip(figure.axes, ("data", "high"), strict=True):
@@ -263,16 +288,23 @@ def test_figure_has_fitted_and_reference_lines():
 
 
 def test_figure_draws_no_slope_line_for_an_exponential_spectrum():
-    spectra = {"data": radial_energy_spectrum(_exponential_fields(2, 64)),
-               "high": radial_energy_spectrum(_power_law_fields(2, 16, -3.0, seed=1))}
-    fits = {"data": slope_summary(*spectra["data"], (3, 12)),
-            "high": slope_summary(*spectra["high"], (2, 6))}
+    spectra = {
+        "data": radial_energy_spectrum(_exponential_fields(2, 64)),
+        "high": radial_energy_spectrum(_power_law_fields(2, 16, -3.0, seed=1)),
+    }
+    fits = {
+        "data": slope_summary(*spectra["data"], (3, 12)),
+        "high": slope_summary(*spectra["high"], (2, 6)),
+    }
     assert not fits["data"]["power_law"] and fits["high"]["power_law"]
     data_axes, latent_axes = plot_spectra(spectra, fits).axes
     lines = data_axes.get_lines()
     # the spectrum and the two references, no fitted line
     assert sorted(str(line.get_gid()) for line in lines) == [
-        "reference_k^-3", "reference_k^-5/3", "spectrum_data"]
+        "reference_k^-3",
+        "reference_k^-5/3",
+        "spectrum_data",
+    ]
     labels = [line.get_label() for line in lines]
     assert not any("slope" in label for label in labels)
     assert "data: no power law: exponential decay fits better" in labels[0]
@@ -297,8 +329,15 @@ def test_band_shares_sum_to_one_and_place_a_single_wavenumber():
     assert shares["low"] + shares["mid"] + shares["high"] == pytest.approx(1.0, abs=1e-12)
     assert 0 < shares["high"] < shares["mid"] < shares["low"]
     assert 0 < shares["above_cutoff"] < 1
-    for (kx, ky), band in {(2, 0): "low", (3, 1): "low", (3, 2): "mid", (5, 5): "mid",
-                           (0, 12): "mid", (20, 0): "high", (10, 10): "high"}.items():
+    for (kx, ky), band in {
+        (2, 0): "low",
+        (3, 1): "low",
+        (3, 2): "mid",
+        (5, 5): "mid",
+        (0, 12): "mid",
+        (20, 0): "high",
+        (10, 10): "high",
+    }.items():
         single = band_shares(_wave(64, kx, ky)[None], cutoff=4)
         assert single[band] == pytest.approx(1.0, abs=1e-12), (kx, ky, single)
         assert single["above_cutoff"] == pytest.approx(float(math.hypot(kx, ky) > 4), abs=1e-12)
@@ -392,13 +431,17 @@ def test_window_removes_the_leakage_of_a_non_periodic_ramp():
 
 
 def test_config_from_parameters_picks_the_dataset_window():
-    params = {"max_windows": 8, "fit_range": {"data": [3, 12], "latent": [2, 6]},
-              "window": {"navier_stokes": "none", "rayleigh_benard": "hann_y"}}
+    params = {
+        "max_windows": 8,
+        "fit_range": {"data": [3, 12], "latent": [2, 6]},
+        "window": {"navier_stokes": "none", "rayleigh_benard": "hann_y"},
+    }
     cfg = SpectralConfig.from_params(params, "rayleigh_benard")
     assert cfg.window == "hann_y" and cfg.max_windows == 8 and cfg.high_band_cutoff is None
     assert (cfg.min_r2, cfg.exponential_r2_margin, cfg.distill_cutoff) == (0.95, 0.01, None)
-    tuned = SpectralConfig.from_params({**params, "min_r2": 0.9, "exponential_r2_margin": 0},
-                                       "rayleigh_benard", distill_cutoff=8)
+    tuned = SpectralConfig.from_params(
+        {**params, "min_r2": 0.9, "exponential_r2_margin": 0}, "rayleigh_benard", distill_cutoff=8
+    )
     assert (tuned.min_r2, tuned.exponential_r2_margin, tuned.distill_cutoff) == (0.9, 0.0, 8.0)
     assert SpectralConfig.from_params({**params, "window": "hann"}, "taxibj").window == "hann"
 

@@ -12,15 +12,38 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-REQUIRED = ["role", "model", "method", "seed", "function_matching", "val_mse", "test_mse",
-            "test_mae", "test_ssim", "steps", "seconds"]
+REQUIRED = [
+    "role",
+    "model",
+    "method",
+    "seed",
+    "function_matching",
+    "val_mse",
+    "test_mse",
+    "test_mae",
+    "test_ssim",
+    "steps",
+    "seconds",
+]
 
 
 def _run(out: Path, work: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "study.py"), "--profile", "quick",
-         "--out", str(out), "--work", str(work), *extra],
-        capture_output=True, text=True, timeout=600, cwd=REPO,
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "study.py"),
+            "--profile",
+            "quick",
+            "--out",
+            str(out),
+            "--work",
+            str(work),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
     )
 
 
@@ -50,7 +73,8 @@ def test_quick_study_writes_one_row_per_model_and_resumes_without_retraining(tmp
     assert report["meta"]["commit"]
     unet = report["summary"]["students"]["unet"]
     assert unet["none"]["gap_closed"][0] == pytest.approx(0.0, abs=1e-12) or math.isnan(
-        unet["none"]["gap_closed"][0])
+        unet["none"]["gap_closed"][0]
+    )
     assert unet["sdkd"]["vs_output_mse_pairs"] == 2
     assert (out / "study_cpu.md").read_text().startswith("# Distillation study")
     assert (out / "study_cpu_unet.png").stat().st_size > 10_000
@@ -86,7 +110,8 @@ def test_the_readme_shows_the_cpu_study_exactly_as_its_results_file_says():
     assert block in (REPO / "README.md").read_text()
     # and the committed Markdown next to the results is the same rendering
     assert (REPO / "benchmarks/results/study_cpu.md").read_text() == study.markdown(
-        summary, report["rows"], report["meta"])
+        summary, report["rows"], report["meta"]
+    )
 
 
 def test_update_readme_replaces_only_the_block_and_refuses_a_readme_without_one(tmp_path):

@@ -49,8 +49,13 @@ def store(_shared_store, tmp_path, monkeypatch):
 
 
 def test_flatten_params_dotted_keys_and_truncation():
-    flat = flatten_params({"model": {"name": "unet", "width": 16, "sizes": [1, 2]},
-                           "note": "x" * 10_000, "none": None})
+    flat = flatten_params(
+        {
+            "model": {"name": "unet", "width": 16, "sizes": [1, 2]},
+            "note": "x" * 10_000,
+            "none": None,
+        }
+    )
     assert flat["model.name"] == "unet" and flat["model.width"] == "16"
     assert flat["model.sizes"] == "[1, 2]" and flat["none"] == "null"
     assert len(flat["note"]) == MAX_PARAM_VALUE_LENGTH and flat["note"].endswith("...")
@@ -58,7 +63,11 @@ def test_flatten_params_dotted_keys_and_truncation():
 
 def test_run_tags_and_default_uri(monkeypatch):
     assert run_tags("ns", "teacher", "simvp") == {
-        "dataset": "ns", "role": "teacher", "model": "simvp", "method": "supervised"}
+        "dataset": "ns",
+        "role": "teacher",
+        "model": "simvp",
+        "method": "supervised",
+    }
     assert run_tags("ns", "student", "unet", "sdkd")["method"] == "sdkd"
     with pytest.raises(ConfigError, match="role"):
         run_tags("ns", "professor", "unet")
@@ -69,8 +78,7 @@ def test_run_tags_and_default_uri(monkeypatch):
 
 
 def _protocol_methods() -> list[str]:
-    return sorted(n for n, v in vars(Tracker).items()
-                  if callable(v) and not n.startswith("_"))
+    return sorted(n for n, v in vars(Tracker).items() if callable(v) and not n.startswith("_"))
 
 
 @pytest.mark.parametrize("cls", [NullTracker, MLflowTracker])
@@ -79,17 +87,28 @@ def test_trackers_implement_the_protocol_signatures(cls):
     # calls these with keywords, so every parameter of the Protocol's method must be accepted
     # under the same name, with the same default, and nothing more may be required
     methods = _protocol_methods()
-    assert {"log_params", "log_metrics", "set_tags", "log_artifact", "log_dict",
-            "log_figure", "close"} <= set(methods)
+    assert {
+        "log_params",
+        "log_metrics",
+        "set_tags",
+        "log_artifact",
+        "log_dict",
+        "log_figure",
+        "close",
+    } <= set(methods)
     for name in methods:
         want = inspect.signature(getattr(Tracker, name)).parameters
         got = inspect.signature(getattr(cls, name)).parameters
         for p in want.values():
             assert p.name in got, f"{cls.__name__}.{name} lacks parameter {p.name!r}"
             assert got[p.name].default == p.default, f"{cls.__name__}.{name}({p.name})"
-        extra = [p for n, p in got.items() if n not in want
-                 and p.default is inspect.Parameter.empty
-                 and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        extra = [
+            p
+            for n, p in got.items()
+            if n not in want
+            and p.default is inspect.Parameter.empty
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
         assert not extra, f"{cls.__name__}.{name} requires {extra} beyond the Protocol"
 
 
@@ -106,9 +125,11 @@ def test_null_tracker_takes_every_call_the_engine_makes(tmp_path):
 
 
 def test_plot_loss_curves_makes_a_png(tmp_path):
-    history = [{"epoch": 1, "train_loss": 1.0, "val_loss": 0.9},
-               {"epoch": 2, "train_loss": 0.5, "val_loss": float("nan")},
-               {"epoch": 3, "train_loss": 0.2, "val_loss": 0.3}]
+    history = [
+        {"epoch": 1, "train_loss": 1.0, "val_loss": 0.9},
+        {"epoch": 2, "train_loss": 0.5, "val_loss": float("nan")},
+        {"epoch": 3, "train_loss": 0.2, "val_loss": 0.3},
+    ]
     figure = plot_loss_curves(history, title="t")
     lines = figure.axes[0].get_lines()
     assert [len(line.get_xdata()) for line in lines] == [3, 2]
@@ -124,14 +145,23 @@ def test_trained_model_run_holds_params_tags_metrics_and_artifacts(store, tmp_pa
     model = TinyForecaster()
     cfg = TrainConfig(epochs=3, batch_size=4, lr=3e-3, patience=None)
     tags = run_tags("navier_stokes", "teacher", "tiny")
-    with MLflowTracker("engine-test", run_name="ns/tiny", tags=tags, tracking_uri=uri,
-                       artifact_location=artifacts) as tracker:
+    with MLflowTracker(
+        "engine-test", run_name="ns/tiny", tags=tags, tracking_uri=uri, artifact_location=artifacts
+    ) as tracker:
         tracker.log_params({"model": {"name": "tiny", "width": 8}, "dataset": "navier_stokes"})
-        tracker.log_dict({"model": {"name": "tiny"}, "train": cfg.to_dict()},
-                         "resolved_config.yaml")
-        result = train(model, SyntheticWindows(12, 1), SyntheticWindows(4, 2), cfg,
-                       out_dir=tmp_path / "ckpt", tracker=tracker,
-                       test_set=SyntheticWindows(4, 3), progress=False)
+        tracker.log_dict(
+            {"model": {"name": "tiny"}, "train": cfg.to_dict()}, "resolved_config.yaml"
+        )
+        result = train(
+            model,
+            SyntheticWindows(12, 1),
+            SyntheticWindows(4, 2),
+            cfg,
+            out_dir=tmp_path / "ckpt",
+            tracker=tracker,
+            test_set=SyntheticWindows(4, 3),
+            progress=False,
+        )
         run_id = tracker.run_id
 
     client = mlflow.MlflowClient(tracking_uri=uri)
@@ -150,8 +180,13 @@ def test_trained_model_run_holds_params_tags_metrics_and_artifacts(store, tmp_pa
     assert run.data.metrics["best_val_loss"] == pytest.approx(result.best_val_loss)
 
     names = {a.path for a in client.list_artifacts(run_id)}
-    assert {"resolved_config.yaml", "train_config.json", "loss_curves.png", "history.json",
-            "checkpoints"} <= names
+    assert {
+        "resolved_config.yaml",
+        "train_config.json",
+        "loss_curves.png",
+        "history.json",
+        "checkpoints",
+    } <= names
     local = Path(client.download_artifacts(run_id, "checkpoints/best.pt", str(tmp_path)))
     best = torch.load(local, weights_only=True)
     assert best["epoch"] == result.best_epoch
@@ -192,8 +227,9 @@ def test_failed_block_marks_the_run_failed(store):
 
 def _ended_process_owner_tag() -> str:
     """The owner tag of a process that has ended (and been reaped)."""
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
-                            stdin=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
     value = owner_tag(proc.pid)[OWNER_TAG]
     proc.communicate(b"")
     return value
@@ -233,7 +269,8 @@ def test_runs_left_running_by_a_killed_process_are_marked_killed(store):
 
 
 def test_tracker_runs_carry_the_owner_tag(store):
-    with MLflowTracker(experiment="owned", tracking_uri=store[0],
-                       artifact_location=store[1]) as tracker:
+    with MLflowTracker(
+        experiment="owned", tracking_uri=store[0], artifact_location=store[1]
+    ) as tracker:
         run = tracker.client.get_run(tracker.run_id)
         assert run.data.tags[OWNER_TAG] == owner_tag()[OWNER_TAG]

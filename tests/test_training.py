@@ -47,9 +47,11 @@ def _model() -> TinyForecaster:
 
 
 def test_engine_and_tracking_import_without_kedro_mlflow_zarr_dask_matplotlib():
-    code = ("import sys, sdkd_pipeline.training, sdkd_pipeline.tracking; "
-            "heavy = {'kedro', 'mlflow', 'zarr', 'dask', 'matplotlib'} & set(sys.modules); "
-            "assert not heavy, heavy")
+    code = (
+        "import sys, sdkd_pipeline.training, sdkd_pipeline.tracking; "
+        "heavy = {'kedro', 'mlflow', 'zarr', 'dask', 'matplotlib'} & set(sys.modules); "
+        "assert not heavy, heavy"
+    )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr
 
@@ -68,10 +70,21 @@ def test_config_from_dict_defaults_and_unknown_key():
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("epochs", 0), ("batch_size", 2.5), ("lr", -1.0), ("lr", float("nan")),
-     ("schedule", "step"), ("precision", "fp16"), ("device", "tpu"), ("grad_clip", 0.0),
-     ("patience", 0), ("channels_last", "yes"), ("plateau_factor", 1.5), ("epochs", True),
-     ("min_lr", 1.0)],
+    [
+        ("epochs", 0),
+        ("batch_size", 2.5),
+        ("lr", -1.0),
+        ("lr", float("nan")),
+        ("schedule", "step"),
+        ("precision", "fp16"),
+        ("device", "tpu"),
+        ("grad_clip", 0.0),
+        ("patience", 0),
+        ("channels_last", "yes"),
+        ("plateau_factor", 1.5),
+        ("epochs", True),
+        ("min_lr", 1.0),
+    ],
 )
 def test_config_rejects_bad_values_naming_the_key(key, value):
     with pytest.raises(ConfigError, match=rf"student\.train\.{key}"):
@@ -101,8 +114,9 @@ def test_lr_schedule_warmup_cosine_and_plateau():
     assert all(a >= b for a, b in zip(rates[3:], rates[4:], strict=False))
     assert cosine.lr() == pytest.approx(0.1)
 
-    plateau = LRSchedule(_config(lr=1.0, schedule="plateau", plateau_patience=2,
-                                 plateau_factor=0.5), 10)
+    plateau = LRSchedule(
+        _config(lr=1.0, schedule="plateau", plateau_patience=2, plateau_factor=0.5), 10
+    )
     for val in (1.0, 1.0, 1.0, 0.5, 0.6, 0.7):
         plateau.observe_validation(val)
     assert plateau.lr() == pytest.approx(0.25)
@@ -117,11 +131,21 @@ def test_lr_schedule_warmup_cosine_and_plateau():
 
 def test_training_learns_writes_loadable_checkpoints_and_reloads_best(tmp_path):
     model = _model()
-    train_set, val_set, test_set = SyntheticWindows(24, 1), SyntheticWindows(8, 2), \
-        SyntheticWindows(6, 3)
+    train_set, val_set, test_set = (
+        SyntheticWindows(24, 1),
+        SyntheticWindows(8, 2),
+        SyntheticWindows(6, 3),
+    )
     initial_val = evaluate_mse(model, val_set, batch_size=5, device="cpu")
-    result = train(model, train_set, val_set, _config(epochs=4), out_dir=tmp_path,
-                   test_set=test_set, progress=False)
+    result = train(
+        model,
+        train_set,
+        val_set,
+        _config(epochs=4),
+        out_dir=tmp_path,
+        test_set=test_set,
+        progress=False,
+    )
     assert result.epochs_run == 4 and not result.stopped_early
     assert result.stop_reason == "max_epochs"
     assert [row["epoch"] for row in result.history] == [1, 2, 3, 4]
@@ -166,11 +190,24 @@ def test_train_cli_twice_gives_identical_best_checkpoints(tmp_path):
 
     _, store = write_demo_store(tmp_path)
     params = tmp_path / "parameters_teacher.yml"
-    params.write_text(yaml.safe_dump({"teacher": {
-        "simvp": {"frame_hidden": 4, "hidden": 8, "spatial_layers": 2, "depth": 2},
-        "training": {"epochs": 2, "batch_size": 4, "lr": 1e-3, "patience": None, "seed": 0,
-                     "max_batches_per_epoch": 2, "device": "cpu"},
-    }}))
+    params.write_text(
+        yaml.safe_dump(
+            {
+                "teacher": {
+                    "simvp": {"frame_hidden": 4, "hidden": 8, "spatial_layers": 2, "depth": 2},
+                    "training": {
+                        "epochs": 2,
+                        "batch_size": 4,
+                        "lr": 1e-3,
+                        "patience": None,
+                        "seed": 0,
+                        "max_batches_per_epoch": 2,
+                        "device": "cpu",
+                    },
+                }
+            }
+        )
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread count for both (see README)
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(name, None)
@@ -178,10 +215,27 @@ def test_train_cli_twice_gives_identical_best_checkpoints(tmp_path):
     # b loads its batches in two DataLoader workers: that must not change a bit either
     for run, extra in (("a", []), ("b", ["--set", "num_workers=2"])):
         done = subprocess.run(
-            [sys.executable, "-m", "sdkd_pipeline.training", "--store", str(store),
-             "--model", "simvp", "--out", str(tmp_path / run), "--params-file", str(params),
-             "--no-progress", *extra],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+            [
+                sys.executable,
+                "-m",
+                "sdkd_pipeline.training",
+                "--store",
+                str(store),
+                "--model",
+                "simvp",
+                "--out",
+                str(tmp_path / run),
+                "--params-file",
+                str(params),
+                "--no-progress",
+                *extra,
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         outputs.append(json.loads(done.stdout.strip().splitlines()[-1]))
     assert outputs[0].pop("best_checkpoint") != outputs[1].pop("best_checkpoint")
@@ -223,8 +277,15 @@ class RecordingLoss(nn.Module):
 
 def test_last_partial_batch_is_used_and_each_sample_once_per_epoch(tmp_path):
     loss = RecordingLoss()
-    result = train(_model(), IndexedWindows(10), IndexedWindows(3), _config(epochs=2),
-                   loss=loss, out_dir=tmp_path, progress=False)
+    result = train(
+        _model(),
+        IndexedWindows(10),
+        IndexedWindows(3),
+        _config(epochs=2),
+        loss=loss,
+        out_dir=tmp_path,
+        progress=False,
+    )
     assert [len(b) for b in loss.batches] == [4, 4, 2, 4, 4, 2]
     for epoch in range(2):
         seen = sorted(i for b in loss.batches[3 * epoch : 3 * epoch + 3] for i in b)
@@ -237,16 +298,29 @@ def test_last_partial_batch_is_used_and_each_sample_once_per_epoch(tmp_path):
 
 def test_max_batches_per_epoch_caps_an_epoch(tmp_path):
     loss = RecordingLoss()
-    train(_model(), IndexedWindows(10), IndexedWindows(3), _config(epochs=2,
-          max_batches_per_epoch=2), loss=loss, out_dir=tmp_path, progress=False)
+    train(
+        _model(),
+        IndexedWindows(10),
+        IndexedWindows(3),
+        _config(epochs=2, max_batches_per_epoch=2),
+        loss=loss,
+        out_dir=tmp_path,
+        progress=False,
+    )
     assert [len(b) for b in loss.batches] == [4, 4, 4, 4]
 
 
 def test_early_stopping_triggers_after_patience(tmp_path):
     # min_delta larger than any loss: only the first validation counts as an improvement
     cfg = _config(epochs=20, patience=2, min_delta=1e6)
-    result = train(_model(), SyntheticWindows(8, 1), SyntheticWindows(4, 2), cfg,
-                   out_dir=tmp_path, progress=False)
+    result = train(
+        _model(),
+        SyntheticWindows(8, 1),
+        SyntheticWindows(4, 2),
+        cfg,
+        out_dir=tmp_path,
+        progress=False,
+    )
     assert result.stopped_early and result.epochs_run == 3 and result.best_epoch == 1
     assert result.stop_reason == "early_stopping"
     assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 1
@@ -257,8 +331,11 @@ def test_gradient_clipping_bounds_the_norm_the_optimizer_sees(tmp_path):
 
     def record_norm(optimizer, args, kwargs):
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        norms.append(float(torch.linalg.vector_norm(torch.stack(
-            [torch.linalg.vector_norm(g) for g in grads]))))
+        norms.append(
+            float(
+                torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+            )
+        )
 
     class LoudLoss:  # large gradients, so clipping has something to do
         def __call__(self, model, x, y):
@@ -267,11 +344,23 @@ def test_gradient_clipping_bounds_the_norm_the_optimizer_sees(tmp_path):
     handle = register_optimizer_step_pre_hook(record_norm)
     try:
         data = SyntheticWindows(8, 1), SyntheticWindows(4, 2)
-        train(_model(), *data, _config(epochs=1), loss=LoudLoss(), out_dir=tmp_path / "free",
-              progress=False)
+        train(
+            _model(),
+            *data,
+            _config(epochs=1),
+            loss=LoudLoss(),
+            out_dir=tmp_path / "free",
+            progress=False,
+        )
         unclipped, norms[:] = list(norms), []
-        train(_model(), *data, _config(epochs=1, grad_clip=0.5), loss=LoudLoss(),
-              out_dir=tmp_path / "clipped", progress=False)
+        train(
+            _model(),
+            *data,
+            _config(epochs=1, grad_clip=0.5),
+            loss=LoudLoss(),
+            out_dir=tmp_path / "clipped",
+            progress=False,
+        )
     finally:
         handle.remove()
     assert max(unclipped) > 0.5
@@ -291,8 +380,15 @@ class ProjectorLoss(nn.Module):
 
 def test_loss_parameters_are_optimised_and_checkpointed(tmp_path):
     loss = ProjectorLoss()
-    train(_model(), SyntheticWindows(12, 1), SyntheticWindows(4, 2), _config(epochs=2),
-          loss=loss, out_dir=tmp_path, progress=False)
+    train(
+        _model(),
+        SyntheticWindows(12, 1),
+        SyntheticWindows(4, 2),
+        _config(epochs=2),
+        loss=loss,
+        out_dir=tmp_path,
+        progress=False,
+    )
     assert loss.scale.item() != pytest.approx(0.2)
     last = load_checkpoint(tmp_path / "last.pt")
     assert last["loss_state"]["scale"].item() == loss.scale.item()
@@ -308,15 +404,28 @@ def test_shape_mismatch_is_a_clear_error(tmp_path):
             return x * self.w  # T_in frames, not T_out
 
     with pytest.raises(ValueError, match=r"model output shape \(4, 3, 2, 8, 8\) differs"):
-        train(Wrong(), SyntheticWindows(8, 1), SyntheticWindows(4, 2), _config(),
-              out_dir=tmp_path, progress=False)
+        train(
+            Wrong(),
+            SyntheticWindows(8, 1),
+            SyntheticWindows(4, 2),
+            _config(),
+            out_dir=tmp_path,
+            progress=False,
+        )
 
 
 def test_tracker_receives_params_epoch_metrics_final_metrics_and_artifacts(tmp_path):
     log_file = tmp_path / "tracker.jsonl"
-    train(_model(), SyntheticWindows(8, 1), SyntheticWindows(4, 2), _config(epochs=2),
-          out_dir=tmp_path / "run", tracker=FileRecordingTracker(log_file),
-          test_set=SyntheticWindows(4, 3), progress=False)
+    train(
+        _model(),
+        SyntheticWindows(8, 1),
+        SyntheticWindows(4, 2),
+        _config(epochs=2),
+        out_dir=tmp_path / "run",
+        tracker=FileRecordingTracker(log_file),
+        test_set=SyntheticWindows(4, 3),
+        progress=False,
+    )
     calls = [json.loads(line) for line in log_file.read_text().splitlines()]
     assert calls[0]["method"] == "log_params" and calls[0]["params"]["train.lr"] == 3e-3
     epochs = [c for c in calls if c["method"] == "log_metrics" and "val_loss" in c["metrics"]]
@@ -327,7 +436,9 @@ def test_tracker_receives_params_epoch_metrics_final_metrics_and_artifacts(tmp_p
     artifacts = {Path(c["path"]).name for c in calls if c["method"] == "log_artifact"}
     assert artifacts == {"best.pt", "history.json"}
     assert {c["name"] for c in calls if c["method"] in ("log_dict", "log_figure")} == {
-        "train_config.json", "loss_curves.png"}
+        "train_config.json",
+        "loss_curves.png",
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,8 +449,14 @@ def _run_worker(out_dir: Path, *args: str, timeout: float = 60) -> subprocess.Co
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(name, None)
-    return subprocess.run([sys.executable, str(WORKER), str(out_dir), *args], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(WORKER), str(out_dir), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _final_state(out_dir: Path, rank: int = 0) -> tuple[dict, dict]:
@@ -381,13 +498,19 @@ def test_resume_with_a_different_config_is_refused_unless_resume_false(tmp_path)
     train(_model(), *data, _config(epochs=1), out_dir=tmp_path, progress=False)
     with pytest.raises(ConfigError, match=r"different training config \(lr: 0.003 -> 0.001"):
         train(_model(), *data, _config(epochs=1, lr=1e-3), out_dir=tmp_path, progress=False)
-    fresh = train(_model(), *data, _config(epochs=1, lr=1e-3, resume=False), out_dir=tmp_path,
-                  progress=False)
+    fresh = train(
+        _model(), *data, _config(epochs=1, lr=1e-3, resume=False), out_dir=tmp_path, progress=False
+    )
     assert fresh.resumed_from_epoch is None
     assert load_checkpoint(tmp_path / "last.pt")["config"]["lr"] == 1e-3
     # a finished run with the same config returns at once, from its checkpoints
-    again = train(_model(), *data, _config(epochs=1, lr=1e-3, resume=False, num_workers=0),
-                  out_dir=tmp_path, progress=False)
+    again = train(
+        _model(),
+        *data,
+        _config(epochs=1, lr=1e-3, resume=False, num_workers=0),
+        out_dir=tmp_path,
+        progress=False,
+    )
     same = train(_model(), *data, _config(epochs=1, lr=1e-3), out_dir=tmp_path, progress=False)
     assert same.resumed_from_epoch == 1 and same.best_val_loss == again.best_val_loss
 
@@ -396,22 +519,31 @@ def test_resumed_run_tags_its_tracker_run_with_the_run_it_continues(tmp_path):
     data = SyntheticWindows(8, 1), SyntheticWindows(4, 2)
     first = FileRecordingTracker(tmp_path / "first.jsonl")
     first.run_id = "run-of-the-killed-process"
-    train(_model(), *data, _config(epochs=1), out_dir=tmp_path / "run", tracker=first,
-          progress=False)
+    train(
+        _model(), *data, _config(epochs=1), out_dir=tmp_path / "run", tracker=first, progress=False
+    )
     assert load_checkpoint(tmp_path / "run" / "last.pt")["tracker_run_id"] == first.run_id
-    first_tags = [json.loads(line)["tags"]
-                  for line in (tmp_path / "first.jsonl").read_text().splitlines()
-                  if json.loads(line)["method"] == "set_tags"]
+    first_tags = [
+        json.loads(line)["tags"]
+        for line in (tmp_path / "first.jsonl").read_text().splitlines()
+        if json.loads(line)["method"] == "set_tags"
+    ]
     assert first_tags == [{"stop_reason": "max_epochs"}]  # no resume tags on a fresh run
 
     second = FileRecordingTracker(tmp_path / "second.jsonl")
-    train(_model(), *data, _config(epochs=1), out_dir=tmp_path / "run", tracker=second,
-          progress=False)
+    train(
+        _model(), *data, _config(epochs=1), out_dir=tmp_path / "run", tracker=second, progress=False
+    )
     calls = [json.loads(line) for line in (tmp_path / "second.jsonl").read_text().splitlines()]
     tags = [c["tags"] for c in calls if c["method"] == "set_tags"]
-    assert tags == [{"resumed_from_epoch": 1, "resumed_from_batch": 0,
-                     "resumed_from_run": "run-of-the-killed-process"},
-                    {"stop_reason": "max_epochs"}]
+    assert tags == [
+        {
+            "resumed_from_epoch": 1,
+            "resumed_from_batch": 0,
+            "resumed_from_run": "run-of-the-killed-process",
+        },
+        {"stop_reason": "max_epochs"},
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -421,10 +553,21 @@ def test_resumed_run_tags_its_tracker_run_with_the_run_it_continues(tmp_path):
 def test_two_process_ddp_on_cpu_trains_and_only_rank0_writes(tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node=2", str(WORKER), str(out), "--record-writes", "--n-train", "13"]
-    completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                               timeout=120)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(WORKER),
+        str(out),
+        "--record-writes",
+        "--n-train",
+        "13",
+    ]
+    completed = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     records = tmp_path / "ddp-records"
     weights0, summary0 = _final_state(out, 0)

@@ -9,8 +9,9 @@ import torch
 from sdkd_pipeline.errors import ConfigError
 
 
-def resolve_device(device: str | torch.device = "auto", *, check_available: bool = True
-                   ) -> torch.device:
+def resolve_device(
+    device: str | torch.device = "auto", *, check_available: bool = True
+) -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; other names are checked and returned."""
     if isinstance(device, torch.device):
         return device

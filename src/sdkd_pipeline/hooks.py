@@ -225,8 +225,9 @@ class RunTimesHook:
         if start is None:
             return
         stage = next((t for t in STAGES if t in node.tags), "other")
-        self._nodes.append({"node": node.name, "stage": stage,
-                            "seconds": round(time.perf_counter() - start, 3)})
+        self._nodes.append(
+            {"node": node.name, "stage": stage, "seconds": round(time.perf_counter() - start, 3)}
+        )
 
     @hook_impl
     def after_pipeline_run(self, run_params: dict[str, Any]) -> None:
@@ -246,5 +247,9 @@ class RunTimesHook:
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         tmp.write_text(json.dumps(report, indent=1, default=str))
         os.replace(tmp, path)
-        logger.info("run took %.0f s (%s); node times in %s", total,
-                    ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()), path)
+        logger.info(
+            "run took %.0f s (%s); node times in %s",
+            total,
+            ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()),
+            path,
+        )

@@ -28,8 +28,9 @@ def register_pipelines() -> dict[str, Pipeline]:
     teacher_pipeline = teacher.create_pipeline(trained_on, teachers)
     spectral_pipeline = spectral.create_pipeline(trained_on, teachers)
     distill_datasets, students, methods, distill_params = distill_selection()
-    distill_pipeline = distill.create_pipeline(distill_datasets, students, methods, teachers,
-                                               distill_params)
+    distill_pipeline = distill.create_pipeline(
+        distill_datasets, students, methods, teachers, distill_params
+    )
     evaluate_pipeline = evaluate.create_pipeline(distill_datasets, teachers, students, methods)
     return {
         "data": data_pipeline,
@@ -38,6 +39,11 @@ def register_pipelines() -> dict[str, Pipeline]:
         "spectral": spectral_pipeline,
         "distill": distill_pipeline,
         "evaluate": evaluate_pipeline,
-        "__default__": (data_pipeline + teacher_pipeline + spectral_pipeline + distill_pipeline
-                        + evaluate_pipeline),
+        "__default__": (
+            data_pipeline
+            + teacher_pipeline
+            + spectral_pipeline
+            + distill_pipeline
+            + evaluate_pipeline
+        ),
     }

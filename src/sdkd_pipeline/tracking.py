@@ -112,19 +112,25 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str
         if len(text) > MAX_PARAM_VALUE_LENGTH:
             text = text[: MAX_PARAM_VALUE_LENGTH - 3] + "..."
         if len(name) > MAX_KEY_LENGTH:
-            raise ConfigError(f"parameter name {name[:60]}... is longer than MLflow's "
-                              f"{MAX_KEY_LENGTH} characters")
+            raise ConfigError(
+                f"parameter name {name[:60]}... is longer than MLflow's {MAX_KEY_LENGTH} characters"
+            )
         flat[name] = text
     return flat
 
 
-def run_tags(dataset: str, role: str, model: str, method: str | None = None,
-             **extra: Any) -> dict[str, str]:
+def run_tags(
+    dataset: str, role: str, model: str, method: str | None = None, **extra: Any
+) -> dict[str, str]:
     """The tags every model run carries: dataset, role (teacher/student), model, method."""
     if role not in ROLES:
         raise ConfigError(f"tracking role must be one of {', '.join(ROLES)}, got {role!r}")
-    tags = {"dataset": dataset, "role": role, "model": model,
-            "method": method or ("supervised" if role == "teacher" else "baseline")}
+    tags = {
+        "dataset": dataset,
+        "role": role,
+        "model": model,
+        "method": method or ("supervised" if role == "teacher" else "baseline"),
+    }
     tags.update({k: str(v) for k, v in extra.items()})
     return tags
 
@@ -232,8 +238,9 @@ def plot_loss_curves(history: Iterable[Mapping[str, float]], title: str | None =
     figure = Figure(figsize=(6.0, 4.0), layout="constrained")
     axes = figure.add_subplot()
     for key, label, style in (("train_loss", "train", "-"), ("val_loss", "validation", "o-")):
-        points = [(r["epoch"], r[key]) for r in rows
-                  if key in r and math.isfinite(r[key]) and r[key] > 0]
+        points = [
+            (r["epoch"], r[key]) for r in rows if key in r and math.isfinite(r[key]) and r[key] > 0
+        ]
         if points:
             epochs, values = zip(*points, strict=True)
             axes.plot(epochs, values, style, label=label, markersize=3)
@@ -262,10 +269,17 @@ class MLflowTracker:
 
     is_null = False
 
-    def __init__(self, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
-                 tags: Mapping[str, Any] | None = None, tracking_uri: str | None = None,
-                 nested: bool | None = None, *, artifact_location: str | None = None,
-                 run_id: str | None = None) -> None:
+    def __init__(
+        self,
+        experiment: str = DEFAULT_EXPERIMENT,
+        run_name: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        tracking_uri: str | None = None,
+        nested: bool | None = None,
+        *,
+        artifact_location: str | None = None,
+        run_id: str | None = None,
+    ) -> None:
         import mlflow
         from mlflow import MlflowClient
 
@@ -316,17 +330,20 @@ class MLflowTracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        entries = [Metric(str(k), float(v), now, step or 0) for k, v in metrics.items()
-                   if v is not None and math.isfinite(float(v))]
+        entries = [
+            Metric(str(k), float(v), now, step or 0)
+            for k, v in metrics.items()
+            if v is not None and math.isfinite(float(v))
+        ]
         for start in range(0, len(entries), MAX_METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id,
-                                  metrics=entries[start : start + MAX_METRICS_PER_BATCH])
+            self.client.log_batch(
+                self.run_id, metrics=entries[start : start + MAX_METRICS_PER_BATCH]
+            )
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id,
-                              tags=[RunTag(str(k), str(v)) for k, v in tags.items()])
+        self.client.log_batch(self.run_id, tags=[RunTag(str(k), str(v)) for k, v in tags.items()])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if not Path(path).exists():

@@ -40,8 +40,9 @@ def test_unforced_shell_modes_decay_by_the_crank_nicolson_factor(layout: str) ->
     # or a swapped axis in the velocity would make the nonlinear term non-zero here.
     n, nu, dt, steps = 32, 1e-2, 1e-3, 200
     w0 = _mode_field(n, [(1.0, 3, 4, "cos"), (0.5, 5, 0, "sin"), (0.7, 4, -3, "cos")])
-    solver = ns.VorticitySolver(n, viscosity=nu, dt=dt, forcing_amplitude=0.0,
-                                dtype=torch.float64, layout=layout)
+    solver = ns.VorticitySolver(
+        n, viscosity=nu, dt=dt, forcing_amplitude=0.0, dtype=torch.float64, layout=layout
+    )
     state = solver.advance(solver.to_state(w0[None]), steps)
     w = solver.to_physical(state)[0].numpy()
 
@@ -65,8 +66,7 @@ def test_nonlinear_term_matches_the_analytic_jacobian() -> None:
     y, x = np.meshgrid(ns.grid(n), ns.grid(n), indexing="ij")
     expected = -1.5 * amp_a * amp_b * np.sin(2 * np.pi * x) * np.sin(4 * np.pi * y)
     for layout in LAYOUTS:
-        solver = ns.VorticitySolver(n, viscosity=1e-3, dt=1e-3, dtype=torch.float64,
-                                    layout=layout)
+        solver = ns.VorticitySolver(n, viscosity=1e-3, dt=1e-3, dtype=torch.float64, layout=layout)
         got = solver.nonlinear_term(solver.to_state(w[None]))[0].numpy()
         np.testing.assert_allclose(got, expected, atol=1e-12)
         u, v = solver.velocity(solver.to_state(w[None]))[0].numpy()
@@ -98,14 +98,23 @@ def test_torch_batch_matches_the_numpy_reference(layout: str, downsample: str) -
     n, m = 32, 16
     w0 = ns.sample_initial_vorticity(n, range(3), seed=5)
     kwargs = dict(viscosity=1e-3, dt=2e-3, forcing_amplitude=0.1)
-    reference = np.stack([
-        ns.simulate_vorticity_numpy(w, n_records=3, steps_per_record=20, record_resolution=m,
-                                    downsample=downsample, **kwargs)
-        for w in w0
-    ])
+    reference = np.stack(
+        [
+            ns.simulate_vorticity_numpy(
+                w,
+                n_records=3,
+                steps_per_record=20,
+                record_resolution=m,
+                downsample=downsample,
+                **kwargs,
+            )
+            for w in w0
+        ]
+    )
     solver = ns.VorticitySolver(n, dtype=torch.float64, layout=layout, **kwargs)
-    records, diag = solver.simulate(w0, n_records=3, steps_per_record=20, record_resolution=m,
-                                    downsample=downsample)
+    records, diag = solver.simulate(
+        w0, n_records=3, steps_per_record=20, record_resolution=m, downsample=downsample
+    )
     assert not diag.blown_up.any()
     np.testing.assert_allclose(records.numpy(), reference, rtol=0, atol=1e-12)
     # The solution actually moved (forcing + advection), so the agreement means something.
@@ -176,8 +185,16 @@ def test_grf_noise_is_per_trajectory_and_complex_unit_variance() -> None:
 # Generator
 # ---------------------------------------------------------------------------------------------
 
-TINY = dict(n_trajectories=3, resolution=32, record_resolution=16, viscosity=1e-3, dt=5e-3,
-            t_final=0.2, record_every=0.05, device="cpu")
+TINY = dict(
+    n_trajectories=3,
+    resolution=32,
+    record_resolution=16,
+    viscosity=1e-3,
+    dt=5e-3,
+    t_final=0.2,
+    record_every=0.05,
+    device="cpu",
+)
 
 
 def test_generate_returns_the_raw_contract_with_provenance() -> None:
@@ -189,14 +206,27 @@ def test_generate_returns_the_raw_contract_with_provenance() -> None:
     np.testing.assert_allclose(ds["x"].values, np.arange(16) / 16)
     assert ds.attrs["dataset"] == "navier_stokes"
     assert ds.attrs["source"] == "generated:navier_stokes_pseudospectral"
-    for key in ("viscosity", "dt_used", "resolution", "record_resolution", "seed",
-                "forcing_amplitude", "grf_alpha", "grf_tau", "grf_sigma_used", "downsample",
-                "steps_per_record", "max_stability_number", "dropped_trajectories"):
+    for key in (
+        "viscosity",
+        "dt_used",
+        "resolution",
+        "record_resolution",
+        "seed",
+        "forcing_amplitude",
+        "grf_alpha",
+        "grf_tau",
+        "grf_sigma_used",
+        "downsample",
+        "steps_per_record",
+        "max_stability_number",
+        "dropped_trajectories",
+    ):
         assert key in ds.attrs, key
     assert ds.attrs["steps_per_record"] == 10
     assert all(isinstance(v, (str, int, float)) for v in ds.attrs.values())
-    with_initial = ns.generate_navier_stokes({**TINY, "include_initial_state": True},
-                                             progress=False)
+    with_initial = ns.generate_navier_stokes(
+        {**TINY, "include_initial_state": True}, progress=False
+    )
     np.testing.assert_allclose(with_initial["time"].values, [0, 0.05, 0.1, 0.15, 0.2])
     np.testing.assert_array_equal(with_initial["fields"].values[:, 1:], ds["fields"].values)
     # Frame 0 is the GRF draw, spectrally truncated to |k| < 8: band-limited, so it equals the
@@ -241,8 +271,15 @@ def test_runtime_blowup_is_detected_flagged_and_raised() -> None:
     assert np.isnan(records[1, -1].numpy()).all()
     assert np.isfinite(diag.blowup_time[1]) and np.isnan(diag.blowup_time[0])
 
-    unstable = dict(TINY, viscosity=1e-5, dt=0.05, record_every=0.05, t_final=0.5,
-                    grf_sigma=30 * 7**1.5, dt_limit_factor=1e6)
+    unstable = dict(
+        TINY,
+        viscosity=1e-5,
+        dt=0.05,
+        record_every=0.05,
+        t_final=0.5,
+        grf_sigma=30 * 7**1.5,
+        dt_limit_factor=1e6,
+    )
     with pytest.raises(ConfigError, match=r"navier_stokes\.source\.generate\.dt.*blew up"):
         ns.generate_navier_stokes(unstable, progress=False)
     with pytest.raises(ConfigError, match="every trajectory blew up"):
@@ -300,10 +337,10 @@ def test_compiled_step_matches_eager() -> None:
     n = 16
     w0 = ns.sample_initial_vorticity(n, range(2), seed=2)
     for layout in LAYOUTS:
-        eager = ns.VorticitySolver(n, viscosity=1e-3, dt=1e-3, dtype=torch.float64,
-                                   layout=layout)
-        compiled = ns.VorticitySolver(n, viscosity=1e-3, dt=1e-3, dtype=torch.float64,
-                                      layout=layout, compile=True)
+        eager = ns.VorticitySolver(n, viscosity=1e-3, dt=1e-3, dtype=torch.float64, layout=layout)
+        compiled = ns.VorticitySolver(
+            n, viscosity=1e-3, dt=1e-3, dtype=torch.float64, layout=layout, compile=True
+        )
         a = eager.advance(eager.to_state(w0), 5)
         b = compiled.advance(compiled.to_state(w0), 5)
         np.testing.assert_allclose(b.numpy(), a.numpy(), atol=1e-12)
@@ -361,12 +398,12 @@ def test_read_fno_mat_both_layouts(fno_file) -> None:
     np.testing.assert_allclose(ds["time"].values, [1, 2, 3, 4, 5])
     assert ds.attrs["viscosity"] == (1e-5 if layout == "v5" else 1e-3)
     assert ds.attrs["source"] == str(path)
-    with_a = ns.read_fno_mat(path, viscosity=2e-4, include_initial_state=True,
-                             max_trajectories=2)
+    with_a = ns.read_fno_mat(path, viscosity=2e-4, include_initial_state=True, max_trajectories=2)
     assert with_a["fields"].shape == (2, 6, 1, 8, 8)
     np.testing.assert_allclose(with_a["time"].values, [0, 1, 2, 3, 4, 5])
-    np.testing.assert_array_equal(with_a["fields"].values[:, 0, 0],
-                                  np.transpose(arrays["a"][:2], (0, 2, 1)))
+    np.testing.assert_array_equal(
+        with_a["fields"].values[:, 0, 0], np.transpose(arrays["a"][:2], (0, 2, 1))
+    )
     assert with_a.attrs["viscosity"] == 2e-4
 
 
@@ -422,22 +459,33 @@ def test_read_fno_mat_garbage_bytes(tmp_path) -> None:
 
 
 def _small(**overrides):
-    base = dict(n_trajectories=2, resolution=32, record_resolution=32, viscosity=1e-3,
-                dt=None, t_final=6.0, record_every=1.0)
+    base = dict(
+        n_trajectories=2,
+        resolution=32,
+        record_resolution=32,
+        viscosity=1e-3,
+        dt=None,
+        t_final=6.0,
+        record_every=1.0,
+    )
     return ns.NavierStokesConfig.from_dict({**base, **overrides})
 
 
 def test_spinup_frames_are_the_tail_of_the_unrecorded_run(one_torch_thread):
     full = ns.generate_navier_stokes(_small(), progress=False)
     late = ns.generate_navier_stokes(_small(t_spinup=3.0), progress=False)
-    with_first = ns.generate_navier_stokes(_small(t_spinup=3.0, include_initial_state=True),
-                                           progress=False)
+    with_first = ns.generate_navier_stokes(
+        _small(t_spinup=3.0, include_initial_state=True), progress=False
+    )
     assert list(late.time.values) == [4.0, 5.0, 6.0]
     assert list(with_first.time.values) == [3.0, 4.0, 5.0, 6.0]
     np.testing.assert_array_equal(late.fields.values, full.fields.values[:, 3:])
     np.testing.assert_array_equal(with_first.fields.values, full.fields.values[:, 2:])
-    with pytest.raises(ConfigError, match=r"generate\.t_spinup = 6\.0: must be a number >= 0 "
-                                          r"and below t_final"):
+    with pytest.raises(
+        ConfigError,
+        match=r"generate\.t_spinup = 6\.0: must be a number >= 0 "
+        r"and below t_final",
+    ):
         _small(t_spinup=6.0)
     with pytest.raises(ConfigError, match=r"t_spinup = 1\.5: must be a whole multiple"):
         _small(t_spinup=1.5)
@@ -445,8 +493,7 @@ def test_spinup_frames_are_the_tail_of_the_unrecorded_run(one_torch_thread):
 
 def test_first_trajectory_numbers_fresh_trajectories_beyond_a_dataset(one_torch_thread):
     four = ns.generate_navier_stokes(_small(n_trajectories=4), progress=False)
-    tail = ns.generate_navier_stokes(_small(n_trajectories=2), progress=False,
-                                     first_trajectory=2)
+    tail = ns.generate_navier_stokes(_small(n_trajectories=2), progress=False, first_trajectory=2)
     np.testing.assert_allclose(tail.fields.values, four.fields.values[2:], rtol=0, atol=1e-6)
     assert tail.attrs["first_trajectory"] == 2
 
@@ -455,16 +502,16 @@ def test_resolution_check_warns_on_an_under_resolved_grid(one_torch_thread, capl
     resolved = ns.generate_navier_stokes(_small(t_final=3.0), progress=False)
     assert resolved.attrs["max_cutoff_enstrophy_share"] < ns.RESOLVED_CUTOFF_SHARE
     assert "resolution check" not in caplog.text
-    coarse = ns.generate_navier_stokes(_small(viscosity=1e-5, t_final=4.0, on_blowup="drop"),
-                                       progress=False)
+    coarse = ns.generate_navier_stokes(
+        _small(viscosity=1e-5, t_final=4.0, on_blowup="drop"), progress=False
+    )
     assert coarse.attrs["max_cutoff_enstrophy_share"] > ns.RESOLVED_CUTOFF_SHARE
     assert "resolution check" in caplog.text and "raise resolution" in caplog.text
 
 
 def test_flushing_tiny_modes_changes_nothing_above_them(one_torch_thread):
     solver = ns.VorticitySolver(32, viscosity=1e-3, dt=1e-2, device="cpu", dtype=torch.float32)
-    w0 = ns.sample_initial_vorticity(32, np.arange(2), seed=0, alpha=2.5, tau=7.0,
-                                     sigma=7.0**1.5)
+    w0 = ns.sample_initial_vorticity(32, np.arange(2), seed=0, alpha=2.5, tau=7.0, sigma=7.0**1.5)
     state = solver.to_state(w0)
     state[..., -3:, -3:] = 1e-25  # values that would decay into subnormals
     flushed = _flush_tiny(state.clone())

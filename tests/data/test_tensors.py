@@ -45,8 +45,14 @@ def make_series(
 ) -> xr.Dataset:
     rng = np.random.default_rng(seed)
     fields = rng.standard_normal((n_traj, n_time, len(channels), size, size)).astype(np.float32)
-    return make_raw(fields, dataset=dataset, source=f"test:{dataset}", channels=list(channels),
-                    time=np.arange(n_time, dtype=np.float64), segment=segment)
+    return make_raw(
+        fields,
+        dataset=dataset,
+        source=f"test:{dataset}",
+        channels=list(channels),
+        time=np.arange(n_time, dtype=np.float64),
+        segment=segment,
+    )
 
 
 # ------------------------------------------------------------------------------------ splits
@@ -67,8 +73,9 @@ def test_trajectory_split_shuffled_is_seeded_and_a_partition():
     split = SplitConfig(0.6, 0.2, 0.2, shuffle_trajectories=True, seed=3)
     a = split_ranges(raw, split, WindowConfig(3, 3))
     b = split_ranges(raw, split, WindowConfig(3, 3))
-    c = split_ranges(raw, SplitConfig(0.6, 0.2, 0.2, shuffle_trajectories=True, seed=4),
-                     WindowConfig(3, 3))
+    c = split_ranges(
+        raw, SplitConfig(0.6, 0.2, 0.2, shuffle_trajectories=True, seed=4), WindowConfig(3, 3)
+    )
     assert a == b and a != c
     trajs = {name: [r[0] for r in rs] for name, rs in a.items()}
     assert [len(trajs[n]) for n in ("train", "val", "test")] == [12, 4, 4]
@@ -90,9 +97,9 @@ def test_single_series_split_has_gap_of_one_window_by_default():
     raw = make_series(n_time=100)
     window = WindowConfig(4, 3)
     ranges = split_ranges(raw, SplitConfig(0.6, 0.2, 0.2), window)
-    (_, tr0, tr1), = ranges["train"]
-    (_, va0, va1), = ranges["val"]
-    (_, te0, te1), = ranges["test"]
+    ((_, tr0, tr1),) = ranges["train"]
+    ((_, va0, va1),) = ranges["val"]
+    ((_, te0, te1),) = ranges["test"]
     assert tr0 == 0 and te1 == 100
     assert va0 - tr1 == window.length and te0 - va1 == window.length
     assert (tr1 - tr0, va1 - va0, te1 - te0) == (51, 17, 18)  # of 100 - 2 * 7 usable steps
@@ -146,8 +153,11 @@ def test_no_window_crosses_splits_gaps_or_segments(n_traj, t_in, t_out, stride, 
             assert len(set(segment[span])) == 1, "window spans a gap in the time axis"
             steps.add((traj, start))
         # exhaustive: every stride-aligned start that fits one range is present
-        expected = {(traj, s) for traj, t0, t1 in ranges[name]
-                    for s in range(t0, t1 - window.length + 1, stride)}
+        expected = {
+            (traj, s)
+            for traj, t0, t1 in ranges[name]
+            for s in range(t0, t1 - window.length + 1, stride)
+        }
         assert steps == expected
     if n_traj == 1:  # the gaps between single-series splits hold no split at all
         gaps = np.flatnonzero(owner[0] == -1)
@@ -181,8 +191,9 @@ def test_window_longer_than_series_is_rejected():
 )
 def test_bad_split_sizes(sizes, message):
     raw = make_series(n_traj=8, n_time=10, dataset="navier_stokes")
-    split = SplitConfig.from_dict(dict(zip(("train", "val", "test"), sizes, strict=True)),
-                                  prefix="navier_stokes.split")
+    split = SplitConfig.from_dict(
+        dict(zip(("train", "val", "test"), sizes, strict=True)), prefix="navier_stokes.split"
+    )
     with pytest.raises(ConfigError, match=message):
         split_ranges(raw, split, WindowConfig(2, 2))
 
@@ -209,8 +220,12 @@ def test_bad_window_and_unknown_keys():
     with pytest.raises(ConfigError, match=r"ns\.split\.trian: unknown parameter"):
         SplitConfig.from_dict({"trian": 0.8}, prefix="ns.split")
     with pytest.raises(ConfigError, match=r"demo\.store\.chunk_time"):
-        build_tensor_dataset(make_series(n_traj=4, n_time=10), split=SplitConfig(0.5, 0.25, 0.25),
-                             window=WindowConfig(2, 2), chunk_time=0)
+        build_tensor_dataset(
+            make_series(n_traj=4, n_time=10),
+            split=SplitConfig(0.5, 0.25, 0.25),
+            window=WindowConfig(2, 2),
+            chunk_time=0,
+        )
 
 
 # --------------------------------------------------------------------------- the tensor data
@@ -221,12 +236,17 @@ def test_statistics_come_from_training_split_only():
     n_traj, n_time = 8, 12
     fields = np.empty((n_traj, n_time, 2, 5, 5), dtype=np.float32)
     fields[:6] = rng.normal([3.0, -50.0], [2.0, 0.5], size=(6, n_time, 5, 5, 2)).transpose(
-        0, 1, 4, 2, 3)
+        0, 1, 4, 2, 3
+    )
     fields[6:] = rng.normal(1000.0, 300.0, size=(2, n_time, 2, 5, 5))  # val/test: very different
-    raw = make_raw(fields, dataset="ns", source="test", channels=["u", "v"],
-                   time=np.arange(n_time, dtype=float))
-    ds = build_tensor_dataset(raw, split=SplitConfig(0.75, 0.125, 0.125),
-                              window=WindowConfig(3, 3))
+    raw = make_raw(
+        fields,
+        dataset="ns",
+        source="test",
+        channels=["u", "v"],
+        time=np.arange(n_time, dtype=float),
+    )
+    ds = build_tensor_dataset(raw, split=SplitConfig(0.75, 0.125, 0.125), window=WindowConfig(3, 3))
     train = fields[:6].astype(np.float64)
     np.testing.assert_allclose(ds["mean"].values, train.mean(axis=(0, 1, 3, 4)), rtol=1e-6)
     np.testing.assert_allclose(ds["std"].values, train.std(axis=(0, 1, 3, 4)), rtol=1e-5)
@@ -240,11 +260,15 @@ def test_single_series_statistics_skip_val_test_and_gaps():
     fields = np.zeros((1, n_time, 1, 3, 3), dtype=np.float32)
     values = np.arange(n_time, dtype=np.float32)
     fields[0, :, 0] = values[:, None, None] + np.linspace(0, 1, 9, dtype=np.float32).reshape(3, 3)
-    raw = make_raw(fields, dataset="weather", source="test", channels=["t2m"],
-                   time=np.arange(n_time, dtype=float))
-    ds = build_tensor_dataset(raw, split=SplitConfig(0.5, 0.25, 0.25),
-                              window=WindowConfig(2, 2))
-    (_, t0, t1), = parse_splits(ds.attrs["splits"])["train"]
+    raw = make_raw(
+        fields,
+        dataset="weather",
+        source="test",
+        channels=["t2m"],
+        time=np.arange(n_time, dtype=float),
+    )
+    ds = build_tensor_dataset(raw, split=SplitConfig(0.5, 0.25, 0.25), window=WindowConfig(2, 2))
+    ((_, t0, t1),) = parse_splits(ds.attrs["splits"])["train"]
     expected = fields[0, t0:t1].astype(np.float64)
     assert (t0, t1) == (0, 26)
     np.testing.assert_allclose(ds["mean"].values, [expected.mean()], rtol=1e-6)
@@ -274,14 +298,19 @@ def test_build_is_lazy_chunked_and_records_the_contract():
     n_time = 40
     raw = make_raw(
         np.random.default_rng(0).random((1, n_time, 1, 4, 6), dtype=np.float32) * 10,
-        dataset="weatherbench", source="wb.nc", channels=["2m_temperature"],
+        dataset="weatherbench",
+        source="wb.nc",
+        channels=["2m_temperature"],
         time=np.datetime64("2015-01-01T00") + np.arange(n_time) * np.timedelta64(1, "h"),
-        y=np.linspace(-80, 80, 4), x=np.linspace(0, 300, 6),
+        y=np.linspace(-80, 80, 4),
+        x=np.linspace(0, 300, 6),
         extra_coords={"lat": ("y", np.linspace(-80, 80, 4)), "lon": ("x", np.linspace(0, 300, 6))},
-        segment=np.repeat([0, 1], [25, 15]), attrs={"variable": "t2m"},
+        segment=np.repeat([0, 1], [25, 15]),
+        attrs={"variable": "t2m"},
     )
-    ds = build_tensor_dataset(raw, split=SplitConfig(0.5, 0.25, 0.25),
-                              window=WindowConfig(2, 3, 2), chunk_time=7)
+    ds = build_tensor_dataset(
+        raw, split=SplitConfig(0.5, 0.25, 0.25), window=WindowConfig(2, 3, 2), chunk_time=7
+    )
     assert isinstance(ds["fields"].data, da.Array)
     assert ds["fields"].data.chunks[1] == (7, 7, 7, 7, 7, 5)
     assert ds["fields"].data.chunksize == (1, 7, 1, 4, 6)
@@ -297,7 +326,10 @@ def test_build_is_lazy_chunked_and_records_the_contract():
     assert set(splits) == {"train", "val", "test"}
     np.testing.assert_allclose(
         ds["fields"].values * ds["std"].values[:, None, None] + ds["mean"].values[:, None, None],
-        raw["fields"].values, rtol=1e-5, atol=1e-5)
+        raw["fields"].values,
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_default_chunk_time_targets_about_2_mb():
@@ -313,16 +345,19 @@ def test_default_chunk_time_targets_about_2_mb():
 @pytest.fixture
 def tensors():
     raw = make_series(n_traj=6, n_time=20, size=5)
-    return build_tensor_dataset(raw, split=SplitConfig(4, 1, 1), window=WindowConfig(3, 2),
-                                chunk_time=8)
+    return build_tensor_dataset(
+        raw, split=SplitConfig(4, 1, 1), window=WindowConfig(3, 2), chunk_time=8
+    )
 
 
 @pytest.mark.filterwarnings("ignore:The data type.*does not have a Zarr V3 specification")
-@pytest.mark.parametrize(("compressor", "zarr_format"), [("none", 2), ("blosc-lz4", 2),
-                                                         ("zstd", 3)])
+@pytest.mark.parametrize(
+    ("compressor", "zarr_format"), [("none", 2), ("blosc-lz4", 2), ("zstd", 3)]
+)
 def test_store_round_trip(tmp_path, tensors, compressor, zarr_format):
-    path = write_store(tensors, tmp_path / "demo.zarr", compressor=compressor,
-                       zarr_format=zarr_format)
+    path = write_store(
+        tensors, tmp_path / "demo.zarr", compressor=compressor, zarr_format=zarr_format
+    )
     opened = open_store(path)
     assert isinstance(opened["fields"].data, da.Array)
     assert opened["fields"].data.chunksize == (1, 8, 2, 5, 5)
@@ -343,7 +378,9 @@ def _failing(tensors: xr.Dataset) -> xr.Dataset:
         return block
 
     bad = tensors.copy()
-    bad["fields"] = bad["fields"].copy(data=bad["fields"].data.map_blocks(explode, dtype=np.float32))
+    bad["fields"] = bad["fields"].copy(
+        data=bad["fields"].data.map_blocks(explode, dtype=np.float32)
+    )
     return bad
 
 
@@ -421,7 +458,9 @@ def test_open_store_errors_name_the_path(tmp_path, tensors):
     no_splits = tensors.copy()
     no_splits.attrs = {k: v for k, v in tensors.attrs.items() if k != "splits"}
     no_splits.to_zarr(tmp_path / "nosplits.zarr", zarr_format=2)
-    with pytest.raises(DataError, match=r"nosplits\.zarr: store attributes \['splits'\] are missing"):
+    with pytest.raises(
+        DataError, match=r"nosplits\.zarr: store attributes \['splits'\] are missing"
+    ):
         open_store(tmp_path / "nosplits.zarr")
     tensors[["mean"]].to_zarr(tmp_path / "nofields.zarr", zarr_format=2)
     with pytest.raises(DataError, match=r"nofields\.zarr: not a tensor store.*fields"):
@@ -457,7 +496,8 @@ def test_tensors_build_in_memory_without_dask(tmp_path):
         x, y = WindowDataset(ds, "test")[0]
         print(tuple(x.shape), tuple(y.shape), len(WindowDataset(ds, "train")))
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[0] == "(3, 2, 6, 4) (2, 2, 6, 4) 24"

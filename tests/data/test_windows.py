@@ -25,9 +25,13 @@ T_IN, T_OUT = 3, 2
 def _raw(n_traj: int = 6, n_time: int = 23, size: int = 5) -> xr.Dataset:
     rng = np.random.default_rng(7)
     fields = rng.normal([10.0, -3.0], [4.0, 0.1], size=(n_traj, n_time, size, size, 2))
-    return make_raw(fields.transpose(0, 1, 4, 2, 3).astype(np.float32), dataset="demo",
-                    source="test:demo", channels=["u", "v"],
-                    time=np.arange(n_time, dtype=np.float64) * 0.5)
+    return make_raw(
+        fields.transpose(0, 1, 4, 2, 3).astype(np.float32),
+        dataset="demo",
+        source="test:demo",
+        channels=["u", "v"],
+        time=np.arange(n_time, dtype=np.float64) * 0.5,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +42,9 @@ def raw() -> xr.Dataset:
 @pytest.fixture(scope="module")
 def store(raw, tmp_path_factory):
     # chunk_time 4 < window length 5: many windows span two chunks
-    tensors = build_tensor_dataset(raw, split=SplitConfig(4, 1, 1),
-                                   window=WindowConfig(T_IN, T_OUT), chunk_time=4)
+    tensors = build_tensor_dataset(
+        raw, split=SplitConfig(4, 1, 1), window=WindowConfig(T_IN, T_OUT), chunk_time=4
+    )
     return write_store(tensors, tmp_path_factory.mktemp("store") / "demo.zarr")
 
 
@@ -90,11 +95,13 @@ def test_denormalize_round_trips_to_raw_values(raw, store):
     x, y = ds[3]
     traj, t0 = ds.windows[3]
     physical = raw["fields"].values[traj, t0 : t0 + T_IN + T_OUT]
-    np.testing.assert_allclose(ds.denormalize(torch.cat([x, y])).numpy(), physical, rtol=1e-5,
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        ds.denormalize(torch.cat([x, y])).numpy(), physical, rtol=1e-5, atol=1e-4
+    )
     batch = torch.stack([x, x])[:, None]  # any leading dims: (2, 1, T_in, C, H, W)
-    np.testing.assert_allclose(ds.denormalize(batch)[1, 0].numpy(), physical[:T_IN], rtol=1e-5,
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        ds.denormalize(batch)[1, 0].numpy(), physical[:T_IN], rtol=1e-5, atol=1e-4
+    )
     torch.testing.assert_close(ds.normalize(ds.denormalize(x)), x, rtol=1e-5, atol=1e-5)
     assert ds.denormalize(x.double()).dtype == torch.float64
     with pytest.raises(DataError, match=r"expected a \(\.\.\., C=2, H, W\) tensor"):
@@ -142,8 +149,13 @@ def test_dataloader_with_two_workers_gives_the_same_windows(store):
     ds = WindowDataset(store, "train")
 
     def batches(workers: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        loader = DataLoader(ds, batch_size=8, shuffle=True, num_workers=workers,
-                            generator=torch.Generator().manual_seed(11))
+        loader = DataLoader(
+            ds,
+            batch_size=8,
+            shuffle=True,
+            num_workers=workers,
+            generator=torch.Generator().manual_seed(11),
+        )
         return list(loader)
 
     serial, parallel = batches(0), batches(2)
@@ -185,8 +197,9 @@ def test_in_memory_dataset_works_without_zarr_or_dask(store, tmp_path):
         print(len(ds), tuple(x.shape), tuple(y.shape), float(ds.denormalize(y).mean()))
         assert sys.modules["zarr"] is None and sys.modules["dask"] is None
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     reference = WindowDataset(store, "val")
     n, *_ = done.stdout.split()
@@ -225,8 +238,7 @@ def test_chunk_pool_sampler_reads_each_chunk_about_once(store):
     for start in range(0, len(first), 8):
         ds.__getitems__(np.random.default_rng(0).permutation(len(ds))[start : start + 8])
     assert counter.reads > 2 * n_chunks  # a full shuffle with a small cache re-reads a lot
-    loader = DataLoader(ds, batch_size=8, sampler=ChunkPoolSampler(ds, pool_mb=1.0),
-                        num_workers=2)
+    loader = DataLoader(ds, batch_size=8, sampler=ChunkPoolSampler(ds, pool_mb=1.0), num_workers=2)
     assert sum(len(x) for x, _ in loader) == len(ds)
     with pytest.raises(ConfigError, match="pool_mb must be >= 0"):
         ChunkPoolSampler(ds, pool_mb=-1)

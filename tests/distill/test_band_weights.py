@@ -48,8 +48,12 @@ def test_advantage_weight_is_zero_where_the_student_is_better_and_positive_where
     assert w[2] > 0.5  # high band: the teacher is exact there, the student is not
     # the closed form: (E(G,Y) - E(F,Y)) / E(G,F) = 1 where the teacher is exact
     assert w[2] == pytest.approx(1.0, rel=1e-5)
-    assert advantage_weights(torch.tensor([3.0]), torch.tensor([1.0]), torch.tensor([0.5]),
-                             w_max=2.5).item() == 2.5  # capped at w_max
+    assert (
+        advantage_weights(
+            torch.tensor([3.0]), torch.tensor([1.0]), torch.tensor([0.5]), w_max=2.5
+        ).item()
+        == 2.5
+    )  # capped at w_max
 
 
 def test_unlabelled_samples_inform_the_distance_but_not_the_errors():
@@ -79,15 +83,22 @@ def test_running_mean_is_bias_corrected_and_survives_a_state_round_trip():
 
 def _loss(method: str, teacher_out: torch.Tensor, **settings):
     cfg = DistillConfig.from_params(method, settings)
-    return build_loss(cfg, {"t": Fixed(teacher_out).eval()}, height=H, width=W,
-                      cutoff=4.0 if cfg.uses_cutoff else None)
+    return build_loss(
+        cfg,
+        {"t": Fixed(teacher_out).eval()},
+        height=H,
+        width=W,
+        cutoff=4.0 if cfg.uses_cutoff else None,
+    )
 
 
 def test_sdkd_equals_output_kd_when_the_weights_are_uniform_and_differs_when_they_are_not():
     split = BandSplit.log_spaced(H, W, 3)
     x = torch.zeros(4, 2, 1, H, W)
     truth = sum(_band_field(split, b, seed=b) for b in range(3))
-    student = Fixed(truth + 0.3 * _band_field(split, 0, seed=5) + 0.3 * _band_field(split, 2, seed=6))
+    student = Fixed(
+        truth + 0.3 * _band_field(split, 0, seed=5) + 0.3 * _band_field(split, 2, seed=6)
+    )
 
     # an exact teacher has the advantage in every band: w_b = 1, sdkd = output KD
     sdkd, plain = _loss("sdkd", truth), _loss("output_mse", truth)
@@ -104,7 +115,8 @@ def test_sdkd_equals_output_kd_when_the_weights_are_uniform_and_differs_when_the
     assert float(parts["w_band0"]) == 0.0 and float(parts["w_band2"]) > 0
     assert total < reference  # the low band's distance is no longer pulled on
     expected = F.mse_loss(student.output, truth) + sum(
-        float(parts[f"w_band{b}"]) * split.band_mse(student.output, bad_low)[b] for b in range(3))
+        float(parts[f"w_band{b}"]) * split.band_mse(student.output, bad_low)[b] for b in range(3)
+    )
     torch.testing.assert_close(total, expected, rtol=1e-5, atol=1e-7)
 
 
@@ -149,8 +161,9 @@ def test_whitening_scales_bands_by_the_teachers_energy():
 def test_the_alpha_balancer_that_muted_the_teachers_band_is_refused_with_the_reason():
     with pytest.raises(ConfigError, match=r"balance\.alpha: 'loss_ratio'.*mutes the band"):
         DistillConfig.from_params("sdkd", {"balance": {"alpha": "loss_ratio"}})
-    cfg = DistillConfig.from_params("sdkd", {"weighting": "fixed", "balance": {"lambda":
-                                                                               "grad_ratio"}})
+    cfg = DistillConfig.from_params(
+        "sdkd", {"weighting": "fixed", "balance": {"lambda": "grad_ratio"}}
+    )
     assert cfg.uses_cutoff and cfg.balance_lambda == "grad_ratio"
     with pytest.raises(ConfigError, match=r"distill\.bands must be an integer >= 2"):
         DistillConfig.from_params("sdkd", {"bands": 1})
@@ -186,8 +199,14 @@ def test_the_latent_term_is_the_stated_share_of_the_loss_and_uses_the_standardiz
 
     cfg = DistillConfig.from_params("sdkd_latent", {"latent": {"share": 0.25}})
     student = Student()
-    loss = build_loss(cfg, {"t": Teacher().eval()}, height=H, width=W,
-                      student_latent_channels=2, teacher_latent_channels=3)
+    loss = build_loss(
+        cfg,
+        {"t": Teacher().eval()},
+        height=H,
+        width=W,
+        student_latent_channels=2,
+        teacher_latent_channels=3,
+    )
     x = torch.randn(8, 2, 1, H, W)
     total, parts = loss(student, x, x + 0.1)
     assert float(parts["latent_share"]) == pytest.approx(0.25, rel=1e-4)

@@ -37,12 +37,27 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # 6 trajectories of 6 frames (t = 1.5 .. 4: the first second is spin-up), windows of 2 + 2
 # frames: 3 per trajectory; trajectories 0-3 train, 4 val, 5 test
-NS_CONFIG = ns.NavierStokesConfig(n_trajectories=6, resolution=32, record_resolution=32,
-                                  t_final=4.0, t_spinup=1.0, record_every=0.5, dt=None,
-                                  device="cpu")
-RBC_CONFIG = rb.FreeSlipRBCConfig(nx=16, nz=8, t_final=0.6, t_spinup=0.2, record_interval=0.1,
-                                  n_trajectories=4, perturbation_amplitude=1e-2,
-                                  include_pressure=True, device="cpu")
+NS_CONFIG = ns.NavierStokesConfig(
+    n_trajectories=6,
+    resolution=32,
+    record_resolution=32,
+    t_final=4.0,
+    t_spinup=1.0,
+    record_every=0.5,
+    dt=None,
+    device="cpu",
+)
+RBC_CONFIG = rb.FreeSlipRBCConfig(
+    nx=16,
+    nz=8,
+    t_final=0.6,
+    t_spinup=0.2,
+    record_interval=0.1,
+    n_trajectories=4,
+    perturbation_amplitude=1e-2,
+    include_pressure=True,
+    device="cpu",
+)
 SPLIT = SplitConfig(train=4, val=1, test=1)
 WINDOW = WindowConfig(t_in=2, t_out=2)
 
@@ -62,16 +77,18 @@ def ns_store():
 def rbc_store():
     torch.set_num_threads(1)
     raw = rb.generate_rayleigh_benard_free_slip(RBC_CONFIG, progress=False)
-    return build_tensor_dataset(raw, split=SplitConfig(train=2, val=1, test=1),
-                                window=WindowConfig(t_in=2, t_out=1))
+    return build_tensor_dataset(
+        raw, split=SplitConfig(train=2, val=1, test=1), window=WindowConfig(t_in=2, t_out=1)
+    )
 
 
 @pytest.fixture(scope="module")
 def random_store():
     """A store no built-in solver made (weather, traffic...): function matching uses mixup."""
     fields = np.random.default_rng(0).normal(size=(6, 6, 1, 16, 16)).astype(np.float32)
-    raw = make_raw(fields, dataset="demo", source="test:random", channels=["w"],
-                   time=np.arange(6.0))
+    raw = make_raw(
+        fields, dataset="demo", source="test:random", channels=["w"], time=np.arange(6.0)
+    )
     return build_tensor_dataset(raw, split=SPLIT, window=WINDOW)
 
 
@@ -116,13 +133,16 @@ def test_ns_solver_inputs_come_from_fresh_trajectories_never_val_or_test(ns_stor
     # recomputed independently: the solver's trajectories first..stop of the same settings,
     # normalized with the training split's statistics
     records = prov["frames_simulated"]
-    cfg = replace(NS_CONFIG, n_trajectories=stop - first,
-                  t_final=NS_CONFIG.t_spinup + records * NS_CONFIG.record_every,
-                  dt=float(train.attrs["dt_used"]))
+    cfg = replace(
+        NS_CONFIG,
+        n_trajectories=stop - first,
+        t_final=NS_CONFIG.t_spinup + records * NS_CONFIG.record_every,
+        dt=float(train.attrs["dt_used"]),
+    )
     raw = ns.generate_navier_stokes(cfg, progress=False, first_trajectory=first)
     fields = torch.as_tensor(raw["fields"].values)
     expected = (fields - train.mean.view(1, 1, -1, 1, 1)) / train.std.view(1, 1, -1, 1, 1)
-    windows = torch.stack([expected[i, t0:t0 + 2] for i, t0 in prov["windows"]])
+    windows = torch.stack([expected[i, t0 : t0 + 2] for i, t0 in prov["windows"]])
     torch.testing.assert_close(unlabelled.inputs, windows, rtol=1e-5, atol=1e-5)
     # the seed shifts the fresh trajectories, still beyond the dataset
     other = function_matching_inputs(train, ratio=0.25, seed=1)
@@ -131,8 +151,7 @@ def test_ns_solver_inputs_come_from_fresh_trajectories_never_val_or_test(ns_stor
     assert _min_distance(other.inputs, unlabelled.inputs) > 1e-2
 
 
-def test_ns_attrs_rebuild_the_solver_config_and_regenerate_the_stored_frames(ns_store,
-                                                                             tmp_path):
+def test_ns_attrs_rebuild_the_solver_config_and_regenerate_the_stored_frames(ns_store, tmp_path):
     from sdkd_pipeline.data.store import write_store
 
     train = WindowDataset(write_store(ns_store, tmp_path / "ns.zarr"), "train")  # attrs on disk
@@ -169,8 +188,9 @@ def test_rbc_solver_inputs_are_fresh_and_the_attrs_rebuild_the_solver(rbc_store)
     frames = fm._rayleigh_benard_frames(train.attrs, 0, 1, n_frames, "cpu")
     assert frames.shape == (1, n_frames, 4, 8, 16)  # pressure included, as in the store
     regenerated = train.normalize(torch.as_tensor(frames))[0]
-    torch.testing.assert_close(regenerated, torch.as_tensor(train.frames(0, 0, n_frames)),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        regenerated, torch.as_tensor(train.frames(0, 0, n_frames)), rtol=1e-5, atol=1e-5
+    )
 
     unlabelled = function_matching_inputs(train, ratio=1.0)
     assert unlabelled.source == "solver" and unlabelled.provenance["solver"] == "rayleigh_benard"
@@ -179,12 +199,16 @@ def test_rbc_solver_inputs_are_fresh_and_the_attrs_rebuild_the_solver(rbc_store)
     _assert_fresh(unlabelled, splits)
     # recomputed: the generator's own noise for trajectories first.., normalized (train stats)
     first, stop = unlabelled.provenance["trajectories"]
-    cfg = replace(RBC_CONFIG, n_trajectories=stop - first,
-                  t_final=float(RBC_CONFIG.record_times[n_frames - 1]))
+    cfg = replace(
+        RBC_CONFIG,
+        n_trajectories=stop - first,
+        t_final=float(RBC_CONFIG.record_times[n_frames - 1]),
+    )
     raw = rb.generate_rayleigh_benard_free_slip(
-        cfg, progress=False, initial_theta=rb.initial_theta(cfg, first_trajectory=first))
+        cfg, progress=False, initial_theta=rb.initial_theta(cfg, first_trajectory=first)
+    )
     expected = train.normalize(torch.as_tensor(raw["fields"].values))
-    windows = torch.stack([expected[i, t0:t0 + 2] for i, t0 in unlabelled.provenance["windows"]])
+    windows = torch.stack([expected[i, t0 : t0 + 2] for i, t0 in unlabelled.provenance["windows"]])
     torch.testing.assert_close(unlabelled.inputs, windows, rtol=1e-5, atol=1e-5)
 
 
@@ -198,8 +222,7 @@ def test_mixup_inputs_are_convex_combinations_of_two_training_windows(store_name
     splits = _splits(store)
     train = splits["train"]
     source = "auto" if store_name == "random_store" else "mixup"
-    unlabelled = function_matching_inputs(train, ratio=1.5, source=source, mixup_alpha=0.4,
-                                          seed=2)
+    unlabelled = function_matching_inputs(train, ratio=1.5, source=source, mixup_alpha=0.4, seed=2)
     assert unlabelled.source == "mixup" and len(unlabelled) == 18  # ceil(1.5 * 12)
     pairs = np.asarray(unlabelled.provenance["pairs"])
     lam = np.asarray(unlabelled.provenance["lambda"])
@@ -207,8 +230,12 @@ def test_mixup_inputs_are_convex_combinations_of_two_training_windows(store_name
     assert pairs.min() >= 0 and pairs.max() < len(train)  # indices into the training split
     assert ((lam >= 0) & (lam <= 1)).all()
     train_inputs = _inputs(train)
-    recomputed = torch.stack([float(w) * train_inputs[i] + (1 - float(w)) * train_inputs[j]
-                              for (i, j), w in zip(pairs, lam, strict=True)])
+    recomputed = torch.stack(
+        [
+            float(w) * train_inputs[i] + (1 - float(w)) * train_inputs[j]
+            for (i, j), w in zip(pairs, lam, strict=True)
+        ]
+    )
     torch.testing.assert_close(unlabelled.inputs, recomputed, rtol=0, atol=1e-6)
     # the training windows are other trajectories than val and test: no mixture is near them
     for name in ("val", "test"):
@@ -233,16 +260,18 @@ def test_inputs_are_drawn_for_the_training_split_only(random_store, ns_store):
 
 def test_function_matching_set_marks_labelled_and_unlabelled_samples():
     g = torch.Generator().manual_seed(0)
-    labelled = TensorDataset(torch.randn(3, 2, 1, 8, 8, generator=g),
-                             torch.randn(3, 2, 1, 8, 8, generator=g))
+    labelled = TensorDataset(
+        torch.randn(3, 2, 1, 8, 8, generator=g), torch.randn(3, 2, 1, 8, 8, generator=g)
+    )
     unlabelled = UnlabelledInputs(torch.randn(2, 2, 1, 8, 8, generator=g), "mixup")
     plain = FunctionMatchingSet(labelled, unlabelled)
     assert len(plain) == 5
     for i in range(3):
         x, target = plain[i]
         assert bool(target["labelled"]) and "teachers" not in target
-        assert torch.equal(x, labelled.tensors[0][i]) and torch.equal(target["y"],
-                                                                      labelled.tensors[1][i])
+        assert torch.equal(x, labelled.tensors[0][i]) and torch.equal(
+            target["y"], labelled.tensors[1][i]
+        )
     for i in (3, 4):
         x, target = plain[i]
         assert not bool(target["labelled"])
@@ -279,8 +308,9 @@ class Shifted(nn.Module):
         super().__init__()
         self.register_buffer("base", base)
         self.shift = nn.Parameter(torch.zeros(base.shape[1:]))
-        self.latent = nn.Parameter(torch.randn(base.shape[0], 4, 4, 4,
-                                               generator=torch.Generator().manual_seed(9)))
+        self.latent = nn.Parameter(
+            torch.randn(base.shape[0], 4, 4, 4, generator=torch.Generator().manual_seed(9))
+        )
 
     def forward(self, x, return_features: bool = False):
         out = self.base + self.shift
@@ -292,20 +322,30 @@ def test_the_task_term_fits_the_truth_of_labelled_samples_only(method):
     g = torch.Generator().manual_seed(1)
     shape = (4, 2, 1, 16, 16)
     truth, student_out = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
-    teachers = {name: truth + s * torch.randn(shape, generator=g)
-                for name, s in (("a", 0.3), ("b", 0.6))}
+    teachers = {
+        name: truth + s * torch.randn(shape, generator=g) for name, s in (("a", 0.3), ("b", 0.6))
+    }
     state = torch.randn(4, 4, 4, 4, generator=g)
     cfg = DistillConfig.from_params(method, {})
     names = ["a", "b"] if cfg.multi_teacher else ["a"]
 
     def target(y: torch.Tensor, labelled: list[bool]) -> dict:
-        return {"y": y, "labelled": torch.tensor(labelled),
-                "teachers": {n: {"prediction": teachers[n], "state": state} for n in names}}
+        return {
+            "y": y,
+            "labelled": torch.tensor(labelled),
+            "teachers": {n: {"prediction": teachers[n], "state": state} for n in names},
+        }
 
     def run(y: torch.Tensor, labelled: list[bool]):
         torch.manual_seed(0)  # the same projector
-        loss = build_loss(cfg, {n: nn.Identity() for n in names}, height=16, width=16,
-                          student_latent_channels=4, teacher_latent_channels=4)
+        loss = build_loss(
+            cfg,
+            {n: nn.Identity() for n in names},
+            height=16,
+            width=16,
+            student_latent_channels=4,
+            teacher_latent_channels=4,
+        )
         student = Shifted(student_out)
         total, parts = loss(student, torch.zeros(shape), target(y, labelled))
         total.backward()
@@ -331,7 +371,8 @@ def test_the_task_term_fits_the_truth_of_labelled_samples_only(method):
     # labelled share over every sample of the epoch)
     plain, plain_parts, _ = run(truth, [True] * 4)
     assert float(plain_parts["task"]) == pytest.approx(
-        float(nn.functional.mse_loss(student_out, truth)), rel=1e-6)
+        float(nn.functional.mse_loss(student_out, truth)), rel=1e-6
+    )
     assert float(plain_parts["labelled"]) == 1.0
 
 
@@ -343,10 +384,12 @@ def _tiny_models(height: int, width: int):
     shape = {"in_frames": 2, "out_frames": 2, "channels": 1, "height": height, "width": width}
     torch.manual_seed(0)
     teachers = {
-        "simvp": build_model("simvp", **shape, frame_hidden=4, hidden=8, depth=2,
-                             mlp_ratio=2.0).eval(),
-        "st_alternet": build_model("st_alternet", **shape, hidden=8, depth=1, heads=2,
-                                   frame_hidden=4).eval(),
+        "simvp": build_model(
+            "simvp", **shape, frame_hidden=4, hidden=8, depth=2, mlp_ratio=2.0
+        ).eval(),
+        "st_alternet": build_model(
+            "st_alternet", **shape, hidden=8, depth=1, heads=2, frame_hidden=4
+        ).eval(),
     }
     for model in teachers.values():
         model.requires_grad_(False)
@@ -359,8 +402,9 @@ def ns_models():
     return _tiny_models(32, 32)
 
 
-def test_every_method_trains_with_function_matching_through_prepare_distillation(ns_store,
-                                                                                 ns_models):
+def test_every_method_trains_with_function_matching_through_prepare_distillation(
+    ns_store, ns_models
+):
     train = WindowDataset(ns_store, "train")
     teachers, student = ns_models
     cache = DistillCache()
@@ -398,8 +442,9 @@ def test_cached_and_online_teachers_agree_on_function_matching_batches(ns_store,
     teachers, student = ns_models
     totals = []
     for mode in ("on", "off"):
-        cfg = DistillConfig.from_params("sdkd", {"teacher_cache": mode, "function_matching": {
-            "enabled": True, "ratio": 0.5}})
+        cfg = DistillConfig.from_params(
+            "sdkd", {"teacher_cache": mode, "function_matching": {"enabled": True, "ratio": 0.5}}
+        )
         prepared = prepare_distillation(cfg, {"simvp": teachers["simvp"]}, student, train)
         assert prepared.params["teacher_cache"] == (mode == "on")
         x, y = default_collate([prepared.train_set[i] for i in (1, 14, 15, 3)])
@@ -413,9 +458,13 @@ def test_cached_and_online_teachers_agree_on_function_matching_batches(ns_store,
 
 
 def test_bad_function_matching_values_name_the_parameter(random_store, ns_store):
-    for params, path in (({"ratio": 0}, "ratio"), ({"ratio": -1.0}, "ratio"),
-                         ({"mixup_alpha": -1}, "mixup_alpha"), ({"mixup_alpha": 0}, "mixup_alpha"),
-                         ({"source": "teacher"}, "source")):
+    for params, path in (
+        ({"ratio": 0}, "ratio"),
+        ({"ratio": -1.0}, "ratio"),
+        ({"mixup_alpha": -1}, "mixup_alpha"),
+        ({"mixup_alpha": 0}, "mixup_alpha"),
+        ({"source": "teacher"}, "source"),
+    ):
         with pytest.raises(ConfigError, match=rf"distill\.function_matching\.{path}"):
             DistillConfig.from_params("sdkd", {"function_matching": {"enabled": True, **params}})
     train = WindowDataset(random_store, "train")
@@ -427,10 +476,15 @@ def test_bad_function_matching_values_name_the_parameter(random_store, ns_store)
         function_matching_inputs(train, ratio=1.0, source="teacher")
     # the solver needs a store a built-in solver made; the refusal names the parameter
     teachers, student = _tiny_models(16, 16)
-    cfg = DistillConfig.from_params("sdkd", {"function_matching": {"enabled": True,
-                                                                   "source": "solver"}})
+    cfg = DistillConfig.from_params(
+        "sdkd", {"function_matching": {"enabled": True, "source": "solver"}}
+    )
     with pytest.raises(ConfigError, match=r"function_matching\.source 'solver'.*test:random"):
         prepare_distillation(cfg, {"simvp": teachers["simvp"]}, student, train)
     # on a generated store it is fine (and auto picks it)
-    assert function_matching_inputs(WindowDataset(ns_store, "train"), ratio=0.1,
-                                    source="solver").source == "solver"
+    assert (
+        function_matching_inputs(
+            WindowDataset(ns_store, "train"), ratio=0.1, source="solver"
+        ).source
+        == "solver"
+    )

@@ -66,8 +66,11 @@ CASES: dict[str, tuple[str, dict]] = {
     "sdkd_multi_fixed_camkd": ("sdkd_multi", {**FIXED, "sdkd_multi": {"weighting": "camkd"}}),
     "sdkd_multi_balanced": ("sdkd_multi", {"balance": {"lambda": "grad_ratio"}}),
 }
-MULTI_CASES = [name for name, (method, _) in CASES.items()
-               if method in ("aver_mkd", "aekd", "camkd", "sdkd_multi")]
+MULTI_CASES = [
+    name
+    for name, (method, _) in CASES.items()
+    if method in ("aver_mkd", "aekd", "camkd", "sdkd_multi")
+]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -84,23 +87,35 @@ def _config(method: str, extra: dict | None = None, **shared) -> DistillConfig:
     return DistillConfig.from_params(method, params)
 
 
-def _loss(cfg: DistillConfig, *, n_teachers: int = 2, student: nn.Module | None = None,
-          student_latent: int = LATENT, teacher_latent: int = LATENT,
-          teachers: dict[str, nn.Module] | None = None) -> DistillationLoss:
+def _loss(
+    cfg: DistillConfig,
+    *,
+    n_teachers: int = 2,
+    student: nn.Module | None = None,
+    student_latent: int = LATENT,
+    teacher_latent: int = LATENT,
+    teachers: dict[str, nn.Module] | None = None,
+) -> DistillationLoss:
     if teachers is None:
         names = TEACHERS[:n_teachers] if cfg.multi_teacher else TEACHERS[:1]
         teachers = {name: nn.Identity() for name in names}  # unused: targets carry outputs
-    loss = build_loss(cfg, teachers, height=H, width=W,
-                      cutoff=choose_cutoff(cfg, H, W) if cfg.uses_cutoff else None,
-                      student_latent_channels=student_latent,
-                      teacher_latent_channels=teacher_latent,
-                      student_parameters=None if student is None else list(student.parameters()))
+    loss = build_loss(
+        cfg,
+        teachers,
+        height=H,
+        width=W,
+        cutoff=choose_cutoff(cfg, H, W) if cfg.uses_cutoff else None,
+        student_latent_channels=student_latent,
+        teacher_latent_channels=teacher_latent,
+        student_parameters=None if student is None else list(student.parameters()),
+    )
     assert isinstance(loss, DistillationLoss)
     return loss
 
 
-def _cached(y: torch.Tensor, predictions: dict[str, torch.Tensor],
-            state: torch.Tensor | None = None) -> dict:
+def _cached(
+    y: torch.Tensor, predictions: dict[str, torch.Tensor], state: torch.Tensor | None = None
+) -> dict:
     teachers = {}
     for name, prediction in predictions.items():
         teachers[name] = {"prediction": prediction}
@@ -150,8 +165,9 @@ def test_the_cases_cover_every_method_but_none():
     assert {method for method, _ in CASES.values()} == set(METHODS) - {"none"}
     assert build_loss(DistillConfig.from_params("none", {}), {}, height=H, width=W) is None
     with pytest.raises(ConfigError, match="none"):
-        DistillationLoss(DistillConfig.from_params("none", {}), {"t": nn.Identity()},
-                         height=H, width=W)
+        DistillationLoss(
+            DistillConfig.from_params("none", {}), {"t": nn.Identity()}, height=H, width=W
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,8 +199,9 @@ def test_kd_is_zero_when_student_equals_every_teacher_and_positive_otherwise(cas
         # the latent term keeps its weight (a share of the loss, or the fixed weight)
         latent_part = float(components["latent_weight"] * components["latent"])
     assert torch.isfinite(total)
-    assert float(total) == pytest.approx(float(components["task"]) + latent_part, rel=1e-5,
-                                         abs=1e-6)
+    assert float(total) == pytest.approx(
+        float(components["task"]) + latent_part, rel=1e-5, abs=1e-6
+    )
 
     # the student differs from the teacher(s)
     with torch.no_grad():
@@ -220,7 +237,10 @@ def test_latent_term_aligns_the_projection_with_the_standardized_teacher_state()
     # plain MSE against the standardized state: the raw state (scale 20) is far off
     torch.testing.assert_close(
         loss._latent_term({"bottleneck": state}, {"state": state}, {}).detach(),
-        F.mse_loss(state, target), rtol=1e-4, atol=1e-6)
+        F.mse_loss(state, target),
+        rtol=1e-4,
+        atol=1e-6,
+    )
     # the standardization removes the teacher's per-channel offset and scale
     fresh = _loss(_config("sdkd_latent"))
     _identity_projector(fresh)
@@ -237,8 +257,9 @@ def test_latent_weight_is_fixed_without_a_share_and_is_the_share_otherwise():
     x, y = _randn(B, T, C, H, W, seed=13), _randn(B, T, C, H, W, seed=14)
     state = _randn(B, LATENT, LATENT_HW, LATENT_HW, seed=15)
     batch = _cached(y, {TEACHERS[0]: y + 0.5 * _randn(B, T, C, H, W, seed=16)}, state)
-    student = ShiftedStudent(_randn(B, T, C, H, W, seed=17),
-                             _randn(B, LATENT, LATENT_HW, LATENT_HW, seed=18))
+    student = ShiftedStudent(
+        _randn(B, T, C, H, W, seed=17), _randn(B, LATENT, LATENT_HW, LATENT_HW, seed=18)
+    )
     fixed = _loss(_config("sdkd_latent", {"latent": {"share": None, "weight": 0.5}}))
     total, parts = fixed(student, x, batch)
     total = total.detach()
@@ -266,16 +287,21 @@ def _output_parameters(model: nn.Module) -> set[str]:
     x = _randn(B, T, C, H, W, seed=21).double()
     out = probe(x)
     (out * _randn(*out.shape, seed=22).double()).sum().backward()
-    names = {n for n, p in probe.named_parameters()
-             if p.grad is not None and float(p.grad.abs().max()) > 1e-8}
+    names = {
+        n
+        for n, p in probe.named_parameters()
+        if p.grad is not None and float(p.grad.abs().max()) > 1e-8
+    }
     assert len(names) > len(list(probe.parameters())) // 2
     return names
 
 
 def _student_batch(seed: int) -> tuple[torch.Tensor, dict]:
     x, y = _randn(B, T, C, H, W, seed=seed), _randn(B, T, C, H, W, seed=seed + 1)
-    predictions = {name: y + 0.5 * _randn(B, T, C, H, W, seed=seed + 2 + i)
-                   for i, name in enumerate(TEACHERS[:2])}
+    predictions = {
+        name: y + 0.5 * _randn(B, T, C, H, W, seed=seed + 2 + i)
+        for i, name in enumerate(TEACHERS[:2])
+    }
     return x, _cached(y, predictions, _randn(B, 16, 8, 8, seed=seed + 5))
 
 
@@ -294,8 +320,9 @@ def test_total_and_kd_loss_send_finite_nonzero_gradient_to_every_student_paramet
         total, components = loss(student, x, batch)
         assert torch.isfinite(total)
         total.backward()
-        grads[lam] = {n: p.grad.clone() for n, p in student.named_parameters()
-                      if p.grad is not None}
+        grads[lam] = {
+            n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None
+        }
         if cfg.needs_latents:
             # the latent term has its own weight (not lambda): the projector always learns
             projector = list(loss.parameters())
@@ -312,14 +339,20 @@ def test_total_and_kd_loss_send_finite_nonzero_gradient_to_every_student_paramet
         assert float(kd_part.abs().max()) > 1e-9, name
 
 
-def _reference_kd(loss: DistillationLoss, g: torch.Tensor, target: torch.Tensor,
-                  preds: torch.Tensor, components: dict) -> torch.Tensor:
+def _reference_kd(
+    loss: DistillationLoss,
+    g: torch.Tensor,
+    target: torch.Tensor,
+    preds: torch.Tensor,
+    components: dict,
+) -> torch.Tensor:
     """The KD term rebuilt from its definition with detached weights, for autograd."""
     names = loss.names
     cfg = loss.cfg
     if cfg.method in ("aver_mkd", "aekd"):
-        return sum(components[f"w_{n}"] * F.mse_loss(g, p)
-                   for n, p in zip(names, preds, strict=True))
+        return sum(
+            components[f"w_{n}"] * F.mse_loss(g, p) for n, p in zip(names, preds, strict=True)
+        )
     if cfg.method == "camkd":
         errors = (preds - target[None]).square().flatten(2).mean(-1)
         weights = camkd_weights(errors, cfg.camkd_temperature)
@@ -340,6 +373,7 @@ def _reference_kd(loss: DistillationLoss, g: torch.Tensor, target: torch.Tensor,
 
         def teacher_weight(n: str, b: int) -> torch.Tensor:
             return components[f"w_{'high' if b == HIGH else 'low'}_{n}"]
+
     total = 0.0
     if cfg.band_weighting == "camkd":  # per-sample weights
         for b in bands:
@@ -361,8 +395,12 @@ def test_multi_teacher_kd_gradient_is_the_weighted_sum_of_the_teachers_gradients
     target = _randn(B, T, C, H, W, seed=40)
     # teachers of unlike quality, both closer to the truth than the student (in every band:
     # white errors), so the advantage weighting distils every band
-    preds = torch.stack([target + 0.2 * _randn(B, T, C, H, W, seed=41),
-                         target + 0.4 * _randn(B, T, C, H, W, seed=42)])
+    preds = torch.stack(
+        [
+            target + 0.2 * _randn(B, T, C, H, W, seed=41),
+            target + 0.4 * _randn(B, T, C, H, W, seed=42),
+        ]
+    )
     g = (target + 0.5 * _randn(B, T, C, H, W, seed=43)).requires_grad_(True)
     components: dict = {}
     kd = loss._kd_term(g, target, None, preds, components)
@@ -383,8 +421,9 @@ def test_aekd_parameter_gradients_keep_the_graph_for_the_final_backward():
     student = ShiftedStudent(_randn(B, T, C, H, W, seed=50))
     loss = _loss(_config("aekd", {"aekd": {"gradients": "parameters"}}), student=student)
     x, y = _randn(B, T, C, H, W, seed=51), _randn(B, T, C, H, W, seed=52)
-    batch = _cached(y, {n: y + _randn(B, T, C, H, W, seed=53 + i)
-                        for i, n in enumerate(loss.names)})
+    batch = _cached(
+        y, {n: y + _randn(B, T, C, H, W, seed=53 + i) for i, n in enumerate(loss.names)}
+    )
     total, components = loss(student, x, batch)
     total.backward()
     assert float(student.shift.grad.abs().max()) > 0
@@ -414,8 +453,9 @@ def test_camkd_weights_favour_the_more_accurate_teacher_per_sample():
     three = camkd_weights(torch.tensor([[0.1], [0.5], [2.0]]), temperature=1.0)
     assert float(three.sum()) == pytest.approx(1.0)
     assert three[0, 0] > three[1, 0] > three[2, 0]
-    torch.testing.assert_close(camkd_weights(torch.full((3, 4), 7.0), 0.5),
-                               torch.full((3, 4), 1 / 3))
+    torch.testing.assert_close(
+        camkd_weights(torch.full((3, 4), 7.0), 0.5), torch.full((3, 4), 1 / 3)
+    )
     torch.testing.assert_close(camkd_weights(torch.zeros(2, 4), 0.5), torch.full((2, 4), 0.5))
     assert torch.equal(camkd_weights(torch.rand(1, 4), 0.5), torch.ones(1, 4))
 
@@ -460,8 +500,7 @@ def test_camkd_loss_weights_the_teacher_equal_to_the_truth_higher(case):
 # 4. AEKD weights
 
 
-def _aekd_case(residual_scales: tuple[float, float], shared: float, seed: int,
-               cap: float = 0.6):
+def _aekd_case(residual_scales: tuple[float, float], shared: float, seed: int, cap: float = 0.6):
     """Two teachers whose residuals G - F_m are s_m (shared * u + v_m), u, v_m white noise."""
     loss = _loss(_config("aekd", {"aekd": {"cap": cap}}))
     g = _randn(B, T, C, H, W, seed=seed)
@@ -475,14 +514,18 @@ def _aekd_case(residual_scales: tuple[float, float], shared: float, seed: int,
     return weights, min_norm_weights(flat @ flat.T, cap)
 
 
-@pytest.mark.parametrize(("scales", "shared", "binding"), [
-    ((1.0, 1.0), 3.0, False),  # alike: about even
-    ((1.0, 1.1), 0.0, False),  # orthogonal: 1.21 / 2.21 inside the cap
-    ((1.0, 1.3), 3.0, True),  # nearly parallel: the smaller gradient takes the cap
-    ((3.0, 0.2), 0.0, True),
-])
-def test_aekd_weights_are_the_capped_min_norm_point_of_the_output_gradients(scales, shared,
-                                                                            binding):
+@pytest.mark.parametrize(
+    ("scales", "shared", "binding"),
+    [
+        ((1.0, 1.0), 3.0, False),  # alike: about even
+        ((1.0, 1.1), 0.0, False),  # orthogonal: 1.21 / 2.21 inside the cap
+        ((1.0, 1.3), 3.0, True),  # nearly parallel: the smaller gradient takes the cap
+        ((3.0, 0.2), 0.0, True),
+    ],
+)
+def test_aekd_weights_are_the_capped_min_norm_point_of_the_output_gradients(
+    scales, shared, binding
+):
     weights, expected = _aekd_case(scales, shared, seed=70)
     assert weights.sum() == pytest.approx(1.0, abs=1e-6)
     assert np.all(weights >= 0.4 - 1e-6) and np.all(weights <= 0.6 + 1e-6)
@@ -499,11 +542,14 @@ def test_aekd_cap_changes_the_weights_and_one_allows_a_single_teacher():
     assert weights[0] > 0.6
 
 
-@pytest.mark.parametrize(("method", "extra", "n", "cap"), [
-    ("aekd", {}, 2, 0.4),
-    ("aekd", {"aekd": {"gradients": "parameters"}}, 3, 0.3),
-    ("sdkd_multi", {"sdkd_multi": {"weighting": "aekd"}}, 3, 0.3),
-])
+@pytest.mark.parametrize(
+    ("method", "extra", "n", "cap"),
+    [
+        ("aekd", {}, 2, 0.4),
+        ("aekd", {"aekd": {"gradients": "parameters"}}, 3, 0.3),
+        ("sdkd_multi", {"sdkd_multi": {"weighting": "aekd"}}, 3, 0.3),
+    ],
+)
 def test_aekd_cap_below_one_over_m_is_refused(method, extra, n, cap):
     extra = {**extra, "aekd": {**extra.get("aekd", {}), "cap": cap}}
     with pytest.raises(ConfigError, match=r"distill\.aekd\.cap"):
@@ -535,12 +581,14 @@ def test_sdkd_fixed_with_alpha_one_is_output_mse_and_aver_mkd_of_identical_teach
         assert sdkd.split.n_bands == 2 and sdkd.advantage is None
         assert _total(sdkd, student, x, single) == pytest.approx(reference, rel=1e-5)
     both = _cached(y, {TEACHERS[0]: teacher, TEACHERS[1]: teacher.clone()})
-    assert _total(_loss(_config("aver_mkd")), student, x, both) == pytest.approx(reference,
-                                                                                 rel=1e-6)
+    assert _total(_loss(_config("aver_mkd")), student, x, both) == pytest.approx(
+        reference, rel=1e-6
+    )
     # any weights summing to one: identical teachers make every multi-teacher rule one teacher
     for method in ("aekd", "camkd"):
-        assert _total(_loss(_config(method)), student, x, both) == pytest.approx(reference,
-                                                                                 rel=1e-6)
+        assert _total(_loss(_config(method)), student, x, both) == pytest.approx(
+            reference, rel=1e-6
+        )
     multi = _loss(_config("sdkd_multi", {**FIXED, "sdkd_multi": {"weighting": "aver"}}))
     assert _total(multi, student, x, both) == pytest.approx(reference, rel=1e-5)
     # alpha scales the low band only
@@ -548,7 +596,8 @@ def test_sdkd_fixed_with_alpha_one_is_output_mse_and_aver_mkd_of_identical_teach
     _, components = sdkd(student, x, single)
     assert float(components["kd"]) == pytest.approx(float(components["kd_high"]))
     assert float(components["kd_high"] + components["kd_low"]) == pytest.approx(
-        reference - float(components["task"]), rel=1e-5)
+        reference - float(components["task"]), rel=1e-5
+    )
 
 
 def test_advantage_bands_add_up_to_output_kd_and_identical_teachers_act_as_one():
@@ -564,7 +613,8 @@ def test_advantage_bands_add_up_to_output_kd_and_identical_teachers_act_as_one()
         distance = F.mse_loss(student(x), teacher)
     # Parseval: the band distances add up to the output KD distance
     assert sum(float(components[f"kd_band{b}"]) for b in range(4)) == pytest.approx(
-        float(distance), rel=1e-5)
+        float(distance), rel=1e-5
+    )
     weights = torch.stack([components[f"w_band{b}"] for b in range(4)])
     bands = torch.stack([components[f"kd_band{b}"] for b in range(4)])
     assert float(components["kd"]) == pytest.approx(float((weights * bands).sum()), rel=1e-5)
@@ -576,8 +626,9 @@ def test_advantage_bands_add_up_to_output_kd_and_identical_teachers_act_as_one()
         multi_total, parts = multi(student, x, both)
         assert float(multi_total.detach()) == pytest.approx(float(total), rel=1e-5), rule
         for b in range(4):
-            assert float(parts[f"w_band{b}"]) == pytest.approx(float(weights[b]), rel=1e-5,
-                                                               abs=1e-7)
+            assert float(parts[f"w_band{b}"]) == pytest.approx(
+                float(weights[b]), rel=1e-5, abs=1e-7
+            )
             pair = parts[f"w_band{b}_{TEACHERS[0]}"] + parts[f"w_band{b}_{TEACHERS[1]}"]
             assert float(pair) == pytest.approx(1.0, abs=1e-5)
 
@@ -616,8 +667,9 @@ def test_balancer_first_step_and_running_mean_match_a_hand_computed_ema():
     num = den = 0.0
     for a, b in pairs:
         num, den = 0.5 * num + 0.5 * a, 0.5 * den + 0.5 * b
-        assert float(balancer(torch.tensor(a), torch.tensor(b))) == pytest.approx(num / den,
-                                                                                  rel=1e-6)
+        assert float(balancer(torch.tensor(a), torch.tensor(b))) == pytest.approx(
+            num / den, rel=1e-6
+        )
 
 
 def test_balancer_is_clamped_to_its_bounds():
@@ -632,8 +684,10 @@ def test_balancer_is_clamped_to_its_bounds():
 
 def test_balancer_state_round_trip_continues_identically():
     first = Balancer("grad_ratio", 0.8, 1e-3, 1e3)
-    inputs = [(torch.tensor(float(a)), torch.tensor(float(b)))
-              for a, b in zip(_randn(8, seed=90).exp(), _randn(8, seed=91).exp(), strict=True)]
+    inputs = [
+        (torch.tensor(float(a)), torch.tensor(float(b)))
+        for a, b in zip(_randn(8, seed=90).exp(), _randn(8, seed=91).exp(), strict=True)
+    ]
     for a, b in inputs[:3]:
         first(a, b)
     state = first.state_dict()
@@ -660,17 +714,23 @@ def _assert_same_state(left, right, where: str = "state") -> None:
         assert left == right, where
 
 
-@pytest.mark.parametrize("case", ["sdkd_latent", "sdkd_fixed_balanced", "sdkd_multi_balanced",
-                                  "sdkd_whiten"])
+@pytest.mark.parametrize(
+    "case", ["sdkd_latent", "sdkd_fixed_balanced", "sdkd_multi_balanced", "sdkd_whiten"]
+)
 def test_loss_state_round_trips_and_continues_identically(case):
     method, extra = CASES[case]
     cfg = _config(method, extra, balance={"lambda": "grad_ratio"})
     torch.manual_seed(3)
     first = _loss(cfg)
     x, y = _randn(B, T, C, H, W, seed=95), _randn(B, T, C, H, W, seed=96)
-    batch = _cached(y, {name: y + (i + 1) * 0.3 * _randn(B, T, C, H, W, seed=97 + i)
-                        for i, name in enumerate(first.names)},
-                    _randn(B, LATENT, 8, 8, seed=99))
+    batch = _cached(
+        y,
+        {
+            name: y + (i + 1) * 0.3 * _randn(B, T, C, H, W, seed=97 + i)
+            for i, name in enumerate(first.names)
+        },
+        _randn(B, LATENT, 8, 8, seed=99),
+    )
     student = ShiftedStudent(_randn(B, T, C, H, W, seed=100))
     first(student, x, batch)
     first(student, x, {**batch, "y": y.flip(0)})
@@ -700,24 +760,36 @@ class Exploding(nn.Module):
         raise AssertionError("the cached path ran a teacher")
 
 
-@pytest.mark.parametrize("case", ["sdkd", "sdkd_fixed", "sdkd_latent", "camkd",
-                                  "sdkd_multi_aekd", "aekd_parameters"])
+@pytest.mark.parametrize(
+    "case", ["sdkd", "sdkd_fixed", "sdkd_latent", "camkd", "sdkd_multi_aekd", "aekd_parameters"]
+)
 def test_cached_and_online_teacher_outputs_give_the_same_loss_and_gradients(case):
     method, extra = CASES[case]
     cfg = _config(method, extra)
     torch.manual_seed(0)
     shape = dict(SHAPE)
     teachers = {
-        "st_alternet": freeze(build_model("st_alternet", **shape, hidden=16, depth=1, heads=2,
-                                          frame_hidden=8, spatial_layers=2)),
-        "simvp": freeze(build_model("simvp", **shape, frame_hidden=8, hidden=16,
-                                    spatial_layers=2, depth=2)),
+        "st_alternet": freeze(
+            build_model(
+                "st_alternet",
+                **shape,
+                hidden=16,
+                depth=1,
+                heads=2,
+                frame_hidden=8,
+                spatial_layers=2,
+            )
+        ),
+        "simvp": freeze(
+            build_model("simvp", **shape, frame_hidden=8, hidden=16, spatial_layers=2, depth=2)
+        ),
     }
     if not cfg.multi_teacher:
         teachers = {"st_alternet": teachers["st_alternet"]}
     data = TensorDataset(_randn(8, T, C, H, W, seed=110), _randn(8, T, C, H, W, seed=111))
-    cache = precompute_teacher_outputs(teachers, data, latents=cfg.needs_latents, batch_size=4,
-                                       device=torch.device("cpu"))
+    cache = precompute_teacher_outputs(
+        teachers, data, latents=cfg.needs_latents, batch_size=4, device=torch.device("cpu")
+    )
     cached_data = WithTeacherTargets(data, cache)
     x, target = next(iter(DataLoader(cached_data, batch_size=4, shuffle=False)))
     assert torch.equal(x, data.tensors[0][:4]) and torch.equal(target["y"], data.tensors[1][:4])
@@ -773,37 +845,73 @@ class FailOnce:
 
 def test_resumed_distillation_run_ends_bit_identical(tmp_path):
     torch.manual_seed(0)
-    teacher = freeze(build_model("st_alternet", **SHAPE, hidden=16, depth=1, heads=2,
-                                 frame_hidden=8, spatial_layers=2))
+    teacher = freeze(
+        build_model(
+            "st_alternet", **SHAPE, hidden=16, depth=1, heads=2, frame_hidden=8, spatial_layers=2
+        )
+    )
     x = _randn(12, T, C, H, W, seed=130)
     train_set = TensorDataset(x, x.flip(1) + 0.1 * _randn(12, T, C, H, W, seed=131))
     xv = _randn(4, T, C, H, W, seed=132)
     val_set = TensorDataset(xv, xv.flip(1))
     cfg = _config("sdkd_latent", balance={"lambda": "grad_ratio"})
-    train_cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-3, seed=0, device="cpu",
-                            patience=None, checkpoint_every_steps=1)
+    train_cfg = TrainConfig(
+        epochs=2,
+        batch_size=4,
+        lr=1e-3,
+        seed=0,
+        device="cpu",
+        patience=None,
+        checkpoint_every_steps=1,
+    )
 
     def fresh(seed: int) -> tuple[nn.Module, DistillationLoss]:
         torch.manual_seed(seed)
         student = build_model("unet", **SHAPE, hidden=8, base_width=8)
-        return student, _loss(cfg, student=student, student_latent=8, teacher_latent=16,
-                              teachers={"st_alternet": teacher})
+        return student, _loss(
+            cfg,
+            student=student,
+            student_latent=8,
+            teacher_latent=16,
+            teachers={"st_alternet": teacher},
+        )
 
     student_a, loss = fresh(0)
-    whole = train(student_a, train_set, val_set, train_cfg, out_dir=tmp_path / "whole",
-                  loss=loss, progress=False)
+    whole = train(
+        student_a,
+        train_set,
+        val_set,
+        train_cfg,
+        out_dir=tmp_path / "whole",
+        loss=loss,
+        progress=False,
+    )
 
     student, loss = fresh(0)
     crashing = FailOnce(loss, fail_at=5)  # step 2 of epoch 2 (3 steps per epoch)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(student, train_set, val_set, train_cfg, out_dir=tmp_path / "resumed",
-              loss=crashing, progress=False)
+        train(
+            student,
+            train_set,
+            val_set,
+            train_cfg,
+            out_dir=tmp_path / "resumed",
+            loss=crashing,
+            progress=False,
+        )
     state = load_checkpoint(tmp_path / "resumed" / "last.pt")["state"]
     assert (state["epochs_done"], state["step_in_epoch"]) == (1, 1)
 
     student_b, loss_b = fresh(7)  # other initial weights and projector: all must be restored
-    resumed = train(student_b, train_set, val_set, train_cfg, out_dir=tmp_path / "resumed",
-                    loss=loss_b, progress=False)
+    resumed = train(
+        student_b,
+        train_set,
+        val_set,
+        train_cfg,
+        out_dir=tmp_path / "resumed",
+        loss=loss_b,
+        progress=False,
+    )
     assert resumed.resumed_from_epoch == 1
 
     a = load_checkpoint(tmp_path / "whole" / "last.pt")
@@ -817,11 +925,13 @@ def test_resumed_distillation_run_ends_bit_identical(tmp_path):
     assert a["loss_state"]["running"]["latent_mean"]["value"] is not None
     for index, slot in a["optimizer"]["state"].items():
         for key, value in slot.items():
-            assert torch.equal(torch.as_tensor(value),
-                               torch.as_tensor(b["optimizer"]["state"][index][key])), key
+            assert torch.equal(
+                torch.as_tensor(value), torch.as_tensor(b["optimizer"]["state"][index][key])
+            ), key
     for left, right in zip(whole.history, resumed.history, strict=True):
         assert {k: v for k, v in left.items() if k != "time_s"} == {
-            k: v for k, v in right.items() if k != "time_s"}
+            k: v for k, v in right.items() if k != "time_s"
+        }
     last = whole.history[-1]
     assert {"train_kd", "train_latent", "train_latent_share", "train_w_band0"} <= last.keys()
     assert whole.best_val_loss == resumed.best_val_loss

@@ -45,8 +45,11 @@ def _data(n: int, seed: int, teacher: nn.Module, noise: float) -> TensorDataset:
     return TensorDataset(x, y)
 
 
-PARAMS = {"lambda": 4.0, "cutoff": {"k": 3},
-          "variants": {"sdkd_fixed": {"method": "sdkd", "weighting": "fixed"}}}
+PARAMS = {
+    "lambda": 4.0,
+    "cutoff": {"k": 3},
+    "variants": {"sdkd_fixed": {"method": "sdkd", "weighting": "fixed"}},
+}
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -55,15 +58,20 @@ def _fit(method: str, tmp_path, teacher, train_set, val_set) -> float:
     torch.manual_seed(0)
     student = build_model("unet", **SHAPE, hidden=8, base_width=8)
     cfg = DistillConfig.from_params(method, PARAMS)
-    loss = build_loss(cfg, {"teacher": teacher}, height=16, width=16,
-                      cutoff=choose_cutoff(cfg, 16, 16) if cfg.uses_cutoff else None)
+    loss = build_loss(
+        cfg,
+        {"teacher": teacher},
+        height=16,
+        width=16,
+        cutoff=choose_cutoff(cfg, 16, 16) if cfg.uses_cutoff else None,
+    )
     assert (loss is None) == (method == "none")
     if loss is not None:
         assert loss.split.n_bands == (2 if method == "sdkd_fixed" else 3)
-    train_cfg = TrainConfig(epochs=12, batch_size=8, lr=3e-3, seed=0, device="cpu",
-                            patience=None)
-    train(student, train_set, val_set, train_cfg, out_dir=tmp_path / method, loss=loss,
-          progress=False)
+    train_cfg = TrainConfig(epochs=12, batch_size=8, lr=3e-3, seed=0, device="cpu", patience=None)
+    train(
+        student, train_set, val_set, train_cfg, out_dir=tmp_path / method, loss=loss, progress=False
+    )
     return evaluate_mse(student, val_set, batch_size=16, device="cpu")
 
 

@@ -19,8 +19,15 @@ from sdkd_pipeline.distill.teachers import WithTeacherTargets, freeze
 from sdkd_pipeline.models import build_model
 
 SHAPE = {"in_frames": 2, "out_frames": 2, "channels": 1, "height": 16, "width": 16}
-ENERGY = {"variants": {"sdkd_energy": {"method": "sdkd", "weighting": "fixed",
-                                       "cutoff": {"mode": "energy", "energy_fraction": 0.9}}}}
+ENERGY = {
+    "variants": {
+        "sdkd_energy": {
+            "method": "sdkd",
+            "weighting": "fixed",
+            "cutoff": {"mode": "energy", "energy_fraction": 0.9},
+        }
+    }
+}
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -28,8 +35,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def _windows(seed: int = 0) -> WindowDataset:
     fields = np.random.default_rng(seed).normal(size=(4, 8, 1, 16, 16)).astype("float32")
     raw = make_raw(fields, dataset="test", source="random", channels=["w"], time=np.arange(8.0))
-    store = build_tensor_dataset(raw, split=SplitConfig(train=0.5, val=0.25, test=0.25),
-                                 window=WindowConfig(2, 2))
+    store = build_tensor_dataset(
+        raw, split=SplitConfig(train=0.5, val=0.25, test=0.25), window=WindowConfig(2, 2)
+    )
     return WindowDataset(store, "train")
 
 
@@ -59,8 +67,7 @@ def test_prepare_attaches_only_the_chosen_teachers_and_sets_the_cutoff():
     student = _student()
     cache = DistillCache()
     # the other teacher was cached by an earlier run: it must not be attached
-    cache.teacher_outputs(teachers, train, latents=False, batch_size=4,
-                          device=torch.device("cpu"))
+    cache.teacher_outputs(teachers, train, latents=False, batch_size=4, device=torch.device("cpu"))
     chosen = {"simvp": teachers["simvp"]}
     cfg = _cfg("sdkd_energy")
     prepared = prepare_distillation(cfg, chosen, student, train, batch_size=4, cache=cache)
@@ -68,7 +75,8 @@ def test_prepare_attaches_only_the_chosen_teachers_and_sets_the_cutoff():
     x, target = prepared.train_set[0]
     assert set(target["teachers"]) == {"simvp"}
     predictions = target_predictions = torch.stack(
-        [prepared.train_set[i][1]["teachers"]["simvp"]["prediction"] for i in range(len(train))])
+        [prepared.train_set[i][1]["teachers"]["simvp"]["prediction"] for i in range(len(train))]
+    )
     with torch.no_grad():
         direct = teachers["simvp"](torch.stack([train[i][0] for i in range(len(train))]))
     torch.testing.assert_close(target_predictions, direct, rtol=1e-5, atol=1e-6)
@@ -83,16 +91,19 @@ def test_prepare_attaches_only_the_chosen_teachers_and_sets_the_cutoff():
     torch.testing.assert_close(cached_total, online_total, rtol=1e-5, atol=1e-6)
 
     # without a cache the energy cutoff comes from running the teachers: the same one
-    uncached = prepare_distillation(_cfg("sdkd_energy", teacher_cache="off"), chosen, student,
-                                    train, cache=DistillCache())
+    uncached = prepare_distillation(
+        _cfg("sdkd_energy", teacher_cache="off"), chosen, student, train, cache=DistillCache()
+    )
     assert uncached.train_set is train and not uncached.params["teacher_cache"]
     assert uncached.cutoff == pytest.approx(prepared.cutoff)
     # no cutoff for methods without the fixed two-band weighting
     for method in ("output_mse", "sdkd", "sdkd_latent"):
         other = prepare_distillation(_cfg(method), chosen, student, train, cache=cache)
         assert other.cutoff is None and other.params["cutoff"] is None, method
-    assert prepare_distillation(_cfg("sdkd"), chosen, student, train,
-                                cache=cache).loss.advantage is not None
+    assert (
+        prepare_distillation(_cfg("sdkd"), chosen, student, train, cache=cache).loss.advantage
+        is not None
+    )
     # none: the engine's plain loss on the plain windows, no teacher run
     baseline = prepare_distillation(_cfg("none"), {}, student, train, cache=cache)
     assert baseline.loss is None and baseline.train_set is train and baseline.cutoff is None
@@ -121,8 +132,9 @@ def test_the_cache_computes_each_teachers_outputs_once_across_methods(monkeypatc
     fm = {"function_matching": {"enabled": True, "ratio": 0.5}}  # mixup (a random store)
 
     def prepare(method: str, teachers: dict, **params):
-        return prepare_distillation(_cfg(method, **params), teachers, student, train,
-                                    batch_size=4, cache=cache)
+        return prepare_distillation(
+            _cfg(method, **params), teachers, student, train, batch_size=4, cache=cache
+        )
 
     first = prepare("output_mse", {"a": a})
     for method in ("sdkd", "sdkd_energy", "camkd"):
@@ -142,8 +154,7 @@ def test_the_cache_computes_each_teachers_outputs_once_across_methods(monkeypatc
     assert drawn == [0] and calls[3:] == [(["b"], n_fm)]
     unlabelled_a = with_fm.train_set.unlabelled_cache["a"]["prediction"]
     with torch.no_grad():
-        torch.testing.assert_close(unlabelled_a, a(with_fm.unlabelled.inputs), rtol=1e-5,
-                                   atol=1e-6)
+        torch.testing.assert_close(unlabelled_a, a(with_fm.unlabelled.inputs), rtol=1e-5, atol=1e-6)
     # other settings: drawn again
     prepare("sdkd", {"a": a}, function_matching={"enabled": True, "ratio": 0.5, "seed": 1})
     assert drawn == [0, 1] and calls[4:] == [(["a"], n_fm)]

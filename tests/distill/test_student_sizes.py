@@ -19,17 +19,21 @@ def _params(env: str) -> tuple[dict, dict]:
     teacher = yaml.safe_load((CONF / "base" / "parameters_teacher.yml").read_text())["teacher"]
     distill = yaml.safe_load((CONF / "base" / "parameters_distill.yml").read_text())["distill"]
     if env != "base":
-        teacher.update(yaml.safe_load((CONF / env / "parameters_teacher.yml").read_text())
-                       ["teacher"])
-        distill.update(yaml.safe_load((CONF / env / "parameters_distill.yml").read_text())
-                       ["distill"])
+        teacher.update(
+            yaml.safe_load((CONF / env / "parameters_teacher.yml").read_text())["teacher"]
+        )
+        distill.update(
+            yaml.safe_load((CONF / env / "parameters_distill.yml").read_text())["distill"]
+        )
     return teacher, distill
 
 
 @pytest.mark.parametrize("env", ["base", "paper"])
 def test_configured_students_fit_the_budget(env):
     teacher_params, distill = _params(env)
-    teachers = [build_model(name, **NS, **teacher_params[name]) for name in teacher_params["models"]]
+    teachers = [
+        build_model(name, **NS, **teacher_params[name]) for name in teacher_params["models"]
+    ]
     smallest = min(count_parameters(t) for t in teachers)
     for student_name in distill["students"]:
         student = build_model(student_name, **NS, **distill[student_name])

@@ -45,8 +45,7 @@ def _cfg(method: str, **params) -> DistillConfig:
 def test_best_picks_the_lowest_validation_loss():
     assert choose_teachers(_cfg("sdkd"), VAL) == ["st_alternet"]
     assert choose_teachers(_cfg("sdkd"), {"simvp": 0.05, "st_alternet": 0.10}) == ["simvp"]
-    assert choose_teachers(_cfg("sdkd"), {"simvp": math.inf, "st_alternet": 2.0}) == [
-        "st_alternet"]
+    assert choose_teachers(_cfg("sdkd"), {"simvp": math.inf, "st_alternet": 2.0}) == ["st_alternet"]
     assert choose_teachers(_cfg("sdkd"), {"b": 0.1, "a": 0.1}) == ["a"]  # ties: by name
     assert choose_teachers(_cfg("output_mse"), {"simvp": 1.0}) == ["simvp"]
 
@@ -62,7 +61,9 @@ def test_multi_teacher_methods_take_every_or_the_named_teachers():
     three = {**VAL, "other": 0.2}
     assert choose_teachers(_cfg("aekd"), three) == ["other", "simvp", "st_alternet"]
     assert choose_teachers(_cfg("camkd", teachers=["st_alternet", "simvp"]), three) == [
-        "st_alternet", "simvp"]
+        "st_alternet",
+        "simvp",
+    ]
     with pytest.raises(ConfigError, match=r"distill\.teachers: \['unet'\]"):
         choose_teachers(_cfg("aver_mkd", teachers=["simvp", "unet"]), three)
 
@@ -88,34 +89,51 @@ def test_none_needs_no_teacher_and_others_need_some():
 
 
 def _checkpoint(shape=None, mean=0.5, std=2.0) -> dict:
-    return {"shape": dict(shape or SHAPE), "mean": torch.tensor([mean]),
-            "std": torch.tensor([std])}
+    return {"shape": dict(shape or SHAPE), "mean": torch.tensor([mean]), "std": torch.tensor([std])}
 
 
 def test_a_matching_teacher_passes():
     check_teacher_matches("simvp", _checkpoint(), SHAPE, torch.tensor([0.5]), torch.tensor([2.0]))
     # float rounding of the statistics is tolerated
-    check_teacher_matches("simvp", _checkpoint(mean=0.5 + 1e-9), SHAPE,
-                          torch.tensor([0.5], dtype=torch.float64), torch.tensor([2.0]))
+    check_teacher_matches(
+        "simvp",
+        _checkpoint(mean=0.5 + 1e-9),
+        SHAPE,
+        torch.tensor([0.5], dtype=torch.float64),
+        torch.tensor([2.0]),
+    )
 
 
-@pytest.mark.parametrize("shape", [{**SHAPE, "height": 32}, {**SHAPE, "out_frames": 2},
-                                   {k: v for k, v in SHAPE.items() if k != "channels"}])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        {**SHAPE, "height": 32},
+        {**SHAPE, "out_frames": 2},
+        {k: v for k, v in SHAPE.items() if k != "channels"},
+    ],
+)
 def test_a_teacher_of_another_shape_is_stale(shape):
     with pytest.raises(DataError, match=r"kedro run --pipelines=teacher") as error:
-        check_teacher_matches("simvp", _checkpoint(shape), SHAPE, torch.tensor([0.5]),
-                              torch.tensor([2.0]))
+        check_teacher_matches(
+            "simvp", _checkpoint(shape), SHAPE, torch.tensor([0.5]), torch.tensor([2.0])
+        )
     assert "'simvp'" in str(error.value) and "shape" in str(error.value)
     with pytest.raises(DataError, match=r"kedro run --pipelines=teacher"):
-        check_teacher_matches("simvp", {"mean": 0.5, "std": 2.0}, SHAPE, torch.tensor([0.5]),
-                              torch.tensor([2.0]))
+        check_teacher_matches(
+            "simvp", {"mean": 0.5, "std": 2.0}, SHAPE, torch.tensor([0.5]), torch.tensor([2.0])
+        )
 
 
 @pytest.mark.parametrize(("mean", "std"), [(0.6, 2.0), (0.5, 2.1)])
 def test_a_teacher_with_other_statistics_is_stale(mean, std):
     with pytest.raises(DataError, match=r"kedro run --pipelines=teacher") as error:
-        check_teacher_matches("st_alternet", _checkpoint(mean=mean, std=std), SHAPE,
-                              torch.tensor([0.5]), torch.tensor([2.0]))
+        check_teacher_matches(
+            "st_alternet",
+            _checkpoint(mean=mean, std=std),
+            SHAPE,
+            torch.tensor([0.5]),
+            torch.tensor([2.0]),
+        )
     assert "normalization" in str(error.value)
 
 
@@ -123,14 +141,17 @@ def test_a_teacher_with_other_statistics_is_stale(mean, std):
 # caching the teachers' outputs
 
 
-@pytest.mark.parametrize(("mode", "n_bytes", "limit_gb", "expected"), [
-    ("on", 10 * 2**30, 2.0, True),
-    ("off", 1, 2.0, False),
-    ("auto", 2 * 2**30, 2.0, True),
-    ("auto", 2 * 2**30 + 1, 2.0, False),
-    ("auto", 100 * 2**20, 0.05, False),
-    ("auto", 0, 0.0, True),
-])
+@pytest.mark.parametrize(
+    ("mode", "n_bytes", "limit_gb", "expected"),
+    [
+        ("on", 10 * 2**30, 2.0, True),
+        ("off", 1, 2.0, False),
+        ("auto", 2 * 2**30, 2.0, True),
+        ("auto", 2 * 2**30 + 1, 2.0, False),
+        ("auto", 100 * 2**20, 0.05, False),
+        ("auto", 0, 0.0, True),
+    ],
+)
 def test_should_cache(mode, n_bytes, limit_gb, expected):
     cfg = _cfg("sdkd", teacher_cache=mode, cache_max_gb=limit_gb)
     assert should_cache(cfg, n_bytes) is expected
@@ -139,17 +160,28 @@ def test_should_cache(mode, n_bytes, limit_gb, expected):
 def _teachers() -> dict[str, nn.Module]:
     torch.manual_seed(0)
     return {
-        "st_alternet": freeze(build_model("st_alternet", **SHAPE, hidden=16, depth=1, heads=2,
-                                          frame_hidden=8, spatial_layers=2)),
-        "simvp": freeze(build_model("simvp", **SHAPE, frame_hidden=8, hidden=16,
-                                    spatial_layers=2, depth=2)),
+        "st_alternet": freeze(
+            build_model(
+                "st_alternet",
+                **SHAPE,
+                hidden=16,
+                depth=1,
+                heads=2,
+                frame_hidden=8,
+                spatial_layers=2,
+            )
+        ),
+        "simvp": freeze(
+            build_model("simvp", **SHAPE, frame_hidden=8, hidden=16, spatial_layers=2, depth=2)
+        ),
     }
 
 
 def _dataset(n: int = 6) -> TensorDataset:
     g = torch.Generator().manual_seed(1)
-    return TensorDataset(torch.randn(n, 3, 1, 16, 16, generator=g),
-                         torch.randn(n, 3, 1, 16, 16, generator=g))
+    return TensorDataset(
+        torch.randn(n, 3, 1, 16, 16, generator=g), torch.randn(n, 3, 1, 16, 16, generator=g)
+    )
 
 
 def test_freeze_puts_a_teacher_in_eval_mode_without_gradients():
@@ -160,8 +192,9 @@ def test_freeze_puts_a_teacher_in_eval_mode_without_gradients():
 
 def test_precomputed_outputs_match_running_the_teachers_and_cache_bytes_counts_them():
     teachers, data = _teachers(), _dataset()
-    cache = precompute_teacher_outputs(teachers, data, latents=True, batch_size=4,
-                                       device=torch.device("cpu"))
+    cache = precompute_teacher_outputs(
+        teachers, data, latents=True, batch_size=4, device=torch.device("cpu")
+    )
     assert set(cache) == set(teachers)
     x = data.tensors[0]
     for name, model in teachers.items():
@@ -170,16 +203,18 @@ def test_precomputed_outputs_match_running_the_teachers_and_cache_bytes_counts_t
         assert cache[name]["prediction"].shape == (6, 3, 1, 16, 16)
         assert cache[name]["state"].shape == (6, model.latent_channels, 8, 8) == (6, 16, 8, 8)
         _, features = model.forward_features(x[:2])
-        torch.testing.assert_close(cache[name]["state"][:2], features["state"], rtol=1e-6,
-                                   atol=1e-6)
+        torch.testing.assert_close(
+            cache[name]["state"][:2], features["state"], rtol=1e-6, atol=1e-6
+        )
         direct = run_teacher(model, x[4:], latents=True)
         for key, value in direct.items():
             torch.testing.assert_close(cache[name][key][4:], value, rtol=1e-6, atol=1e-6)
             assert not value.requires_grad
     expected = sum(t.numel() * 4 for outs in cache.values() for t in outs.values())
     assert cache_bytes(teachers, data, latents=True) == expected
-    no_latents = precompute_teacher_outputs(teachers, data, latents=False, batch_size=4,
-                                            device=torch.device("cpu"))
+    no_latents = precompute_teacher_outputs(
+        teachers, data, latents=False, batch_size=4, device=torch.device("cpu")
+    )
     assert all(set(outs) == {"prediction"} for outs in no_latents.values())
     assert cache_bytes(teachers, data, latents=False) == 2 * 6 * 3 * 16 * 16 * 4
 
@@ -208,8 +243,7 @@ def test_latents_need_a_teacher_with_a_state_and_outputs_must_be_finite():
     teacher = _teachers()["simvp"]
     outputs = run_teacher(teacher, torch.zeros(1, 3, 1, 16, 16), latents=True)
     assert set(outputs) == {"prediction", "state"}
-    assert set(run_teacher(teacher, torch.zeros(1, 3, 1, 16, 16), latents=False)) == {
-        "prediction"}
+    assert set(run_teacher(teacher, torch.zeros(1, 3, 1, 16, 16), latents=False)) == {"prediction"}
     finite_or_raise("t", {"prediction": torch.zeros(3)})
     with pytest.raises(DataError, match=r"'t' produced non-finite prediction.*pipelines=teacher"):
         finite_or_raise("t", {"prediction": torch.tensor([0.0, math.nan])})
@@ -225,8 +259,9 @@ def test_a_fixed_cutoff_is_returned_as_given():
     assert choose_cutoff(_cfg("sdkd", weighting="fixed", cutoff={"k": 22.6}), 32, 32) == 22.6
 
 
-@pytest.mark.parametrize(("k", "height", "width"), [(23, 32, 32), (22.7, 32, 32), (12, 16, 16),
-                                                    (8.0, 8, 8)])
+@pytest.mark.parametrize(
+    ("k", "height", "width"), [(23, 32, 32), (22.7, 32, 32), (12, 16, 16), (8.0, 8, 8)]
+)
 def test_a_cutoff_beyond_the_grid_names_distill_cutoff_k(k, height, width):
     assert k >= max_wavenumber(height, width)
     with pytest.raises(ConfigError, match=r"distill\.cutoff\.k"):

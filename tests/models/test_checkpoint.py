@@ -23,9 +23,17 @@ def _payload(model="unet", **extra) -> dict:
     torch.manual_seed(0)
     config = {"hidden": 8, "base_width": 8, "levels": 2}
     net = build_model(model, **SHAPE, **config)
-    return {"model": model, "model_config": net.config.to_dict(), "shape": dict(SHAPE),
-            "channels": ["vorticity"], "mean": torch.tensor([0.5]), "std": torch.tensor([2.0]),
-            "state_dict": net.state_dict(), "method": "none", **extra}
+    return {
+        "model": model,
+        "model_config": net.config.to_dict(),
+        "shape": dict(SHAPE),
+        "channels": ["vorticity"],
+        "mean": torch.tensor([0.5]),
+        "std": torch.tensor([2.0]),
+        "state_dict": net.state_dict(),
+        "method": "none",
+        **extra,
+    }
 
 
 def test_a_saved_checkpoint_loads_and_rebuilds_the_same_model(tmp_path):
@@ -60,16 +68,22 @@ def test_unreadable_files_are_named(tmp_path):
     with pytest.raises(DataError, match=r"list\.pt: not a checkpoint dict \(got list\)"):
         Checkpoint.load(tmp_path / "list.pt")
     torch.save({"model": "unet"}, tmp_path / "bare.pt")
-    with pytest.raises(DataError, match=r"bare\.pt: not a checkpoint of the training node "
-                                        r"\(lacks model_config, shape"):
+    with pytest.raises(
+        DataError,
+        match=r"bare\.pt: not a checkpoint of the training node "
+        r"\(lacks model_config, shape",
+    ):
         Checkpoint.load(tmp_path / "bare.pt")
 
 
 def test_another_architecture_or_role_is_refused():
     ckpt = Checkpoint(_payload("unet"), origin="data/06_models/ns/st_alternet.pt")
     assert ckpt.expect_model("unet") is ckpt
-    with pytest.raises(DataError, match=r"st_alternet\.pt: holds a 'unet' checkpoint, not "
-                                        r"'st_alternet'.*kedro run --pipelines=teacher"):
+    with pytest.raises(
+        DataError,
+        match=r"st_alternet\.pt: holds a 'unet' checkpoint, not "
+        r"'st_alternet'.*kedro run --pipelines=teacher",
+    ):
         ckpt.expect_model("st_alternet")
     with pytest.raises(DataError, match=r"--teacher x: holds a 'unet', not a teacher"):
         ckpt.expect_role("teacher", "--teacher x")
@@ -82,11 +96,14 @@ def test_weights_that_do_not_fit_the_config_are_named():
         Checkpoint(payload, origin="m.pt").build_model()
 
 
-@pytest.mark.parametrize(("change", "what"), [
-    ({"shape": {**SHAPE, "height": 32}}, "shape"),
-    ({"mean": torch.tensor([0.6])}, "normalization"),
-    ({"std": torch.tensor([2.0, 2.0])}, "normalization"),
-])
+@pytest.mark.parametrize(
+    ("change", "what"),
+    [
+        ({"shape": {**SHAPE, "height": 32}}, "shape"),
+        ({"mean": torch.tensor([0.6])}, "normalization"),
+        ({"std": torch.tensor([2.0, 2.0])}, "normalization"),
+    ],
+)
 def test_a_checkpoint_trained_on_other_data_is_refused(change, what):
     Checkpoint(_payload()).check_trained_on(_Windows())
     stale = Checkpoint({**_payload(), **change}, origin="unet.pt")

@@ -35,8 +35,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _tiny(name: str, height: int, width: int, **overrides) -> nn.Module:
     cfg = {**TINY[name], **overrides}
-    return build_model(name, in_frames=T_IN, out_frames=T_OUT, channels=CHANNELS,
-                       height=height, width=width, **cfg)
+    return build_model(
+        name, in_frames=T_IN, out_frames=T_OUT, channels=CHANNELS, height=height, width=width, **cfg
+    )
 
 
 def test_registry_lists_two_teachers_and_three_students():
@@ -63,8 +64,9 @@ def test_output_shape_on_every_grid(name, height, width):
 
 @pytest.mark.parametrize("name", list(TINY))
 def test_more_output_frames_than_input_frames(name):
-    model = build_model(name, in_frames=2, out_frames=5, channels=1, height=20, width=24,
-                        **TINY[name])
+    model = build_model(
+        name, in_frames=2, out_frames=5, channels=1, height=20, width=24, **TINY[name]
+    )
     assert model(torch.randn(1, 2, 1, 20, 24)).shape == (1, 5, 1, 20, 24)
 
 
@@ -119,7 +121,8 @@ def test_teacher_state_is_the_latent_after_the_last_block():
     seen.clear()
     # the last block's latent after both residuals is what its reduction to the decoder reads
     simvp.translator[-1].reduction.register_forward_hook(
-        lambda m, inputs, out: seen.update(fused=inputs[0]))
+        lambda m, inputs, out: seen.update(fused=inputs[0])
+    )
     with torch.no_grad():
         _, features = simvp.forward_features(x)
     torch.testing.assert_close(features["state"], seen["fused"])
@@ -148,8 +151,11 @@ def _smooth_batch(batch: int, frames: int, size: int, seed: int) -> torch.Tensor
     fields = []
     for _ in range(batch):
         kx, ky, phase = torch.rand(3, generator=generator) * torch.tensor([2.0, 2.0, 6.28])
-        fields.append(torch.stack([torch.sin((kx + 1) * xx + (ky + 1) * yy + phase + 0.4 * t)
-                                   for t in range(frames)]))
+        fields.append(
+            torch.stack(
+                [torch.sin((kx + 1) * xx + (ky + 1) * yy + phase + 0.4 * t) for t in range(frames)]
+            )
+        )
     return torch.stack(fields)[:, :, None]  # (B, T, 1, H, W)
 
 
@@ -170,8 +176,9 @@ def test_adam_drives_the_loss_down_a_hundredfold_on_a_fixed_batch(name):
     torch.manual_seed(0)
     series = _smooth_batch(batch=4, frames=T_IN + T_OUT, size=16, seed=1)
     x, y = series[:, :T_IN], series[:, T_IN:]
-    model = build_model(name, in_frames=T_IN, out_frames=T_OUT, channels=1, height=16,
-                        width=16, **FIT[name])
+    model = build_model(
+        name, in_frames=T_IN, out_frames=T_OUT, channels=1, height=16, width=16, **FIT[name]
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     with torch.no_grad():
         initial = nn.functional.mse_loss(model(x), y).item()
@@ -232,11 +239,20 @@ def test_unknown_model_name_is_a_config_error():
 
 def test_unknown_key_names_the_parameter_path():
     with pytest.raises(ConfigError, match=r"teacher\.st_alternet\.hiden"):
-        build_model("st_alternet", in_frames=1, out_frames=1, channels=1, height=8, width=8,
-                    hiden=32)
+        build_model(
+            "st_alternet", in_frames=1, out_frames=1, channels=1, height=8, width=8, hiden=32
+        )
     with pytest.raises(ConfigError, match=r"distill\.student\.depthh"):
-        build_model("unet", in_frames=1, out_frames=1, channels=1, height=8, width=8,
-                    param_path="distill.student", depthh=3)
+        build_model(
+            "unet",
+            in_frames=1,
+            out_frames=1,
+            channels=1,
+            height=8,
+            width=8,
+            param_path="distill.student",
+            depthh=3,
+        )
 
 
 @pytest.mark.parametrize(
@@ -270,5 +286,9 @@ def test_bad_shape_arguments_and_inputs():
 def test_resolved_config_holds_defaults_and_overrides():
     config = resolve_config("simvp", hidden=128)
     assert config.hidden == 128 and config.depth == default_config("simvp")["depth"]
-    assert build_model("unet", in_frames=1, out_frames=1, channels=1, height=8, width=8,
-                       hidden=16).config.to_dict()["hidden"] == 16
+    assert (
+        build_model(
+            "unet", in_frames=1, out_frames=1, channels=1, height=8, width=8, hidden=16
+        ).config.to_dict()["hidden"]
+        == 16
+    )

@@ -21,7 +21,11 @@ def test_era5_sample_goes_end_to_end(project):
     store = open_store(project / "data/05_model_input/weatherbench.zarr")
     assert store["fields"].dtype == np.float32
     assert dict(store["fields"].sizes) == {
-        "trajectory": 1, "time": 744, "channel": 1, "y": 33, "x": 49
+        "trajectory": 1,
+        "time": 744,
+        "channel": 1,
+        "y": 33,
+        "x": 49,
     }
     assert store.attrs["split_method"] == "time"
     # chunked along time only
@@ -37,7 +41,7 @@ def test_era5_sample_goes_end_to_end(project):
 
     # statistics from the training range only
     splits = json.loads(store.attrs["splits"])
-    (_, t0, t1), = splits["train"]
+    ((_, t0, t1),) = splits["train"]
     assert t0 == 0
     train = truth[t0:t1].astype(np.float64)
     assert float(store["mean"][0]) == pytest.approx(train.mean(), rel=1e-5)
@@ -118,8 +122,11 @@ def test_negative_viscosity_names_the_parameter(project):
 
 
 def test_a_reader_option_typo_names_the_parameter_and_the_nearest_option(project):
-    with pytest.raises(ConfigError, match=r"navier_stokes\.source\.fno_mat\.viscocity: unknown "
-                                          r"option \(did you mean 'viscosity'\?\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"navier_stokes\.source\.fno_mat\.viscocity: unknown "
+        r"option \(did you mean 'viscosity'\?\)",
+    ):
         run_kedro(
             project,
             env="smoke",
@@ -136,8 +143,11 @@ def test_a_reader_option_typo_names_the_parameter_and_the_nearest_option(project
 def test_reader_options_are_checked_against_the_reader(tmp_path):
     from sdkd_pipeline.data.sources import load_raw
 
-    with pytest.raises(ConfigError, match=r"rayleigh_benard\.source\.the_well\.pathz: unknown "
-                                          r"option \(did you mean 'paths'\?\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"rayleigh_benard\.source\.the_well\.pathz: unknown "
+        r"option \(did you mean 'paths'\?\)",
+    ):
         load_raw("rayleigh_benard", {"kind": "the_well", "the_well": {"pathz": str(tmp_path)}})
     with pytest.raises(ConfigError, match=r"navier_stokes\.source\.fno_mat: 'path' is required"):
         load_raw("navier_stokes", {"kind": "fno_mat", "fno_mat": {"viscosity": 1e-3}})

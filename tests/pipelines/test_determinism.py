@@ -72,17 +72,23 @@ def _check_checkpoints(a: Path, b: Path) -> None:
     left, right = _checkpoints(a), _checkpoints(b)
     assert sorted(left) == sorted(right)
     # the teachers and the distilled students as the pipeline writes them, and their runs
-    for name in ("navier_stokes/simvp.pt", "navier_stokes/st_alternet.pt",
-                 "navier_stokes/students/unet/none.pt", "navier_stokes/students/unet/sdkd.pt",
-                 "runs/navier_stokes/unet/sdkd/best.pt", "runs/navier_stokes/unet/sdkd/last.pt"):
+    for name in (
+        "navier_stokes/simvp.pt",
+        "navier_stokes/st_alternet.pt",
+        "navier_stokes/students/unet/none.pt",
+        "navier_stokes/students/unet/sdkd.pt",
+        "runs/navier_stokes/unet/sdkd/best.pt",
+        "runs/navier_stokes/unet/sdkd/last.pt",
+    ):
         assert name in left, sorted(left)
     for name in sorted(left):
         first = torch.load(left[name], map_location="cpu", weights_only=True)
         second = torch.load(right[name], map_location="cpu", weights_only=True)
         weights = "state_dict" if "state_dict" in first else "model"  # engine: best/last.pt
         assert first[weights].keys() == second[weights].keys(), name
-        differing = [k for k in first[weights]
-                     if not torch.equal(first[weights][k], second[weights][k])]
+        differing = [
+            k for k in first[weights] if not torch.equal(first[weights][k], second[weights][k])
+        ]
         assert differing == [], f"{name}: tensors differ between two runs: {differing}"
         for key in ("best_epoch", "best_val_loss", "test_loss", "epoch", "val_loss"):
             if key in first:
@@ -111,19 +117,30 @@ def _checkpoints(root: Path) -> dict[str, Path]:
 def _differences(first: Any, second: Any, where: str = "") -> list[str]:
     """Where two nested checkpoints / JSON documents differ, less run ids and timings."""
     if isinstance(first, torch.Tensor):
-        same = (isinstance(second, torch.Tensor) and first.dtype == second.dtype
-                and first.shape == second.shape and torch.equal(first, second))
+        same = (
+            isinstance(second, torch.Tensor)
+            and first.dtype == second.dtype
+            and first.shape == second.shape
+            and torch.equal(first, second)
+        )
         return [] if same else [where]
     if isinstance(first, dict) and isinstance(second, dict):
         if first.keys() != second.keys():
             return [f"{where}: keys {sorted(first)} != {sorted(second)}"]
-        return [d for k in first if not _varies(k)
-                for d in _differences(first[k], second[k], f"{where}.{k}")]
+        return [
+            d
+            for k in first
+            if not _varies(k)
+            for d in _differences(first[k], second[k], f"{where}.{k}")
+        ]
     if isinstance(first, list | tuple) and isinstance(second, list | tuple):
         if len(first) != len(second):
             return [f"{where}: {len(first)} != {len(second)} items"]
-        return [d for i, (u, v) in enumerate(zip(first, second, strict=True))
-                for d in _differences(u, v, f"{where}[{i}]")]
+        return [
+            d
+            for i, (u, v) in enumerate(zip(first, second, strict=True))
+            for d in _differences(u, v, f"{where}[{i}]")
+        ]
     if isinstance(first, float) and isinstance(second, float) and first != first:
         return [] if second != second else [where]  # NaN matches NaN
     return [] if first == second else [f"{where}: {first!r} != {second!r}"]
@@ -154,9 +171,11 @@ def _check_tables(a: Path, b: Path) -> None:
                 f"{pd.DataFrame({'model': first['model'], 'method': first['method'], 'a': x, 'b': y})}"
             )
     # the per-step curves and the spectra too (less MLflow run ids and latencies)
-    for relative in (f"{folder}/navier_stokes_curves.json",
-                     "data/08_reporting/spectral/navier_stokes_simvp.json",
-                     "data/08_reporting/spectral/navier_stokes_st_alternet.json"):
+    for relative in (
+        f"{folder}/navier_stokes_curves.json",
+        "data/08_reporting/spectral/navier_stokes_simvp.json",
+        "data/08_reporting/spectral/navier_stokes_st_alternet.json",
+    ):
         first, second = (json.loads((root / relative).read_text()) for root in (a, b))
         assert _differences(first, second) == [], relative
 
@@ -197,7 +216,11 @@ def _kedro_run(root: Path, log: Path) -> None:
         try:
             rc = subprocess.run(
                 [sys.executable, "-m", "kedro", "run", "--env=smoke", f"--params={PARAMS}"],
-                cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=RUN_S,
+                cwd=root,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=RUN_S,
             ).returncode
         except subprocess.TimeoutExpired:
             pytest.fail(f"kedro run did not end within {RUN_S} s:\n{_tail(log)}")

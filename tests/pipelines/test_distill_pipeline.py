@@ -37,21 +37,28 @@ def test_distill_trains_each_method_logs_it_and_keeps_best_weights(project):
     run_kedro(project, env="smoke", pipeline="data", params=NS_ONLY)
     run_kedro(project, env="smoke", pipeline="teacher", params=NS_ONLY)
     methods = ["none", "sdkd", "sdkd_energy", "aekd", "sdkd_latent", "sdkd_fm"]
-    run_kedro(project, env="smoke", pipeline="distill",
-              params={**NS_ONLY, **VARIANTS, "distill.methods": "+".join(methods)})
+    run_kedro(
+        project,
+        env="smoke",
+        pipeline="distill",
+        params={**NS_ONLY, **VARIANTS, "distill.methods": "+".join(methods)},
+    )
 
     val = WindowDataset(project / "data/05_model_input/navier_stokes.zarr", "val")
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     teacher_val = {
         t: json.loads((project / f"data/06_models/navier_stokes/{t}_summary.json").read_text())[
-            "best_val_mse"] for t in ("st_alternet", "simvp")
+            "best_val_mse"
+        ]
+        for t in ("st_alternet", "simvp")
     }
     for method in methods:
         summary = json.loads((project / STUDENTS / "unet" / f"{method}_summary.json").read_text())
         checkpoint = torch.load(project / STUDENTS / "unet" / f"{method}.pt", weights_only=True)
         model = load_forecaster(checkpoint)
         assert evaluate_mse(model, val, batch_size=8) == pytest.approx(
-            summary["best_val_mse"], rel=1e-4)
+            summary["best_val_mse"], rel=1e-4
+        )
         assert checkpoint["role"] == "student" and checkpoint["method"] == method
 
         run = client.get_run(summary["mlflow_run_id"])
@@ -113,23 +120,35 @@ def test_a_teacher_file_of_another_architecture_is_refused(project):
     run_kedro(project, env="smoke", pipeline="teacher", params=NS_ONLY)
     models = project / "data/06_models/navier_stokes"
     shutil.copyfile(models / "simvp.pt", models / "st_alternet.pt")
-    with pytest.raises(DataError, match=r"teacher 'st_alternet': holds a 'simvp' checkpoint, "
-                                        r"not 'st_alternet'.*kedro run --pipelines=teacher"):
-        run_kedro(project, env="smoke", pipeline="distill",
-                  params={**NS_ONLY, "distill.methods": "sdkd", "distill.teacher": "st_alternet"})
+    with pytest.raises(
+        DataError,
+        match=r"teacher 'st_alternet': holds a 'simvp' checkpoint, "
+        r"not 'st_alternet'.*kedro run --pipelines=teacher",
+    ):
+        run_kedro(
+            project,
+            env="smoke",
+            pipeline="distill",
+            params={**NS_ONLY, "distill.methods": "sdkd", "distill.teacher": "st_alternet"},
+        )
     assert not (project / STUDENTS / "unet" / "sdkd.pt").exists()
 
 
 def test_distill_without_data_names_both_commands(project):
-    with pytest.raises(MissingInputError,
-                       match=r"--pipelines=data`? then `kedro run --pipelines=teacher"):
+    with pytest.raises(
+        MissingInputError, match=r"--pipelines=data`? then `kedro run --pipelines=teacher"
+    ):
         run_kedro(project, env="smoke", pipeline="distill", params=NS_ONLY)
 
 
 def test_baseline_needs_no_teacher(project):
     run_kedro(project, env="smoke", pipeline="data", params=NS_ONLY)
-    run_kedro(project, env="smoke", pipeline="distill",
-              params={**NS_ONLY, "distill.methods": "none", "distill.students": "mlp_mixer"})
+    run_kedro(
+        project,
+        env="smoke",
+        pipeline="distill",
+        params={**NS_ONLY, "distill.methods": "none", "distill.students": "mlp_mixer"},
+    )
     assert (project / STUDENTS / "mlp_mixer" / "none.pt").exists()
 
 
@@ -150,9 +169,10 @@ def test_bad_distill_parameters_are_named(project, params, message):
 def test_distill_leaves_out_datasets_that_are_not_enabled():
     from sdkd_pipeline.pipelines.selection import distill_selection
 
-    params = {"data": {"datasets": ["rayleigh_benard"]},
-              "distill": {"datasets": ["navier_stokes"], "students": ["unet"],
-                          "methods": ["none"]}}
+    params = {
+        "data": {"datasets": ["rayleigh_benard"]},
+        "distill": {"datasets": ["navier_stokes"], "students": ["unet"], "methods": ["none"]},
+    }
     datasets, students, methods, _ = distill_selection(params)
     assert datasets == [] and students == ["unet"] and methods == ["none"]
 
@@ -172,8 +192,15 @@ def test_teacher_datasets_default_to_the_enabled_ones_and_bound_distillation(cap
     assert "add them to teacher.datasets" in caplog.text
     # a teacher dataset that is not enabled is left out with a warning; unknown is an error
     with caplog.at_level("WARNING"):
-        assert teacher_datasets({"data": {"datasets": ["navier_stokes"]},
-                                 "teacher": {"datasets": ["rayleigh_benard"]}}) == []
+        assert (
+            teacher_datasets(
+                {
+                    "data": {"datasets": ["navier_stokes"]},
+                    "teacher": {"datasets": ["rayleigh_benard"]},
+                }
+            )
+            == []
+        )
     with pytest.raises(ConfigError, match=r"teacher.datasets: unknown dataset name"):
         teacher_datasets({**both, "teacher": {"datasets": ["navier"]}})
     with pytest.raises(ConfigError, match=r"teacher.datasets: duplicate"):
@@ -195,27 +222,38 @@ def test_teacher_outputs_are_computed_once_per_teacher_and_store(monkeypatch):
 
     def windows(seed):
         fields = np.random.default_rng(seed).normal(size=(4, 8, 1, 16, 16)).astype("float32")
-        raw = make_raw(fields, dataset="test", source="random", channels=["w"],
-                       time=np.arange(8.0))
-        store = build_tensor_dataset(raw, split=SplitConfig(train=0.5, val=0.25, test=0.25),
-                                     window=WindowConfig(2, 2))
+        raw = make_raw(fields, dataset="test", source="random", channels=["w"], time=np.arange(8.0))
+        store = build_tensor_dataset(
+            raw, split=SplitConfig(train=0.5, val=0.25, test=0.25), window=WindowConfig(2, 2)
+        )
         return WindowDataset(store, "train")
 
     def teacher(seed):
         torch.manual_seed(seed)
-        return build_model("simvp", in_frames=2, out_frames=2, channels=1, height=16, width=16,
-                           frame_hidden=4, hidden=8, depth=2, mlp_ratio=2.0).eval()
+        return build_model(
+            "simvp",
+            in_frames=2,
+            out_frames=2,
+            channels=1,
+            height=16,
+            width=16,
+            frame_hidden=4,
+            hidden=8,
+            depth=2,
+            mlp_ratio=2.0,
+        ).eval()
 
     calls = []
     real = setup.precompute_teacher_outputs
-    monkeypatch.setattr(setup, "precompute_teacher_outputs",
-                        lambda models, *a, **k: calls.append(sorted(models)) or real(models, *a,
-                                                                                     **k))
+    monkeypatch.setattr(
+        setup,
+        "precompute_teacher_outputs",
+        lambda models, *a, **k: calls.append(sorted(models)) or real(models, *a, **k),
+    )
     cache = setup.DistillCache()
     a, b = teacher(0), teacher(1)
     train = windows(0)
-    kw = {"latents": False, "batch_size": 4, "device": torch.device("cpu"),
-          "autocast_dtype": None}
+    kw = {"latents": False, "batch_size": 4, "device": torch.device("cpu"), "autocast_dtype": None}
     first = cache.teacher_outputs({"a": a}, train, **kw)
     both = cache.teacher_outputs({"a": a, "b": b}, train, **kw)  # only b is new
     assert calls == [["a"], ["b"]]
@@ -243,8 +281,12 @@ def test_a_second_run_finds_the_students_run_folder_after_the_teachers_reload(pr
     run_kedro(project, env="smoke", pipeline="data", params=NS_ONLY)
     for _ in range(2):
         run_kedro(project, env="smoke", pipeline="teacher", params=NS_ONLY)
-        run_kedro(project, env="smoke", pipeline="distill",
-                  params={**NS_ONLY, "distill.methods": "sdkd"})
-    folders = sorted(p.name for p in (project / "data/06_models/runs/navier_stokes/unet/sdkd")
-                     .iterdir() if p.is_dir())
+        run_kedro(
+            project, env="smoke", pipeline="distill", params={**NS_ONLY, "distill.methods": "sdkd"}
+        )
+    folders = sorted(
+        p.name
+        for p in (project / "data/06_models/runs/navier_stokes/unet/sdkd").iterdir()
+        if p.is_dir()
+    )
     assert len(folders) == 1, folders

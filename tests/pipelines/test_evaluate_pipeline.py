@@ -148,11 +148,17 @@ def test_a_checkpoint_under_another_models_or_methods_name_is_refused():
     from sdkd_pipeline.pipelines.evaluate.nodes import _checked
 
     shape = {"in_frames": 2, "out_frames": 2, "channels": 1, "height": 8, "width": 8}
-    windows = SimpleNamespace(model_shape=shape, mean=torch.tensor([0.0]),
-                              std=torch.tensor([1.0]))
-    ckpt = {"model": "unet", "method": "sdkd", "model_config": {}, "shape": shape,
-            "channels": ["u"], "mean": torch.tensor([0.0]), "std": torch.tensor([1.0]),
-            "state_dict": {}}
+    windows = SimpleNamespace(model_shape=shape, mean=torch.tensor([0.0]), std=torch.tensor([1.0]))
+    ckpt = {
+        "model": "unet",
+        "method": "sdkd",
+        "model_config": {},
+        "shape": shape,
+        "channels": ["u"],
+        "mean": torch.tensor([0.0]),
+        "std": torch.tensor([1.0]),
+        "state_dict": {},
+    }
     command = "kedro run --pipelines=distill"
     assert _checked("student 'unet' (sdkd)", command, ckpt, "unet", "sdkd", windows)["method"]
     with pytest.raises(DataError, match=r"student 'resnet' \(sdkd\): holds a 'unet' checkpoint"):

@@ -15,8 +15,9 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def test_stage_block_wins_over_the_shared_one():
-    cfg = stage_config({"lr": 1e-3, "batch_size": 16, "seed": 3},
-                          {"lr": 5e-4, "epochs": 7}, "teacher.training")
+    cfg = stage_config(
+        {"lr": 1e-3, "batch_size": 16, "seed": 3}, {"lr": 5e-4, "epochs": 7}, "teacher.training"
+    )
     assert (cfg.lr, cfg.batch_size, cfg.seed, cfg.epochs) == (5e-4, 16, 3, 7)
 
 
@@ -33,7 +34,7 @@ def test_every_env_resolves_both_stages(env):
     params = OmegaConfigLoader(str(CONF), default_run_env=env, **args)["parameters"]
     for stage in ("teacher", "distill"):
         cfg = stage_config(params["training"], params[stage]["training"], f"{stage}.training")
-        if env == "paper":   # the paper's schedule: Adam 1e-4, no clipping, 300 epochs
+        if env == "paper":  # the paper's schedule: Adam 1e-4, no clipping, 300 epochs
             assert (cfg.lr, cfg.grad_clip, cfg.epochs, cfg.num_workers) == (1e-4, None, 300, 4)
         else:
             assert cfg.lr == 1e-3 and cfg.grad_clip == 1.0 and cfg.seed == 0

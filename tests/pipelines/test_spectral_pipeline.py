@@ -57,8 +57,7 @@ def test_spectral_needs_the_teachers_then_reports_slopes_and_logs_runs(project):
         assert metrics["power_law_data"] == float(data["power_law"])
         assert metrics["raw_slope_data"] == pytest.approx(data["raw_slope"])
         assert ("slope_data" in metrics) == data["power_law"]
-        assert metrics["share_high_teacher_error"] == pytest.approx(
-            shares["teacher_error"]["high"])
+        assert metrics["share_high_teacher_error"] == pytest.approx(shares["teacher_error"]["high"])
         assert metrics["share_above_cutoff_data"] == pytest.approx(shares["data"]["above_cutoff"])
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"spectra.json", "spectra.png"} <= artifacts
@@ -76,27 +75,40 @@ def test_spectral_needs_the_teachers_then_reports_slopes_and_logs_runs(project):
     assert (spectra["slope"].notna() == (spectra["power_law"] == 1)).all()
     errors = table[table["latent"] == "teacher_error"]
     assert errors[["share_low", "share_mid", "share_high"]].sum(axis=1).to_numpy() == (
-        pytest.approx(1.0))
+        pytest.approx(1.0)
+    )
 
 
 def test_spectral_without_data_names_both_commands(project):
-    with pytest.raises(MissingInputError,
-                       match=r"--pipelines=data`? then `kedro run --pipelines=teacher"):
+    with pytest.raises(
+        MissingInputError, match=r"--pipelines=data`? then `kedro run --pipelines=teacher"
+    ):
         run_kedro(project, env="smoke", pipeline="spectral", params=NS_ONLY)
 
 
 def test_the_table_leaves_the_slope_of_a_non_power_law_blank(tmp_path):
     def entry(power_law: bool) -> dict:
-        return {"power_law": power_law, "verdict": "power law" if power_law else "no power law",
-                "slope": -3.0 if power_law else None, "slope_stderr": 0.1 if power_law else None,
-                "raw_slope": -3.0 if power_law else -9.5, "fit_k_min": 3.0, "fit_k_max": 12.0,
-                "r2": 0.99 if power_law else 0.9, "exp_r2": 0.9, "high_band_fraction": 0.1,
-                "centroid": 4.0}
+        return {
+            "power_law": power_law,
+            "verdict": "power law" if power_law else "no power law",
+            "slope": -3.0 if power_law else None,
+            "slope_stderr": 0.1 if power_law else None,
+            "raw_slope": -3.0 if power_law else -9.5,
+            "fit_k_min": 3.0,
+            "fit_k_max": 12.0,
+            "r2": 0.99 if power_law else 0.9,
+            "exp_r2": 0.9,
+            "high_band_fraction": 0.1,
+            "centroid": 4.0,
+        }
 
     shares = {"low": 0.7, "mid": 0.2, "high": 0.1, "above_cutoff": 0.2, "mean_square": 1.0}
-    summary = {"dataset": "navier_stokes", "teacher": "t",
-               "spectra": {"data": entry(False), "high": entry(True)},
-               "band_shares": {"data": shares, "teacher_error": {**shares, "high": 0.5}}}
+    summary = {
+        "dataset": "navier_stokes",
+        "teacher": "t",
+        "spectra": {"data": entry(False), "high": entry(True)},
+        "band_shares": {"data": shares, "teacher_error": {**shares, "high": 0.5}},
+    }
     path = tmp_path / "table.csv"
     tabulate_spectra(t=summary).to_csv(path, index=False)
     table = pd.read_csv(path).set_index("latent")

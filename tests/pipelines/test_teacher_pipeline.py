@@ -63,6 +63,7 @@ def test_changed_settings_start_a_new_run_and_same_settings_reuse_it(project):
     run_kedro(project, env="smoke", pipeline="teacher", params=params)
     assert [p.name for p in runs.iterdir()] == [first.name]
     # another learning rate is another run, not a refused resume of the finished one
-    run_kedro(project, env="smoke", pipeline="teacher",
-              params={**params, "teacher.training.lr": 5e-4})
+    run_kedro(
+        project, env="smoke", pipeline="teacher", params={**params, "teacher.training.lr": 5e-4}
+    )
     assert len(list(runs.iterdir())) == 2

@@ -66,7 +66,9 @@ def make_raw(
     return validate_raw(ds, origin=source)
 
 
-def validate_raw(ds: xr.Dataset, origin: str | None = None, check_finite: bool = True) -> xr.Dataset:
+def validate_raw(
+    ds: xr.Dataset, origin: str | None = None, check_finite: bool = True
+) -> xr.Dataset:
     """Check a raw dataset against the contract; raise ``DataError`` naming ``origin`` if not.
 
     ``check_finite`` scans the values for NaN/Inf (computes a dask-backed array once).

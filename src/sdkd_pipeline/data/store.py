@@ -88,9 +88,7 @@ def _to_zarr(ds: xr.Dataset, tmp: Path, compressor: str, zarr_format: int) -> No
         out[name].encoding = {}
     fields = out["fields"]
     chunks = (
-        tuple(c[0] for c in fields.chunks)
-        if fields.chunks is not None
-        else (1, *fields.shape[1:])
+        tuple(c[0] for c in fields.chunks) if fields.chunks is not None else (1, *fields.shape[1:])
     )
     if fields.chunks is not None and any(len(set(c[:-1])) > 1 for c in fields.chunks):
         # zarr needs regular chunks: every dask chunk but the last of the same size
@@ -177,8 +175,9 @@ def open_store(path: str | Path, *, chunks: Any = "store", kind: str = "tensors"
     """
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path}: no Zarr store there; build it first with "
-                        "`kedro run --pipelines=data`")
+        raise DataError(
+            f"{path}: no Zarr store there; build it first with `kedro run --pipelines=data`"
+        )
     if not is_zarr_store(path):
         raise DataError(f"{path}: not a Zarr store (no zarr.json or .zgroup)")
     if chunks == "store":

@@ -109,8 +109,6 @@ class SplitConfig:
         return {name: getattr(self, name) for name in SPLIT_NAMES}
 
 
-
-
 # --------------------------------------------------------------------------------------------
 # splitting
 
@@ -147,8 +145,9 @@ def split_ranges(
     for name in SPLIT_NAMES:
         n_windows = len(windows_in_ranges(ranges[name], window.t_in, window.t_out, window.stride))
         if n_windows == 0:
-            raise ConfigError(_empty_split_message(name, uncut[name], ranges[name], split_path,
-                                                   window, n_traj))
+            raise ConfigError(
+                _empty_split_message(name, uncut[name], ranges[name], split_path, window, n_traj)
+            )
     return ranges
 
 
@@ -241,12 +240,18 @@ def _cut_at_segments(r: Range, segments: np.ndarray) -> list[Range]:
 
 
 def _empty_split_message(
-    name: str, uncut: list[Range], cut: list[Range], where: str, window: WindowConfig,
+    name: str,
+    uncut: list[Range],
+    cut: list[Range],
+    where: str,
+    window: WindowConfig,
     n_traj: int,
 ) -> str:
     need = f"one window needs t_in + t_out = {window.length} consecutive time steps"
     if n_traj > 1:
-        return f"{where}.{name}: the '{name}' split gets {len(uncut)} of {n_traj} trajectories; {need}"
+        return (
+            f"{where}.{name}: the '{name}' split gets {len(uncut)} of {n_traj} trajectories; {need}"
+        )
     steps = sum(t1 - t0 for _, t0, t1 in uncut)
     longest = max((t1 - t0 for _, t0, t1 in cut), default=0)
     where_gaps = f" in {len(cut)} gap-free pieces, the longest {longest}" if len(cut) > 1 else ""

@@ -97,8 +97,13 @@ class WindowDataset(torch.utils.data.Dataset):
         ``out_frames``, ``channels``, ``height``, ``width`` (what checkpoints record as
         ``shape``)."""
         _, _, channels, height, width = self.shape
-        return {"in_frames": self.t_in, "out_frames": self.t_out, "channels": channels,
-                "height": height, "width": width}
+        return {
+            "in_frames": self.t_in,
+            "out_frames": self.t_out,
+            "channels": channels,
+            "height": height,
+            "width": width,
+        }
 
     # -- reading -----------------------------------------------------------------------------
 

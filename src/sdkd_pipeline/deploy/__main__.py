@@ -29,27 +29,40 @@ from sdkd_pipeline.errors import SDKDError
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m sdkd_pipeline.deploy", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="python -m sdkd_pipeline.deploy",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     exp = sub.add_parser("export", help="export a checkpoint to TorchScript and ONNX")
     exp.add_argument("--checkpoint", required=True, type=Path, help="checkpoint (.pt) file")
     exp.add_argument("--out", required=True, type=Path, help="output directory")
-    exp.add_argument("--formats", default="torchscript,onnx",
-                     help="comma-separated: torchscript, onnx (default both)")
+    exp.add_argument(
+        "--formats",
+        default="torchscript,onnx",
+        help="comma-separated: torchscript, onnx (default both)",
+    )
     exp.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     exp.add_argument("--no-check", action="store_true", help="skip the checks against PyTorch")
     exp.add_argument("--atol", type=float, default=1e-4)
     exp.add_argument("--rtol", type=float, default=1e-3)
 
     pred = sub.add_parser("predict", help="forecast from a Zarr store or NetCDF file")
-    pred.add_argument("--model", required=True, type=Path,
-                      help="exported model (.onnx or TorchScript .pt) or checkpoint")
+    pred.add_argument(
+        "--model",
+        required=True,
+        type=Path,
+        help="exported model (.onnx or TorchScript .pt) or checkpoint",
+    )
     pred.add_argument("--input", required=True, type=Path, help="Zarr store or NetCDF file")
     pred.add_argument("--output", required=True, type=Path, help=".nc file or .zarr store")
-    pred.add_argument("--time-index", type=int, default=None,
-                      help="index of the last input frame (default: the last time step)")
+    pred.add_argument(
+        "--time-index",
+        type=int,
+        default=None,
+        help="index of the last input frame (default: the last time step)",
+    )
     pred.add_argument("--trajectory", type=int, default=0)
     pred.add_argument("--variable", default="fields")
     return parser
@@ -67,15 +80,15 @@ def _export(args: argparse.Namespace) -> dict:
         path = export_torchscript(checkpoint, args.out)
         entry: dict = {"path": str(path)}
         if not args.no_check:
-            entry["max_abs_diff"] = check_torchscript(checkpoint, path, atol=args.atol,
-                                                     rtol=args.rtol)
+            entry["max_abs_diff"] = check_torchscript(
+                checkpoint, path, atol=args.atol, rtol=args.rtol
+            )
         result["torchscript"] = entry
     if "onnx" in formats:
         path = export_onnx(checkpoint, args.out, opset=args.opset)
         entry = {"path": str(path)}
         if not args.no_check:
-            entry["max_abs_diff"] = check_onnx(checkpoint, path, atol=args.atol,
-                                              rtol=args.rtol)
+            entry["max_abs_diff"] = check_onnx(checkpoint, path, atol=args.atol, rtol=args.rtol)
         result["onnx"] = entry
     return result
 
@@ -86,9 +99,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             result = _export(args)
         else:
-            out = predict(args.model, args.input, args.output,
-                          time_index=args.time_index, trajectory=args.trajectory,
-                          variable=args.variable)
+            out = predict(
+                args.model,
+                args.input,
+                args.output,
+                time_index=args.time_index,
+                trajectory=args.trajectory,
+                variable=args.variable,
+            )
             result = {"output": str(out)}
     except (SDKDError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -75,4 +75,3 @@ def _example_input(meta: Mapping[str, Any], batch: int, seed: int = 0) -> torch.
     s = meta["shape"]
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(batch, s["in_frames"], s["channels"], s["height"], s["width"], generator=gen)
-

@@ -166,4 +166,3 @@ def _torch_onnx_export(module: nn.Module, example: torch.Tensor, out: Path, opse
             raise RuntimeError(
                 f"ONNX export to {out} failed: {exc} (TorchScript-based exporter: {first})"
             ) from exc
-

@@ -290,8 +290,9 @@ def exported_latency(
         rng = np.random.default_rng(0)
         for batch in batch_sizes:
             x = rng.standard_normal((int(batch), *sample)).astype(np.float32)
-            seconds = timed_calls(lambda x=x: model(x), repeats=repeats, warmup=warmup,
-                                  max_seconds=max_seconds)
+            seconds = timed_calls(
+                lambda x=x: model(x), repeats=repeats, warmup=warmup, max_seconds=max_seconds
+            )
             times = sorted(t * 1e3 for t in seconds)
             median = statistics.median(times)
             rows.append(
@@ -309,4 +310,3 @@ def exported_latency(
     finally:
         torch.set_num_threads(old_threads)
     return rows
-

@@ -19,7 +19,15 @@ from sdkd_pipeline.distill.losses import (
 from sdkd_pipeline.distill.minnorm import min_norm_weights, min_norm_weights_torch
 
 __all__ = [
-    "METHODS", "MULTI_TEACHER", "SINGLE_TEACHER", "Balancer", "DistillConfig",
-    "DistillationLoss", "build_loss", "camkd_weights", "choose_cutoff", "min_norm_weights",
+    "METHODS",
+    "MULTI_TEACHER",
+    "SINGLE_TEACHER",
+    "Balancer",
+    "DistillConfig",
+    "DistillationLoss",
+    "build_loss",
+    "camkd_weights",
+    "choose_cutoff",
+    "min_norm_weights",
     "min_norm_weights_torch",
 ]

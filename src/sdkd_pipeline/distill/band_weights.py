@@ -56,8 +56,10 @@ class RunningMean:
         return None if self.value is None else self.value / self.weight
 
     def state_dict(self) -> dict[str, Any]:
-        return {"value": None if self.value is None else self.value.detach().cpu(),
-                "weight": self.weight}
+        return {
+            "value": None if self.value is None else self.value.detach().cpu(),
+            "weight": self.weight,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.value = None if state["value"] is None else torch.as_tensor(state["value"]).float()
@@ -74,8 +76,9 @@ def all_ranks_mean(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def advantage_weights(student_error: torch.Tensor, teacher_error: torch.Tensor,
-                      distance: torch.Tensor, w_max: float) -> torch.Tensor:
+def advantage_weights(
+    student_error: torch.Tensor, teacher_error: torch.Tensor, distance: torch.Tensor, w_max: float
+) -> torch.Tensor:
     """``clip((E(G,Y) - E(F,Y)) / E(G,F), 0, w_max)`` per band (any matching shapes)."""
     return ((student_error - teacher_error) / distance.clamp_min(_EPS)).clamp(0.0, w_max)
 
@@ -91,8 +94,15 @@ class BandAdvantage:
     whitening). Until a labelled sample has been seen the weights are 1 (plain output KD).
     """
 
-    def __init__(self, split: BandSplit, *, w_max: float, momentum: float,
-                 whiten: bool = False, whiten_max: float = 100.0) -> None:
+    def __init__(
+        self,
+        split: BandSplit,
+        *,
+        w_max: float,
+        momentum: float,
+        whiten: bool = False,
+        whiten_max: float = 100.0,
+    ) -> None:
         self.split = split
         self.w_max, self.whiten, self.whiten_max = float(w_max), bool(whiten), float(whiten_max)
         self.student_error = RunningMean(momentum)
@@ -105,19 +115,29 @@ class BandAdvantage:
         return self.split.n_bands
 
     @torch.no_grad()
-    def update(self, student: torch.Tensor, target: torch.Tensor | None, teacher: torch.Tensor,
-               labelled: torch.Tensor | None = None) -> None:
+    def update(
+        self,
+        student: torch.Tensor,
+        target: torch.Tensor | None,
+        teacher: torch.Tensor,
+        labelled: torch.Tensor | None = None,
+    ) -> None:
         """One batch of one teacher (see the class docstring)."""
         student, teacher = student.detach().float(), teacher.detach().float()
         errors = None
         if target is not None and (labelled is None or bool(labelled.any())):
-            s, t, y = ((student, teacher, target) if labelled is None else
-                       (student[labelled], teacher[labelled], target[labelled]))
+            s, t, y = (
+                (student, teacher, target)
+                if labelled is None
+                else (student[labelled], teacher[labelled], target[labelled])
+            )
             errors = (self.split.band_mse(s, y.float()), self.split.band_mse(t, y.float()))
-        self.observe(distance=self.split.band_mse(student, teacher),
-                     teacher_energy=self.band_power(teacher),
-                     student_error=None if errors is None else errors[0],
-                     teacher_error=None if errors is None else errors[1])
+        self.observe(
+            distance=self.split.band_mse(student, teacher),
+            teacher_energy=self.band_power(teacher),
+            student_error=None if errors is None else errors[0],
+            teacher_error=None if errors is None else errors[1],
+        )
 
     def band_power(self, field: torch.Tensor) -> torch.Tensor:
         """Mean energy per value of ``field`` in each band: ``(n_bands,)``, summing to the mean
@@ -126,9 +146,14 @@ class BandAdvantage:
         return energy.sum(0) / field.numel()
 
     @torch.no_grad()
-    def observe(self, *, distance: torch.Tensor, teacher_energy: torch.Tensor,
-                student_error: torch.Tensor | None = None,
-                teacher_error: torch.Tensor | None = None) -> None:
+    def observe(
+        self,
+        *,
+        distance: torch.Tensor,
+        teacher_energy: torch.Tensor,
+        student_error: torch.Tensor | None = None,
+        teacher_error: torch.Tensor | None = None,
+    ) -> None:
         """Add one batch's band values (each ``(n_bands,)``): E(G, F), the teacher's energy,
         and when the batch has labelled samples E(G, Y) and E(F, Y). Several teachers can be
         folded in by passing their weighted sums."""
@@ -153,8 +178,10 @@ class BandAdvantage:
         return (energy.mean() / energy.clamp_min(_EPS)).clamp(max=self.whiten_max)
 
     def state_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name).state_dict()
-                for name in ("student_error", "teacher_error", "distance", "teacher_energy")}
+        return {
+            name: getattr(self, name).state_dict()
+            for name in ("student_error", "teacher_error", "distance", "teacher_energy")
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for name, value in state.items():

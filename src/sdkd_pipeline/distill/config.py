@@ -26,8 +26,7 @@ from typing import Any
 from sdkd_pipeline.config_utils import list_param
 from sdkd_pipeline.errors import ConfigError
 
-METHODS = ("none", "output_mse", "sdkd", "sdkd_latent", "aver_mkd", "aekd", "camkd",
-           "sdkd_multi")
+METHODS = ("none", "output_mse", "sdkd", "sdkd_latent", "aver_mkd", "aekd", "camkd", "sdkd_multi")
 SINGLE_TEACHER = frozenset({"output_mse", "sdkd", "sdkd_latent"})
 MULTI_TEACHER = frozenset({"aver_mkd", "aekd", "camkd", "sdkd_multi"})
 CUTOFF_MODES = ("fixed", "energy")
@@ -42,9 +41,26 @@ BAND_WEIGHTINGS = ("aver", "aekd", "camkd")
 CACHE_MODES = ("auto", "on", "off")
 
 # the keys of ``distill`` that configure a loss (the rest: lists, training, student configs)
-LOSS_KEYS = frozenset({"teacher", "teachers", "lambda", "alpha", "cutoff", "balance", "latent",
-                       "aekd", "camkd", "sdkd_multi", "teacher_cache", "cache_max_gb",
-                       "weighting", "bands", "advantage", "function_matching"})
+LOSS_KEYS = frozenset(
+    {
+        "teacher",
+        "teachers",
+        "lambda",
+        "alpha",
+        "cutoff",
+        "balance",
+        "latent",
+        "aekd",
+        "camkd",
+        "sdkd_multi",
+        "teacher_cache",
+        "cache_max_gb",
+        "weighting",
+        "bands",
+        "advantage",
+        "function_matching",
+    }
+)
 PIPELINE_KEYS = frozenset({"students", "methods", "datasets", "training", "variants"})
 
 
@@ -158,26 +174,32 @@ class DistillConfig:
             raise ConfigError("distill.variants must be a mapping of name -> settings")
         where = "distill"
         settings = {k: v for k, v in params.items() if k in LOSS_KEYS}
-        unknown = sorted(set(params) - LOSS_KEYS - PIPELINE_KEYS - {"unet", "resnet",
-                                                                      "mlp_mixer"})
+        unknown = sorted(set(params) - LOSS_KEYS - PIPELINE_KEYS - {"unet", "resnet", "mlp_mixer"})
         if unknown:
-            raise ConfigError(f"distill.{unknown[0]}: unknown parameter (allowed: "
-                              f"{', '.join(sorted(LOSS_KEYS | PIPELINE_KEYS))}, and student "
-                              "model configs)")
+            raise ConfigError(
+                f"distill.{unknown[0]}: unknown parameter (allowed: "
+                f"{', '.join(sorted(LOSS_KEYS | PIPELINE_KEYS))}, and student "
+                "model configs)"
+            )
         if name in variants:
             where = f"distill.variants.{name}"
             if not isinstance(variants[name] or {}, Mapping):
-                raise ConfigError(f"{where} must be a mapping with a 'method' and settings to "
-                                  f"override, got {variants[name]!r}")
+                raise ConfigError(
+                    f"{where} must be a mapping with a 'method' and settings to "
+                    f"override, got {variants[name]!r}"
+                )
             override = dict(variants[name] or {})
             method = override.pop("method", None)
             if method not in METHODS:
-                raise ConfigError(f"{where}.method must be one of {', '.join(METHODS)}, got "
-                                  f"{method!r}")
+                raise ConfigError(
+                    f"{where}.method must be one of {', '.join(METHODS)}, got {method!r}"
+                )
             bad = sorted(set(override) - LOSS_KEYS)
             if bad:
-                raise ConfigError(f"{where}.{bad[0]}: unknown parameter (allowed: method, "
-                                  f"{', '.join(sorted(LOSS_KEYS))})")
+                raise ConfigError(
+                    f"{where}.{bad[0]}: unknown parameter (allowed: method, "
+                    f"{', '.join(sorted(LOSS_KEYS))})"
+                )
             settings = _deep_merge(settings, override)
         elif name in METHODS:
             method = name
@@ -199,20 +221,28 @@ def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[st
     return out
 
 
-def _section(settings: Mapping[str, Any], key: str, allowed: set[str], where: str
-             ) -> dict[str, Any]:
+def _section(
+    settings: Mapping[str, Any], key: str, allowed: set[str], where: str
+) -> dict[str, Any]:
     value = settings.get(key) or {}
     if not isinstance(value, Mapping):
         raise ConfigError(f"{where}.{key} must be a mapping, got {value!r}")
     bad = sorted(set(value) - allowed)
     if bad:
-        raise ConfigError(f"{where}.{key}.{bad[0]}: unknown parameter (allowed: "
-                          f"{', '.join(sorted(allowed))})")
+        raise ConfigError(
+            f"{where}.{key}.{bad[0]}: unknown parameter (allowed: {', '.join(sorted(allowed))})"
+        )
     return dict(value)
 
 
-def _real(where: str, value: Any, *, low: float | None = None, high: float | None = None,
-          open_low: bool = False) -> float:
+def _real(
+    where: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    open_low: bool = False,
+) -> float:
     if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
         raise ConfigError(f"{where} must be a finite number, got {value!r}")
     value = float(value)
@@ -241,14 +271,16 @@ def _choice(where: str, value: Any, options: tuple[str, ...]) -> str:
     return str(value)
 
 
-def _build(cls: type[DistillConfig], name: str, method: str, s: Mapping[str, Any], where: str
-           ) -> DistillConfig:
+def _build(
+    cls: type[DistillConfig], name: str, method: str, s: Mapping[str, Any], where: str
+) -> DistillConfig:
     cutoff = _section(s, "cutoff", {"mode", "k", "energy_fraction"}, where)
     balance = _section(s, "balance", {"alpha", "lambda", "momentum", "min", "max"}, where)
     latent = _section(s, "latent", {"weight", "share"}, where)
     advantage = _section(s, "advantage", {"w_max", "momentum", "whiten", "whiten_max"}, where)
-    fm = _section(s, "function_matching", {"enabled", "source", "ratio", "mixup_alpha", "seed"},
-                  where)
+    fm = _section(
+        s, "function_matching", {"enabled", "source", "ratio", "mixup_alpha", "seed"}, where
+    )
     if balance.get("alpha", "fixed") in ("loss_ratio", "grad_ratio"):
         raise ConfigError(
             f"{where}.balance.alpha: {balance['alpha']!r} is no longer offered: it scaled "
@@ -276,55 +308,77 @@ def _build(cls: type[DistillConfig], name: str, method: str, s: Mapping[str, Any
         alpha=_real(f"{where}.alpha", s.get("alpha", 1.0), low=0.0),
         cutoff_mode=_choice(f"{where}.cutoff.mode", cutoff.get("mode", "fixed"), CUTOFF_MODES),
         cutoff_k=_real(f"{where}.cutoff.k", cutoff.get("k", 4.0), low=0.0, open_low=True),
-        cutoff_energy_fraction=_real(f"{where}.cutoff.energy_fraction",
-                                     cutoff.get("energy_fraction", 0.9), low=0.0, high=1.0,
-                                     open_low=True),
-        balance_alpha=_choice(f"{where}.balance.alpha", balance.get("alpha", "fixed"),
-                              BALANCE_MODES),
-        balance_lambda=_choice(f"{where}.balance.lambda", balance.get("lambda", "fixed"),
-                               BALANCE_MODES),
-        balance_momentum=_real(f"{where}.balance.momentum", balance.get("momentum", 0.9),
-                               low=0.0, high=0.9999),
-        balance_min=_real(f"{where}.balance.min", balance.get("min", 1e-3), low=0.0,
-                          open_low=True),
-        balance_max=_real(f"{where}.balance.max", balance.get("max", 1e3), low=0.0,
-                          open_low=True),
+        cutoff_energy_fraction=_real(
+            f"{where}.cutoff.energy_fraction",
+            cutoff.get("energy_fraction", 0.9),
+            low=0.0,
+            high=1.0,
+            open_low=True,
+        ),
+        balance_alpha=_choice(
+            f"{where}.balance.alpha", balance.get("alpha", "fixed"), BALANCE_MODES
+        ),
+        balance_lambda=_choice(
+            f"{where}.balance.lambda", balance.get("lambda", "fixed"), BALANCE_MODES
+        ),
+        balance_momentum=_real(
+            f"{where}.balance.momentum", balance.get("momentum", 0.9), low=0.0, high=0.9999
+        ),
+        balance_min=_real(f"{where}.balance.min", balance.get("min", 1e-3), low=0.0, open_low=True),
+        balance_max=_real(f"{where}.balance.max", balance.get("max", 1e3), low=0.0, open_low=True),
         latent_weight=_real(f"{where}.latent.weight", latent.get("weight", 0.1), low=0.0),
-        latent_share=None if latent.get("share", 0.2) is None else _real(
-            f"{where}.latent.share", latent.get("share", 0.2), low=0.0, high=0.9,
-            open_low=True),
+        latent_share=None
+        if latent.get("share", 0.2) is None
+        else _real(
+            f"{where}.latent.share", latent.get("share", 0.2), low=0.0, high=0.9, open_low=True
+        ),
         weighting=_choice(f"{where}.weighting", s.get("weighting", "advantage"), WEIGHTINGS),
         bands=_integer(f"{where}.bands", s.get("bands", 3), low=2),
-        advantage_w_max=_real(f"{where}.advantage.w_max", advantage.get("w_max", 4.0), low=0.0,
-                              open_low=True),
-        advantage_momentum=_real(f"{where}.advantage.momentum",
-                                 advantage.get("momentum", 0.9), low=0.0, high=0.9999),
+        advantage_w_max=_real(
+            f"{where}.advantage.w_max", advantage.get("w_max", 4.0), low=0.0, open_low=True
+        ),
+        advantage_momentum=_real(
+            f"{where}.advantage.momentum", advantage.get("momentum", 0.9), low=0.0, high=0.9999
+        ),
         advantage_whiten=_flag(f"{where}.advantage.whiten", advantage.get("whiten", False)),
-        advantage_whiten_max=_real(f"{where}.advantage.whiten_max",
-                                   advantage.get("whiten_max", 100.0), low=1.0),
+        advantage_whiten_max=_real(
+            f"{where}.advantage.whiten_max", advantage.get("whiten_max", 100.0), low=1.0
+        ),
         fm_enabled=_flag(f"{where}.function_matching.enabled", fm.get("enabled", False)),
-        fm_source=_choice(f"{where}.function_matching.source", fm.get("source", "auto"),
-                          FM_SOURCES),
-        fm_ratio=_real(f"{where}.function_matching.ratio", fm.get("ratio", 1.0), low=0.0,
-                       open_low=True),
-        fm_mixup_alpha=_real(f"{where}.function_matching.mixup_alpha",
-                             fm.get("mixup_alpha", 0.4), low=0.0, open_low=True),
+        fm_source=_choice(
+            f"{where}.function_matching.source", fm.get("source", "auto"), FM_SOURCES
+        ),
+        fm_ratio=_real(
+            f"{where}.function_matching.ratio", fm.get("ratio", 1.0), low=0.0, open_low=True
+        ),
+        fm_mixup_alpha=_real(
+            f"{where}.function_matching.mixup_alpha",
+            fm.get("mixup_alpha", 0.4),
+            low=0.0,
+            open_low=True,
+        ),
         fm_seed=_integer(f"{where}.function_matching.seed", fm.get("seed", 0), low=0),
         aekd_cap=_real(f"{where}.aekd.cap", aekd.get("cap", 0.6), low=0.0, open_low=True),
-        aekd_gradients=_choice(f"{where}.aekd.gradients", aekd.get("gradients", "output"),
-                               AEKD_GRADIENTS),
-        camkd_temperature=_real(f"{where}.camkd.temperature", camkd.get("temperature", 0.5),
-                                low=0.0, open_low=True),
-        band_weighting=_choice(f"{where}.sdkd_multi.weighting", multi.get("weighting", "camkd"),
-                               BAND_WEIGHTINGS),
-        teacher_cache=_choice(f"{where}.teacher_cache", s.get("teacher_cache", "auto"),
-                              CACHE_MODES),
+        aekd_gradients=_choice(
+            f"{where}.aekd.gradients", aekd.get("gradients", "output"), AEKD_GRADIENTS
+        ),
+        camkd_temperature=_real(
+            f"{where}.camkd.temperature", camkd.get("temperature", 0.5), low=0.0, open_low=True
+        ),
+        band_weighting=_choice(
+            f"{where}.sdkd_multi.weighting", multi.get("weighting", "camkd"), BAND_WEIGHTINGS
+        ),
+        teacher_cache=_choice(
+            f"{where}.teacher_cache", s.get("teacher_cache", "auto"), CACHE_MODES
+        ),
         cache_max_gb=_real(f"{where}.cache_max_gb", s.get("cache_max_gb", 2.0), low=0.0),
     )
     if cfg.balance_min > cfg.balance_max:
-        raise ConfigError(f"{where}.balance.min ({cfg.balance_min}) exceeds balance.max "
-                          f"({cfg.balance_max})")
+        raise ConfigError(
+            f"{where}.balance.min ({cfg.balance_min}) exceeds balance.max ({cfg.balance_max})"
+        )
     if cfg.cutoff_energy_fraction >= 1.0:
-        raise ConfigError(f"{where}.cutoff.energy_fraction must be below 1, got "
-                          f"{cfg.cutoff_energy_fraction}")
+        raise ConfigError(
+            f"{where}.cutoff.energy_fraction must be below 1, got {cfg.cutoff_energy_fraction}"
+        )
     return cfg

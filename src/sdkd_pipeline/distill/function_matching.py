@@ -63,8 +63,9 @@ def _generated_kind(attrs: Mapping[str, Any]) -> str | None:
 def resolve_source(source: str, attrs: Mapping[str, Any]) -> str:
     """``auto`` -> ``solver`` for a store made by a built-in solver, else ``mixup``."""
     if source not in SOURCES:
-        raise ConfigError(f"distill.function_matching.source must be one of "
-                          f"{', '.join(SOURCES)}, got {source!r}")
+        raise ConfigError(
+            f"distill.function_matching.source must be one of {', '.join(SOURCES)}, got {source!r}"
+        )
     kind = _generated_kind(attrs)
     if source == "solver" and kind is None:
         raise ConfigError(
@@ -76,16 +77,24 @@ def resolve_source(source: str, attrs: Mapping[str, Any]) -> str:
     return source
 
 
-def function_matching_inputs(train_set: Any, *, ratio: float, source: str = "auto",
-                             mixup_alpha: float = 0.4, seed: int = 0,
-                             device: str | torch.device = "cpu") -> UnlabelledInputs:
+def function_matching_inputs(
+    train_set: Any,
+    *,
+    ratio: float,
+    source: str = "auto",
+    mixup_alpha: float = 0.4,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> UnlabelledInputs:
     """``ceil(ratio * len(train_set))`` unlabelled input windows for ``train_set`` (a
     ``WindowDataset`` of the training split)."""
     if not ratio > 0:
         raise ConfigError(f"distill.function_matching.ratio must be > 0, got {ratio!r}")
     if getattr(train_set, "split", "train") != "train":
-        raise ConfigError("function matching draws its inputs for the training split only, got "
-                          f"the {train_set.split!r} split")
+        raise ConfigError(
+            "function matching draws its inputs for the training split only, got "
+            f"the {train_set.split!r} split"
+        )
     count = max(1, math.ceil(ratio * len(train_set)))
     chosen = resolve_source(source, train_set.attrs)
     if chosen == "solver":
@@ -122,8 +131,9 @@ def _window_starts(n_frames: int, t_in: int, t_out: int, stride: int) -> list[in
     return list(range(0, n_frames - t_in - t_out + 1, stride))
 
 
-def solver_inputs(train_set: Any, count: int, *, seed: int = 0,
-                  device: str | torch.device = "cpu") -> UnlabelledInputs:
+def solver_inputs(
+    train_set: Any, count: int, *, seed: int = 0, device: str | torch.device = "cpu"
+) -> UnlabelledInputs:
     """``count`` input windows from fresh trajectories of the store's solver (see the module
     docstring). ``seed`` shifts the first fresh trajectory index, so several function-matching
     runs can draw disjoint inputs."""
@@ -144,18 +154,23 @@ def solver_inputs(train_set: Any, count: int, *, seed: int = 0,
         raise ConfigError("function matching 'solver' needs a generated store")
     fields_ = train_set.normalize(torch.as_tensor(frames, dtype=torch.float32))
     windows = [(i, t0) for i in range(n_traj) for t0 in starts][:count]
-    inputs = torch.stack([fields_[i, t0:t0 + t_in] for i, t0 in windows])
-    return UnlabelledInputs(inputs, "solver", {
-        "solver": kind,
-        "trajectories": [first, first + n_traj],  # half-open range of trajectory indices
-        "dataset_trajectories": int(attrs.get("n_trajectories", train_set.shape[0])),
-        "windows": windows,
-        "frames_simulated": n_time - t_out,
-    })
+    inputs = torch.stack([fields_[i, t0 : t0 + t_in] for i, t0 in windows])
+    return UnlabelledInputs(
+        inputs,
+        "solver",
+        {
+            "solver": kind,
+            "trajectories": [first, first + n_traj],  # half-open range of trajectory indices
+            "dataset_trajectories": int(attrs.get("n_trajectories", train_set.shape[0])),
+            "windows": windows,
+            "frames_simulated": n_time - t_out,
+        },
+    )
 
 
-def _navier_stokes_frames(attrs: Mapping[str, Any], first: int, n_traj: int, n_frames: int,
-                          device: str | torch.device) -> np.ndarray:
+def _navier_stokes_frames(
+    attrs: Mapping[str, Any], first: int, n_traj: int, n_frames: int, device: str | torch.device
+) -> np.ndarray:
     from dataclasses import replace
 
     from sdkd_pipeline.data.sources import navier_stokes as ns
@@ -164,14 +179,21 @@ def _navier_stokes_frames(attrs: Mapping[str, Any], first: int, n_traj: int, n_f
     records = n_frames - int(cfg.include_initial_state)
     # the dataset's own step: an automatic dt depends on t_final, which is shorter here
     dt = float(attrs.get("dt_used", cfg.resolved_dt))
-    cfg = replace(cfg, n_trajectories=n_traj, t_final=cfg.t_spinup + records * cfg.record_every,
-                  dt=dt, device=str(device), on_blowup="raise")
+    cfg = replace(
+        cfg,
+        n_trajectories=n_traj,
+        t_final=cfg.t_spinup + records * cfg.record_every,
+        dt=dt,
+        device=str(device),
+        on_blowup="raise",
+    )
     raw = ns.generate_navier_stokes(cfg, progress=False, first_trajectory=first)
     return np.asarray(raw["fields"].values)
 
 
-def _rayleigh_benard_frames(attrs: Mapping[str, Any], first: int, n_traj: int, n_frames: int,
-                            device: str | torch.device) -> np.ndarray:
+def _rayleigh_benard_frames(
+    attrs: Mapping[str, Any], first: int, n_traj: int, n_frames: int, device: str | torch.device
+) -> np.ndarray:
     from dataclasses import replace
 
     from sdkd_pipeline.data.sources import rayleigh_benard as rb
@@ -190,8 +212,9 @@ def _rayleigh_benard_frames(attrs: Mapping[str, Any], first: int, n_traj: int, n
 # mixup of training inputs
 
 
-def mixup_inputs(train_set: Any, count: int, *, alpha: float = 0.4, seed: int = 0
-                 ) -> UnlabelledInputs:
+def mixup_inputs(
+    train_set: Any, count: int, *, alpha: float = 0.4, seed: int = 0
+) -> UnlabelledInputs:
     """``count`` convex combinations of two training windows' inputs (see the module
     docstring); provenance lists the pairs (training window indices) and the mixing weights."""
     if not alpha > 0:
@@ -201,14 +224,21 @@ def mixup_inputs(train_set: Any, count: int, *, alpha: float = 0.4, seed: int = 
     first = rng.integers(0, n, size=count)
     second = rng.integers(0, n, size=count)
     lam = rng.beta(alpha, alpha, size=count).astype(np.float32)
-    inputs = torch.stack([
-        float(w) * train_set[int(i)][0] + (1.0 - float(w)) * train_set[int(j)][0]
-        for i, j, w in zip(first, second, lam, strict=True)
-    ])
-    return UnlabelledInputs(inputs, "mixup", {
-        "pairs": np.stack([first, second], axis=1).tolist(), "lambda": lam.tolist(),
-        "alpha": float(alpha),
-    })
+    inputs = torch.stack(
+        [
+            float(w) * train_set[int(i)][0] + (1.0 - float(w)) * train_set[int(j)][0]
+            for i, j, w in zip(first, second, lam, strict=True)
+        ]
+    )
+    return UnlabelledInputs(
+        inputs,
+        "mixup",
+        {
+            "pairs": np.stack([first, second], axis=1).tolist(),
+            "lambda": lam.tolist(),
+            "alpha": float(alpha),
+        },
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,10 +254,14 @@ class FunctionMatchingSet(Dataset):
     ``labelled`` is False, so the loss never fits it as a truth.
     """
 
-    def __init__(self, labelled: Dataset, unlabelled: UnlabelledInputs,
-                 labelled_cache: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
-                 unlabelled_cache: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
-                 target_shape: tuple[int, ...] | None = None) -> None:
+    def __init__(
+        self,
+        labelled: Dataset,
+        unlabelled: UnlabelledInputs,
+        labelled_cache: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+        unlabelled_cache: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+        target_shape: tuple[int, ...] | None = None,
+    ) -> None:
         self.labelled = labelled
         self.unlabelled = unlabelled
         self.labelled_cache = labelled_cache
@@ -242,8 +276,9 @@ class FunctionMatchingSet(Dataset):
     def __len__(self) -> int:
         return self.n_labelled + len(self.unlabelled)
 
-    def _teachers(self, cache: Mapping[str, Mapping[str, torch.Tensor]] | None, index: int
-                  ) -> dict[str, dict[str, torch.Tensor]] | None:
+    def _teachers(
+        self, cache: Mapping[str, Mapping[str, torch.Tensor]] | None, index: int
+    ) -> dict[str, dict[str, torch.Tensor]] | None:
         if cache is None:
             return None
         return {name: {k: v[index] for k, v in outs.items()} for name, outs in cache.items()}

@@ -67,8 +67,12 @@ def max_wavenumber(height: int, width: int) -> float:
     return float(radial_wavenumber(height, width).max())
 
 
-def choose_cutoff(cfg: DistillConfig, height: int, width: int,
-                  teacher_predictions: list[torch.Tensor] | None = None) -> float:
+def choose_cutoff(
+    cfg: DistillConfig,
+    height: int,
+    width: int,
+    teacher_predictions: list[torch.Tensor] | None = None,
+) -> float:
     """The band cutoff k_c of a run, in cycles per domain length of the longer axis.
 
     ``fixed``: ``cfg.cutoff_k``. ``energy``: the smallest shell k holding
@@ -94,9 +98,14 @@ def choose_cutoff(cfg: DistillConfig, height: int, width: int,
             # wavenumber(s) alone in the high band
             distinct = torch.unique(radial_wavenumber(height, width))
             cutoff = float(distinct[-2])
-            log.warning("cutoff.energy_fraction %g is reached only in the outermost shell of "
-                        "the %dx%d grid: k_c = %g", cfg.cutoff_energy_fraction, height, width,
-                        cutoff)
+            log.warning(
+                "cutoff.energy_fraction %g is reached only in the outermost shell of "
+                "the %dx%d grid: k_c = %g",
+                cfg.cutoff_energy_fraction,
+                height,
+                width,
+                cutoff,
+            )
     if not 0 < cutoff < k_max:  # only a fixed cutoff can get here
         raise ConfigError(
             f"distill cutoff k_c={cutoff:g} leaves an empty band on the {height}x{width} grid "
@@ -140,8 +149,11 @@ class Balancer:
         return ratio.clamp(self.low, self.high)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"num": None if self.num is None else float(self.num),
-                "den": None if self.den is None else float(self.den), "steps": self.steps}
+        return {
+            "num": None if self.num is None else float(self.num),
+            "den": None if self.den is None else float(self.den),
+            "steps": self.steps,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.num = None if state["num"] is None else torch.tensor(float(state["num"]))
@@ -172,8 +184,9 @@ def band_gram(residuals: torch.Tensor, split: BandSplit, band: int) -> torch.Ten
     """
     spectra = torch.fft.rfft2(residuals.detach().float(), norm="ortho")
     h, w = residuals.shape[-2:]
-    weights = rfft_weights(h, w, device=residuals.device) * split.masks[band].to(
-        residuals.device).float()
+    weights = (
+        rfft_weights(h, w, device=residuals.device) * split.masks[band].to(residuals.device).float()
+    )
     flat = (spectra * weights.sqrt()).flatten(1)  # (M, n): weighted band coefficients
     return (flat @ flat.conj().T).real
 
@@ -233,10 +246,10 @@ class DistillationLoss:
         if not teachers:
             raise ConfigError(f"method {cfg.name!r} needs at least one teacher")
         if not cfg.multi_teacher and len(teachers) != 1:
-            raise ConfigError(f"method {cfg.name!r} ({cfg.method}) distills one teacher, got "
-                              f"{sorted(teachers)}")
-        if cfg.method in ("aekd",) or (cfg.method == "sdkd_multi"
-                                       and cfg.band_weighting == "aekd"):
+            raise ConfigError(
+                f"method {cfg.name!r} ({cfg.method}) distills one teacher, got {sorted(teachers)}"
+            )
+        if cfg.method in ("aekd",) or (cfg.method == "sdkd_multi" and cfg.band_weighting == "aekd"):
             if cfg.aekd_cap * len(teachers) < 1 - 1e-9:
                 raise ConfigError(
                     f"distill.aekd.cap C={cfg.aekd_cap:g} is infeasible for {len(teachers)} "
@@ -256,8 +269,12 @@ class DistillationLoss:
         elif cfg.uses_bands:
             self.split = BandSplit.log_spaced(height, width, cfg.bands)
             self.advantage = BandAdvantage(
-                self.split, w_max=cfg.advantage_w_max, momentum=cfg.advantage_momentum,
-                whiten=cfg.advantage_whiten, whiten_max=cfg.advantage_whiten_max)
+                self.split,
+                w_max=cfg.advantage_w_max,
+                momentum=cfg.advantage_momentum,
+                whiten=cfg.advantage_whiten,
+                whiten_max=cfg.advantage_whiten_max,
+            )
         self.projector: nn.Conv2d | None = None
         self.latent_mean = RunningMean(cfg.advantage_momentum)
         self.latent_var = RunningMean(cfg.advantage_momentum)
@@ -268,14 +285,19 @@ class DistillationLoss:
                 raise ConfigError("sdkd_latent needs the student's and teacher's latent widths")
             self.projector = nn.Conv2d(student_latent_channels, teacher_latent_channels, 1)
         if cfg.aekd_gradients == "parameters" and (
-                torch.distributed.is_available() and torch.distributed.is_initialized()):
-            raise ConfigError("distill.aekd.gradients 'parameters' runs per-process backward "
-                              "passes that DDP does not synchronise; use 'output' under torchrun")
+            torch.distributed.is_available() and torch.distributed.is_initialized()
+        ):
+            raise ConfigError(
+                "distill.aekd.gradients 'parameters' runs per-process backward "
+                "passes that DDP does not synchronise; use 'output' under torchrun"
+            )
         self.student_parameters = student_parameters
-        self.alpha_balance = Balancer(cfg.balance_alpha, cfg.balance_momentum, cfg.balance_min,
-                                      cfg.balance_max)
-        self.lambda_balance = Balancer(cfg.balance_lambda, cfg.balance_momentum,
-                                       cfg.balance_min, cfg.balance_max)
+        self.alpha_balance = Balancer(
+            cfg.balance_alpha, cfg.balance_momentum, cfg.balance_min, cfg.balance_max
+        )
+        self.lambda_balance = Balancer(
+            cfg.balance_lambda, cfg.balance_momentum, cfg.balance_min, cfg.balance_max
+        )
 
     # -- the TrainingLoss protocol's optional members -------------------------------------
 
@@ -312,8 +334,9 @@ class DistillationLoss:
 
     # -- the loss ------------------------------------------------------------------------
 
-    def teacher_outputs(self, x: torch.Tensor, y: Any) -> tuple[
-            torch.Tensor, torch.Tensor | None, dict[str, dict[str, torch.Tensor]]]:
+    def teacher_outputs(
+        self, x: torch.Tensor, y: Any
+    ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, dict[str, torch.Tensor]]]:
         """``(truth, labelled mask or None, teachers' outputs)``: cached outputs from the
         batch, else a forward pass of each teacher."""
         if isinstance(y, Mapping):
@@ -323,11 +346,15 @@ class DistillationLoss:
             y = y["y"]
         else:
             labelled = None
-        return y, labelled, {n: run_teacher(self.teachers[n], x, self.cfg.needs_latents)
-                             for n in self.names}
+        return (
+            y,
+            labelled,
+            {n: run_teacher(self.teachers[n], x, self.cfg.needs_latents) for n in self.names},
+        )
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: Any
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: Any
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         target, labelled, outputs = self.teacher_outputs(x, y)
         labelled_share = None
         if labelled is not None:
@@ -342,8 +369,10 @@ class DistillationLoss:
         else:
             prediction, features = model(x), {}
         if prediction.shape != target.shape:
-            raise ValueError(f"student output shape {tuple(prediction.shape)} differs from "
-                             f"target shape {tuple(target.shape)}")
+            raise ValueError(
+                f"student output shape {tuple(prediction.shape)} differs from "
+                f"target shape {tuple(target.shape)}"
+            )
         prediction = prediction.float()
         target = target.float()
         if labelled is None:
@@ -364,9 +393,10 @@ class DistillationLoss:
         if self.cfg.needs_latents:
             latent = self._latent_term(features, outputs[self.names[0]], components)
             weight = self._latent_weight(total, latent)
-            components.update(latent_weight=weight.detach(),
-                              latent_share=(weight * latent / (total + weight * latent)
-                                            .clamp_min(_EPS)).detach())
+            components.update(
+                latent_weight=weight.detach(),
+                latent_share=(weight * latent / (total + weight * latent).clamp_min(_EPS)).detach(),
+            )
             total = total + weight * latent
         return total, components
 
@@ -375,9 +405,14 @@ class DistillationLoss:
     def _alpha(self, d_high: torch.Tensor, d_low: torch.Tensor) -> torch.Tensor:
         return self.cfg.alpha * self.alpha_balance(d_high, d_low)
 
-    def _kd_term(self, prediction: torch.Tensor, target: torch.Tensor,
-                 labelled: torch.Tensor | None, teacher_preds: torch.Tensor,
-                 components: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _kd_term(
+        self,
+        prediction: torch.Tensor,
+        target: torch.Tensor,
+        labelled: torch.Tensor | None,
+        teacher_preds: torch.Tensor,
+        components: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
         method = self.cfg.method
         names = self.names
         if method == "output_mse":
@@ -389,8 +424,9 @@ class DistillationLoss:
                 self.advantage.update(prediction, target, teacher_preds[0], labelled)
                 return self._advantage_sum(bands, components)
             alpha = self._alpha(bands[HIGH], bands[LOW])
-            components.update(kd_high=bands[HIGH].detach(), kd_low=bands[LOW].detach(),
-                              alpha=alpha.detach())
+            components.update(
+                kd_high=bands[HIGH].detach(), kd_low=bands[LOW].detach(), alpha=alpha.detach()
+            )
             return bands[HIGH] + alpha * bands[LOW]
         # multi-teacher: one distance per teacher, weights without gradient
         per_teacher = torch.stack([F.mse_loss(prediction, p) for p in teacher_preds])
@@ -402,8 +438,9 @@ class DistillationLoss:
             kd = (weights * per_teacher).sum()
         elif method == "camkd":
             per_sample = _per_sample_mse(prediction[None], teacher_preds)  # (M, B)
-            weights_ms = _camkd_or_uniform(_per_sample_mse(teacher_preds, target[None]),
-                                           labelled, self.cfg.camkd_temperature)
+            weights_ms = _camkd_or_uniform(
+                _per_sample_mse(teacher_preds, target[None]), labelled, self.cfg.camkd_temperature
+            )
             kd = (weights_ms * per_sample).sum(0).mean()
             weights = weights_ms.mean(1)
         elif method == "sdkd_multi":
@@ -414,8 +451,9 @@ class DistillationLoss:
             components[f"w_{name}"] = w.detach()
         return kd
 
-    def _advantage_sum(self, bands: torch.Tensor, components: dict[str, torch.Tensor]
-                       ) -> torch.Tensor:
+    def _advantage_sum(
+        self, bands: torch.Tensor, components: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
         """sum_b w_b s_b D_b with the advantage weights w_b and whitening scales s_b."""
         assert self.advantage is not None
         weights = self.advantage.weights().to(bands.device)
@@ -425,8 +463,13 @@ class DistillationLoss:
             components[f"w_band{b}"] = weights[b]
         return (weights * scales * bands).sum()
 
-    def _aekd(self, prediction: torch.Tensor, teacher_preds: torch.Tensor,
-              per_teacher: torch.Tensor, band: int | None) -> torch.Tensor:
+    def _aekd(
+        self,
+        prediction: torch.Tensor,
+        teacher_preds: torch.Tensor,
+        per_teacher: torch.Tensor,
+        band: int | None,
+    ) -> torch.Tensor:
         if self.cfg.aekd_gradients == "parameters":
             params = [p for p in (self.student_parameters or []) if p.requires_grad]
             if not params:
@@ -434,32 +477,49 @@ class DistillationLoss:
             grads = []
             for loss_m in per_teacher:
                 g = torch.autograd.grad(loss_m, params, retain_graph=True, allow_unused=True)
-                grads.append(torch.cat([
-                    (gi if gi is not None else torch.zeros_like(p)).float().flatten()
-                    for gi, p in zip(g, params, strict=True)]))
+                grads.append(
+                    torch.cat(
+                        [
+                            (gi if gi is not None else torch.zeros_like(p)).float().flatten()
+                            for gi, p in zip(g, params, strict=True)
+                        ]
+                    )
+                )
             flat = torch.stack(grads)
             gram = flat @ flat.T
         else:
             residuals = prediction.detach()[None] - teacher_preds
-            gram = aekd_output_gram(residuals) if band is None else band_gram(
-                residuals, self.split, band)  # type: ignore[arg-type]
+            gram = (
+                aekd_output_gram(residuals)
+                if band is None
+                else band_gram(residuals, self.split, band)
+            )  # type: ignore[arg-type]
         return aekd_weights(gram, self.cfg.aekd_cap)
 
-    def _sdkd_multi(self, prediction: torch.Tensor, target: torch.Tensor,
-                    labelled: torch.Tensor | None, teacher_preds: torch.Tensor,
-                    components: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _sdkd_multi(
+        self,
+        prediction: torch.Tensor,
+        target: torch.Tensor,
+        labelled: torch.Tensor | None,
+        teacher_preds: torch.Tensor,
+        components: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
         assert self.split is not None
         rule = self.cfg.band_weighting
         n, n_bands = len(self.names), self.split.n_bands
         if rule == "camkd":
             # per sample: (M, B, bands) distances and teacher errors against the truth
-            dist = torch.stack([self.split.band_mse_per_sample(prediction, p)
-                                for p in teacher_preds])
-            errors = torch.stack([self.split.band_mse_per_sample(p, target)
-                                  for p in teacher_preds])
-            weights = torch.stack([_camkd_or_uniform(errors[..., b], labelled,
-                                                     self.cfg.camkd_temperature)
-                                   for b in range(n_bands)], dim=-1)  # (M, B, bands)
+            dist = torch.stack(
+                [self.split.band_mse_per_sample(prediction, p) for p in teacher_preds]
+            )
+            errors = torch.stack([self.split.band_mse_per_sample(p, target) for p in teacher_preds])
+            weights = torch.stack(
+                [
+                    _camkd_or_uniform(errors[..., b], labelled, self.cfg.camkd_temperature)
+                    for b in range(n_bands)
+                ],
+                dim=-1,
+            )  # (M, B, bands)
             banded = (weights * dist).sum(0).mean(0)  # (bands,)
             mean_w = weights.mean(1)  # (M, bands)
         else:
@@ -467,8 +527,13 @@ class DistillationLoss:
             if rule == "aver":
                 mean_w = torch.full_like(dist, 1.0 / n)
             else:  # aekd per band: min-norm weights of each band's gradients
-                mean_w = torch.stack([self._aekd(prediction, teacher_preds, dist[:, b], band=b)
-                                      for b in range(n_bands)], dim=-1)
+                mean_w = torch.stack(
+                    [
+                        self._aekd(prediction, teacher_preds, dist[:, b], band=b)
+                        for b in range(n_bands)
+                    ],
+                    dim=-1,
+                )
             banded = (mean_w * dist).sum(0)  # (bands,)
         for i, name in enumerate(self.names):
             if self.advantage is None:
@@ -481,14 +546,20 @@ class DistillationLoss:
             self._observe_ensemble(prediction, target, labelled, teacher_preds, mean_w.detach())
             return self._advantage_sum(banded, components)
         alpha = self._alpha(banded[HIGH], banded[LOW])
-        components.update(kd_high=banded[HIGH].detach(), kd_low=banded[LOW].detach(),
-                          alpha=alpha.detach())
+        components.update(
+            kd_high=banded[HIGH].detach(), kd_low=banded[LOW].detach(), alpha=alpha.detach()
+        )
         return banded[HIGH] + alpha * banded[LOW]
 
     @torch.no_grad()
-    def _observe_ensemble(self, prediction: torch.Tensor, target: torch.Tensor,
-                          labelled: torch.Tensor | None, teacher_preds: torch.Tensor,
-                          mean_w: torch.Tensor) -> None:
+    def _observe_ensemble(
+        self,
+        prediction: torch.Tensor,
+        target: torch.Tensor,
+        labelled: torch.Tensor | None,
+        teacher_preds: torch.Tensor,
+        mean_w: torch.Tensor,
+    ) -> None:
         """The teachers' band statistics folded with their per-band weights (M, bands), so
         the advantage is the weighted ensemble's."""
         assert self.advantage is not None and self.split is not None
@@ -500,21 +571,31 @@ class DistillationLoss:
         if labelled is None or bool(labelled.any()):
             sel = slice(None) if labelled is None else labelled
             student_error = split.band_mse(prediction[sel], target[sel])
-            teacher_error = (mean_w * torch.stack(
-                [split.band_mse(p[sel], target[sel]) for p in teacher_preds])).sum(0)
-        adv.observe(distance=(mean_w * distance).sum(0), teacher_energy=(mean_w * energy).sum(0),
-                    student_error=student_error, teacher_error=teacher_error)
+            teacher_error = (
+                mean_w * torch.stack([split.band_mse(p[sel], target[sel]) for p in teacher_preds])
+            ).sum(0)
+        adv.observe(
+            distance=(mean_w * distance).sum(0),
+            teacher_energy=(mean_w * energy).sum(0),
+            student_error=student_error,
+            teacher_error=teacher_error,
+        )
 
     # -- latent alignment ----------------------------------------------------------------
 
-    def _latent_term(self, features: Mapping[str, torch.Tensor],
-                     teacher: Mapping[str, torch.Tensor], components: dict[str, torch.Tensor]
-                     ) -> torch.Tensor:
+    def _latent_term(
+        self,
+        features: Mapping[str, torch.Tensor],
+        teacher: Mapping[str, torch.Tensor],
+        components: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
         """MSE between the student's projected bottleneck and the teacher's latent state,
         standardized per channel by running statistics (FitNets)."""
         if "bottleneck" not in features:
-            raise ConfigError(f"sdkd_latent needs the student's 'bottleneck' latent; the "
-                              f"student returns {sorted(features)}")
+            raise ConfigError(
+                f"sdkd_latent needs the student's 'bottleneck' latent; the "
+                f"student returns {sorted(features)}"
+            )
         assert self.projector is not None
         state = teacher["state"].float()
         with torch.no_grad():
@@ -525,8 +606,9 @@ class DistillationLoss:
         standardized = (state - mean) / std
         projected = self.projector(features["bottleneck"].float())
         if projected.shape[-2:] != standardized.shape[-2:]:
-            projected = F.interpolate(projected, size=standardized.shape[-2:], mode="bilinear",
-                                      align_corners=False)
+            projected = F.interpolate(
+                projected, size=standardized.shape[-2:], mode="bilinear", align_corners=False
+            )
         latent = F.mse_loss(projected, standardized)
         components["latent"] = latent.detach()
         return latent
@@ -548,8 +630,9 @@ class DistillationLoss:
 _RUNNING = ("latent_mean", "latent_var", "main_running", "latent_running")
 
 
-def _camkd_or_uniform(errors: torch.Tensor, labelled: torch.Tensor | None,
-                      temperature: float) -> torch.Tensor:
+def _camkd_or_uniform(
+    errors: torch.Tensor, labelled: torch.Tensor | None, temperature: float
+) -> torch.Tensor:
     """CA-MKD weights (M, B) from the teachers' errors on samples with a truth; uniform
     weights on samples without one (function matching), where confidence is unknown."""
     if labelled is None:
@@ -565,10 +648,10 @@ def _per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).square().flatten(2).mean(-1)
 
 
-def build_loss(cfg: DistillConfig, teachers: Mapping[str, nn.Module], **kwargs: Any
-               ) -> DistillationLoss | None:
+def build_loss(
+    cfg: DistillConfig, teachers: Mapping[str, nn.Module], **kwargs: Any
+) -> DistillationLoss | None:
     """The engine's loss for ``cfg`` (``None`` for ``none``: the engine's plain MSE)."""
     if not cfg.needs_teachers:
         return None
     return DistillationLoss(cfg, teachers, **kwargs)
-

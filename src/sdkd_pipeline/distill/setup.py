@@ -94,19 +94,40 @@ class DistillCache:
         self.outputs: dict[tuple[str, ...], dict[str, torch.Tensor]] = {}
         self.inputs: dict[tuple[Any, ...], UnlabelledInputs] = {}
 
-    def teacher_outputs(self, teachers: Mapping[str, nn.Module], windows: Any, *,
-                        latents: bool, batch_size: int, device: torch.device,
-                        autocast_dtype: torch.dtype | None = None,
-                        fingerprint: str | None = None) -> dict[str, dict[str, torch.Tensor]]:
+    def teacher_outputs(
+        self,
+        teachers: Mapping[str, nn.Module],
+        windows: Any,
+        *,
+        latents: bool,
+        batch_size: int,
+        device: torch.device,
+        autocast_dtype: torch.dtype | None = None,
+        fingerprint: str | None = None,
+    ) -> dict[str, dict[str, torch.Tensor]]:
         """``precompute_teacher_outputs`` for the teachers not yet run on ``windows``."""
         windows_key = fingerprint or windows_fingerprint(windows)
-        keys = {name: (name, _weights_fingerprint(model), windows_key, str(latents),
-                       str(device), str(autocast_dtype)) for name, model in teachers.items()}
+        keys = {
+            name: (
+                name,
+                _weights_fingerprint(model),
+                windows_key,
+                str(latents),
+                str(device),
+                str(autocast_dtype),
+            )
+            for name, model in teachers.items()
+        }
         missing = {name: teachers[name] for name, key in keys.items() if key not in self.outputs}
         if missing:
-            computed = precompute_teacher_outputs(missing, windows, latents=latents,
-                                                  batch_size=batch_size, device=device,
-                                                  autocast_dtype=autocast_dtype)
+            computed = precompute_teacher_outputs(
+                missing,
+                windows,
+                latents=latents,
+                batch_size=batch_size,
+                device=device,
+                autocast_dtype=autocast_dtype,
+            )
             for name, outputs in computed.items():
                 finite_or_raise(name, outputs)
                 self.outputs[keys[name]] = outputs
@@ -119,15 +140,26 @@ class DistillCache:
         for key in [k for k in self.outputs if k[2] not in keep]:
             del self.outputs[key]
 
-    def unlabelled_inputs(self, cfg: DistillConfig, train_set: Any, *,
-                          device: torch.device) -> UnlabelledInputs:
-        key = (windows_fingerprint(train_set), cfg.fm_ratio, cfg.fm_source, cfg.fm_mixup_alpha,
-               cfg.fm_seed)
+    def unlabelled_inputs(
+        self, cfg: DistillConfig, train_set: Any, *, device: torch.device
+    ) -> UnlabelledInputs:
+        key = (
+            windows_fingerprint(train_set),
+            cfg.fm_ratio,
+            cfg.fm_source,
+            cfg.fm_mixup_alpha,
+            cfg.fm_seed,
+        )
         if key not in self.inputs:
             self.inputs.clear()
             self.inputs[key] = function_matching_inputs(
-                train_set, ratio=cfg.fm_ratio, source=cfg.fm_source,
-                mixup_alpha=cfg.fm_mixup_alpha, seed=cfg.fm_seed, device=device)
+                train_set,
+                ratio=cfg.fm_ratio,
+                source=cfg.fm_source,
+                mixup_alpha=cfg.fm_mixup_alpha,
+                seed=cfg.fm_seed,
+                device=device,
+            )
         return self.inputs[key]
 
 
@@ -148,9 +180,11 @@ def prepare_distillation(
     params: dict[str, Any] = {"distill": cfg.to_dict(), "teachers": list(teachers)}
     if not cfg.needs_teachers:
         if cfg.fm_enabled:
-            raise ConfigError(f"distill: method {cfg.name!r} learns from the data alone, so "
-                              "function_matching.enabled has nothing to match; enable it for a "
-                              "distillation method")
+            raise ConfigError(
+                f"distill: method {cfg.name!r} learns from the data alone, so "
+                "function_matching.enabled has nothing to match; enable it for a "
+                "distillation method"
+            )
         return DistillSetup(loss=None, train_set=train_set, params=params)
     cache = cache or DistillCache()
     _, _, _, height, width = train_set.shape
@@ -162,20 +196,35 @@ def prepare_distillation(
     labelled_cache = unlabelled_cache = None
     predictions: list[torch.Tensor] | None = None
     if should_cache(cfg, n_bytes):
-        log.info("caching %d teacher(s)' outputs on %d training windows%s (%s)", len(teachers),
-                 len(train_set), "" if unlabelled is None else
-                 f" and {len(unlabelled)} unlabelled inputs", describe_cache(n_bytes))
+        log.info(
+            "caching %d teacher(s)' outputs on %d training windows%s (%s)",
+            len(teachers),
+            len(train_set),
+            "" if unlabelled is None else f" and {len(unlabelled)} unlabelled inputs",
+            describe_cache(n_bytes),
+        )
         fingerprint = windows_fingerprint(train_set)
         cache.forget_other_stores({fingerprint, *cache_keys(cache, unlabelled, fingerprint)})
-        labelled_cache = cache.teacher_outputs(teachers, train_set, latents=latents,
-                                               batch_size=batch_size, device=device,
-                                               autocast_dtype=autocast_dtype,
-                                               fingerprint=fingerprint)
+        labelled_cache = cache.teacher_outputs(
+            teachers,
+            train_set,
+            latents=latents,
+            batch_size=batch_size,
+            device=device,
+            autocast_dtype=autocast_dtype,
+            fingerprint=fingerprint,
+        )
         if unlabelled is not None:
             inputs = TensorDataset(unlabelled.inputs, torch.zeros(len(unlabelled)))
             unlabelled_cache = cache.teacher_outputs(
-                teachers, inputs, latents=latents, batch_size=batch_size, device=device,
-                autocast_dtype=autocast_dtype, fingerprint=_inputs_key(unlabelled))
+                teachers,
+                inputs,
+                latents=latents,
+                batch_size=batch_size,
+                device=device,
+                autocast_dtype=autocast_dtype,
+                fingerprint=_inputs_key(unlabelled),
+            )
         predictions = [outs["prediction"][:CUTOFF_WINDOWS] for outs in labelled_cache.values()]
     elif cfg.uses_cutoff and cfg.cutoff_mode == "energy":
         n = min(CUTOFF_WINDOWS, len(train_set))
@@ -186,25 +235,33 @@ def prepare_distillation(
         log.info("%s: band cutoff k_c = %g (%s)", cfg.name, cutoff, cfg.cutoff_mode)
     first = next(iter(teachers.values()))
     loss = build_loss(
-        cfg, teachers, height=height, width=width, cutoff=cutoff,
+        cfg,
+        teachers,
+        height=height,
+        width=width,
+        cutoff=cutoff,
         student_latent_channels=getattr(student, "latent_channels", None),
         teacher_latent_channels=getattr(first, "latent_channels", None),
         student_parameters=list(student.parameters()),
     )
     if unlabelled is not None:
-        data: Dataset = FunctionMatchingSet(train_set, unlabelled, labelled_cache,
-                                            unlabelled_cache)
+        data: Dataset = FunctionMatchingSet(train_set, unlabelled, labelled_cache, unlabelled_cache)
     elif labelled_cache is not None:
         data = WithTeacherTargets(train_set, labelled_cache)
     else:
         data = train_set
-    params.update(cutoff=cutoff, teacher_cache=labelled_cache is not None,
-                  teacher_cache_mib=round(n_bytes / 2**20, 1))
+    params.update(
+        cutoff=cutoff,
+        teacher_cache=labelled_cache is not None,
+        teacher_cache_mib=round(n_bytes / 2**20, 1),
+    )
     if unlabelled is not None:
-        params.update(function_matching_inputs=len(unlabelled),
-                      function_matching_source=unlabelled.source)
-    return DistillSetup(loss=loss, train_set=data, cutoff=cutoff, unlabelled=unlabelled,
-                        params=params)
+        params.update(
+            function_matching_inputs=len(unlabelled), function_matching_source=unlabelled.source
+        )
+    return DistillSetup(
+        loss=loss, train_set=data, cutoff=cutoff, unlabelled=unlabelled, params=params
+    )
 
 
 def _inputs_key(unlabelled: UnlabelledInputs) -> str:
@@ -213,8 +270,9 @@ def _inputs_key(unlabelled: UnlabelledInputs) -> str:
     return digest.hexdigest()
 
 
-def cache_keys(cache: DistillCache, unlabelled: UnlabelledInputs | None,
-               fingerprint: str | None = None) -> set[str]:
+def cache_keys(
+    cache: DistillCache, unlabelled: UnlabelledInputs | None, fingerprint: str | None = None
+) -> set[str]:
     """Keys of the function-matching inputs whose teacher outputs belong to the store
     ``fingerprint``: this run's and those drawn earlier for the same store (so that a run
     without function matching in between does not free them)."""

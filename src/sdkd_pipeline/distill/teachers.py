@@ -43,30 +43,43 @@ def choose_teachers(cfg: DistillConfig, val_losses: Mapping[str, float]) -> list
         if cfg.teacher == "best":
             return [min(available, key=lambda n: (val_losses[n], n))]
         if cfg.teacher not in val_losses:
-            raise ConfigError(f"distill.teacher: {cfg.teacher!r} is not among the available "
-                              f"teachers {available}")
+            raise ConfigError(
+                f"distill.teacher: {cfg.teacher!r} is not among the available teachers {available}"
+            )
         return [cfg.teacher]
     names = list(cfg.teachers) or available
     missing = [n for n in names if n not in val_losses]
     if missing:
-        raise ConfigError(f"distill.teachers: {missing} are not among the available teachers "
-                          f"{available}")
+        raise ConfigError(
+            f"distill.teachers: {missing} are not among the available teachers {available}"
+        )
     if len(names) < 2:
-        raise ConfigError(f"method {cfg.name!r} ({cfg.method}) distills from several teachers; "
-                          f"only {names} is available: enable two or more in teacher.models")
+        raise ConfigError(
+            f"method {cfg.name!r} ({cfg.method}) distills from several teachers; "
+            f"only {names} is available: enable two or more in teacher.models"
+        )
     return names
 
 
-def check_teacher_matches(name: str, checkpoint: Mapping[str, Any], shape: Mapping[str, int],
-                          mean: torch.Tensor, std: torch.Tensor) -> None:
+def check_teacher_matches(
+    name: str,
+    checkpoint: Mapping[str, Any],
+    shape: Mapping[str, int],
+    mean: torch.Tensor,
+    std: torch.Tensor,
+) -> None:
     """``check_checkpoint_matches`` for teacher ``name``: a student learns from a teacher
     trained on the data it sees."""
     check_checkpoint_matches(f"teacher {name!r}", TEACHER_COMMAND, checkpoint, shape, mean, std)
 
 
-def load_teachers(checkpoints: Mapping[str, Mapping[str, Any]], shape: Mapping[str, int],
-                  mean: torch.Tensor, std: torch.Tensor,
-                  device: torch.device | str = "cpu") -> dict[str, nn.Module]:
+def load_teachers(
+    checkpoints: Mapping[str, Mapping[str, Any]],
+    shape: Mapping[str, int],
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    device: torch.device | str = "cpu",
+) -> dict[str, nn.Module]:
     """The frozen teachers of ``checkpoints`` (written by the teacher pipeline), each checked
     to be the architecture it is named after (a file copied over another teacher's is refused)
     and against the data the student sees (``check_teacher_matches``), on ``device``."""
@@ -92,8 +105,10 @@ def run_teacher(model: nn.Module, x: torch.Tensor, latents: bool) -> dict[str, t
     if latents:
         prediction, features = model.forward_features(x)
         if "state" not in features:
-            raise ConfigError(f"latent distillation needs the teacher's latent 'state'; "
-                              f"{type(model).__name__} has {sorted(features)}")
+            raise ConfigError(
+                f"latent distillation needs the teacher's latent 'state'; "
+                f"{type(model).__name__} has {sorted(features)}"
+            )
         return {"prediction": prediction.float(), "state": features["state"].float()}
     return {"prediction": model(x).float()}
 
@@ -148,8 +163,9 @@ class WithTeacherTargets(Dataset):
         for name, outs in cache.items():
             for key, value in outs.items():
                 if value.shape[0] != n:
-                    raise ValueError(f"cached output {name}.{key} has {value.shape[0]} windows, "
-                                     f"the dataset {n}")
+                    raise ValueError(
+                        f"cached output {name}.{key} has {value.shape[0]} windows, the dataset {n}"
+                    )
         self.dataset = dataset
         self.cache = cache
 
@@ -158,8 +174,9 @@ class WithTeacherTargets(Dataset):
 
     def _attach(self, index: int, item: Sequence[torch.Tensor]) -> tuple[Any, Any]:
         x, y = item
-        teachers = {name: {k: v[index] for k, v in outs.items()}
-                    for name, outs in self.cache.items()}
+        teachers = {
+            name: {k: v[index] for k, v in outs.items()} for name, outs in self.cache.items()
+        }
         return x, {"y": y, "teachers": teachers}
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
@@ -179,12 +196,24 @@ def describe_cache(n_bytes: int) -> str:
 def finite_or_raise(name: str, outputs: Mapping[str, torch.Tensor]) -> None:
     for key, value in outputs.items():
         if not torch.isfinite(value).all():
-            raise DataError(f"teacher {name!r} produced non-finite {key} values; its checkpoint "
-                            f"is unusable, rerun `{TEACHER_COMMAND}`")
+            raise DataError(
+                f"teacher {name!r} produced non-finite {key} values; its checkpoint "
+                f"is unusable, rerun `{TEACHER_COMMAND}`"
+            )
 
 
 __all__ = [
-    "TEACHER_COMMAND", "WithTeacherTargets", "cache_bytes", "check_checkpoint_matches",
-    "check_teacher_matches", "choose_teachers", "describe_cache", "finite_or_raise", "freeze",
-    "load_teachers", "precompute_teacher_outputs", "run_teacher", "should_cache",
+    "TEACHER_COMMAND",
+    "WithTeacherTargets",
+    "cache_bytes",
+    "check_checkpoint_matches",
+    "check_teacher_matches",
+    "choose_teachers",
+    "describe_cache",
+    "finite_or_raise",
+    "freeze",
+    "load_teachers",
+    "precompute_teacher_outputs",
+    "run_teacher",
+    "should_cache",
 ]

@@ -86,9 +86,9 @@ def time_of_day(times: Any) -> np.ndarray | None:
     return out
 
 
-def training_runs(ranges: Iterable[Sequence[int]], n_trajectories: int, n_time: int) -> list[
-    tuple[int, int, int]
-]:
+def training_runs(
+    ranges: Iterable[Sequence[int]], n_trajectories: int, n_time: int
+) -> list[tuple[int, int, int]]:
     """The frames of ``ranges`` as disjoint ``(trajectory, t0, t1)`` runs (overlapping ranges
     merged, so every frame appears once)."""
     mask = np.zeros((n_trajectories, n_time), dtype=bool)
@@ -163,9 +163,7 @@ class Climatology(torch.nn.Module):
         else:
             index = torch.as_tensor(window_index, dtype=torch.long).reshape(-1)
             if len(index) != batch:
-                raise DataError(
-                    f"Climatology: {len(index)} window indices for a batch of {batch}"
-                )
+                raise DataError(f"Climatology: {len(index)} window indices for a batch of {batch}")
             if len(index) and not (0 <= int(index.min()) and int(index.max()) < len(self.lookup)):
                 raise DataError(
                     f"Climatology: window index outside the {len(self.lookup)} windows of "

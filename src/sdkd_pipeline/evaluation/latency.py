@@ -31,9 +31,14 @@ if TYPE_CHECKING:
 __all__ = ["measure_latency", "timed_calls"]
 
 
-def timed_calls(call: Callable[[], object], *, repeats: int, warmup: int,
-                max_seconds: float | None = None,
-                sync: Callable[[], None] | None = None) -> list[float]:
+def timed_calls(
+    call: Callable[[], object],
+    *,
+    repeats: int,
+    warmup: int,
+    max_seconds: float | None = None,
+    sync: Callable[[], None] | None = None,
+) -> list[float]:
     """Seconds taken by each of up to ``repeats`` calls of ``call()``, after ``warmup`` untimed
     ones. ``sync`` (e.g. a CUDA synchronize) runs before and after every timed call. With
     ``max_seconds`` the timed calls stop early, after at least 3, once they have taken that
@@ -92,8 +97,13 @@ def measure_latency(
         with torch.no_grad():
             for batch in batch_sizes:
                 x = torch.randn((int(batch), *(int(s) for s in sample_shape)), device=device)
-                times = timed_calls(lambda x=x: model(x), repeats=repeats, warmup=warmup,
-                                    max_seconds=max_seconds, sync=lambda: _sync(device))
+                times = timed_calls(
+                    lambda x=x: model(x),
+                    repeats=repeats,
+                    warmup=warmup,
+                    max_seconds=max_seconds,
+                    sync=lambda: _sync(device),
+                )
                 out[int(batch)] = statistics.median(times) * 1e3
     finally:
         model.train(was)

@@ -36,9 +36,14 @@ def _stats_close(a: Any, b: Any) -> bool:
     return a.shape == b.shape and torch.allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def check_checkpoint_matches(label: str, command: str, checkpoint: Mapping[str, Any],
-                             shape: Mapping[str, int], mean: torch.Tensor,
-                             std: torch.Tensor) -> None:
+def check_checkpoint_matches(
+    label: str,
+    command: str,
+    checkpoint: Mapping[str, Any],
+    shape: Mapping[str, int],
+    mean: torch.Tensor,
+    std: torch.Tensor,
+) -> None:
     """A checkpoint must have been trained on the very data it is used with: same window
     shape, same normalization (the training split's statistics). A regenerated dataset makes
     old checkpoints stale; say so (``label`` names the model, ``command`` remakes it) instead
@@ -64,8 +69,9 @@ class Checkpoint(Mapping[str, Any]):
             raise DataError(f"{origin}: not a checkpoint dict (got {type(payload).__name__})")
         missing = [k for k in REQUIRED_KEYS if k not in payload]
         if missing:
-            raise DataError(f"{origin}: not a checkpoint of the training node (lacks "
-                            f"{', '.join(missing)})")
+            raise DataError(
+                f"{origin}: not a checkpoint of the training node (lacks {', '.join(missing)})"
+            )
         self._payload = dict(payload)
         self.origin = origin
 
@@ -85,8 +91,9 @@ class Checkpoint(Mapping[str, Any]):
         return cls(payload, origin=str(path))
 
     @classmethod
-    def of(cls, source: Checkpoint | Mapping[str, Any] | str | Path,
-           origin: str = "checkpoint") -> Checkpoint:
+    def of(
+        cls, source: Checkpoint | Mapping[str, Any] | str | Path, origin: str = "checkpoint"
+    ) -> Checkpoint:
         """``source`` as a ``Checkpoint``: itself, a wrapped dict, or the file it names."""
         if isinstance(source, Checkpoint):
             return source
@@ -130,15 +137,17 @@ class Checkpoint(Mapping[str, Any]):
 
         return MODEL_ROLES.get(self.model_name)
 
-    def expect_model(self, name: str, label: str | None = None,
-                     command: str = "kedro run --pipelines=teacher") -> Checkpoint:
+    def expect_model(
+        self, name: str, label: str | None = None, command: str = "kedro run --pipelines=teacher"
+    ) -> Checkpoint:
         """Refuse a checkpoint of another architecture than ``name``: a file copied or renamed
         over another model's would otherwise be used, and credited, as that model."""
         if self.model_name != name:
             raise DataError(
                 f"{label or self.origin}: holds a {self.model_name!r} checkpoint, not "
                 f"{name!r} (a file copied or renamed over another model's?); restore the "
-                f"right file or rerun `{command}`")
+                f"right file or rerun `{command}`"
+            )
         return self
 
     def expect_role(self, role: str, label: str | None = None) -> Checkpoint:
@@ -147,12 +156,14 @@ class Checkpoint(Mapping[str, Any]):
             raise DataError(f"{label or self.origin}: holds a {self.model_name!r}, not a {role}")
         return self
 
-    def check_trained_on(self, windows: Any, label: str | None = None,
-                         command: str = "kedro run --pipelines=teacher") -> Checkpoint:
+    def check_trained_on(
+        self, windows: Any, label: str | None = None, command: str = "kedro run --pipelines=teacher"
+    ) -> Checkpoint:
         """Refuse a checkpoint trained on other data than ``windows`` (a ``WindowDataset``:
         its ``model_shape``, ``mean`` and ``std``), naming what differs and ``command``."""
-        check_checkpoint_matches(label or self.origin, command, self, windows.model_shape,
-                                 windows.mean, windows.std)
+        check_checkpoint_matches(
+            label or self.origin, command, self, windows.model_shape, windows.mean, windows.std
+        )
         return self
 
     def build_model(self) -> torch.nn.Module:
@@ -163,5 +174,6 @@ class Checkpoint(Mapping[str, Any]):
             return model_from_checkpoint(self)
         except RuntimeError as exc:  # load_state_dict: the weights do not fit the config
             first = str(exc).strip().splitlines()[0]
-            raise DataError(f"{self.origin}: its weights do not fit its {self.model_name!r} "
-                            f"config ({first})") from None
+            raise DataError(
+                f"{self.origin}: its weights do not fit its {self.model_name!r} config ({first})"
+            ) from None

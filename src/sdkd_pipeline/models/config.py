@@ -60,7 +60,9 @@ def _coerce(value: Any, expected: Any, where: str) -> Any:
     raise TypeError(f"unsupported config field type {expected!r} for {where}")
 
 
-def config_from_mapping(config_cls: type[ConfigT], values: Mapping[str, Any], prefix: str) -> ConfigT:
+def config_from_mapping(
+    config_cls: type[ConfigT], values: Mapping[str, Any], prefix: str
+) -> ConfigT:
     """Build and validate ``config_cls`` from ``values``; errors name ``{prefix}.{key}``."""
     names = [field.name for field in dataclasses.fields(config_cls)]
     unknown = sorted(set(values) - set(names))

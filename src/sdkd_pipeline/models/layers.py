@@ -46,8 +46,9 @@ class ForecastModel(nn.Module):
         self.latent_channels = latent_channels
         self.downsample_factor = downsample_factor
 
-    def forward(self, x: torch.Tensor, return_features: bool = False
-                ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, x: torch.Tensor, return_features: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # latents through forward's keyword, so a DDP-wrapped model still syncs gradients
         # (DDP hooks only forward) when a distillation loss needs the student's bottleneck
         y, features = self.forward_features(x)
@@ -83,8 +84,9 @@ def pad_to_multiple(x: torch.Tensor, factor: int) -> torch.Tensor:
         return x
     batch, frames, channels = x.shape[:3]
     # replicate-padding takes 4-D input with a 4-element pad; fold time into the batch.
-    flat = F.pad(x.reshape(batch * frames, channels, height, width), (0, pad_w, 0, pad_h),
-                 mode="replicate")
+    flat = F.pad(
+        x.reshape(batch * frames, channels, height, width), (0, pad_w, 0, pad_h), mode="replicate"
+    )
     return flat.reshape(batch, frames, channels, height + pad_h, width + pad_w)
 
 
@@ -120,8 +122,13 @@ class ConvNormAct(nn.Module):
                 nn.PixelShuffle(2),
             )
         else:
-            self.conv = nn.Conv2d(in_channels, out_channels, kernel_size,
-                                  stride=2 if downsample else 1, padding=padding)
+            self.conv = nn.Conv2d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride=2 if downsample else 1,
+                padding=padding,
+            )
         self.norm = nn.GroupNorm(group_count(out_channels, norm_groups), out_channels)
         self.act = nn.SiLU()
 
@@ -141,8 +148,10 @@ class FrameEncoder(nn.Module):
         super().__init__()
         strides = _stride_pattern(layers)
         self.layers = nn.ModuleList(
-            [ConvNormAct(in_channels if index == 0 else hidden, hidden, downsample=down)
-             for index, down in enumerate(strides)]
+            [
+                ConvNormAct(in_channels if index == 0 else hidden, hidden, downsample=down)
+                for index, down in enumerate(strides)
+            ]
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,8 +187,11 @@ class TemporalSkip(nn.Module):
     def __init__(self, in_frames: int, out_frames: int, hidden: int) -> None:
         super().__init__()
         self.in_frames, self.out_frames, self.hidden = in_frames, out_frames, hidden
-        self.proj = (nn.Identity() if in_frames == out_frames
-                     else nn.Conv2d(in_frames * hidden, out_frames * hidden, 1))
+        self.proj = (
+            nn.Identity()
+            if in_frames == out_frames
+            else nn.Conv2d(in_frames * hidden, out_frames * hidden, 1)
+        )
 
     def forward(self, skip: torch.Tensor, batch: int) -> torch.Tensor:
         height, width = skip.shape[-2:]
@@ -200,15 +212,17 @@ class ChannelMLP(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-def sincos_position_2d(height: int, width: int, dim: int, *, device: torch.device,
-                       dtype: torch.dtype) -> torch.Tensor:
+def sincos_position_2d(
+    height: int, width: int, dim: int, *, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
     """Fixed 2-D sine-cosine position code of shape (height * width, dim), dim % 4 == 0.
 
     Parameter-free, so attention knows where tokens are on any grid size.
     """
     quarter = dim // 4
-    freq = torch.exp(-math.log(10000.0) * torch.arange(quarter, device=device,
-                                                        dtype=torch.float32) / quarter)
+    freq = torch.exp(
+        -math.log(10000.0) * torch.arange(quarter, device=device, dtype=torch.float32) / quarter
+    )
     ys = torch.arange(height, device=device, dtype=torch.float32)[:, None] * freq
     xs = torch.arange(width, device=device, dtype=torch.float32)[:, None] * freq
     code_y = torch.cat([ys.sin(), ys.cos()], dim=1)[:, None, :].expand(height, width, 2 * quarter)

@@ -56,8 +56,9 @@ class AxialTokenMixer(nn.Module):
 
 
 class MixerBlock(nn.Module):
-    def __init__(self, dim: int, height: int, width: int, token_ratio: float,
-                 channel_ratio: float) -> None:
+    def __init__(
+        self, dim: int, height: int, width: int, token_ratio: float, channel_ratio: float
+    ) -> None:
         super().__init__()
         self.norm_tokens = nn.LayerNorm(dim)
         self.tokens = AxialTokenMixer(height, width, token_ratio)
@@ -72,19 +73,37 @@ class MixerBlock(nn.Module):
 class MLPMixer(ForecastModel):
     latent_names = ("bottleneck",)
 
-    def __init__(self, *, in_frames: int, out_frames: int, channels: int, height: int,
-                 width: int, config: MLPMixerConfig | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        in_frames: int,
+        out_frames: int,
+        channels: int,
+        height: int,
+        width: int,
+        config: MLPMixerConfig | None = None,
+    ) -> None:
         config = config or MLPMixerConfig()
-        super().__init__(in_frames=in_frames, out_frames=out_frames, channels=channels,
-                         height=height, width=width, latent_channels=config.hidden,
-                         downsample_factor=config.patch)
+        super().__init__(
+            in_frames=in_frames,
+            out_frames=out_frames,
+            channels=channels,
+            height=height,
+            width=width,
+            latent_channels=config.hidden,
+            downsample_factor=config.patch,
+        )
         self.config = config
         p = config.patch
         self.grid = (-(-height // p), -(-width // p))
         self.embed = nn.Conv2d(in_frames * channels, config.hidden, p, stride=p)
         self.blocks = nn.Sequential(
-            *[MixerBlock(config.hidden, *self.grid, config.token_mlp_ratio,
-                         config.channel_mlp_ratio) for _ in range(config.depth)]
+            *[
+                MixerBlock(
+                    config.hidden, *self.grid, config.token_mlp_ratio, config.channel_mlp_ratio
+                )
+                for _ in range(config.depth)
+            ]
         )
         self.norm_out = nn.LayerNorm(config.hidden)
         self.unpatch = nn.Linear(config.hidden, out_frames * channels * p * p)
@@ -108,5 +127,7 @@ class MLPMixer(ForecastModel):
         bottleneck = tokens.permute(0, 3, 1, 2)
         patches = self.unpatch(self.norm_out(tokens)).permute(0, 3, 1, 2)
         y = self.refine(self.shuffle(patches))
-        return (y.reshape(batch, self.out_frames, channels, height, width),
-                {"bottleneck": bottleneck})
+        return (
+            y.reshape(batch, self.out_frames, channels, height, width),
+            {"bottleneck": bottleneck},
+        )

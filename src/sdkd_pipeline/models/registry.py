@@ -51,8 +51,9 @@ def list_models(role: str | None = None) -> list[str]:
 
 def _spec(name: str, param_path: str) -> ModelSpec:
     if name not in _SPECS:
-        raise ConfigError(f"{param_path}: model {name!r} is unknown; registered models: "
-                          f"{', '.join(_SPECS)}")
+        raise ConfigError(
+            f"{param_path}: model {name!r} is unknown; registered models: {', '.join(_SPECS)}"
+        )
     return _SPECS[name]
 
 
@@ -84,8 +85,13 @@ def build_model(
     ``cfg`` overrides the model's config defaults (see ``default_config(name)``); the model's
     resolved config is ``model.config``.
     """
-    shape = {"in_frames": in_frames, "out_frames": out_frames, "channels": channels,
-             "height": height, "width": width}
+    shape = {
+        "in_frames": in_frames,
+        "out_frames": out_frames,
+        "channels": channels,
+        "height": height,
+        "width": width,
+    }
     for key, value in shape.items():
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ConfigError(f"{key} must be a positive integer, got {value!r}")
@@ -96,7 +102,8 @@ def build_model(
 def model_from_checkpoint(checkpoint: Mapping[str, Any]) -> ForecastModel:
     """The trained model a checkpoint of the training node holds (its ``model``, ``shape``,
     ``model_config`` and ``state_dict``), in eval mode."""
-    model = build_model(checkpoint["model"], **dict(checkpoint["shape"]),
-                        **dict(checkpoint["model_config"]))
+    model = build_model(
+        checkpoint["model"], **dict(checkpoint["shape"]), **dict(checkpoint["model_config"])
+    )
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval()

@@ -35,9 +35,11 @@ class BasicBlock(nn.Module):
         super().__init__()
         groups = group_count(channels)
         self.body = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1), nn.GroupNorm(groups, channels),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.GroupNorm(groups, channels),
             nn.SiLU(),
-            nn.Conv2d(channels, channels, 3, padding=1), nn.GroupNorm(groups, channels),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.GroupNorm(groups, channels),
         )
         self.act = nn.SiLU()
 
@@ -48,15 +50,30 @@ class BasicBlock(nn.Module):
 class ResNet(ForecastModel):
     latent_names = ("bottleneck",)
 
-    def __init__(self, *, in_frames: int, out_frames: int, channels: int, height: int,
-                 width: int, config: ResNetConfig | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        in_frames: int,
+        out_frames: int,
+        channels: int,
+        height: int,
+        width: int,
+        config: ResNetConfig | None = None,
+    ) -> None:
         config = config or ResNetConfig()
-        super().__init__(in_frames=in_frames, out_frames=out_frames, channels=channels,
-                         height=height, width=width, latent_channels=config.hidden,
-                         downsample_factor=2 ** config.downsample_steps)
+        super().__init__(
+            in_frames=in_frames,
+            out_frames=out_frames,
+            channels=channels,
+            height=height,
+            width=width,
+            latent_channels=config.hidden,
+            downsample_factor=2**config.downsample_steps,
+        )
         self.config = config
-        stem: list[nn.Module] = [ConvNormAct(in_frames * channels, config.base_width,
-                                             norm_groups=8)]
+        stem: list[nn.Module] = [
+            ConvNormAct(in_frames * channels, config.base_width, norm_groups=8)
+        ]
         previous = config.base_width
         for _ in range(config.downsample_steps):
             stem.append(ConvNormAct(previous, config.hidden, downsample=True, norm_groups=8))
@@ -76,5 +93,7 @@ class ResNet(ForecastModel):
         batch, frames, channels, height, width = x.shape
         bottleneck = self.blocks(self.stem(x.reshape(batch, frames * channels, height, width)))
         y = self.head(self.decoder(bottleneck))
-        return (y.reshape(batch, self.out_frames, channels, height, width),
-                {"bottleneck": bottleneck})
+        return (
+            y.reshape(batch, self.out_frames, channels, height, width),
+            {"bottleneck": bottleneck},
+        )

@@ -47,18 +47,29 @@ class SimVPConfig(ModelConfig):
     layer_scale_init: float = 1e-2
 
     def validate(self, prefix: str) -> None:
-        for name in ("frame_hidden", "hidden", "spatial_layers", "depth", "mlp_ratio",
-                     "attention_kernel", "layer_scale_init"):
+        for name in (
+            "frame_hidden",
+            "hidden",
+            "spatial_layers",
+            "depth",
+            "mlp_ratio",
+            "attention_kernel",
+            "layer_scale_init",
+        ):
             require_positive(prefix, name, getattr(self, name))
         require_even(prefix, "frame_hidden", self.frame_hidden)
         require_even(prefix, "spatial_layers", self.spatial_layers)
         if self.depth < 2:
-            raise ConfigError(f"{prefix}.depth must be >= 2 (the first and last gSTA blocks "
-                              f"change width), got {self.depth}")
+            raise ConfigError(
+                f"{prefix}.depth must be >= 2 (the first and last gSTA blocks "
+                f"change width), got {self.depth}"
+            )
         if self.attention_kernel < 9:
-            raise ConfigError(f"{prefix}.attention_kernel must be >= 9 (it is decomposed into "
-                              f"a 5x5 and a dilated depth-wise conv), got "
-                              f"{self.attention_kernel}")
+            raise ConfigError(
+                f"{prefix}.attention_kernel must be >= 9 (it is decomposed into "
+                f"a 5x5 and a dilated depth-wise conv), got "
+                f"{self.attention_kernel}"
+            )
 
 
 class LargeKernelAttention(nn.Module):
@@ -74,8 +85,9 @@ class LargeKernelAttention(nn.Module):
         dilated = kernel_size // dilation
         dilated += dilated % 2 - 1  # odd kernel
         self.local = nn.Conv2d(dim, dim, local, padding=local // 2, groups=dim)
-        self.dilated = nn.Conv2d(dim, dim, dilated, padding=dilation * (dilated - 1) // 2,
-                                 groups=dim, dilation=dilation)
+        self.dilated = nn.Conv2d(
+            dim, dim, dilated, padding=dilation * (dilated - 1) // 2, groups=dim, dilation=dilation
+        )
         self.value_gate = nn.Conv2d(dim, 2 * dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,8 +126,9 @@ class ConvMLP(nn.Module):
 class GSTABlock(nn.Module):
     """gSTA block: x + s1*Attn(BN(x)), then + s2*MLP(BN(.)); optional 1x1 width change."""
 
-    def __init__(self, dim: int, out_dim: int, mlp_ratio: float, kernel_size: int,
-                 layer_scale_init: float) -> None:
+    def __init__(
+        self, dim: int, out_dim: int, mlp_ratio: float, kernel_size: int, layer_scale_init: float
+    ) -> None:
         super().__init__()
         self.norm1 = nn.BatchNorm2d(dim)
         self.attention = SpatialAttention(dim, kernel_size)
@@ -139,12 +152,26 @@ class SimVP(ForecastModel):
 
     latent_names = ("high", "low", "fused", "state")
 
-    def __init__(self, *, in_frames: int, out_frames: int, channels: int, height: int,
-                 width: int, config: SimVPConfig | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        in_frames: int,
+        out_frames: int,
+        channels: int,
+        height: int,
+        width: int,
+        config: SimVPConfig | None = None,
+    ) -> None:
         config = config or SimVPConfig()
-        super().__init__(in_frames=in_frames, out_frames=out_frames, channels=channels,
-                         height=height, width=width, latent_channels=config.hidden,
-                         downsample_factor=2 ** (config.spatial_layers // 2))
+        super().__init__(
+            in_frames=in_frames,
+            out_frames=out_frames,
+            channels=channels,
+            height=height,
+            width=width,
+            latent_channels=config.hidden,
+            downsample_factor=2 ** (config.spatial_layers // 2),
+        )
         self.config = config
         hs = config.frame_hidden
         self.encoder = FrameEncoder(channels, hs, config.spatial_layers)
@@ -152,9 +179,16 @@ class SimVP(ForecastModel):
         # Block i runs at widths[i] and reduces to widths[i+1], except that the first block
         # runs at T_in*hid_S and the rest at hid_T, as in OpenSTL's MidMetaNet.
         self.translator = nn.ModuleList(
-            [GSTABlock(widths[i] if i == 0 else config.hidden, widths[i + 1], config.mlp_ratio,
-                       config.attention_kernel, config.layer_scale_init)
-             for i in range(config.depth)]
+            [
+                GSTABlock(
+                    widths[i] if i == 0 else config.hidden,
+                    widths[i + 1],
+                    config.mlp_ratio,
+                    config.attention_kernel,
+                    config.layer_scale_init,
+                )
+                for i in range(config.depth)
+            ]
         )
         self.skip = TemporalSkip(in_frames, out_frames, hs)
         self.decoder = FrameDecoder(hs, channels, config.spatial_layers)

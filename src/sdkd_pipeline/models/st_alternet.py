@@ -57,15 +57,24 @@ class STAlterNetConfig(ModelConfig):
     conv_kernel: int = 3  # kernel of the conv branch (odd)
 
     def validate(self, prefix: str) -> None:
-        for name in ("hidden", "depth", "heads", "mlp_ratio", "frame_hidden", "spatial_layers",
-                     "conv_kernel"):
+        for name in (
+            "hidden",
+            "depth",
+            "heads",
+            "mlp_ratio",
+            "frame_hidden",
+            "spatial_layers",
+            "conv_kernel",
+        ):
             require_positive(prefix, name, getattr(self, name))
         if self.hidden % self.heads:
-            raise ConfigError(f"{prefix}.heads ({self.heads}) must divide {prefix}.hidden "
-                              f"({self.hidden})")
+            raise ConfigError(
+                f"{prefix}.heads ({self.heads}) must divide {prefix}.hidden ({self.hidden})"
+            )
         if self.hidden % 4:
-            raise ConfigError(f"{prefix}.hidden must be a multiple of 4 (2-D position code), "
-                              f"got {self.hidden}")
+            raise ConfigError(
+                f"{prefix}.hidden must be a multiple of 4 (2-D position code), got {self.hidden}"
+            )
         require_even(prefix, "frame_hidden", self.frame_hidden)
         require_even(prefix, "spatial_layers", self.spatial_layers)
         if self.conv_kernel % 2 == 0:
@@ -123,19 +132,35 @@ class STAlterNet(ForecastModel):
 
     latent_names = ("high", "low", "fused", "state")
 
-    def __init__(self, *, in_frames: int, out_frames: int, channels: int, height: int,
-                 width: int, config: STAlterNetConfig | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        in_frames: int,
+        out_frames: int,
+        channels: int,
+        height: int,
+        width: int,
+        config: STAlterNetConfig | None = None,
+    ) -> None:
         config = config or STAlterNetConfig()
-        super().__init__(in_frames=in_frames, out_frames=out_frames, channels=channels,
-                         height=height, width=width, latent_channels=config.hidden,
-                         downsample_factor=2 ** (config.spatial_layers // 2))
+        super().__init__(
+            in_frames=in_frames,
+            out_frames=out_frames,
+            channels=channels,
+            height=height,
+            width=width,
+            latent_channels=config.hidden,
+            downsample_factor=2 ** (config.spatial_layers // 2),
+        )
         self.config = config
         hs = config.frame_hidden
         self.encoder = FrameEncoder(channels, hs, config.spatial_layers)
         self.embed = nn.Conv2d(in_frames * hs, config.hidden, 1)
         self.blocks = nn.ModuleList(
-            [AlterBlock(config.hidden, config.heads, config.mlp_ratio, config.conv_kernel)
-             for _ in range(config.depth)]
+            [
+                AlterBlock(config.hidden, config.heads, config.mlp_ratio, config.conv_kernel)
+                for _ in range(config.depth)
+            ]
         )
         self.norm_out = nn.LayerNorm(config.hidden)
         self.unembed = nn.Conv2d(config.hidden, out_frames * hs, 1)
@@ -148,8 +173,9 @@ class STAlterNet(ForecastModel):
         h, w = latent.shape[-2:]
         z = self.embed(latent.reshape(batch, frames * latent.shape[1], h, w))
         tokens = z.flatten(2).transpose(1, 2)
-        tokens = tokens + sincos_position_2d(h, w, tokens.shape[-1], device=tokens.device,
-                                             dtype=tokens.dtype)
+        tokens = tokens + sincos_position_2d(
+            h, w, tokens.shape[-1], device=tokens.device, dtype=tokens.dtype
+        )
         high = low = fused = tokens
         for block in self.blocks:
             tokens, high, low, fused = block(tokens, h, w)
@@ -162,5 +188,9 @@ class STAlterNet(ForecastModel):
             return t.transpose(1, 2).reshape(batch, -1, h, w)
 
         # ``state``: the token map after the last block's residuals (before the output norm)
-        return y, {"high": as_map(high), "low": as_map(low), "fused": as_map(fused),
-                   "state": as_map(tokens)}
+        return y, {
+            "high": as_map(high),
+            "low": as_map(low),
+            "fused": as_map(fused),
+            "state": as_map(tokens),
+        }

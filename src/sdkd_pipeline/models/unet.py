@@ -31,22 +31,39 @@ class UNetConfig(ModelConfig):
 
 class DoubleConv(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(ConvNormAct(in_channels, out_channels, norm_groups=8),
-                         ConvNormAct(out_channels, out_channels, norm_groups=8))
+        super().__init__(
+            ConvNormAct(in_channels, out_channels, norm_groups=8),
+            ConvNormAct(out_channels, out_channels, norm_groups=8),
+        )
 
 
 class UNet(ForecastModel):
     latent_names = ("bottleneck",)
 
-    def __init__(self, *, in_frames: int, out_frames: int, channels: int, height: int,
-                 width: int, config: UNetConfig | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        in_frames: int,
+        out_frames: int,
+        channels: int,
+        height: int,
+        width: int,
+        config: UNetConfig | None = None,
+    ) -> None:
         config = config or UNetConfig()
-        super().__init__(in_frames=in_frames, out_frames=out_frames, channels=channels,
-                         height=height, width=width, latent_channels=config.hidden,
-                         downsample_factor=2 ** config.levels)
+        super().__init__(
+            in_frames=in_frames,
+            out_frames=out_frames,
+            channels=channels,
+            height=height,
+            width=width,
+            latent_channels=config.hidden,
+            downsample_factor=2**config.levels,
+        )
         self.config = config
-        widths = [min(config.base_width * 2**level, config.hidden)
-                  for level in range(config.levels)]
+        widths = [
+            min(config.base_width * 2**level, config.hidden) for level in range(config.levels)
+        ]
         self.down = nn.ModuleList()
         previous = in_frames * channels
         for level_width in widths:

@@ -108,23 +108,39 @@ def train_forecaster(
             )
         )
         tracker.log_dict(
-            {"model": model_name, "model_config": model_cfg.to_dict(), "data": shape,
-             "training": cfg.to_dict(), "tags": tags},
+            {
+                "model": model_name,
+                "model_config": model_cfg.to_dict(),
+                "data": shape,
+                "training": cfg.to_dict(),
+                "tags": tags,
+            },
             "resolved_config.json",
         )
         extra = setup(model, splits, cfg) if setup is not None else LossSetup()
         if extra.params:
             tracker.log_params(flatten_params(extra.params))
         result = train(
-            model, extra.train_set if extra.train_set is not None else train_set, splits["val"],
-            cfg, out_dir=out_dir, loss=extra.loss, tracker=tracker, test_set=splits["test"],
+            model,
+            extra.train_set if extra.train_set is not None else train_set,
+            splits["val"],
+            cfg,
+            out_dir=out_dir,
+            loss=extra.loss,
+            tracker=tracker,
+            test_set=splits["test"],
             progress=progress,
         )
         run_id = tracker.run_id
     logger.info(
         "%s/%s: best val MSE %.4g at epoch %d of %d (%s), test MSE %.4g (normalized units)",
-        dataset, model_name, result.best_val_loss, result.best_epoch, result.epochs_run,
-        result.stop_reason.replace("_", " "), result.test_loss,
+        dataset,
+        model_name,
+        result.best_val_loss,
+        result.best_epoch,
+        result.epochs_run,
+        result.stop_reason.replace("_", " "),
+        result.test_loss,
     )
     checkpoint = {
         "model": model_name,
@@ -163,12 +179,18 @@ def train_forecaster(
 
 
 # engine settings that may change between a killed run and its resumption
-_RESUMABLE_KEYS = ("num_workers", "persistent_workers", "checkpoint_every_steps", "resume",
-                   "val_batch_size")
+_RESUMABLE_KEYS = (
+    "num_workers",
+    "persistent_workers",
+    "checkpoint_every_steps",
+    "resume",
+    "val_batch_size",
+)
 
 
-def _run_key(model_cfg: dict, train_cfg: dict, data: WindowDataset,
-             extra: Mapping[str, Any] | None = None) -> str:
+def _run_key(
+    model_cfg: dict, train_cfg: dict, data: WindowDataset, extra: Mapping[str, Any] | None = None
+) -> str:
     """A short hash of what defines a run (configs and the data's splits and statistics).
 
     A killed run started again with the same settings finds its ``last.pt`` and resumes; a run

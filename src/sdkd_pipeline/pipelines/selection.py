@@ -80,14 +80,13 @@ def enabled_models(role: str, params: dict[str, Any] | None = None) -> list[str]
     wrong = [n for n in names if MODEL_ROLES.get(n) != role]
     if wrong:
         known = [n for n, r in MODEL_ROLES.items() if r == role]
-        raise ConfigError(
-            f"parameter {role}.models: {wrong} are not {role} models; known: {known}"
-        )
+        raise ConfigError(f"parameter {role}.models: {wrong} are not {role} models; known: {known}")
     return list(names)
 
 
-def _stage_datasets(section: str, available: list[str], available_from: str,
-                    params: dict[str, Any], hint: str) -> list[str]:
+def _stage_datasets(
+    section: str, available: list[str], available_from: str, params: dict[str, Any], hint: str
+) -> list[str]:
     """``<section>.datasets``: defaults to ``available``; names not in it are left out with a
     warning (e.g. ``kedro run --pipelines=data --params data.datasets=weatherbench`` is not
     refused because the default trains on Navier-Stokes). An unknown name is an error."""
@@ -95,15 +94,22 @@ def _stage_datasets(section: str, available: list[str], available_from: str,
     datasets = _names(wanted) if wanted else list(available)
     unknown = [d for d in datasets if d not in KNOWN_DATASETS]
     if unknown:
-        raise ConfigError(f"parameter {section}.datasets: unknown dataset name(s) {unknown}; "
-                          f"known datasets are {list(KNOWN_DATASETS)}")
+        raise ConfigError(
+            f"parameter {section}.datasets: unknown dataset name(s) {unknown}; "
+            f"known datasets are {list(KNOWN_DATASETS)}"
+        )
     if len(set(datasets)) != len(datasets):
         raise ConfigError(f"parameter {section}.datasets: duplicate names in {datasets}")
     outside = [d for d in datasets if d not in available]
     if outside:
         logging.getLogger(__name__).warning(
-            "%s.datasets: %s left out: not in %s %s (%s)", section, outside, available_from,
-            available, hint)
+            "%s.datasets: %s left out: not in %s %s (%s)",
+            section,
+            outside,
+            available_from,
+            available,
+            hint,
+        )
     return [d for d in datasets if d in available]
 
 
@@ -112,12 +118,14 @@ def teacher_datasets(params: dict[str, Any] | None = None) -> list[str]:
     defaulting to every enabled dataset (``data.datasets``)."""
     if params is None:
         params = _parameters if _parameters is not None else _parameters_from_config()
-    return _stage_datasets("teacher", enabled_datasets(params), "data.datasets", params,
-                           "enable them there too")
+    return _stage_datasets(
+        "teacher", enabled_datasets(params), "data.datasets", params, "enable them there too"
+    )
 
 
-def distill_selection(params: dict[str, Any] | None = None
-                      ) -> tuple[list[str], list[str], list[str], dict[str, Any]]:
+def distill_selection(
+    params: dict[str, Any] | None = None,
+) -> tuple[list[str], list[str], list[str], dict[str, Any]]:
     """``(datasets, students, methods, distill parameters)`` of the distill pipeline.
 
     ``distill.datasets`` defaults to every dataset teachers are trained on; names outside those
@@ -128,14 +136,20 @@ def distill_selection(params: dict[str, Any] | None = None
     if params is None:
         params = _parameters if _parameters is not None else _parameters_from_config()
     distill = dict(params.get("distill") or {})
-    datasets = _stage_datasets("distill", teacher_datasets(params), "the teachers' datasets",
-                               params, "train their teachers: add them to teacher.datasets")
+    datasets = _stage_datasets(
+        "distill",
+        teacher_datasets(params),
+        "the teachers' datasets",
+        params,
+        "train their teachers: add them to teacher.datasets",
+    )
     students = _names(distill.get("students", []))
     wrong = [n for n in students if MODEL_ROLES.get(n) != "student"]
     if wrong:
         known = [n for n, r in MODEL_ROLES.items() if r == "student"]
-        raise ConfigError(f"parameter distill.students: {wrong} are not student models; "
-                          f"known: {known}")
+        raise ConfigError(
+            f"parameter distill.students: {wrong} are not student models; known: {known}"
+        )
     methods = _names(distill.get("methods", []))
     for label, names in (("students", students), ("methods", methods)):
         if len(set(names)) != len(names):

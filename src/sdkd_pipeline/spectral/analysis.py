@@ -104,9 +104,23 @@ __all__ = [
 
 # one row per spectrum (data, high, low, fused) and one "teacher_error" row for the band shares
 # of the teacher's error; a slope only where the spectrum is a power law
-SUMMARY_COLUMNS = ("dataset", "teacher", "latent", "power_law", "slope", "slope_stderr",
-                   "raw_slope", "fit_k_min", "fit_k_max", "r2", "exp_r2", "high_band_fraction",
-                   "centroid", *(f"share_{key}" for key in SHARE_KEYS), "verdict")
+SUMMARY_COLUMNS = (
+    "dataset",
+    "teacher",
+    "latent",
+    "power_law",
+    "slope",
+    "slope_stderr",
+    "raw_slope",
+    "fit_k_min",
+    "fit_k_max",
+    "r2",
+    "exp_r2",
+    "high_band_fraction",
+    "centroid",
+    *(f"share_{key}" for key in SHARE_KEYS),
+    "verdict",
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,8 +128,9 @@ SUMMARY_COLUMNS = ("dataset", "teacher", "latent", "power_law", "slope", "slope_
 # ---------------------------------------------------------------------------------------------
 
 
-def slope_summary(k, E, k_range: Sequence[float], *, min_r2: float = 0.95,
-                  exponential_r2_margin: float = 0.01) -> dict[str, Any]:
+def slope_summary(
+    k, E, k_range: Sequence[float], *, min_r2: float = 0.95, exponential_r2_margin: float = 0.01
+) -> dict[str, Any]:
     """Power-law and exponential fits of ``E(k)`` over ``k_range`` and whether it is a power law.
 
     ``power_law`` is True when the power-law fit (``fit_power_law``, log E on log k) has
@@ -131,13 +146,14 @@ def slope_summary(k, E, k_range: Sequence[float], *, min_r2: float = 0.95,
     exp = fit_exponential(k, E, k_min, k_max)
     if exp.r2 > fit.r2 + exponential_r2_margin:
         kind = "decay" if exp.rate < 0 else "growth"
-        verdict = (f"no power law: exponential {kind} fits better (r^2 {exp.r2:.3f} vs "
-                   f"{fit.r2:.3f})")
+        verdict = f"no power law: exponential {kind} fits better (r^2 {exp.r2:.3f} vs {fit.r2:.3f})"
     elif fit.r2 < min_r2:
         verdict = f"no power law (r^2 {fit.r2:.3f} < {min_r2:g})"
     else:
-        verdict = (f"power law: slope {fit.slope:.2f} ± {fit.slope_stderr:.2f} (r^2 "
-                   f"{fit.r2:.3f}; exponential r^2 {exp.r2:.3f})")
+        verdict = (
+            f"power law: slope {fit.slope:.2f} ± {fit.slope_stderr:.2f} (r^2 "
+            f"{fit.r2:.3f}; exponential r^2 {exp.r2:.3f})"
+        )
     power_law = verdict.startswith("power law")
     return {
         "power_law": power_law,
@@ -179,8 +195,10 @@ def branch_check(high: Spectrum, low: Spectrum, cutoff: float | None = None) -> 
     frac_l = high_band_fraction(k_low, e_low, cutoff)
     cent_h = spectral_centroid(k_high, e_high)
     cent_l = spectral_centroid(k_low, e_low)
-    numbers = (f"high-band energy fraction (k > {cutoff:.3g}) Z_h {frac_h:.3f} vs Z_l "
-               f"{frac_l:.3f}, spectral centroid Z_h {cent_h:.3g} vs Z_l {cent_l:.3g}")
+    numbers = (
+        f"high-band energy fraction (k > {cutoff:.3g}) Z_h {frac_h:.3f} vs Z_l "
+        f"{frac_l:.3f}, spectral centroid Z_h {cent_h:.3g} vs Z_l {cent_l:.3g}"
+    )
     if frac_h > frac_l:
         verdict = "conv branch (Z_h) carries more high-k energy than attention (Z_l)"
     elif frac_h < frac_l:
@@ -205,22 +223,35 @@ def branch_check(high: Spectrum, low: Spectrum, cutoff: float | None = None) -> 
 # ---------------------------------------------------------------------------------------------
 
 
-def analyse_spectra(model: torch.nn.Module, dataset, cfg: SpectralConfig, *,
-                    title: str | None = None, device: torch.device | str | None = None
-                    ) -> tuple[dict[str, Any], Any]:
+def analyse_spectra(
+    model: torch.nn.Module,
+    dataset,
+    cfg: SpectralConfig,
+    *,
+    title: str | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[dict[str, Any], Any]:
     """Spectra of the data and of the model's latents, their fits and power-law verdicts, the
     branch check, the band shares of the data and of the model's error, and the figure:
     ``(summary, Figure)``. ``summary`` is JSON-ready (plain numbers, lists and None)."""
-    passed = teacher_pass(model, dataset, max_windows=cfg.max_windows,
-                          batch_size=cfg.batch_size, window=cfg.window, device=device,
-                          distill_cutoff=cfg.distill_cutoff)
+    passed = teacher_pass(
+        model,
+        dataset,
+        max_windows=cfg.max_windows,
+        batch_size=cfg.batch_size,
+        window=cfg.window,
+        device=device,
+        distill_cutoff=cfg.distill_cutoff,
+    )
     spectra: dict[str, Spectrum] = {"data": passed["data"], **passed["latents"]}
     latent_names = [n for n in spectra if n != "data"]
     latent_k_max = max(float(spectra[n][0].max()) for n in latent_names)
     cutoff = cfg.high_band_cutoff if cfg.high_band_cutoff is not None else 0.5 * latent_k_max
     if not 0 < cutoff < latent_k_max:
-        raise ConfigError(f"parameter spectral.high_band_cutoff = {cutoff:g} must lie between 0 "
-                          f"and the latent grid's largest wavenumber {latent_k_max:.3g}")
+        raise ConfigError(
+            f"parameter spectral.high_band_cutoff = {cutoff:g} must lie between 0 "
+            f"and the latent grid's largest wavenumber {latent_k_max:.3g}"
+        )
 
     entries: dict[str, dict[str, Any]] = {}
     for name, (k, E) in spectra.items():
@@ -228,12 +259,14 @@ def analyse_spectra(model: torch.nn.Module, dataset, cfg: SpectralConfig, *,
         k_range = cfg.data_fit_range if is_data else cfg.latent_fit_range
         param = "spectral.fit_range." + ("data" if is_data else "latent")
         try:
-            fit = slope_summary(k, E, k_range, min_r2=cfg.min_r2,
-                                exponential_r2_margin=cfg.exponential_r2_margin)
+            fit = slope_summary(
+                k, E, k_range, min_r2=cfg.min_r2, exponential_r2_margin=cfg.exponential_r2_margin
+            )
         except ValueError as error:
             raise ConfigError(
                 f"parameter {param} = {list(k_range)}: {error} (the {name} spectrum has shells "
-                f"k = {k[1]:.3g} .. {k[-1]:.3g}; choose a range inside them)") from error
+                f"k = {k[1]:.3g} .. {k[-1]:.3g}; choose a range inside them)"
+            ) from error
         # statistics over the latent grid's shells for every spectrum, so the data row compares
         # like for like with the latents
         k_band, e_band = _band_limited(k, E, latent_k_max)
@@ -245,16 +278,21 @@ def analyse_spectra(model: torch.nn.Module, dataset, cfg: SpectralConfig, *,
             "E": [float(v) for v in E],
         }
 
-    check = branch_check(spectra["high"], spectra["low"], cutoff) if {
-        "high", "low"} <= set(spectra) else None
+    check = (
+        branch_check(spectra["high"], spectra["low"], cutoff)
+        if {"high", "low"} <= set(spectra)
+        else None
+    )
     shares = {
         **passed["band_shares"],
-        "note": ("Shares of the energy sum x^2 of the test truth (data) and of the teacher's "
-                 "error (prediction - truth), over the windows, frames and channels, in three "
-                 "log-spaced radial bands (BandSplit.log_spaced(H, W, 3): the evaluation's band "
-                 "MSE bands, the mean in the low band, no window); above_cutoff is the share at "
-                 "|k| > distill.cutoff.k (BandSplit.two_band, as the distillation loss); "
-                 "mean_square of the error is its MSE. Normalized units."),
+        "note": (
+            "Shares of the energy sum x^2 of the test truth (data) and of the teacher's "
+            "error (prediction - truth), over the windows, frames and channels, in three "
+            "log-spaced radial bands (BandSplit.log_spaced(H, W, 3): the evaluation's band "
+            "MSE bands, the mean in the low band, no window); above_cutoff is the share at "
+            "|k| > distill.cutoff.k (BandSplit.two_band, as the distillation loss); "
+            "mean_square of the error is its MSE. Normalized units."
+        ),
     }
     summary: dict[str, Any] = {
         "n_windows": len(evenly_spaced_indices(len(dataset), cfg.max_windows)),
@@ -262,20 +300,22 @@ def analyse_spectra(model: torch.nn.Module, dataset, cfg: SpectralConfig, *,
         "units": {
             "k": "cycles per domain length (longer axis); latents rescaled to the same scale",
             "data": "normalized fields ((x - mean) / std per channel, training split): slopes "
-                    "as in physical units; channels weigh equally",
+            "as in physical units; channels weigh equally",
             "latents": "latent activations (arbitrary units)",
         },
         "band_statistics_k_max": latent_k_max,
         "spectra": entries,
         "reference_slopes": dict(REFERENCE_SLOPES),
-        "note": ("Slopes are least-squares fits of log E on log k over the stated ranges, with "
-                 "their standard errors, reported as a power law only when r^2 >= "
-                 f"{cfg.min_r2:g} and an exponential (log E linear in k) over the same shells "
-                 f"does not fit better by more than {cfg.exponential_r2_margin:g} in r^2; "
-                 "otherwise slope is null and the fit is kept as raw_slope for the record. The "
-                 "reference slopes -5/3 and -3 (2-D turbulence: inverse energy and enstrophy "
-                 "cascades) are shown for comparison only; the measured slopes are not "
-                 "constrained to them and no scaling law is asserted."),
+        "note": (
+            "Slopes are least-squares fits of log E on log k over the stated ranges, with "
+            "their standard errors, reported as a power law only when r^2 >= "
+            f"{cfg.min_r2:g} and an exponential (log E linear in k) over the same shells "
+            f"does not fit better by more than {cfg.exponential_r2_margin:g} in r^2; "
+            "otherwise slope is null and the fit is kept as raw_slope for the record. The "
+            "reference slopes -5/3 and -3 (2-D turbulence: inverse energy and enstrophy "
+            "cascades) are shown for comparison only; the measured slopes are not "
+            "constrained to them and no scaling law is asserted."
+        ),
         "branch_check": check,
         "band_shares": shares,
     }
@@ -317,8 +357,7 @@ def spectral_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for name, entry in summary["spectra"].items():
         metrics[f"power_law_{name}"] = float(bool(entry["power_law"]))
-        keys = ["r2", "exp_r2", "raw_slope", "raw_slope_stderr", "high_band_fraction",
-                "centroid"]
+        keys = ["r2", "exp_r2", "raw_slope", "raw_slope_stderr", "high_band_fraction", "centroid"]
         if entry["power_law"]:
             keys += ["slope", "slope_stderr"]
         for key in keys:

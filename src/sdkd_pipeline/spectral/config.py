@@ -45,53 +45,78 @@ class SpectralConfig:
     distill_cutoff: float | None = None
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any] | None, dataset: str,
-                    prefix: str = "spectral", *, distill_cutoff: Any = None) -> SpectralConfig:
+    def from_params(
+        cls,
+        params: Mapping[str, Any] | None,
+        dataset: str,
+        prefix: str = "spectral",
+        *,
+        distill_cutoff: Any = None,
+    ) -> SpectralConfig:
         """Validate the ``spectral`` parameters; ``window`` is a mapping dataset -> window (or
         one window for all). ``distill_cutoff``: ``distill.cutoff.k`` or None. Errors name the
         parameter."""
         params = dict(params or {})
-        known = {"split", "max_windows", "batch_size", "fit_range", "min_r2",
-                 "exponential_r2_margin", "high_band_cutoff", "window", "device"}
+        known = {
+            "split",
+            "max_windows",
+            "batch_size",
+            "fit_range",
+            "min_r2",
+            "exponential_r2_margin",
+            "high_band_cutoff",
+            "window",
+            "device",
+        }
         unknown = sorted(set(params) - known)
         if unknown:
-            raise ConfigError(f"parameter {prefix}: unknown key(s) {unknown}; known: "
-                              f"{sorted(known)}")
+            raise ConfigError(
+                f"parameter {prefix}: unknown key(s) {unknown}; known: {sorted(known)}"
+            )
         defaults = cls()
         split = str(params.get("split", defaults.split))
         if split not in ("train", "val", "test"):
-            raise ConfigError(f"parameter {prefix}.split must be train, val or test, got "
-                              f"{split!r}")
+            raise ConfigError(f"parameter {prefix}.split must be train, val or test, got {split!r}")
         fit = dict(params.get("fit_range") or {})
         bad = sorted(set(fit) - {"data", "latent"})
         if bad:
-            raise ConfigError(f"parameter {prefix}.fit_range: unknown key(s) {bad}; use data "
-                              "and latent")
+            raise ConfigError(
+                f"parameter {prefix}.fit_range: unknown key(s) {bad}; use data and latent"
+            )
         cutoff = params.get("high_band_cutoff", defaults.high_band_cutoff)
         if cutoff is not None:
             cutoff = _positive_float(cutoff, f"{prefix}.high_band_cutoff")
         min_r2 = _positive_float(params.get("min_r2", defaults.min_r2), f"{prefix}.min_r2")
         if min_r2 > 1:
             raise ConfigError(f"parameter {prefix}.min_r2 must lie in (0, 1], got {min_r2:g}")
-        margin = _fraction(params.get("exponential_r2_margin", defaults.exponential_r2_margin),
-                           f"{prefix}.exponential_r2_margin")
+        margin = _fraction(
+            params.get("exponential_r2_margin", defaults.exponential_r2_margin),
+            f"{prefix}.exponential_r2_margin",
+        )
         return cls(
             split=split,
-            max_windows=_positive_int(params.get("max_windows", defaults.max_windows),
-                                      f"{prefix}.max_windows"),
-            batch_size=_positive_int(params.get("batch_size", defaults.batch_size),
-                                     f"{prefix}.batch_size"),
-            data_fit_range=_fit_range(fit.get("data", defaults.data_fit_range),
-                                      f"{prefix}.fit_range.data"),
-            latent_fit_range=_fit_range(fit.get("latent", defaults.latent_fit_range),
-                                        f"{prefix}.fit_range.latent"),
+            max_windows=_positive_int(
+                params.get("max_windows", defaults.max_windows), f"{prefix}.max_windows"
+            ),
+            batch_size=_positive_int(
+                params.get("batch_size", defaults.batch_size), f"{prefix}.batch_size"
+            ),
+            data_fit_range=_fit_range(
+                fit.get("data", defaults.data_fit_range), f"{prefix}.fit_range.data"
+            ),
+            latent_fit_range=_fit_range(
+                fit.get("latent", defaults.latent_fit_range), f"{prefix}.fit_range.latent"
+            ),
             min_r2=min_r2,
             exponential_r2_margin=margin,
             high_band_cutoff=cutoff,
             window=_window_for(params.get("window", defaults.window), dataset, prefix),
             device=str(params.get("device", defaults.device)),
-            distill_cutoff=(None if distill_cutoff is None
-                            else _positive_float(distill_cutoff, "distill.cutoff.k")),
+            distill_cutoff=(
+                None
+                if distill_cutoff is None
+                else _positive_float(distill_cutoff, "distill.cutoff.k")
+            ),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,8 +173,10 @@ def _window_for(value: Any, dataset: str, prefix: str) -> str:
     name = f"{prefix}.window"
     if isinstance(value, Mapping):
         if dataset not in value:
-            raise ConfigError(f"parameter {name} names no window for dataset {dataset!r}; add "
-                              f"{name}.{dataset}: one of {list(WINDOWS)}")
+            raise ConfigError(
+                f"parameter {name} names no window for dataset {dataset!r}; add "
+                f"{name}.{dataset}: one of {list(WINDOWS)}"
+            )
         value, name = value[dataset], f"{name}.{dataset}"
     window = "none" if value is None or value is False else str(value).lower()
     if window not in WINDOWS:

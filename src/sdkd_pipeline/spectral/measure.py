@@ -96,8 +96,9 @@ def _loader(dataset, max_windows: int, batch_size: int):
     return torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False)
 
 
-def data_spectrum(dataset, max_windows: int, *, window: str = "none",
-                  batch_size: int = 16) -> Spectrum:
+def data_spectrum(
+    dataset, max_windows: int, *, window: str = "none", batch_size: int = 16
+) -> Spectrum:
     """Mean radial spectrum ``(k, E)`` of the target fields ``y`` of up to ``max_windows``
     windows of an ``(x, y)`` dataset (``y``: ``(T, C, H, W)``), over windows, frames and
     channels. In the dataset's units (normalized for a ``WindowDataset``)."""
@@ -107,10 +108,17 @@ def data_spectrum(dataset, max_windows: int, *, window: str = "none",
     return mean.result()
 
 
-def teacher_pass(model: torch.nn.Module, dataset, *, max_windows: int, batch_size: int,
-                 window: str = "none", device: torch.device | str | None = None,
-                 names: Sequence[str] | None = None, distill_cutoff: float | None = None,
-                 ) -> dict[str, Any]:
+def teacher_pass(
+    model: torch.nn.Module,
+    dataset,
+    *,
+    max_windows: int,
+    batch_size: int,
+    window: str = "none",
+    device: torch.device | str | None = None,
+    names: Sequence[str] | None = None,
+    distill_cutoff: float | None = None,
+) -> dict[str, Any]:
     """One forward pass of the model (``forward_features``) over up to ``max_windows`` windows
     of an ``(x, y)`` dataset, collecting:
 
@@ -140,8 +148,10 @@ def teacher_pass(model: torch.nn.Module, dataset, *, max_windows: int, batch_siz
                 prediction, features = model.forward_features(x.to(device))
                 y = y.to(prediction.device)
                 if prediction.shape != y.shape:
-                    raise ValueError(f"{type(model).__name__} predicts {tuple(prediction.shape)} "
-                                     f"for targets {tuple(y.shape)}")
+                    raise ValueError(
+                        f"{type(model).__name__} predicts {tuple(prediction.shape)} "
+                        f"for targets {tuple(y.shape)}"
+                    )
                 if truth is None:
                     truth = BandTotals(*y.shape[-2:], distill_cutoff)
                     error = BandTotals(*y.shape[-2:], distill_cutoff)
@@ -151,11 +161,14 @@ def teacher_pass(model: torch.nn.Module, dataset, *, max_windows: int, batch_siz
                 wanted = names or _default_latents(model, features)
                 for name in wanted:
                     if name not in features:
-                        raise KeyError(f"{type(model).__name__} has no latent {name!r}; it "
-                                       f"returns {sorted(features)}")
+                        raise KeyError(
+                            f"{type(model).__name__} has no latent {name!r}; it "
+                            f"returns {sorted(features)}"
+                        )
                     latent = features[name].float()
-                    means.setdefault(name, _MeanSpectrum()).add(apply_window(latent, window),
-                                                                len(x))
+                    means.setdefault(name, _MeanSpectrum()).add(
+                        apply_window(latent, window), len(x)
+                    )
                 k_scale = _latent_k_scale(model, x.shape[-2:], latent.shape[-2:])
     finally:
         model.train(was_training)
@@ -179,17 +192,32 @@ def _default_latents(model: torch.nn.Module, features: Mapping[str, Any]) -> tup
     return tuple(n for n in LATENT_NAMES if n in available) or available
 
 
-def latent_spectra(model: torch.nn.Module, dataset, *, max_windows: int, batch_size: int,
-                   window: str = "none", device: torch.device | str | None = None,
-                   names: Sequence[str] | None = None) -> dict[str, Spectrum]:
+def latent_spectra(
+    model: torch.nn.Module,
+    dataset,
+    *,
+    max_windows: int,
+    batch_size: int,
+    window: str = "none",
+    device: torch.device | str | None = None,
+    names: Sequence[str] | None = None,
+) -> dict[str, Spectrum]:
     """Mean radial spectra ``{name: (k, E)}`` of the model's latents: ``teacher_pass``'s
     ``latents``."""
-    return teacher_pass(model, dataset, max_windows=max_windows, batch_size=batch_size,
-                        window=window, device=device, names=names)["latents"]
+    return teacher_pass(
+        model,
+        dataset,
+        max_windows=max_windows,
+        batch_size=batch_size,
+        window=window,
+        device=device,
+        names=names,
+    )["latents"]
 
 
-def _latent_k_scale(model: torch.nn.Module, data_hw: Sequence[int],
-                    latent_hw: Sequence[int]) -> float:
+def _latent_k_scale(
+    model: torch.nn.Module, data_hw: Sequence[int], latent_hw: Sequence[int]
+) -> float:
     """Latent shells in cycles per latent domain -> cycles per data domain length."""
     factor = getattr(model, "downsample_factor", None)
     if factor is None:  # assume the latent grid covers exactly the data domain

@@ -39,9 +39,13 @@ def _measured_at(k: np.ndarray, E: np.ndarray, k0: float) -> float:
     return float(np.exp(np.interp(np.log(k0), np.log(k[use]), np.log(E[use]))))
 
 
-def plot_spectra(spectra: Mapping[str, tuple[np.ndarray, np.ndarray]],
-                 fits: Mapping[str, Mapping[str, Any]], *, title: str | None = None,
-                 cutoff: float | None = None):
+def plot_spectra(
+    spectra: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    fits: Mapping[str, Mapping[str, Any]],
+    *,
+    title: str | None = None,
+    cutoff: float | None = None,
+):
     """Log-log ``E(k)`` of the data (left) and the latents (right).
 
     A spectrum whose fit is a power law (``fits[name]["power_law"]``, see
@@ -54,8 +58,10 @@ def plot_spectra(spectra: Mapping[str, tuple[np.ndarray, np.ndarray]],
     """
     from matplotlib.figure import Figure
 
-    panels = [("data", [n for n in spectra if n == "data"]),
-              ("latents", [n for n in spectra if n != "data"])]
+    panels = [
+        ("data", [n for n in spectra if n == "data"]),
+        ("latents", [n for n in spectra if n != "data"]),
+    ]
     panels = [(label, names) for label, names in panels if names]
     figure = Figure(figsize=(5.2 * len(panels), 4.2), layout="constrained")
     axes_list = figure.subplots(1, len(panels), sharex=True, squeeze=False)[0]
@@ -70,17 +76,32 @@ def plot_spectra(spectra: Mapping[str, tuple[np.ndarray, np.ndarray]],
             spectrum_label = symbol
             if fit is not None and not law:
                 spectrum_label = f"{symbol}: {fit.get('verdict') or 'no power law'}"
-            axes.loglog(k[use], E[use], "o-", color=color, markersize=3, linewidth=1,
-                        label=spectrum_label, gid=f"spectrum_{name}")
+            axes.loglog(
+                k[use],
+                E[use],
+                "o-",
+                color=color,
+                markersize=3,
+                linewidth=1,
+                label=spectrum_label,
+                gid=f"spectrum_{name}",
+            )
             if law:
                 k_fit = np.linspace(fit["fit_k_min"], fit["fit_k_max"], 50)
-                axes.loglog(k_fit, _fit_line(fit, k_fit), "--", color=color, linewidth=2,
-                            label=f"{symbol} fit: slope {_fit_slope(fit):.2f} ± "
-                                  f"{fit['slope_stderr']:.2f}", gid=f"fit_{name}")
+                axes.loglog(
+                    k_fit,
+                    _fit_line(fit, k_fit),
+                    "--",
+                    color=color,
+                    linewidth=2,
+                    label=f"{symbol} fit: slope {_fit_slope(fit):.2f} ± {fit['slope_stderr']:.2f}",
+                    gid=f"fit_{name}",
+                )
         _draw_references(axes, spectra, fits, names)
         if cutoff is not None and label == "latents":
-            axes.axvline(cutoff, color="0.6", linewidth=0.8,
-                         label=f"high-band cutoff k = {cutoff:.3g}")
+            axes.axvline(
+                cutoff, color="0.6", linewidth=0.8, label=f"high-band cutoff k = {cutoff:.3g}"
+            )
         axes.set_xlabel("k (cycles per domain length)")
         axes.set_ylabel("E(k)" + (" (normalized units)" if label == "data" else ""))
         axes.set_title(label)
@@ -106,5 +127,12 @@ def _draw_references(axes, spectra, fits, names) -> None:
     k_ref = np.geomspace(k0, 2.0 * float(anchor["fit_k_max"]), 50)
     for (ref_name, slope), style in zip(REFERENCE_SLOPES.items(), (":", "-."), strict=True):
         exponent = ref_name.removeprefix("k^")
-        axes.loglog(k_ref, e0 * (k_ref / k0) ** slope, style, color="0.35", linewidth=1.2,
-                    label=f"reference $k^{{{exponent}}}$", gid=f"reference_{ref_name}")
+        axes.loglog(
+            k_ref,
+            e0 * (k_ref / k0) ** slope,
+            style,
+            color="0.35",
+            linewidth=1.2,
+            label=f"reference $k^{{{exponent}}}$",
+            gid=f"reference_{ref_name}",
+        )

@@ -19,8 +19,14 @@ import torch
 from sdkd_pipeline.errors import ConfigError
 from sdkd_pipeline.spectral.bands import BandSplit
 
-__all__ = ["SHARE_BANDS", "SHARE_KEYS", "BandTotals", "band_share_text", "band_shares",
-           "share_bands"]
+__all__ = [
+    "SHARE_BANDS",
+    "SHARE_KEYS",
+    "BandTotals",
+    "band_share_text",
+    "band_shares",
+    "share_bands",
+]
 
 SHARE_BANDS = ("low", "mid", "high")
 SHARE_KEYS = (*SHARE_BANDS, "above_cutoff")
@@ -41,8 +47,10 @@ class BandTotals:
             try:
                 self.above_split = BandSplit.two_band(height, width, cutoff)
             except ConfigError as error:
-                raise ConfigError(f"parameter distill.cutoff.k = {cutoff:g} does not split the "
-                                  f"{height}x{width} grid: {error}") from error
+                raise ConfigError(
+                    f"parameter distill.cutoff.k = {cutoff:g} does not split the "
+                    f"{height}x{width} grid: {error}"
+                ) from error
         self.energy = np.zeros(len(SHARE_BANDS))
         self.above = 0.0
         self.n_values = 0
@@ -62,7 +70,8 @@ class BandTotals:
         total = float(self.energy.sum())
         out: dict[str, float | None] = {
             name: float(e / total) if total > 0 else None
-            for name, e in zip(SHARE_BANDS, self.energy, strict=True)}
+            for name, e in zip(SHARE_BANDS, self.energy, strict=True)
+        }
         if self.above_split is not None:
             out["above_cutoff"] = self.above / total if total > 0 else None
         out["mean_square"] = total / self.n_values if self.n_values else None
@@ -72,8 +81,7 @@ class BandTotals:
         """``{low: [0, c0], mid: [c0, c1], high: [c1, k_max]}``: the low band holds the mean and
         each band is closed above (``c0 < |k| <= c1`` is mid)."""
         edges = [0.0, *self.bands.cutoffs, self.bands.k_max]
-        return {name: [float(edges[i]), float(edges[i + 1])]
-                for i, name in enumerate(SHARE_BANDS)}
+        return {name: [float(edges[i]), float(edges[i + 1])] for i, name in enumerate(SHARE_BANDS)}
 
 
 def band_shares(fields: torch.Tensor, *, cutoff: float | None = None) -> dict[str, float | None]:
@@ -89,17 +97,19 @@ def band_share_text(shares: Mapping[str, Any]) -> str:
     """One line for the log: the data's and the teacher error's low / mid / high shares (and
     above the distillation cutoff)."""
     bands = shares["bands"]
-    head = (f"band shares low (k <= {bands['low'][1]:.3g}) / mid / high "
-            f"(k > {bands['high'][0]:.3g})")
+    head = f"band shares low (k <= {bands['low'][1]:.3g}) / mid / high (k > {bands['high'][0]:.3g})"
 
     def triple(values: Mapping[str, Any]) -> str:
-        return " / ".join("n/a" if values.get(b) is None else f"{values[b]:.3f}"
-                          for b in SHARE_BANDS)
+        return " / ".join(
+            "n/a" if values.get(b) is None else f"{values[b]:.3f}" for b in SHARE_BANDS
+        )
 
     text = f"{head}: data {triple(shares['data'])}, teacher error {triple(shares['teacher_error'])}"
     if shares.get("distill_cutoff_k") is not None:
         above = [shares[w].get("above_cutoff") for w in ("data", "teacher_error")]
         data_above, error_above = ("n/a" if v is None else f"{v:.3f}" for v in above)
-        text += (f"; above distill cutoff k = {shares['distill_cutoff_k']:g}: data "
-                 f"{data_above}, teacher error {error_above}")
+        text += (
+            f"; above distill cutoff k = {shares['distill_cutoff_k']:g}: data "
+            f"{data_above}, teacher error {error_above}"
+        )
     return text

@@ -232,8 +232,15 @@ def fit_power_law(k, E, k_min: float, k_max: float) -> PowerLawFit:
     """
     k, E = _fit_points(k, E, k_min, k_max, "power-law")
     slope, stderr, intercept, r2 = _line_fit(np.log(k), np.log(E))
-    return PowerLawFit(slope=slope, slope_stderr=stderr, intercept=intercept, r2=r2,
-                       k_min=float(k_min), k_max=float(k_max), n_points=int(k.size))
+    return PowerLawFit(
+        slope=slope,
+        slope_stderr=stderr,
+        intercept=intercept,
+        r2=r2,
+        k_min=float(k_min),
+        k_max=float(k_max),
+        n_points=int(k.size),
+    )
 
 
 def fit_exponential(k, E, k_min: float, k_max: float) -> ExponentialFit:
@@ -241,8 +248,15 @@ def fit_exponential(k, E, k_min: float, k_max: float) -> ExponentialFit:
     ``fit_power_law`` (so the two r^2 compare like for like)."""
     k, E = _fit_points(k, E, k_min, k_max, "exponential")
     rate, stderr, intercept, r2 = _line_fit(k, np.log(E))
-    return ExponentialFit(rate=rate, rate_stderr=stderr, intercept=intercept, r2=r2,
-                          k_min=float(k_min), k_max=float(k_max), n_points=int(k.size))
+    return ExponentialFit(
+        rate=rate,
+        rate_stderr=stderr,
+        intercept=intercept,
+        r2=r2,
+        k_min=float(k_min),
+        k_max=float(k_max),
+        n_points=int(k.size),
+    )
 
 
 def energy_fraction_cutoff(k, E, fraction: float, *, include_mean: bool = True) -> float:

@@ -60,8 +60,10 @@ def _teacher_checkpoints(paths: list[str]) -> dict[str, Checkpoint]:
     for path in paths:
         label = f"--teacher {path}"
         if not Path(path).is_file():
-            raise ConfigError(f"{label}: no such file (teacher checkpoints are written "
-                              "by `kedro run --pipelines=teacher` to data/06_models/<dataset>/)")
+            raise ConfigError(
+                f"{label}: no such file (teacher checkpoints are written "
+                "by `kedro run --pipelines=teacher` to data/06_models/<dataset>/)"
+            )
         try:
             ckpt = Checkpoint.load(path)
         except DataError as exc:  # a truncated file, a pickle payload, not a checkpoint
@@ -69,8 +71,9 @@ def _teacher_checkpoints(paths: list[str]) -> dict[str, Checkpoint]:
             raise ConfigError(f"{label}: not a readable checkpoint ({reason})") from None
         ckpt.expect_role("teacher", label)
         if "best_val_loss" not in ckpt:
-            raise ConfigError(f"{label}: not a checkpoint of the teacher pipeline (lacks "
-                              "best_val_loss)")
+            raise ConfigError(
+                f"{label}: not a checkpoint of the teacher pipeline (lacks best_val_loss)"
+            )
         if ckpt.model_name in out:
             raise ConfigError(f"{label}: a second {ckpt.model_name!r} checkpoint")
         out[ckpt.model_name] = ckpt
@@ -78,17 +81,26 @@ def _teacher_checkpoints(paths: list[str]) -> dict[str, Checkpoint]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sdkd_pipeline.training", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m sdkd_pipeline.training",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--store", required=True, help="tensor store (.zarr) or NetCDF copy")
     parser.add_argument("--model", required=True, choices=sorted(MODEL_ROLES))
     parser.add_argument("--out", required=True, help="checkpoint folder (best.pt, last.pt)")
     parser.add_argument("--params-file", default=None)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--method", default=None,
-                        help="students: distillation method or variant (default none)")
-    parser.add_argument("--teacher", action="append", default=[], metavar="CHECKPOINT",
-                        help="students: a teacher checkpoint (repeat for several)")
+    parser.add_argument(
+        "--method", default=None, help="students: distillation method or variant (default none)"
+    )
+    parser.add_argument(
+        "--teacher",
+        action="append",
+        default=[],
+        metavar="CHECKPOINT",
+        help="students: a teacher checkpoint (repeat for several)",
+    )
     parser.add_argument("--mlflow", action="store_true", help="log the run to MLflow")
     parser.add_argument("--dataset", default=None, help="dataset name for the MLflow tags")
     parser.add_argument("--no-progress", action="store_true")
@@ -103,8 +115,10 @@ def _main(args: argparse.Namespace) -> int:
     role = MODEL_ROLES[args.model]
     section_name = PARAMS_SECTION[role]
     if role == "teacher" and (args.method or args.teacher):
-        raise ConfigError(f"--method and --teacher are for students; {args.model!r} is a "
-                          "teacher, trained on the data alone")
+        raise ConfigError(
+            f"--method and --teacher are for students; {args.model!r} is a "
+            "teacher, trained on the data alone"
+        )
     params_file = Path(args.params_file or f"conf/base/parameters_{section_name}.yml")
     if not params_file.is_file():
         raise ConfigError(f"--params-file {params_file}: no such file")
@@ -126,8 +140,10 @@ def _main(args: argparse.Namespace) -> int:
         distill_cfg = DistillConfig.from_params(args.method or "none", section)
         checkpoints = _teacher_checkpoints(args.teacher)
         if distill_cfg.needs_teachers and not checkpoints:
-            raise ConfigError(f"--method {distill_cfg.name}: distills from teachers; give their "
-                              "checkpoints with --teacher data/06_models/<dataset>/<teacher>.pt")
+            raise ConfigError(
+                f"--method {distill_cfg.name}: distills from teachers; give their "
+                "checkpoints with --teacher data/06_models/<dataset>/<teacher>.pt"
+            )
 
     store = args.store
     if str(store).endswith((".nc", ".nc4")):
@@ -144,15 +160,26 @@ def _main(args: argparse.Namespace) -> int:
         from sdkd_pipeline.distill.teachers import choose_teachers, load_teachers
 
         method = distill_cfg.name
-        chosen = choose_teachers(distill_cfg, {n: float(c["best_val_loss"])
-                                               for n, c in checkpoints.items()})
+        chosen = choose_teachers(
+            distill_cfg, {n: float(c["best_val_loss"]) for n, c in checkpoints.items()}
+        )
         device = resolve_device(cfg.device)
-        teachers = load_teachers({n: checkpoints[n] for n in chosen}, shape,
-                                 splits["train"].mean, splits["train"].std, device)
+        teachers = load_teachers(
+            {n: checkpoints[n] for n in chosen},
+            shape,
+            splits["train"].mean,
+            splits["train"].std,
+            device,
+        )
         prepared = prepare_distillation(
-            distill_cfg, teachers, model, splits["train"], device=device,
+            distill_cfg,
+            teachers,
+            model,
+            splits["train"],
+            device=device,
             autocast_dtype=autocast_dtype(cfg.precision, device),
-            batch_size=cfg.val_batch_size or cfg.batch_size)
+            batch_size=cfg.val_batch_size or cfg.batch_size,
+        )
         if prepared.loss is not None:
             loss, train_set = prepared.loss, prepared.train_set
     env = distributed_env()
@@ -166,15 +193,33 @@ def _main(args: argparse.Namespace) -> int:
     else:
         tracker = None
     try:
-        result = train(model, train_set, splits["val"], cfg, out_dir=args.out, tracker=tracker,
-                       loss=loss, test_set=splits["test"], progress=not args.no_progress)
+        result = train(
+            model,
+            train_set,
+            splits["val"],
+            cfg,
+            out_dir=args.out,
+            tracker=tracker,
+            loss=loss,
+            test_set=splits["test"],
+            progress=not args.no_progress,
+        )
     finally:
         if tracker is not None:
             tracker.close()
     if main_rank:
-        print(json.dumps({"best_val_mse": result.best_val_loss, "best_epoch": result.best_epoch,
-                          "test_mse": result.test_loss, "stop_reason": result.stop_reason,
-                          "method": method, "best_checkpoint": str(result.best_checkpoint)}))
+        print(
+            json.dumps(
+                {
+                    "best_val_mse": result.best_val_loss,
+                    "best_epoch": result.best_epoch,
+                    "test_mse": result.test_loss,
+                    "stop_reason": result.stop_reason,
+                    "method": method,
+                    "best_checkpoint": str(result.best_checkpoint),
+                }
+            )
+        )
     return 0
 
 

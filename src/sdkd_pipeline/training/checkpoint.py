@@ -49,8 +49,7 @@ def _tracker_run_id(tracker: Any) -> str | None:
     return None if run_id is None else str(run_id)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
-                    ) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by the engine (``weights_only=True``: no code runs)."""
     checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
@@ -63,8 +62,13 @@ def _rng_state(device: torch.device) -> dict[str, Any]:
     py_version, py_internal, py_gauss = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
-                  int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "numpy": [
+            np_state[0],
+            torch.from_numpy(np_state[1].astype(np.int64)),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
         "python": [py_version, list(py_internal), py_gauss],
     }
     if device.type == "cuda":
@@ -94,8 +98,10 @@ def seed_everything(seed: int) -> None:
 
 @contextmanager
 def _determinism(enabled: bool, device: torch.device):
-    previous = (torch.are_deterministic_algorithms_enabled(),
-                torch.is_deterministic_algorithms_warn_only_enabled())
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     previous_benchmark = torch.backends.cudnn.benchmark
     if enabled:
         if device.type == "cuda":
@@ -109,4 +115,3 @@ def _determinism(enabled: bool, device: torch.device):
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
         torch.backends.cudnn.benchmark = previous_benchmark
-

@@ -74,8 +74,12 @@ class TrainConfig:
             _require_int(where, name, getattr(self, name), minimum=1)
         for name in ("warmup_steps", "seed", "num_workers"):
             _require_int(where, name, getattr(self, name), minimum=0)
-        for name in ("patience", "max_batches_per_epoch", "val_batch_size",
-                     "checkpoint_every_steps"):
+        for name in (
+            "patience",
+            "max_batches_per_epoch",
+            "val_batch_size",
+            "checkpoint_every_steps",
+        ):
             if getattr(self, name) is not None:
                 _require_int(where, name, getattr(self, name), minimum=1)
         _require_real(where, "lr", self.lr, positive=True)
@@ -85,7 +89,9 @@ class TrainConfig:
             _require_real(where, "grad_clip", self.grad_clip, positive=True)
         _require_real(where, "plateau_factor", self.plateau_factor, positive=True)
         if not self.plateau_factor < 1:
-            raise ConfigError(f"{where}.plateau_factor must be in (0, 1), got {self.plateau_factor}")
+            raise ConfigError(
+                f"{where}.plateau_factor must be in (0, 1), got {self.plateau_factor}"
+            )
         if self.min_lr > self.lr:
             raise ConfigError(f"{where}.min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
         if self.schedule not in SCHEDULES:
@@ -98,7 +104,9 @@ class TrainConfig:
             )
         for name in ("persistent_workers", "channels_last", "resume"):
             if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{where}.{name} must be true or false, got {getattr(self, name)!r}")
+                raise ConfigError(
+                    f"{where}.{name} must be true or false, got {getattr(self, name)!r}"
+                )
         if self.deterministic is not None and not isinstance(self.deterministic, bool):
             raise ConfigError(
                 f"{where}.deterministic must be true, false or null, got {self.deterministic!r}"
@@ -120,8 +128,9 @@ class TrainConfig:
         return out
 
 
-def stage_config(shared: Mapping[str, Any] | None, stage: Mapping[str, Any] | None,
-                 param_path: str) -> TrainConfig:
+def stage_config(
+    shared: Mapping[str, Any] | None, stage: Mapping[str, Any] | None, param_path: str
+) -> TrainConfig:
     """The engine's config of one stage: the shared ``training:`` block (conf/base/parameters.yml)
     with the stage's own block (``param_path``, e.g. ``teacher.training``) over it; an unknown
     key is named under the block that holds it."""

@@ -107,11 +107,16 @@ class _EpochSampler(Sampler[int]):
     already trained on, ``stop`` applies ``max_batches_per_epoch``.
     """
 
-    def __init__(self, dataset: Dataset, dist_ctx: _Dist, seed: int, batch_size: int,
-                 max_batches: int | None) -> None:
+    def __init__(
+        self, dataset: Dataset, dist_ctx: _Dist, seed: int, batch_size: int, max_batches: int | None
+    ) -> None:
         self.inner = DistributedSampler(
-            dataset, num_replicas=dist_ctx.world_size, rank=dist_ctx.rank, shuffle=True,
-            seed=seed, drop_last=False,
+            dataset,
+            num_replicas=dist_ctx.world_size,
+            rank=dist_ctx.rank,
+            shuffle=True,
+            seed=seed,
+            drop_last=False,
         )
         self.batch_size = batch_size
         full = math.ceil(len(self.inner) / batch_size)
@@ -142,9 +147,14 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def _make_loader(dataset: Dataset, sampler: Sampler[int] | list[int], batch_size: int,
-                 cfg: TrainConfig, device: torch.device,
-                 generator: torch.Generator | None = None) -> DataLoader:
+def _make_loader(
+    dataset: Dataset,
+    sampler: Sampler[int] | list[int],
+    batch_size: int,
+    cfg: TrainConfig,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+) -> DataLoader:
     workers = cfg.num_workers
     return DataLoader(
         dataset,

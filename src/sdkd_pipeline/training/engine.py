@@ -110,9 +110,20 @@ def train(
     deterministic = cfg.deterministic if cfg.deterministic is not None else device.type == "cpu"
     try:
         with _determinism(deterministic, device):
-            run = _Run(model, train_set, val_set, cfg, Path(out_dir), loss or MSELoss(),
-                       tracker, test_set, progress, val_metric or squared_error_sum,
-                       device, dist_ctx)
+            run = _Run(
+                model,
+                train_set,
+                val_set,
+                cfg,
+                Path(out_dir),
+                loss or MSELoss(),
+                tracker,
+                test_set,
+                progress,
+                val_metric or squared_error_sum,
+                device,
+                dist_ctx,
+            )
             result = run.execute()
             if dist_ctx.initialized_here:
                 # every rank reaches the end before the group goes: a rank tearing gloo down
@@ -126,10 +137,21 @@ def train(
 
 
 class _Run:
-    def __init__(self, model: nn.Module, train_set: Dataset, val_set: Dataset, cfg: TrainConfig,
-                 out_dir: Path, loss: Any, tracker: Any, test_set: Dataset | None,
-                 progress: bool, val_metric: ValMetric, device: torch.device,
-                 dist_ctx: _Dist) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        train_set: Dataset,
+        val_set: Dataset,
+        cfg: TrainConfig,
+        out_dir: Path,
+        loss: Any,
+        tracker: Any,
+        test_set: Dataset | None,
+        progress: bool,
+        val_metric: ValMetric,
+        device: torch.device,
+        dist_ctx: _Dist,
+    ) -> None:
         self.cfg, self.out_dir, self.loss = cfg, out_dir, loss
         self.device, self.dist = device, dist_ctx
         # a NullTracker is treated as no tracker, so matplotlib is never imported for it
@@ -160,12 +182,14 @@ class _Run:
         self.params = params
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-        self.sampler = _EpochSampler(train_set, dist_ctx, cfg.seed, cfg.batch_size,
-                                     cfg.max_batches_per_epoch)
+        self.sampler = _EpochSampler(
+            train_set, dist_ctx, cfg.seed, cfg.batch_size, cfg.max_batches_per_epoch
+        )
         # the loader's generator only seeds worker processes; reseeded per epoch from the seed
         self.loader_generator = torch.Generator()
-        self.train_loader = _make_loader(train_set, self.sampler, cfg.batch_size, cfg, device,
-                                         self.loader_generator)
+        self.train_loader = _make_loader(
+            train_set, self.sampler, cfg.batch_size, cfg, device, self.loader_generator
+        )
         val_batch = cfg.val_batch_size or cfg.batch_size
         self.val_loader = _make_loader(val_set, self._shard(val_set), val_batch, cfg, device)
         self.steps_per_epoch = self.sampler.batches_per_epoch
@@ -176,8 +200,9 @@ class _Run:
         if cfg.resume and self.last_path.exists():
             self._resume()
         elif self.best_path.exists() or self.last_path.exists():
-            log.info("starting afresh in %s (resume disabled): old checkpoints are replaced",
-                     out_dir)
+            log.info(
+                "starting afresh in %s (resume disabled): old checkpoints are replaced", out_dir
+            )
         self.dist.barrier()  # every rank has read last.pt before rank 0 may rewrite it
         if dist_ctx.enabled:
             self.ddp_model: nn.Module = nn.parallel.DistributedDataParallel(
@@ -197,7 +222,8 @@ class _Run:
         saved_cfg = checkpoint["config"]
         current = self.cfg.to_dict()
         differing = sorted(
-            key for key in set(saved_cfg) | set(current)
+            key
+            for key in set(saved_cfg) | set(current)
             if key not in RESUME_FREE_KEYS and saved_cfg.get(key) != current.get(key)
         )
         if differing:
@@ -223,18 +249,25 @@ class _Run:
             self.loss.load_state_dict(checkpoint["loss_state"])
         s = checkpoint["state"]
         self.state = _State(
-            epochs_done=int(s["epochs_done"]), step_in_epoch=int(s["step_in_epoch"]),
+            epochs_done=int(s["epochs_done"]),
+            step_in_epoch=int(s["step_in_epoch"]),
             partial={k: float(v) for k, v in s["partial"].items()},
-            best_val_loss=float(s["best_val_loss"]), best_epoch=int(s["best_epoch"]),
-            bad_evals=int(s["bad_evals"]), stopped_early=bool(s["stopped_early"]),
+            best_val_loss=float(s["best_val_loss"]),
+            best_epoch=int(s["best_epoch"]),
+            bad_evals=int(s["bad_evals"]),
+            stopped_early=bool(s["stopped_early"]),
             finished=bool(s["finished"]),
             history=[{k: float(v) for k, v in h.items()} for h in s["history"]],
         )
         _set_rng_state(checkpoint["rng"][self.dist.rank], self.device)
         self.resumed_from = self.state.epochs_done
         self.resumed_run = checkpoint.get("tracker_run_id")
-        log.info("resuming %s at epoch %d, batch %d", self.last_path,
-                 self.state.epochs_done + 1, self.state.step_in_epoch)
+        log.info(
+            "resuming %s at epoch %d, batch %d",
+            self.last_path,
+            self.state.epochs_done + 1,
+            self.state.step_in_epoch,
+        )
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -252,10 +285,14 @@ class _Run:
             "schedule": self.schedule.state_dict(),
             "loss_state": loss_state,
             "state": {
-                "epochs_done": s.epochs_done, "step_in_epoch": s.step_in_epoch,
-                "partial": dict(s.partial), "best_val_loss": s.best_val_loss,
-                "best_epoch": s.best_epoch, "bad_evals": s.bad_evals,
-                "stopped_early": s.stopped_early, "finished": s.finished,
+                "epochs_done": s.epochs_done,
+                "step_in_epoch": s.step_in_epoch,
+                "partial": dict(s.partial),
+                "best_val_loss": s.best_val_loss,
+                "best_epoch": s.best_epoch,
+                "bad_evals": s.bad_evals,
+                "stopped_early": s.stopped_early,
+                "finished": s.finished,
                 "history": [dict(h) for h in s.history],
             },
             "rng": rng,
@@ -270,15 +307,18 @@ class _Run:
     def _save_best(self, epoch: int, val_loss: float) -> None:
         if not self.dist.is_main:
             return
-        _atomic_torch_save({
-            "format": CHECKPOINT_FORMAT,
-            "kind": "best",
-            "model": self.model.state_dict(),
-            "model_class": type(self.model).__name__,
-            "epoch": epoch,
-            "val_loss": val_loss,
-            "config": self.cfg.to_dict(),
-        }, self.best_path)
+        _atomic_torch_save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "kind": "best",
+                "model": self.model.state_dict(),
+                "model_class": type(self.model).__name__,
+                "epoch": epoch,
+                "val_loss": val_loss,
+                "config": self.cfg.to_dict(),
+            },
+            self.best_path,
+        )
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -320,8 +360,13 @@ class _Run:
         except ImportError:  # tqdm is optional on bare machines
             return None
         done = self.state.epochs_done * self.steps_per_epoch + self.state.step_in_epoch
-        return tqdm(total=self.cfg.epochs * self.steps_per_epoch, initial=done, unit="batch",
-                    dynamic_ncols=True, desc="train")
+        return tqdm(
+            total=self.cfg.epochs * self.steps_per_epoch,
+            initial=done,
+            unit="batch",
+            dynamic_ncols=True,
+            desc="train",
+        )
 
     def _train_epoch(self, epoch: int, bar: Any) -> tuple[int, float]:
         """Train epoch ``epoch`` (from ``state.step_in_epoch`` when resumed mid-epoch), validate
@@ -336,11 +381,13 @@ class _Run:
         self.loader_generator.manual_seed(cfg.seed * 100_003 + epoch)
         partial = state.partial or {}
         # running sums on the device: no host sync per step
-        loss_sum = torch.tensor(partial.get("loss_sum", 0.0), dtype=torch.float64,
-                                device=self.device)
+        loss_sum = torch.tensor(
+            partial.get("loss_sum", 0.0), dtype=torch.float64, device=self.device
+        )
         component_sums: dict[str, torch.Tensor] = {
-            key[len("sum_"):]: torch.tensor(value, dtype=torch.float64, device=self.device)
-            for key, value in partial.items() if key.startswith("sum_")
+            key[len("sum_") :]: torch.tensor(value, dtype=torch.float64, device=self.device)
+            for key, value in partial.items()
+            if key.startswith("sum_")
         }
         samples = int(partial.get("samples", 0))
         elapsed_before = float(partial.get("time_s", 0.0))
@@ -373,14 +420,20 @@ class _Run:
                 now = time.perf_counter()
                 if now - last_postfix > 1.0:  # one host sync per second at most
                     last_postfix = now
-                    bar.set_postfix(epoch=f"{epoch}/{cfg.epochs}",
-                                    loss=f"{(loss_sum / max(samples, 1)).item():.4g}",
-                                    best_val=f"{state.best_val_loss:.4g}")
-            if (cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0
-                    and step < self.steps_per_epoch):
+                    bar.set_postfix(
+                        epoch=f"{epoch}/{cfg.epochs}",
+                        loss=f"{(loss_sum / max(samples, 1)).item():.4g}",
+                        best_val=f"{state.best_val_loss:.4g}",
+                    )
+            if (
+                cfg.checkpoint_every_steps
+                and step % cfg.checkpoint_every_steps == 0
+                and step < self.steps_per_epoch
+            ):
                 state.step_in_epoch = step
                 state.partial = {
-                    "loss_sum": float(loss_sum), "samples": samples,
+                    "loss_sum": float(loss_sum),
+                    "samples": samples,
                     "time_s": elapsed_before + time.perf_counter() - t0,
                     **{f"sum_{k}": float(v) for k, v in component_sums.items()},
                 }
@@ -392,8 +445,9 @@ class _Run:
 
         train_loss = float(loss_sum) / max(samples, 1)
         if self.dist.enabled:  # the epoch's mean over all ranks' samples
-            totals = self.dist.all_sum(torch.tensor([float(loss_sum), samples],
-                                                    dtype=torch.float64, device=self.device))
+            totals = self.dist.all_sum(
+                torch.tensor([float(loss_sum), samples], dtype=torch.float64, device=self.device)
+            )
             train_loss = float(totals[0] / totals[1])
         if not math.isfinite(train_loss):
             raise FloatingPointError(
@@ -401,16 +455,25 @@ class _Run:
                 f"or set train.grad_clip); {self.last_path} holds the last finite state"
             )
         row: dict[str, float] = {
-            "epoch": float(epoch), "train_loss": train_loss, "val_loss": math.nan,
+            "epoch": float(epoch),
+            "train_loss": train_loss,
+            "val_loss": math.nan,
             "lr": self.optimizer.param_groups[0]["lr"],
-            "time_s": elapsed_before + seconds, "samples": float(samples * self.dist.world_size),
+            "time_s": elapsed_before + seconds,
+            "samples": float(samples * self.dist.world_size),
         }
         for name, total in component_sums.items():
             row[f"train_{name}"] = float(total) / max(samples, 1)
 
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            val_loss = _metric_over(_unwrap(self.ddp_model), self.val_loader, self.device,
-                                    self.dtype, self.val_metric, self.dist)
+            val_loss = _metric_over(
+                _unwrap(self.ddp_model),
+                self.val_loader,
+                self.device,
+                self.dtype,
+                self.val_metric,
+                self.dist,
+            )
             row["val_loss"] = val_loss
             self.schedule.observe_validation(val_loss)
             if val_loss < state.best_val_loss - cfg.min_delta:
@@ -433,9 +496,16 @@ class _Run:
         if self.dist.is_main:
             _atomic_write_text(json.dumps(state.history, indent=1), self.out_dir / HISTORY_FILE)
         self._log_epoch(row)
-        log.info("epoch %d/%d: train_loss %.5g, val_loss %.5g, lr %.3g, %.1f s%s", epoch,
-                 cfg.epochs, row["train_loss"], row["val_loss"], row["lr"], row["time_s"],
-                 " (early stop)" if state.stopped_early else "")
+        log.info(
+            "epoch %d/%d: train_loss %.5g, val_loss %.5g, lr %.3g, %.1f s%s",
+            epoch,
+            cfg.epochs,
+            row["train_loss"],
+            row["val_loss"],
+            row["lr"],
+            row["time_s"],
+            " (early stop)" if state.stopped_early else "",
+        )
         return new_samples, seconds
 
     def _average_extra_gradients(self) -> None:
@@ -460,18 +530,28 @@ class _Run:
         model.load_state_dict(best["model"])
         test_loss = None
         if self.test_set is not None:
-            loader = _make_loader(self.test_set, self._shard(self.test_set),
-                                  self.cfg.val_batch_size or self.cfg.batch_size, self.cfg,
-                                  self.device)
-            test_loss = _metric_over(model, loader, self.device, self.dtype, self.val_metric,
-                                     self.dist)
+            loader = _make_loader(
+                self.test_set,
+                self._shard(self.test_set),
+                self.cfg.val_batch_size or self.cfg.batch_size,
+                self.cfg,
+                self.device,
+            )
+            test_loss = _metric_over(
+                model, loader, self.device, self.dtype, self.val_metric, self.dist
+            )
         throughput = trained_samples / train_seconds if train_seconds > 0 else math.nan
         result = TrainResult(
-            best_val_loss=state.best_val_loss, best_epoch=state.best_epoch,
-            epochs_run=state.epochs_done, stopped_early=state.stopped_early,
-            history=[dict(h) for h in state.history], test_loss=test_loss,
-            best_checkpoint=self.best_path, last_checkpoint=self.last_path,
-            samples_per_second=throughput, resumed_from_epoch=self.resumed_from,
+            best_val_loss=state.best_val_loss,
+            best_epoch=state.best_epoch,
+            epochs_run=state.epochs_done,
+            stopped_early=state.stopped_early,
+            history=[dict(h) for h in state.history],
+            test_loss=test_loss,
+            best_checkpoint=self.best_path,
+            last_checkpoint=self.last_path,
+            samples_per_second=throughput,
+            resumed_from_epoch=self.resumed_from,
         )
         if self.tracker is not None:
             self._log_final(result)
@@ -479,9 +559,12 @@ class _Run:
 
     def _log_final(self, result: TrainResult) -> None:
         tracker = self.tracker
-        final = {"best_val_loss": result.best_val_loss, "best_epoch": float(result.best_epoch),
-                 "epochs_run": float(result.epochs_run),
-                 "stopped_early": float(result.stopped_early)}
+        final = {
+            "best_val_loss": result.best_val_loss,
+            "best_epoch": float(result.best_epoch),
+            "epochs_run": float(result.epochs_run),
+            "stopped_early": float(result.stopped_early),
+        }
         tracker.set_tags({"stop_reason": result.stop_reason})
         if math.isfinite(result.samples_per_second):
             final["samples_per_second"] = result.samples_per_second

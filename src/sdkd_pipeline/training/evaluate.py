@@ -21,8 +21,9 @@ from sdkd_pipeline.training.losses import _check_same_shape
 ValMetric = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, int]]
 
 
-def squared_error_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor
-                      ) -> tuple[torch.Tensor, int]:
+def squared_error_sum(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, int]:
     """The default validation metric's parts: (sum of squared errors, number of values)."""
     prediction = model(x)
     _check_same_shape(prediction, y)
@@ -46,8 +47,14 @@ def _move(obj: Any, device: torch.device) -> Any:
 
 
 @torch.no_grad()
-def _metric_over(model: nn.Module, loader: Iterable, device: torch.device,
-                 dtype: torch.dtype | None, metric: ValMetric, dist_ctx: _Dist) -> float:
+def _metric_over(
+    model: nn.Module,
+    loader: Iterable,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    metric: ValMetric,
+    dist_ctx: _Dist,
+) -> float:
     was_training = model.training
     model.eval()
     totals = torch.zeros(2, dtype=torch.float64, device=device)
@@ -66,9 +73,15 @@ def _metric_over(model: nn.Module, loader: Iterable, device: torch.device,
     return float(totals[0] / totals[1])
 
 
-def evaluate_mse(model: nn.Module, dataset: Dataset, batch_size: int = 32,
-                 device: str | torch.device = "auto", *, precision: str = "fp32",
-                 num_workers: int = 0) -> float:
+def evaluate_mse(
+    model: nn.Module,
+    dataset: Dataset,
+    batch_size: int = 32,
+    device: str | torch.device = "auto",
+    *,
+    precision: str = "fp32",
+    num_workers: int = 0,
+) -> float:
     """Plain per-value MSE of ``model(x)`` against ``y`` over ``dataset`` (normalized units).
 
     Summed exactly over all values (not an average of batch means), so the last partial batch
@@ -78,14 +91,19 @@ def evaluate_mse(model: nn.Module, dataset: Dataset, batch_size: int = 32,
         raise ConfigError("evaluate_mse: the dataset is empty")
     resolved = resolve_device(device)
     model = model.to(resolved)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=resolved.type == "cuda")
-    return _metric_over(model, loader, resolved, autocast_dtype(precision, resolved),
-                        squared_error_sum, _Dist())
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=resolved.type == "cuda",
+    )
+    return _metric_over(
+        model, loader, resolved, autocast_dtype(precision, resolved), squared_error_sum, _Dist()
+    )
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
-

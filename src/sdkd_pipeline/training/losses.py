@@ -57,10 +57,8 @@ def _check_same_shape(prediction: torch.Tensor, target: torch.Tensor) -> None:
         )
 
 
-
 def _loss_parameters(loss: Any) -> list[nn.Parameter]:
     params = getattr(loss, "parameters", None)
     if params is None:
         return []
     return [p for p in params() if p.requires_grad]
-

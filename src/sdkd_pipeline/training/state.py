@@ -31,7 +31,6 @@ class TrainResult:
         return "early_stopping" if self.stopped_early else "max_epochs"
 
 
-
 @dataclass
 class _State:
     """What ``last.pt`` restores besides model, optimizer, schedule and loss."""

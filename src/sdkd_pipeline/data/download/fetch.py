@@ -253,9 +253,7 @@ def _append_body(
         if part.hashed_bytes != part.size():
             part.digest, part.hashed_bytes = None, -1
     if body_length is not None and received < body_length:
-        raise _RetryableError(
-            f"transfer cut short: {received} of {body_length} body bytes arrived"
-        )
+        raise _RetryableError(f"transfer cut short: {received} of {body_length} body bytes arrived")
 
 
 def download_file(

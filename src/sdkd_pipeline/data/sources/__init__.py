@@ -31,19 +31,24 @@ DATASETS = ("navier_stokes", "rayleigh_benard", "weatherbench", "taxibj", "taxib
 def _call_with_options(reader: Callable[..., xr.Dataset], opts: dict, where: str) -> xr.Dataset:
     """``reader(**opts)``, with an option the reader does not take named as a parameter (and
     the nearest known one suggested) instead of Python's ``unexpected keyword argument``."""
-    params = [p for p in inspect.signature(reader).parameters.values()
-              if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    params = [
+        p
+        for p in inspect.signature(reader).parameters.values()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
     known = [p.name for p in params]
     for key in opts:
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"parameter {where}.{key}: unknown option{hint}; the options of "
-                              f"{where} are {known}")
+            raise ConfigError(
+                f"parameter {where}.{key}: unknown option{hint}; the options of {where} are {known}"
+            )
     missing = [p.name for p in params if p.default is p.empty and p.name not in opts]
     if missing:
-        raise ConfigError(f"parameter {where}: {missing[0]!r} is required (the options of "
-                          f"{where} are {known})")
+        raise ConfigError(
+            f"parameter {where}: {missing[0]!r} is required (the options of {where} are {known})"
+        )
     return reader(**opts)
 
 

@@ -45,27 +45,44 @@ def distill_student(
     ``teacher_<name>``. Returns the student's checkpoint and summary, like a teacher's.
     """
     cfg = DistillConfig.from_params(method, distill)
-    checkpoints = {name.removeprefix(TEACHER_INPUT_PREFIX): ckpt
-                   for name, ckpt in teacher_checkpoints.items()}
+    checkpoints = {
+        name.removeprefix(TEACHER_INPUT_PREFIX): ckpt for name, ckpt in teacher_checkpoints.items()
+    }
     chosen = choose_teachers(cfg, {n: float(c["best_val_loss"]) for n, c in checkpoints.items()})
     identity = {
         "distill": cfg.to_dict(),
         # a retrained teacher makes a new student run, not a resumed one; the weights' digest
         # (not the teacher's MLflow run id, which is new each time its node reloads a finished
         # run) so that a killed distillation resumes in its own folder
-        "teachers": {n: [state_digest(checkpoints[n]["state_dict"]),
-                         checkpoints[n]["best_val_loss"], checkpoints[n]["best_epoch"]]
-                     for n in chosen},
+        "teachers": {
+            n: [
+                state_digest(checkpoints[n]["state_dict"]),
+                checkpoints[n]["best_val_loss"],
+                checkpoints[n]["best_epoch"],
+            ]
+            for n in chosen
+        },
     }
 
-    def setup(model: torch.nn.Module, splits: Mapping[str, WindowDataset], train_cfg: TrainConfig
-              ) -> LossSetup:
+    def setup(
+        model: torch.nn.Module, splits: Mapping[str, WindowDataset], train_cfg: TrainConfig
+    ) -> LossSetup:
         return _setup(cfg, {n: checkpoints[n] for n in chosen}, model, splits, train_cfg)
 
     checkpoint, summary = train_forecaster(
-        tensors, (distill or {}).get(student), dict(training or {}), dict(tracking or {}),
-        progress, dataset=dataset, model_name=student, role="student", method=cfg.name,
-        setup=setup, identity=identity, param_root="distill", shared_training=shared_training,
+        tensors,
+        (distill or {}).get(student),
+        dict(training or {}),
+        dict(tracking or {}),
+        progress,
+        dataset=dataset,
+        model_name=student,
+        role="student",
+        method=cfg.name,
+        setup=setup,
+        identity=identity,
+        param_root="distill",
+        shared_training=shared_training,
     )
     summary["teachers"] = chosen
     summary["distill_method"] = cfg.method
@@ -73,20 +90,36 @@ def distill_student(
     return checkpoint, summary
 
 
-def _setup(cfg: DistillConfig, checkpoints: Mapping[str, Mapping[str, Any]],
-           model: torch.nn.Module, splits: Mapping[str, WindowDataset], train_cfg: TrainConfig
-           ) -> LossSetup:
+def _setup(
+    cfg: DistillConfig,
+    checkpoints: Mapping[str, Mapping[str, Any]],
+    model: torch.nn.Module,
+    splits: Mapping[str, WindowDataset],
+    train_cfg: TrainConfig,
+) -> LossSetup:
     train_set = splits["train"]
     device = resolve_device(train_cfg.device)
-    teachers = load_teachers(checkpoints, train_set.model_shape, train_set.mean, train_set.std,
-                             device)
-    prepared = prepare_distillation(
-        cfg, teachers, model, train_set, device=device,
-        autocast_dtype=autocast_dtype(train_cfg.precision, device),
-        batch_size=train_cfg.val_batch_size or train_cfg.batch_size, cache=_CACHE,
+    teachers = load_teachers(
+        checkpoints, train_set.model_shape, train_set.mean, train_set.std, device
     )
-    extra_ckpt: dict[str, Any] = {"distill": cfg.to_dict(), "teachers": list(checkpoints),
-                                  "cutoff": prepared.cutoff}
-    return LossSetup(loss=prepared.loss,
-                     train_set=None if prepared.loss is None else prepared.train_set,
-                     params=prepared.params, checkpoint=extra_ckpt)
+    prepared = prepare_distillation(
+        cfg,
+        teachers,
+        model,
+        train_set,
+        device=device,
+        autocast_dtype=autocast_dtype(train_cfg.precision, device),
+        batch_size=train_cfg.val_batch_size or train_cfg.batch_size,
+        cache=_CACHE,
+    )
+    extra_ckpt: dict[str, Any] = {
+        "distill": cfg.to_dict(),
+        "teachers": list(checkpoints),
+        "cutoff": prepared.cutoff,
+    }
+    return LossSetup(
+        loss=prepared.loss,
+        train_set=None if prepared.loss is None else prepared.train_set,
+        params=prepared.params,
+        checkpoint=extra_ckpt,
+    )

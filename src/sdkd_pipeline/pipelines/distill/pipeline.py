@@ -26,8 +26,9 @@ def teachers_read(cfg: DistillConfig, teachers: list[str]) -> list[str]:
     return list(teachers) if cfg.teacher == "best" else [cfg.teacher]
 
 
-def create_distill_pipeline(dataset: str, student: str, method: str, cfg: DistillConfig,
-                            teachers: list[str]) -> Pipeline:
+def create_distill_pipeline(
+    dataset: str, student: str, method: str, cfg: DistillConfig, teachers: list[str]
+) -> Pipeline:
     func = partial(distill_student, dataset=dataset, student=student, method=method)
     update_wrapper(func, distill_student)
     read = teachers_read(cfg, teachers)
@@ -40,24 +41,44 @@ def create_distill_pipeline(dataset: str, student: str, method: str, cfg: Distil
         "progress": "params:data.progress",
         **{f"{TEACHER_INPUT_PREFIX}{t}": f"teacher_{t}_checkpoint" for t in read},
     }
-    template = Pipeline([node(func, inputs=inputs, outputs=["checkpoint", "summary"],
-                              name="distill_student")])
+    template = Pipeline(
+        [node(func, inputs=inputs, outputs=["checkpoint", "summary"], name="distill_student")]
+    )
     return pipeline(
         template,
         namespace=f"{dataset}.{student}.{method}",
-        inputs={"tensors": f"{dataset}.tensors",
-                **{f"teacher_{t}_checkpoint": f"{dataset}.{t}.checkpoint" for t in read}},
-        parameters={p: p for p in ("params:distill", "params:distill.training",
-                                   "params:training", "params:tracking", "params:data.progress")},
+        inputs={
+            "tensors": f"{dataset}.tensors",
+            **{f"teacher_{t}_checkpoint": f"{dataset}.{t}.checkpoint" for t in read},
+        },
+        parameters={
+            p: p
+            for p in (
+                "params:distill",
+                "params:distill.training",
+                "params:training",
+                "params:tracking",
+                "params:data.progress",
+            )
+        },
         tags=["distill", dataset, student, method],
     )
 
 
-def create_pipeline(datasets: list[str], students: list[str], methods: list[str],
-                    teachers: list[str], distill_params: dict) -> Pipeline:
+def create_pipeline(
+    datasets: list[str],
+    students: list[str],
+    methods: list[str],
+    teachers: list[str],
+    distill_params: dict,
+) -> Pipeline:
     configs = {m: DistillConfig.from_params(m, distill_params) for m in methods}
     return sum(
-        (create_distill_pipeline(d, s, m, configs[m], teachers)
-         for d in datasets for s in students for m in methods),
+        (
+            create_distill_pipeline(d, s, m, configs[m], teachers)
+            for d in datasets
+            for s in students
+            for m in methods
+        ),
         Pipeline([]),
     )

@@ -54,15 +54,23 @@ def _parse_input(name: str) -> tuple[str, str, str | None]:
     )
 
 
-def _checked(label: str, command: str, checkpoint: Mapping[str, Any], model: str,
-             method: str | None, windows: WindowDataset) -> Checkpoint:
+def _checked(
+    label: str,
+    command: str,
+    checkpoint: Mapping[str, Any],
+    model: str,
+    method: str | None,
+    windows: WindowDataset,
+) -> Checkpoint:
     """``checkpoint`` as what its catalog entry says it is (architecture and, for a student,
     method) and trained on the store's data; else an error naming it and ``command``."""
     ckpt = Checkpoint.of(checkpoint, origin=label).expect_model(model, command=command)
     if method is not None and ckpt.get("method") not in (None, method):
-        raise DataError(f"{label}: holds a student distilled with {ckpt['method']!r}, not "
-                        f"{method!r} (a file copied over another method's?); rerun "
-                        f"`{command}`")
+        raise DataError(
+            f"{label}: holds a student distilled with {ckpt['method']!r}, not "
+            f"{method!r} (a file copied over another method's?); rerun "
+            f"`{command}`"
+        )
     return ckpt.check_trained_on(windows, command=command)
 
 

@@ -13,31 +13,62 @@ from kedro.pipeline import Pipeline, node, pipeline
 
 from sdkd_pipeline.pipelines.evaluate.nodes import evaluate_dataset, student_input, teacher_input
 
-OUTPUTS = ["evaluation_table", "evaluation_markdown", "evaluation_curves",
-           "evaluation_step_plot", "evaluation_band_plot", "evaluation_panel"]
+OUTPUTS = [
+    "evaluation_table",
+    "evaluation_markdown",
+    "evaluation_curves",
+    "evaluation_step_plot",
+    "evaluation_band_plot",
+    "evaluation_panel",
+]
 
 
-def create_evaluate_pipeline(dataset: str, teachers: list[str], students: list[str],
-                             methods: list[str]) -> Pipeline:
-    func = partial(evaluate_dataset, dataset=dataset, teachers=list(teachers),
-                   students=list(students), methods=list(methods))
+def create_evaluate_pipeline(
+    dataset: str, teachers: list[str], students: list[str], methods: list[str]
+) -> Pipeline:
+    func = partial(
+        evaluate_dataset,
+        dataset=dataset,
+        teachers=list(teachers),
+        students=list(students),
+        methods=list(methods),
+    )
     update_wrapper(func, evaluate_dataset)
     # dot-free names in the template (Kedro reserves dots for namespaces), mapped below
     checkpoints = {teacher_input(t): f"{teacher_input(t)}_checkpoint" for t in teachers}
-    checkpoints.update({student_input(s, m): f"{student_input(s, m)}_checkpoint"
-                        for s in students for m in methods})
-    template = Pipeline([node(
-        func,
-        inputs={"tensors": "tensors", "evaluate_params": "params:evaluate",
-                "tracking": "params:tracking", **checkpoints},
-        outputs=OUTPUTS,
-        name="evaluate_dataset",
-    )])
+    checkpoints.update(
+        {
+            student_input(s, m): f"{student_input(s, m)}_checkpoint"
+            for s in students
+            for m in methods
+        }
+    )
+    template = Pipeline(
+        [
+            node(
+                func,
+                inputs={
+                    "tensors": "tensors",
+                    "evaluate_params": "params:evaluate",
+                    "tracking": "params:tracking",
+                    **checkpoints,
+                },
+                outputs=OUTPUTS,
+                name="evaluate_dataset",
+            )
+        ]
+    )
     mapping = {"tensors": f"{dataset}.tensors"}
-    mapping.update({f"{teacher_input(t)}_checkpoint": f"{dataset}.{t}.checkpoint"
-                    for t in teachers})
-    mapping.update({f"{student_input(s, m)}_checkpoint": f"{dataset}.{s}.{m}.checkpoint"
-                    for s in students for m in methods})
+    mapping.update(
+        {f"{teacher_input(t)}_checkpoint": f"{dataset}.{t}.checkpoint" for t in teachers}
+    )
+    mapping.update(
+        {
+            f"{student_input(s, m)}_checkpoint": f"{dataset}.{s}.{m}.checkpoint"
+            for s in students
+            for m in methods
+        }
+    )
     return pipeline(
         template,
         namespace=dataset,
@@ -47,9 +78,11 @@ def create_evaluate_pipeline(dataset: str, teachers: list[str], students: list[s
     )
 
 
-def create_pipeline(datasets: list[str], teachers: list[str], students: list[str],
-                    methods: list[str]) -> Pipeline:
+def create_pipeline(
+    datasets: list[str], teachers: list[str], students: list[str], methods: list[str]
+) -> Pipeline:
     if not teachers and not (students and methods):
         return Pipeline([])
-    return sum((create_evaluate_pipeline(d, teachers, students, methods) for d in datasets),
-               Pipeline([]))
+    return sum(
+        (create_evaluate_pipeline(d, teachers, students, methods) for d in datasets), Pipeline([])
+    )

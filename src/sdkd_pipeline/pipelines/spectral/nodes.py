@@ -43,34 +43,48 @@ def analyse_teacher_spectra(
 
     Returns the JSON summary and the figure (log-log spectra with fitted and reference lines).
     """
-    cfg = SpectralConfig.from_params(spectral_params, dataset,
-                                     distill_cutoff=_distill_cutoff_k(distill_params))
+    cfg = SpectralConfig.from_params(
+        spectral_params, dataset, distill_cutoff=_distill_cutoff_k(distill_params)
+    )
     store = tensors.encoding.get("store_path") or tensors
     windows = WindowDataset(store, cfg.split)
     checkpoint = Checkpoint.of(checkpoint, origin=f"teacher {teacher!r}").expect_model(teacher)
     check_teacher_matches(teacher, checkpoint, windows.model_shape, windows.mean, windows.std)
     device = resolve_device(cfg.device)
     model = checkpoint.build_model().to(device)
-    analysis, figure = analyse_spectra(model, windows, cfg, title=f"{dataset} / {teacher}",
-                                       device=device)
-    summary: dict[str, Any] = {"dataset": dataset, "teacher": teacher,
-                               "teacher_run_id": checkpoint.get("mlflow_run_id"), **analysis}
+    analysis, figure = analyse_spectra(
+        model, windows, cfg, title=f"{dataset} / {teacher}", device=device
+    )
+    summary: dict[str, Any] = {
+        "dataset": dataset,
+        "teacher": teacher,
+        "teacher_run_id": checkpoint.get("mlflow_run_id"),
+        **analysis,
+    }
 
     tracking = dict(tracking or {})
     tags = run_tags(dataset, "teacher", teacher, "spectral")
-    with MLflowTracker(experiment=tracking.get("experiment", DEFAULT_EXPERIMENT),
-                       run_name=f"{dataset}/{teacher}/spectral", tags=tags) as tracker:
+    with MLflowTracker(
+        experiment=tracking.get("experiment", DEFAULT_EXPERIMENT),
+        run_name=f"{dataset}/{teacher}/spectral",
+        tags=tags,
+    ) as tracker:
         summary["mlflow_run_id"] = tracker.run_id
-        tracker.log_params(flatten_params({**tags, "spectral": cfg.to_dict(),
-                                           "n_windows": summary["n_windows"],
-                                           "high_band_cutoff_used":
-                                               (summary["branch_check"] or {}).get("cutoff")}))
+        tracker.log_params(
+            flatten_params(
+                {
+                    **tags,
+                    "spectral": cfg.to_dict(),
+                    "n_windows": summary["n_windows"],
+                    "high_band_cutoff_used": (summary["branch_check"] or {}).get("cutoff"),
+                }
+            )
+        )
         tracker.log_metrics(spectral_metrics(summary))
         tracker.log_dict(summary, "spectra.json")
         tracker.log_figure(figure, "spectra.png")
 
-    verdicts = "; ".join(f"{name} {entry['verdict']}"
-                         for name, entry in summary["spectra"].items())
+    verdicts = "; ".join(f"{name} {entry['verdict']}" for name, entry in summary["spectra"].items())
     logger.info("%s/%s spectra: %s", dataset, teacher, verdicts)
     logger.info("%s/%s %s", dataset, teacher, band_share_text(summary["band_shares"]))
     if summary["branch_check"] is not None:
@@ -88,8 +102,10 @@ def _distill_cutoff_k(distill_params: Mapping[str, Any] | None) -> Any:
     if not isinstance(cutoff, Mapping):
         return None
     if cutoff.get("mode", "fixed") != "fixed":
-        logger.info("distill.cutoff.mode is %r: band shares above the fixed distill.cutoff.k",
-                    cutoff.get("mode"))
+        logger.info(
+            "distill.cutoff.mode is %r: band shares above the fixed distill.cutoff.k",
+            cutoff.get("mode"),
+        )
     return cutoff.get("k", 4.0)
 
 

@@ -21,8 +21,13 @@ def create_spectral_pipeline(dataset: str, teacher: str) -> Pipeline:
         [
             node(
                 func,
-                inputs=["tensors", "checkpoint", "params:spectral", "params:tracking",
-                        "params:distill"],
+                inputs=[
+                    "tensors",
+                    "checkpoint",
+                    "params:spectral",
+                    "params:tracking",
+                    "params:distill",
+                ],
                 outputs=["spectra", "spectra_plot"],
                 name="analyse_teacher_spectra",
             )
@@ -32,27 +37,43 @@ def create_spectral_pipeline(dataset: str, teacher: str) -> Pipeline:
         template,
         namespace=f"{dataset}.{teacher}",
         inputs={"tensors": f"{dataset}.tensors"},
-        parameters={"params:spectral": "params:spectral", "params:tracking": "params:tracking",
-                    "params:distill": "params:distill"},
+        parameters={
+            "params:spectral": "params:spectral",
+            "params:tracking": "params:tracking",
+            "params:distill": "params:distill",
+        },
         tags=["spectral", dataset, teacher],
     )
 
 
 def create_table_pipeline(dataset: str, teachers: list[str]) -> Pipeline:
     # dot-free names in the template (Kedro reserves dots for namespaces), mapped below
-    template = Pipeline([node(tabulate_spectra,
-                              inputs={teacher: f"{teacher}_spectra" for teacher in teachers},
-                              outputs="spectral_summary", name="tabulate_spectra")])
-    return pipeline(template, namespace=dataset,
-                    inputs={f"{t}_spectra": f"{dataset}.{t}.spectra" for t in teachers},
-                    tags=["spectral", dataset])
+    template = Pipeline(
+        [
+            node(
+                tabulate_spectra,
+                inputs={teacher: f"{teacher}_spectra" for teacher in teachers},
+                outputs="spectral_summary",
+                name="tabulate_spectra",
+            )
+        ]
+    )
+    return pipeline(
+        template,
+        namespace=dataset,
+        inputs={f"{t}_spectra": f"{dataset}.{t}.spectra" for t in teachers},
+        tags=["spectral", dataset],
+    )
 
 
 def create_pipeline(datasets: list[str], teachers: list[str]) -> Pipeline:
     if not teachers:
         return Pipeline([])
     return sum(
-        (sum((create_spectral_pipeline(d, t) for t in teachers), Pipeline([]))
-         + create_table_pipeline(d, teachers) for d in datasets),
+        (
+            sum((create_spectral_pipeline(d, t) for t in teachers), Pipeline([]))
+            + create_table_pipeline(d, teachers)
+            for d in datasets
+        ),
         Pipeline([]),
     )

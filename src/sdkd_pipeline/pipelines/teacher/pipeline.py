@@ -45,6 +45,4 @@ def create_teacher_pipeline(dataset: str, model: str) -> Pipeline:
 
 
 def create_pipeline(datasets: list[str], teachers: list[str]) -> Pipeline:
-    return sum(
-        (create_teacher_pipeline(d, m) for d in datasets for m in teachers), Pipeline([])
-    )
+    return sum((create_teacher_pipeline(d, m) for d in datasets for m in teachers), Pipeline([]))

@@ -68,7 +68,9 @@ def _default_batch_size(cfg: NavierStokesConfig, device: torch.device) -> int:
 
 
 def generate_navier_stokes(
-    cfg: NavierStokesConfig | Mapping[str, Any], progress: bool = True, *,
+    cfg: NavierStokesConfig | Mapping[str, Any],
+    progress: bool = True,
+    *,
     first_trajectory: int = 0,
 ) -> xr.Dataset:
     """Generate forced 2-D turbulence trajectories (FNO's recipe) as a raw dataset.
@@ -89,15 +91,24 @@ def generate_navier_stokes(
     dt = cfg.resolved_dt
     batch_size = cfg.batch_size or _default_batch_size(cfg, device)
     solver = VorticitySolver(
-        cfg.resolution, viscosity=cfg.viscosity, dt=dt, forcing_amplitude=cfg.forcing_amplitude,
-        device=device, dtype=dtype, compile=cfg.compile, layout=cfg.layout,
+        cfg.resolution,
+        viscosity=cfg.viscosity,
+        dt=dt,
+        forcing_amplitude=cfg.forcing_amplitude,
+        device=device,
+        dtype=dtype,
+        compile=cfg.compile,
+        layout=cfg.layout,
     )
     m = cfg.record_resolution
     n_steps = (cfg.spinup_records + cfg.n_records) * cfg.steps_per_record
     started = _time.perf_counter()
     bar = tqdm(
-        total=n_steps * cfg.n_trajectories, unit="traj-step", unit_scale=True,
-        desc=f"navier_stokes {cfg.resolution}^2 on {device.type}", disable=not progress,
+        total=n_steps * cfg.n_trajectories,
+        unit="traj-step",
+        unit_scale=True,
+        desc=f"navier_stokes {cfg.resolution}^2 on {device.type}",
+        disable=not progress,
     )
     try:
         fields_out, blown_all, (max_ratio, max_speed, max_cutoff) = _solve_in_batches(
@@ -110,8 +121,13 @@ def generate_navier_stokes(
         log.warning(
             "%s: resolution check: up to %.2g of the enstrophy lies in the outer fifth of the "
             "dealiased shells of the %d^2 grid (resolved flows hold < %g there); the grid "
-            "may not resolve viscosity=%g: raise resolution", PARAM_PREFIX, max_cutoff,
-            cfg.resolution, RESOLVED_CUTOFF_SHARE, cfg.viscosity)
+            "may not resolve viscosity=%g: raise resolution",
+            PARAM_PREFIX,
+            max_cutoff,
+            cfg.resolution,
+            RESOLVED_CUTOFF_SHARE,
+            cfg.viscosity,
+        )
     kept = np.flatnonzero(~blown_all)
     if kept.size == 0:
         raise ConfigError(
@@ -119,8 +135,14 @@ def generate_navier_stokes(
             f"(a priori bound {stable_dt(cfg):.3g})"
         )
     attrs = _generation_attrs(
-        cfg, dt, solver, device=device, batch_size=batch_size, elapsed=elapsed,
-        first_trajectory=first_trajectory, worst=(max_ratio, max_speed, max_cutoff),
+        cfg,
+        dt,
+        solver,
+        device=device,
+        batch_size=batch_size,
+        elapsed=elapsed,
+        first_trajectory=first_trajectory,
+        worst=(max_ratio, max_speed, max_cutoff),
         blown_all=blown_all,
     )
     return make_raw(
@@ -136,8 +158,13 @@ def generate_navier_stokes(
 
 
 def _solve_in_batches(
-    cfg: NavierStokesConfig, solver: VorticitySolver, dt: float, batch_size: int,
-    first_trajectory: int, bar: Any, progress: bool,
+    cfg: NavierStokesConfig,
+    solver: VorticitySolver,
+    dt: float,
+    batch_size: int,
+    first_trajectory: int,
+    bar: Any,
+    progress: bool,
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """Solve the trajectories ``batch_size`` at a time: the recorded fields, the blown-up
     flags and the worst (enstrophy-bound ratio, speed, cutoff share) over all batches."""
@@ -149,17 +176,24 @@ def _solve_in_batches(
     for start in range(0, cfg.n_trajectories, batch_size):
         idx = np.arange(start, min(start + batch_size, cfg.n_trajectories))
         w0 = sample_initial_vorticity(
-            cfg.resolution, idx + int(first_trajectory), seed=cfg.seed, alpha=cfg.grf_alpha,
+            cfg.resolution,
+            idx + int(first_trajectory),
+            seed=cfg.seed,
+            alpha=cfg.grf_alpha,
             tau=cfg.grf_tau,
             sigma=cfg.sigma,
         )
         scaled_bar = _ScaledProgress(bar, len(idx)) if progress else None
         records, diag = solver.simulate(
-            w0, n_records=cfg.n_records, steps_per_record=cfg.steps_per_record,
-            record_resolution=m, downsample=cfg.downsample,
+            w0,
+            n_records=cfg.n_records,
+            steps_per_record=cfg.steps_per_record,
+            record_resolution=m,
+            downsample=cfg.downsample,
             include_initial_state=cfg.include_initial_state,
             spinup_records=cfg.spinup_records,
-            blowup_tolerance=cfg.blowup_tolerance, progress=scaled_bar,
+            blowup_tolerance=cfg.blowup_tolerance,
+            progress=scaled_bar,
         )
         if diag.blown_up.any() and cfg.on_blowup == "raise":
             first = int(np.flatnonzero(diag.blown_up)[0])
@@ -180,8 +214,15 @@ def _solve_in_batches(
 
 
 def _generation_attrs(
-    cfg: NavierStokesConfig, dt: float, solver: VorticitySolver, *, device: torch.device,
-    batch_size: int, elapsed: float, first_trajectory: int, worst: tuple[float, float, float],
+    cfg: NavierStokesConfig,
+    dt: float,
+    solver: VorticitySolver,
+    *,
+    device: torch.device,
+    batch_size: int,
+    elapsed: float,
+    first_trajectory: int,
+    worst: tuple[float, float, float],
     blown_all: np.ndarray,
 ) -> dict[str, Any]:
     """Every solver parameter and what the run measured, as the raw dataset's attributes."""
@@ -205,7 +246,7 @@ def _generation_attrs(
             "dropped_trajectories": ",".join(str(i) for i in np.flatnonzero(blown_all)) or "none",
             "equation": "dw/dt + u.grad(w) = nu lap(w) + f, f = A(sin 2pi(x+y) + cos 2pi(x+y))",
             "scheme": "pseudo-spectral, 2/3 dealiasing, Crank-Nicolson viscous, forward-Euler "
-                      "advection and forcing (FNO ns_2d)",
+            "advection and forcing (FNO ns_2d)",
             "initial_state": "GRF sigma^2 (-lap + tau^2)^-alpha, zero mean",
             "device_used": str(device),
             "layout_used": solver.layout,

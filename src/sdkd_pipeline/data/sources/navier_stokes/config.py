@@ -135,8 +135,9 @@ class NavierStokesConfig:
 
     @property
     def record_times(self) -> np.ndarray:
-        times = self.t_spinup + self.record_every * np.arange(1, self.n_records + 1,
-                                                              dtype=np.float64)
+        times = self.t_spinup + self.record_every * np.arange(
+            1, self.n_records + 1, dtype=np.float64
+        )
         first = [self.t_spinup] if self.include_initial_state else []
         return np.concatenate([first, times])
 
@@ -153,15 +154,25 @@ class NavierStokesConfig:
             if not (math.isfinite(value) and value > 0):
                 raise bad(name, "must be a finite number > 0")
 
-        for name in ("viscosity", "t_final", "record_every", "grf_alpha", "grf_tau",
-                     "blowup_tolerance", "dt_limit_factor"):
+        for name in (
+            "viscosity",
+            "t_final",
+            "record_every",
+            "grf_alpha",
+            "grf_tau",
+            "blowup_tolerance",
+            "dt_limit_factor",
+        ):
             positive(name)
         if self.dt is not None:
             positive("dt")
         if self.grf_sigma is not None:
             positive("grf_sigma")
-        if not (isinstance(self.forcing_amplitude, (int, float))
-                and math.isfinite(self.forcing_amplitude) and self.forcing_amplitude >= 0):
+        if not (
+            isinstance(self.forcing_amplitude, (int, float))
+            and math.isfinite(self.forcing_amplitude)
+            and self.forcing_amplitude >= 0
+        ):
             raise bad("forcing_amplitude", "must be a finite number >= 0")
         for name in ("n_trajectories", "resolution", "record_resolution"):
             value = getattr(self, name)
@@ -178,7 +189,8 @@ class NavierStokesConfig:
                 "(record on the solve grid or a coarser one)",
             )
         if self.batch_size is not None and (
-            isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
+            isinstance(self.batch_size, bool)
+            or not isinstance(self.batch_size, int)
             or self.batch_size < 1
         ):
             raise bad("batch_size", "must be an integer >= 1 or null")
@@ -186,8 +198,11 @@ class NavierStokesConfig:
             raise bad("seed", "must be an integer >= 0")
         if not _is_multiple(self.t_final, self.record_every):
             raise bad("t_final", f"must be a whole multiple of record_every={self.record_every}")
-        if isinstance(self.t_spinup, bool) or not isinstance(self.t_spinup, (int, float)) or not (
-                math.isfinite(self.t_spinup) and 0 <= self.t_spinup < self.t_final):
+        if (
+            isinstance(self.t_spinup, bool)
+            or not isinstance(self.t_spinup, (int, float))
+            or not (math.isfinite(self.t_spinup) and 0 <= self.t_spinup < self.t_final)
+        ):
             raise bad("t_spinup", f"must be a number >= 0 and below t_final={self.t_final}")
         if self.t_spinup and not _is_multiple(self.t_spinup, self.record_every):
             raise bad("t_spinup", f"must be a whole multiple of record_every={self.record_every}")
@@ -223,7 +238,6 @@ class NavierStokesConfig:
         return self
 
 
-
 def _is_multiple(total: float, step: float) -> bool:
     ratio = total / step
     return ratio >= 1 - 1e-9 and abs(ratio - round(ratio)) <= 1e-6 * max(1.0, ratio)
@@ -257,7 +271,9 @@ def _coerce(name: str, value: Any, where: str) -> Any:
     if isinstance(value, bool) or value is None:
         raise ConfigError(f"{where} = {value!r}: must be a number")
     if isinstance(default, int) or name == "batch_size":
-        if isinstance(value, (int, np.integer)) or (isinstance(value, float) and value.is_integer()):
+        if isinstance(value, (int, np.integer)) or (
+            isinstance(value, float) and value.is_integer()
+        ):
             return int(value)
         raise ConfigError(f"{where} = {value!r}: must be an integer")
     try:

@@ -89,7 +89,8 @@ def read_fno_mat(
         "layout": layout,
         "viscosity": "unknown" if viscosity is None else float(viscosity),
         "include_initial_state": int(include_initial_state),
-        "axes_in_file": "(n, x, y, t) after reversing MATLAB v7.3 axes" if is_hdf5
+        "axes_in_file": "(n, x, y, t) after reversing MATLAB v7.3 axes"
+        if is_hdf5
         else "(n, x, y, t)",
     }
     return make_raw(

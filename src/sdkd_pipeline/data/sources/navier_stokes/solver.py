@@ -148,8 +148,12 @@ class VorticitySolver:
             raise ConfigError(f"layout = {layout!r}: must be one of {list(_LAYOUTS)} or 'auto'")
         self.layout = layout
         half = spectral_operators(self.n, self.viscosity, self.dt, self.forcing_amplitude)
-        ops = half if layout == "half" else spectral_operators(
-            self.n, self.viscosity, self.dt, self.forcing_amplitude, full=True
+        ops = (
+            half
+            if layout == "half"
+            else spectral_operators(
+                self.n, self.viscosity, self.dt, self.forcing_amplitude, full=True
+            )
         )
 
         def real(a: np.ndarray) -> torch.Tensor:
@@ -188,8 +192,9 @@ class VorticitySolver:
         """The rfft half plane of the state (a view in the packed layout)."""
         return state[..., : self.n // 2 + 1] if self.layout == "packed" else state
 
-    def to_physical(self, state: torch.Tensor, m: int | None = None,
-                    method: str = "spectral") -> torch.Tensor:
+    def to_physical(
+        self, state: torch.Tensor, m: int | None = None, method: str = "spectral"
+    ) -> torch.Tensor:
         """Vorticity on an m x m grid from the state (see ``_downsample_numpy``)."""
         w_h = self.half_plane(state)
         n = self.n
@@ -202,7 +207,7 @@ class VorticitySolver:
         half = m // 2
         coarse = w_h.new_zeros((*w_h.shape[:-2], m, half + 1))
         coarse[..., :half, :half] = w_h[..., :half, :half]
-        coarse[..., half + 1:, :half] = w_h[..., n - half + 1:, :half]
+        coarse[..., half + 1 :, :half] = w_h[..., n - half + 1 :, :half]
         return torch.fft.irfft2(coarse, s=(m, m)) * (m / n) ** 2
 
     def rms(self, state: torch.Tensor) -> torch.Tensor:
@@ -212,8 +217,9 @@ class VorticitySolver:
 
     def _half_fields(self, state: torch.Tensor, which: slice) -> torch.Tensor:
         w_h = self.half_plane(state)
-        return torch.fft.irfft2(w_h.unsqueeze(-3) * self.half_derivatives[which],
-                                s=(self.n, self.n))
+        return torch.fft.irfft2(
+            w_h.unsqueeze(-3) * self.half_derivatives[which], s=(self.n, self.n)
+        )
 
     def cutoff_share(self, state: torch.Tensor) -> torch.Tensor:
         """Per trajectory, the share of the enstrophy in the outer fifth of the dealiased
@@ -224,8 +230,9 @@ class VorticitySolver:
             ky, kx = wavenumbers(self.n)
             kmag = np.sqrt(kx**2 + ky**2)
             k_d = self.n / 3.0
-            self._cutoff_mask = torch.as_tensor((kmag > 0.8 * k_d) & (kmag <= k_d),
-                                                device=self.device)
+            self._cutoff_mask = torch.as_tensor(
+                (kmag > 0.8 * k_d) & (kmag <= k_d), device=self.device
+            )
         power = (w_h.real**2 + w_h.imag**2) * self._half_parseval_weights
         total = power.sum(dim=(-2, -1)).clamp_min(torch.finfo(power.dtype).tiny)
         return (power * self._cutoff_mask).sum(dim=(-2, -1)) / total
@@ -254,8 +261,11 @@ class VorticitySolver:
             kw = dict(device=self.device)
             bufs = (
                 torch.empty((batch, n_fields, n, width), dtype=self.cdtype, **kw),
-                torch.empty((batch, n_fields, n, n),
-                            dtype=self.cdtype if self.layout == "packed" else self.dtype, **kw),
+                torch.empty(
+                    (batch, n_fields, n, n),
+                    dtype=self.cdtype if self.layout == "packed" else self.dtype,
+                    **kw,
+                ),
                 torch.empty((batch, n, n), dtype=self.dtype, **kw),
                 torch.empty((batch, n, width), dtype=self.cdtype, **kw),
             )
@@ -281,8 +291,12 @@ class VorticitySolver:
         if self.compile:
             step = _compiled_step(self.layout)
             if self.layout == "half":
-                args = (self._derivatives_imag, self.c_w, self.c_nl,
-                        torch.view_as_real(self.forcing_term))
+                args = (
+                    self._derivatives_imag,
+                    self.c_w,
+                    self.c_nl,
+                    torch.view_as_real(self.forcing_term),
+                )
             else:
                 args = (self.multipliers, self.c_w, self.c_nl, self.forcing_term)
             for _ in range(n_steps):
@@ -354,8 +368,7 @@ class VorticitySolver:
                 max_ratio = max(max_ratio, float(ratio[sane].max()))
                 max_speed = max(max_speed, float(self.max_speed(w_h[sane]).max()))
                 max_cutoff = max(max_cutoff, float(self.cutoff_share(w_h[sane]).max()))
-            if r + 1 < spinup_records or (r + 1 == spinup_records
-                                          and not include_initial_state):
+            if r + 1 < spinup_records or (r + 1 == spinup_records and not include_initial_state):
                 continue
             records[:, frame] = self.to_physical(w_h, m, downsample)
             records[blown, frame] = float("nan")

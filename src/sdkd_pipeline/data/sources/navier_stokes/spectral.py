@@ -95,7 +95,7 @@ def spectral_operators(
     dx = np.where(keep, 2j * np.pi * kx, 0)
     derivatives = np.stack([dy * inv_lap, -dx * inv_lap, dx, dy])  # u = psi_y, v = -psi_x
     k_max = n // 2
-    dealias = ((np.abs(ky) <= (2.0 / 3.0) * k_max) & (np.abs(kx) <= (2.0 / 3.0) * k_max))
+    dealias = (np.abs(ky) <= (2.0 / 3.0) * k_max) & (np.abs(kx) <= (2.0 / 3.0) * k_max)
     half_visc = 0.5 * dt * viscosity * lap
     denom = 1.0 + half_visc
     forcing = forcing_field(n, forcing_amplitude)
@@ -143,9 +143,12 @@ def grf_sqrt_eigenvalues(n: int, alpha: float, tau: float, sigma: float) -> np.n
     """
     ky = np.fft.fftfreq(n, d=1.0 / n)[:, None]
     kx = np.fft.fftfreq(n, d=1.0 / n)[None, :]
-    sqrt_eig = (n**2) * math.sqrt(2.0) * sigma * (
-        4.0 * np.pi**2 * (kx**2 + ky**2) + tau**2
-    ) ** (-alpha / 2.0)
+    sqrt_eig = (
+        (n**2)
+        * math.sqrt(2.0)
+        * sigma
+        * (4.0 * np.pi**2 * (kx**2 + ky**2) + tau**2) ** (-alpha / 2.0)
+    )
     sqrt_eig[0, 0] = 0.0
     return sqrt_eig
 
@@ -187,7 +190,7 @@ def _downsample_numpy(w_h: np.ndarray, n: int, m: int, method: str) -> np.ndarra
     coarse = np.zeros((m, m // 2 + 1), dtype=w_h.dtype)
     half = m // 2
     coarse[:half, :half] = w_h[:half, :half]
-    coarse[half + 1:, :half] = w_h[n - half + 1:, :half]
+    coarse[half + 1 :, :half] = w_h[n - half + 1 :, :half]
     return np.fft.irfft2(coarse, s=(m, m)) * (m / n) ** 2
 
 

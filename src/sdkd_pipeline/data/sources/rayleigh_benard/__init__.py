@@ -154,7 +154,9 @@ def _initial_state(
 
 
 def _free_slip_attrs(
-    cfg: FreeSlipRBCConfig, solver: FreeSlipBoussinesqSolver, device: torch.device,
+    cfg: FreeSlipRBCConfig,
+    solver: FreeSlipBoussinesqSolver,
+    device: torch.device,
     elapsed: float,
 ) -> dict[str, Any]:
     """Every solver parameter and what the run used, as the raw dataset's attributes."""

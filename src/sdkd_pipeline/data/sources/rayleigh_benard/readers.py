@@ -283,9 +283,7 @@ def _read_well_eager(
             block = _read_well_block(info, fields_wanted, slice(i, i + 1), slice(None))
             if not np.isfinite(block).all():
                 bad = [
-                    f
-                    for c, f in enumerate(fields_wanted)
-                    if not np.isfinite(block[:, :, c]).all()
+                    f for c, f in enumerate(fields_wanted) if not np.isfinite(block[:, :, c]).all()
                 ]
                 raise DataError(f"{info.path}: NaN/Inf in trajectory {i}, field(s) {bad}")
             data[start + i] = block[0]

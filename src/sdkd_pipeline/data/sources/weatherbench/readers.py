@@ -150,7 +150,9 @@ def read_weatherbench1(
 
 
 def _check_wb1_files(
-    paths: dict[tuple[str, int], Path], requests: list[VariableRequest], root: Path,
+    paths: dict[tuple[str, int], Path],
+    requests: list[VariableRequest],
+    root: Path,
     resolution: str,
 ) -> None:
     """``MissingRawDataError`` naming the download command when a yearly file is absent."""
@@ -216,9 +218,7 @@ def read_weatherbench2_zarr(
         raise DataError(
             f"{path}: cannot be opened as a Zarr store ({type(exc).__name__}: {exc})"
         ) from exc
-    return _read_opened(
-        ds, Path(str(path)), variables, levels, time_slice, {"format": "wb2_zarr"}
-    )
+    return _read_opened(ds, Path(str(path)), variables, levels, time_slice, {"format": "wb2_zarr"})
 
 
 # ----------------------------------------------------------------------------- ERA5
