@@ -264,7 +264,7 @@ class Study:
             tensors = xr.open_dataset(path).load()
             print(f"data: reusing {path}", flush=True)
         else:
-            raw = ns.generate_navier_stokes(ns.NavierStokesConfig.from_dict(gen), progress=False)
+            raw = ns.generate_navier_stokes(ns.NavierStokesConfig.from_params(gen), progress=False)
             tensors = build_tensor_dataset(
                 raw,
                 split=SplitConfig(**data_cfg["split"]),
@@ -347,7 +347,7 @@ class Study:
     ) -> tuple[torch.nn.Module, dict]:
         seed_everything(seed)
         model = build_model(name, **self.shape, **model_cfg)
-        cfg = TrainConfig.from_dict({**training, "seed": seed, "device": str(self.device)})
+        cfg = TrainConfig.from_params({**training, "seed": seed, "device": str(self.device)})
         started = time.perf_counter()
         result = train(
             model,

@@ -379,12 +379,16 @@ def test_teacher_check_and_baselines_parameters():
     assert cfg.teacher_min_ratio == 2.0 and cfg.baselines == ("climatology",)
     assert EvaluationConfig.from_params({"baselines": []}).baselines == ()
     for bad in (0.5, "x", True, math.inf):
-        with pytest.raises(ConfigError, match="evaluate.teacher_check.min_ratio"):
+        with pytest.raises(ConfigError, match=r"evaluate.teacher_check.min_ratio .*times lower"):
             EvaluationConfig.from_params({"teacher_check": {"min_ratio": bad}})
     with pytest.raises(ConfigError, match="evaluate.teacher_check"):
         EvaluationConfig.from_params({"teacher_check": 1.5})
-    with pytest.raises(ConfigError, match="evaluate.baselines"):
+    with pytest.raises(ConfigError, match=r"evaluate.baselines\[0\] must be one of .*disables"):
         EvaluationConfig.from_params({"baselines": ["analogue"]})
+    # in their order, each once; one name for a list
+    both = EvaluationConfig.from_params({"baselines": ["climatology", "persistence"]})
+    assert both.baselines == ("persistence", "climatology")
+    assert EvaluationConfig.from_params({"baselines": "climatology"}).baselines == ("climatology",)
 
 
 def test_markdown_is_a_pipe_table():
@@ -658,6 +662,9 @@ def test_exported_latency_parameters():
     assert EvaluationConfig.from_params({"exported_latency": None}).exported_formats == ()
     cfg = EvaluationConfig.from_params({"exported_latency": {"formats": "onnx", "teachers": True}})
     assert cfg.exported_formats == ("onnx",) and cfg.exported_teachers
+    assert EvaluationConfig.from_params({"exported_latency": False}).exported_formats == ()
+    both = EvaluationConfig.from_params({"exported_latency": {"formats": ["onnx", "torchscript"]}})
+    assert both.exported_formats == ("torchscript", "onnx")
     with pytest.raises(ConfigError, match="exported_latency.formats"):
         EvaluationConfig.from_params({"exported_latency": {"formats": ["tensorrt"]}})
     with pytest.raises(ConfigError, match="exported_latency.teachers"):
@@ -714,10 +721,21 @@ def test_figures_directly():
 
 
 def test_bad_parameters_are_named():
-    with pytest.raises(ConfigError, match="evaluate.latency.repeats"):
+    with pytest.raises(ConfigError, match=r"^evaluate\.latency\.repeats must be >= 1, got 0$"):
         EvaluationConfig.from_params({"latency": {"repeats": 0}})
-    with pytest.raises(ConfigError, match="evaluate.batch_size"):
+    with pytest.raises(ConfigError, match=r"^evaluate\.batch_size must be an integer, got 'x'$"):
         EvaluationConfig.from_params({"batch_size": "x"})
+    with pytest.raises(ConfigError, match=r"^evaluate\.latency\.batch_sizes\[1\] must be >= 1"):
+        EvaluationConfig.from_params({"latency": {"batch_sizes": [1, 0]}})
+    with pytest.raises(ConfigError, match=r"^evaluate\.latency\.batch_sizes must not be empty"):
+        EvaluationConfig.from_params({"latency": {"batch_sizes": []}})
+    with pytest.raises(ConfigError, match=r"^evaluate\.panels\.window: unknown parameter"):
+        EvaluationConfig.from_params({"panels": {"window": [0]}})
+    with pytest.raises(ConfigError, match=r"^evaluate\.latncy: unknown parameter \(allowed: b"):
+        EvaluationConfig.from_params({"latncy": {}})
+    # one value for a list, and a null section
+    cfg = EvaluationConfig.from_params({"latency": {"batch_sizes": 8}, "panels": None})
+    assert cfg.batch_sizes == (8,) and cfg.panel_windows == (0,)
 
 
 def test_the_package_reexports_every_name_from_its_module():

@@ -444,6 +444,9 @@ def test_config_from_parameters_picks_the_dataset_window():
     )
     assert (tuned.min_r2, tuned.exponential_r2_margin, tuned.distill_cutoff) == (0.9, 0.0, 8.0)
     assert SpectralConfig.from_params({**params, "window": "hann"}, "taxibj").window == "hann"
+    assert SpectralConfig.from_params({"window": "Hann_Y"}, "taxibj").window == "hann_y"
+    assert SpectralConfig.from_params({"window": None}, "taxibj").window == "none"
+    assert cfg.data_fit_range == (3.0, 12.0) and isinstance(cfg.data_fit_range[0], float)
 
 
 @pytest.mark.parametrize(
@@ -453,13 +456,18 @@ def test_config_from_parameters_picks_the_dataset_window():
         ({"fit_range": {"data": [12]}}, r"spectral.fit_range.data must be \[k_min, k_max\]"),
         ({"window": {"rayleigh_benard": "hann"}}, r"no window for dataset 'navier_stokes'"),
         ({"window": {"navier_stokes": "kaiser"}}, r"spectral.window.navier_stokes must be one"),
-        ({"max_windows": 0}, r"spectral.max_windows must be a positive integer"),
-        ({"high_band_cutoff": -1}, r"spectral.high_band_cutoff must be a positive number"),
-        ({"split": "all"}, r"spectral.split must be train, val or test"),
-        ({"fit_ranges": {}}, r"unknown key\(s\) \['fit_ranges'\]"),
-        ({"min_r2": 1.5}, r"spectral.min_r2 must lie in \(0, 1\]"),
-        ({"min_r2": "high"}, r"spectral.min_r2 must be a positive number"),
-        ({"exponential_r2_margin": -0.1}, r"spectral.exponential_r2_margin must be a number"),
+        ({"fit_range": {"data": [0, 12]}}, r"spectral.fit_range.data\[0\] must be > 0"),
+        ({"fit_range": {"k": [3, 12]}}, r"spectral.fit_range.k: unknown parameter \(allowed: da"),
+        ({"window": "kaiser"}, r"spectral.window must be one of 'none', 'hann', 'hann_y'"),
+        ({"max_windows": 0}, r"spectral.max_windows must be >= 1, got 0"),
+        ({"batch_size": 2.5}, r"spectral.batch_size must be an integer, got 2.5"),
+        ({"high_band_cutoff": -1}, r"spectral.high_band_cutoff must be > 0, got -1"),
+        ({"split": "all"}, r"spectral.split must be one of 'train', 'val', 'test', got 'all'"),
+        ({"fit_ranges": {}}, r"^spectral.fit_ranges: unknown parameter \(allowed: batch_size,"),
+        ({"min_r2": 1.5}, r"spectral.min_r2 must be <= 1, got 1.5"),
+        ({"min_r2": "high"}, r"spectral.min_r2 must be a number, got 'high'"),
+        ({"exponential_r2_margin": -0.1}, r"spectral.exponential_r2_margin must be >= 0"),
+        ({"exponential_r2_margin": 1}, r"spectral.exponential_r2_margin must be < 1"),
     ],
 )
 def test_bad_parameters_are_named(params, message):
@@ -468,7 +476,7 @@ def test_bad_parameters_are_named(params, message):
 
 
 def test_a_bad_distill_cutoff_is_named():
-    with pytest.raises(ConfigError, match=r"distill.cutoff.k must be a positive number"):
+    with pytest.raises(ConfigError, match=r"^distill.cutoff.k must be > 0, got -4"):
         SpectralConfig.from_params({}, "navier_stokes", distill_cutoff=-4)
 
 

@@ -312,24 +312,56 @@ def test_runtime_blowup_is_detected_flagged_and_raised() -> None:
 def test_bad_config_names_the_parameter(override: dict, field: str, fragment: str) -> None:
     params = {"t_final": 3.0, **override}
     with pytest.raises(ConfigError, match=rf"navier_stokes\.source\.generate\.{field}") as err:
-        ns.NavierStokesConfig.from_dict(params)
+        ns.NavierStokesConfig.from_params(params)
     assert fragment in str(err.value)
 
 
 def test_unknown_key_and_unavailable_device_are_config_errors() -> None:
-    with pytest.raises(ConfigError, match="unknown parameter.*visocity"):
-        ns.NavierStokesConfig.from_dict({"visocity": 1e-3})
+    with pytest.raises(
+        ConfigError,
+        match=r"^navier_stokes\.source\.generate\.visocity: unknown parameter \(allowed: "
+        r"batch_size, .*, viscosity\)$",
+    ):
+        ns.NavierStokesConfig.from_params({"visocity": 1e-3})
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match=r"generate\.device"):
-            ns.NavierStokesConfig.from_dict({"device": "cuda"})
+            ns.NavierStokesConfig.from_params({"device": "cuda"})
 
 
 def test_yaml_style_values_are_accepted() -> None:
-    cfg = ns.NavierStokesConfig.from_dict(
+    cfg = ns.NavierStokesConfig.from_params(
         {"viscosity": "1e-3", "dt": None, "resolution": 64.0, "t_final": 4}
     )
     assert cfg.viscosity == 1e-3 and cfg.resolution == 64 and cfg.dt is None
     assert cfg.n_records == 4 and cfg.steps_per_record * cfg.resolved_dt == pytest.approx(1.0)
+    assert type(cfg.resolution) is int and type(cfg.t_final) is float
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"viscosity": 0}, r"viscosity must be > 0, got 0\.0$"),
+        ({"resolution": 4}, r"resolution must be >= 8, got 4$"),
+        ({"resolution": 66, "record_resolution": 33}, r"record_resolution must be even, got 33$"),
+        ({"grf_sigma": -1.0}, r"grf_sigma must be > 0, got -1\.0$"),
+        ({"batch_size": 2.5}, r"batch_size must be an integer or null, got 2\.5$"),
+        (
+            {"layout": "diagonal"},
+            r"layout must be one of 'half', 'packed', 'auto', got 'diagonal'$",
+        ),
+        ({"t_spinup": -1.0}, r"t_spinup must be >= 0, got -1\.0$"),
+    ],
+)
+def test_bad_values_get_the_loaders_message(params: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=r"^navier_stokes\.source\.generate\." + message):
+        ns.NavierStokesConfig.from_params({"t_final": 3.0, **params})
+
+
+def test_a_config_built_in_code_is_checked_by_validate() -> None:
+    with pytest.raises(ConfigError, match=r"^ns\.resolution must be an integer, got 64\.0$"):
+        ns.NavierStokesConfig(resolution=64.0).validate("ns")  # checked, not coerced
+    with pytest.raises(ConfigError, match=r"^navier_stokes\.source\.generate\.seed must be >= 0"):
+        ns.NavierStokesConfig(seed=-1).validate()
 
 
 @pytest.mark.slow
@@ -405,6 +437,10 @@ def test_read_fno_mat_both_layouts(fno_file) -> None:
         with_a["fields"].values[:, 0, 0], np.transpose(arrays["a"][:2], (0, 2, 1))
     )
     assert with_a.attrs["viscosity"] == 2e-4
+    with pytest.raises(
+        ConfigError, match=r"^navier_stokes\.source\.fno_mat\.max_trajectories must be >= 1, got 0$"
+    ):
+        ns.read_fno_mat(path, max_trajectories=0)
 
 
 def test_read_fno_mat_missing_file_says_where_and_offers_generate(tmp_path) -> None:
@@ -468,7 +504,7 @@ def _small(**overrides):
         t_final=6.0,
         record_every=1.0,
     )
-    return ns.NavierStokesConfig.from_dict({**base, **overrides})
+    return ns.NavierStokesConfig.from_params({**base, **overrides})
 
 
 def test_spinup_frames_are_the_tail_of_the_unrecorded_run(one_torch_thread):

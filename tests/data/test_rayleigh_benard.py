@@ -298,9 +298,20 @@ def test_bad_config_names_the_parameter(key, value):
 
 
 def test_unknown_config_key_and_yaml_strings():
-    with pytest.raises(ConfigError, match=r"unknown parameter.*'viscosity'"):
-        FreeSlipRBCConfig.from_dict({"viscosity": 1e-3})
-    assert FreeSlipRBCConfig.from_dict({"rayleigh": "1e6"}).rayleigh == 1e6  # YAML's "1e6"
+    with pytest.raises(
+        ConfigError,
+        match=rf"^{DEFAULT_PARAM_PREFIX}\.viscosity: unknown parameter \(allowed: aspect_ratio, "
+        r"cfl, .*, t_spinup\)$",
+    ):
+        FreeSlipRBCConfig.from_params({"viscosity": 1e-3})
+    assert FreeSlipRBCConfig.from_params({"rayleigh": "1e6"}).rayleigh == 1e6  # YAML's "1e6"
+    assert FreeSlipRBCConfig.from_params({"nx": 64.0}).nx == 64  # a whole float is a count
+    with pytest.raises(ConfigError, match=r"^rb\.nx must be >= 8, got 4$"):
+        FreeSlipRBCConfig.from_params({"nx": 4}, "rb")
+    with pytest.raises(ConfigError, match=r"^rb\.cfl = 3\.0: must be <= 1\.5 \(AB2 advection"):
+        FreeSlipRBCConfig.from_params({"cfl": 3.0}, "rb")
+    with pytest.raises(ConfigError, match=rf"^{DEFAULT_PARAM_PREFIX}\.nz must be an integer, got"):
+        FreeSlipRBCConfig(nz=16.0).validate()  # built in code: checked, but not coerced
     with pytest.raises(ConfigError, match=r"initial_theta has shape"):
         generate_rayleigh_benard_free_slip(
             small_cfg(), progress=False, initial_theta=np.zeros((1, 3, 3))

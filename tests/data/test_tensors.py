@@ -24,6 +24,7 @@ from sdkd_pipeline.data.store import (
 )
 from sdkd_pipeline.data.tensors import (
     SplitConfig,
+    StoreConfig,
     WindowConfig,
     build_tensor_dataset,
     default_chunk_time,
@@ -175,7 +176,7 @@ def test_gap_smaller_than_a_window_is_rejected():
 
 def test_window_longer_than_series_is_rejected():
     raw = make_series(n_traj=3, n_time=15, dataset="taxibj")
-    window = WindowConfig.from_dict({"t_in": 10, "t_out": 8}, prefix="taxibj.window")
+    window = WindowConfig.from_params({"t_in": 10, "t_out": 8}, "taxibj.window")
     with pytest.raises(ConfigError, match=r"taxibj\.window\.t_in.*18 frames.*15 time steps"):
         split_ranges(raw, SplitConfig(), window)
 
@@ -184,18 +185,19 @@ def test_window_longer_than_series_is_rejected():
     ("sizes", "message"),
     [
         ((0.7, 0.1, 0.1), r"navier_stokes\.split: fractions must sum to 1.*sum 0\.9"),
-        ((0.7, 0.4, -0.1), r"navier_stokes\.split\.test must not be negative"),
-        ((0.8, "x", 0.1), r"navier_stokes\.split\.val must be a fraction or a count"),
+        ((0.7, 0.4, -0.1), r"navier_stokes\.split\.test must be >= 0, got -0\.1 \(a fraction"),
+        ((0.8, "x", 0.1), r"navier_stokes\.split\.val must be an integer or a number, got 'x'"),
         ((4, 2, 1.5), r"navier_stokes\.split: fractions must sum to 1"),
     ],
 )
 def test_bad_split_sizes(sizes, message):
-    raw = make_series(n_traj=8, n_time=10, dataset="navier_stokes")
-    split = SplitConfig.from_dict(
-        dict(zip(("train", "val", "test"), sizes, strict=True)), prefix="navier_stokes.split"
-    )
+    params = dict(zip(("train", "val", "test"), sizes, strict=True))
     with pytest.raises(ConfigError, match=message):
-        split_ranges(raw, split, WindowConfig(2, 2))
+        SplitConfig.from_params(params, "navier_stokes.split")
+    # a split built in code is checked where its dataset, and so its parameter path, is known
+    raw = make_series(n_traj=8, n_time=10, dataset="navier_stokes")
+    with pytest.raises(ConfigError, match=message):
+        split_ranges(raw, SplitConfig(*sizes), WindowConfig(2, 2))
 
 
 def test_split_without_a_window_names_split_and_numbers():
@@ -213,13 +215,34 @@ def test_split_without_a_window_names_split_and_numbers():
 
 
 def test_bad_window_and_unknown_keys():
-    with pytest.raises(ConfigError, match=r"ns\.window\.stride must be a positive integer"):
-        WindowConfig.from_dict({"t_in": 2, "t_out": 2, "stride": 0}, prefix="ns.window")
-    with pytest.raises(ConfigError, match=r"ns\.window\.t_out must be a positive integer"):
-        WindowConfig.from_dict({"t_in": 2, "t_out": 2.5}, prefix="ns.window")
-    with pytest.raises(ConfigError, match=r"ns\.split\.trian: unknown parameter"):
-        SplitConfig.from_dict({"trian": 0.8}, prefix="ns.split")
-    with pytest.raises(ConfigError, match=r"demo\.store\.chunk_time"):
+    with pytest.raises(ConfigError, match=r"^ns\.window\.stride must be >= 1, got 0$"):
+        WindowConfig.from_params({"t_in": 2, "t_out": 2, "stride": 0}, "ns.window")
+    with pytest.raises(ConfigError, match=r"^ns\.window\.t_out must be an integer, got 2\.5$"):
+        WindowConfig.from_params({"t_in": 2, "t_out": 2.5}, "ns.window")
+    with pytest.raises(ConfigError, match=r"^ns\.window\.t_out: required parameter missing$"):
+        WindowConfig.from_params({"t_in": 2}, "ns.window")
+    with pytest.raises(ConfigError, match=r"^window\.t_in must be >= 1, got 0$"):
+        WindowConfig(0, 2)  # built in code: checked too
+    with pytest.raises(
+        ConfigError,
+        match=r"^ns\.split\.trian: unknown parameter \(allowed: gap, seed, shuffle_trajectories, "
+        r"test, train, val\)$",
+    ):
+        SplitConfig.from_params({"trian": 0.8}, "ns.split")
+    with pytest.raises(ConfigError, match=r"^ns\.store\.chunk_tim: unknown parameter"):
+        StoreConfig.from_params({"chunk_tim": 4}, "ns.store")
+    with pytest.raises(ConfigError, match=r"^ns\.store\.chunk_time must be >= 1, got 0$"):
+        StoreConfig.from_params({"chunk_time": 0}, "ns.store")
+    assert StoreConfig.from_params(None, "ns.store").chunk_time is None
+    # YAML-style whole floats are counts; an int stays a count and a float a fraction
+    window = WindowConfig.from_params({"t_in": 4.0, "t_out": 2}, "ns.window")
+    assert (window.t_in, type(window.t_in), window.param_path) == (4, int, "ns.window")
+    split = SplitConfig.from_params({"train": 6, "val": 2, "test": 1}, "ns.split")
+    assert split.kind() == "count" and split.param_path == "ns.split"
+    assert (
+        SplitConfig.from_params({"train": 1.0, "val": 0.0, "test": 0.0}, "s").kind() == "fraction"
+    )
+    with pytest.raises(ConfigError, match=r"^demo\.store\.chunk_time must be >= 1, got 0$"):
         build_tensor_dataset(
             make_series(n_traj=4, n_time=10),
             split=SplitConfig(0.5, 0.25, 0.25),

@@ -129,7 +129,7 @@ def test_window_overrides_and_errors(store):
         WindowDataset(store, "validation")
     with pytest.raises(ConfigError, match=r"'val'.*holds no window of t_in \+ t_out = 30"):
         WindowDataset(store, "val", t_in=20, t_out=10)
-    with pytest.raises(ConfigError, match="stride must be a positive integer"):
+    with pytest.raises(ConfigError, match=r"^WindowDataset\.stride must be >= 1, got 0$"):
         WindowDataset(store, "val", stride=0)
     with pytest.raises(DataError, match=r"missing\.zarr: no Zarr store there"):
         WindowDataset(store.parent / "missing.zarr", "train")

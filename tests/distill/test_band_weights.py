@@ -165,7 +165,7 @@ def test_the_alpha_balancer_that_muted_the_teachers_band_is_refused_with_the_rea
         "sdkd", {"weighting": "fixed", "balance": {"lambda": "grad_ratio"}}
     )
     assert cfg.uses_cutoff and cfg.balance_lambda == "grad_ratio"
-    with pytest.raises(ConfigError, match=r"distill\.bands must be an integer >= 2"):
+    with pytest.raises(ConfigError, match=r"distill\.bands must be >= 2, got 1"):
         DistillConfig.from_params("sdkd", {"bands": 1})
     with pytest.raises(ConfigError, match=r"distill\.weighting must be one of"):
         DistillConfig.from_params("sdkd", {"weighting": "focal"})

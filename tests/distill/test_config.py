@@ -294,3 +294,29 @@ def test_student_model_configs_and_pipeline_keys_are_allowed_at_the_top():
         "training": {"epochs": 1},
     }
     assert DistillConfig.from_params("sdkd", params).method == "sdkd"
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"lambda": -1}, r"^distill\.lambda must be >= 0, got -1\.0$"),
+        ({"cutoff": {"k": 0}}, r"^distill\.cutoff\.k must be > 0, got 0\.0$"),
+        ({"cutoff": {"energy_fraction": 1}}, r"^distill\.cutoff\.energy_fraction must be < 1"),
+        ({"bands": 2.5}, r"^distill\.bands must be an integer, got 2\.5$"),
+        ({"weighting": "focal"}, r"^distill\.weighting must be one of 'advantage', 'fixed', "),
+        ({"teachers": ["simvp", 2]}, r"^distill\.teachers\[1\] must be a string, got 2$"),
+        ({"cutoff": {"kk": 3}}, r"^distill\.cutoff\.kk: unknown parameter \(allowed: "),
+        ({"balance": {"min": 10, "max": 1}}, r"^distill\.balance\.min \(10\.0\) exceeds"),
+    ],
+)
+def test_messages_name_the_parameter_and_what_is_wrong(params, message):
+    with pytest.raises(ConfigError, match=message):
+        DistillConfig.from_params("sdkd", params)
+
+
+def test_the_parameter_path_can_be_given_and_null_teachers_are_none():
+    with pytest.raises(ConfigError, match=r"^study\.distill\.variants\.v\.cutoff\.k must be > 0"):
+        DistillConfig.from_params(
+            "v", {"variants": {"v": {"method": "sdkd", "cutoff": {"k": 0}}}}, "study.distill"
+        )
+    assert DistillConfig.from_params("aver_mkd", {"teachers": None, "cutoff": None}).teachers == ()

@@ -259,10 +259,19 @@ def test_unknown_key_names_the_parameter_path():
     ("name", "cfg", "param"),
     [
         ("st_alternet", {"hidden": "64"}, r"teacher\.st_alternet\.hidden must be an integer"),
-        ("st_alternet", {"hidden": 30, "heads": 4}, r"teacher\.st_alternet\.heads"),
+        ("st_alternet", {"hidden": 30, "heads": 4}, r"teacher\.st_alternet\.heads \(4\) must"),
         ("st_alternet", {"depth": 0}, r"teacher\.st_alternet\.depth must be > 0"),
         ("simvp", {"depth": 1}, r"teacher\.simvp\.depth must be >= 2"),
         ("simvp", {"spatial_layers": 3}, r"teacher\.simvp\.spatial_layers must be even"),
+        ("st_alternet", {"frame_hidden": 7}, r"teacher\.st_alternet\.frame_hidden must be even"),
+        (
+            "st_alternet",
+            {"hidden": 30, "heads": 5},
+            r"^teacher\.st_alternet\.hidden must be a multiple of 4 \(2-D position code\), got 30$",
+        ),
+        ("simvp", {"attention_kernel": 7}, r"simvp\.attention_kernel must be >= 9, got 7 \(it "),
+        ("simvp", {"depth": 1}, r"^teacher\.simvp\.depth must be >= 2, got 1 \(the first and "),
+        ("mlp_mixer", {"token_mlp_ratio": "x"}, r"student\.mlp_mixer\.token_mlp_ratio must be a"),
         ("unet", {"levels": True}, r"student\.unet\.levels must be an integer"),
         ("mlp_mixer", {"patch": -2}, r"student\.mlp_mixer\.patch must be > 0"),
     ],
@@ -292,3 +301,14 @@ def test_resolved_config_holds_defaults_and_overrides():
         ).config.to_dict()["hidden"]
         == 16
     )
+
+
+def test_a_model_config_reads_its_parameters_with_the_config_loader():
+    from sdkd_pipeline.models import UNetConfig
+
+    config = UNetConfig.from_params({"hidden": 8, "levels": 1}, "distill.unet")
+    assert (config.hidden, config.base_width, config.levels) == (8, 32, 1)
+    with pytest.raises(ConfigError, match=r"^distill\.unet\.depth: unknown parameter \(allowed: "):
+        UNetConfig.from_params({"depth": 2}, "distill.unet")
+    with pytest.raises(ConfigError, match=r"^in_frames must be > 0, got 0$"):
+        build_model("unet", in_frames=0, out_frames=1, channels=1, height=8, width=8)

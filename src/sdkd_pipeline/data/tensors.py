@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from numbers import Integral, Real
+from numbers import Integral
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from sdkd_pipeline.config_utils import known_keys
+from sdkd_pipeline.config_utils import check_fields, check_value, from_params, param
 from sdkd_pipeline.data.raw import segments_of, validate_raw
 from sdkd_pipeline.errors import ConfigError, DataError
 
@@ -49,6 +50,11 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
 
 
+def _param_path_field() -> Any:
+    """The ``param_path`` field of a config: where it was read from, not a parameter."""
+    return field(default=None, compare=False, repr=False, metadata={"internal": True})
+
+
 @dataclass(frozen=True)
 class WindowConfig:
     """Frames per sample: ``t_in`` inputs then ``t_out`` targets; window starts ``stride`` apart.
@@ -57,17 +63,13 @@ class WindowConfig:
     ``navier_stokes.window``); left ``None`` it becomes ``<dataset>.window``.
     """
 
-    t_in: int
-    t_out: int
-    stride: int = 1
-    param_path: str | None = field(default=None, compare=False, repr=False)
+    t_in: int = param(ge=1)
+    t_out: int = param(ge=1)
+    stride: int = param(1, ge=1)
+    param_path: str | None = _param_path_field()
 
     def __post_init__(self) -> None:
-        where = self.param_path or "window"
-        for name in ("t_in", "t_out", "stride"):
-            value = getattr(self, name)
-            if not _is_count(value) or value <= 0:
-                raise ConfigError(f"{where}.{name} must be a positive integer, got {value!r}")
+        check_fields(self, self.param_path or "window")
 
     @property
     def length(self) -> int:
@@ -75,9 +77,16 @@ class WindowConfig:
         return self.t_in + self.t_out
 
     @classmethod
-    def from_dict(cls, params: dict[str, Any], prefix: str = "window") -> WindowConfig:
-        """Build from a parameters dict, naming ``prefix.<key>`` for unknown or bad keys."""
-        return cls(**known_keys(cls, params, prefix), param_path=prefix)
+    def from_params(
+        cls, params: Mapping[str, Any] | None, param_path: str = "window"
+    ) -> WindowConfig:
+        """Build from a parameters mapping; errors name ``<param_path>.<key>``."""
+        return from_params(cls, params, param_path)
+
+    from_dict = from_params
+
+
+_SIZE = "a fraction, or a count of trajectories or time steps"
 
 
 @dataclass(frozen=True)
@@ -92,21 +101,58 @@ class SplitConfig:
     ``seed`` instead of in order.
     """
 
-    train: float | int = 0.75
-    val: float | int = 0.125
-    test: float | int = 0.125
-    gap: int | None = None
+    # an int is a count, a float a fraction (a union keeps each value's own type)
+    train: int | float = param(0.75, ge=0, note=_SIZE)
+    val: int | float = param(0.125, ge=0, note=_SIZE)
+    test: int | float = param(0.125, ge=0, note=_SIZE)
+    gap: int | None = None  # at least one window: checked where the window is known
     shuffle_trajectories: bool = False
-    seed: int = 0
-    param_path: str | None = field(default=None, compare=False, repr=False)
+    seed: int = param(0, ge=0)
+    param_path: str | None = _param_path_field()
 
     @classmethod
-    def from_dict(cls, params: dict[str, Any], prefix: str = "split") -> SplitConfig:
-        """Build from a parameters dict, naming ``prefix.<key>`` for unknown keys."""
-        return cls(**known_keys(cls, params, prefix), param_path=prefix)
+    def from_params(
+        cls, params: Mapping[str, Any] | None, param_path: str = "split"
+    ) -> SplitConfig:
+        """Build from a parameters mapping; errors name ``<param_path>.<key>``."""
+        return from_params(cls, params, param_path)
+
+    from_dict = from_params
+
+    def validate(self, param_path: str) -> None:
+        """The per-field checks, then: fractions sum to 1, or all three sizes are counts."""
+        check_fields(self, param_path)
+        if self.kind() == "fraction":
+            sizes = self.sizes()
+            total = float(sum(sizes.values()))
+            if not math.isclose(total, 1.0, abs_tol=1e-6):
+                listed = ", ".join(f"{k}={v}" for k, v in sizes.items())
+                raise ConfigError(
+                    f"{param_path}: fractions must sum to 1, got {listed} (sum {total:g}); or "
+                    "give integer counts for all three"
+                )
 
     def sizes(self) -> dict[str, float | int]:
         return {name: getattr(self, name) for name in SPLIT_NAMES}
+
+    def kind(self) -> str:
+        """``count`` when all three sizes are integers, else ``fraction``."""
+        return "count" if all(_is_count(v) for v in self.sizes().values()) else "fraction"
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """The ``<dataset>.store`` parameters: ``chunk_time`` frames per Zarr chunk (None: about
+    ``TARGET_CHUNK_BYTES`` a chunk, see ``default_chunk_time``)."""
+
+    chunk_time: int | None = param(None, ge=1)
+
+    @classmethod
+    def from_params(
+        cls, params: Mapping[str, Any] | None, param_path: str = "store"
+    ) -> StoreConfig:
+        """Build from a parameters mapping; errors name ``<param_path>.<key>``."""
+        return from_params(cls, params, param_path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,22 +198,8 @@ def split_ranges(
 
 
 def _check_sizes(split: SplitConfig, where: str) -> tuple[str, dict[str, float | int]]:
-    sizes = split.sizes()
-    for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
-            raise ConfigError(f"{where}.{name} must be a fraction or a count, got {value!r}")
-        if value < 0:
-            raise ConfigError(f"{where}.{name} must not be negative, got {value!r}")
-    if all(_is_count(v) for v in sizes.values()):
-        return "count", sizes
-    total = float(sum(sizes.values()))
-    if not math.isclose(total, 1.0, abs_tol=1e-6):
-        listed = ", ".join(f"{k}={v}" for k, v in sizes.items())
-        raise ConfigError(
-            f"{where}: fractions must sum to 1, got {listed} (sum {total:g}); or give integer "
-            "counts for all three"
-        )
-    return "fraction", sizes
+    split.validate(where)  # also a split built in code, named where the dataset is known
+    return split.kind(), split.sizes()
 
 
 def _split_trajectories(
@@ -321,10 +353,8 @@ def build_tensor_dataset(
     n_traj, n_time, n_chan, n_y, n_x = (int(s) for s in raw["fields"].shape)
     if chunk_time is None:
         chunk_time = default_chunk_time(n_time, n_chan * n_y * n_x * 4, window.length)
-    elif not _is_count(chunk_time) or chunk_time <= 0:
-        raise ConfigError(
-            f"{dataset}.store.chunk_time must be a positive integer or null, got {chunk_time!r}"
-        )
+    else:
+        check_value(f"{dataset}.store.chunk_time", chunk_time, int, {"ge": 1})
     chunk_time = min(int(chunk_time), n_time)
     chunks = (1, chunk_time, n_chan, n_y, n_x)
 

@@ -29,8 +29,9 @@ import numpy as np
 import torch
 import xarray as xr
 
+from sdkd_pipeline.config_utils import check_value
 from sdkd_pipeline.data.store import check_store_dataset, open_store
-from sdkd_pipeline.data.tensors import SPLIT_NAMES, parse_splits, windows_in_ranges
+from sdkd_pipeline.data.tensors import SPLIT_NAMES, WindowConfig, parse_splits, windows_in_ranges
 from sdkd_pipeline.errors import ConfigError, DataError
 
 ChunkKey = tuple[int, int]  # (trajectory, chunk index along time)
@@ -67,13 +68,18 @@ class WindowDataset(torch.utils.data.Dataset):
             self.path = Path(store)
             ds = open_store(self.path, chunks=None)
             self._memory = None
-        if cache_mb < 0:
-            raise ConfigError(f"WindowDataset cache_mb must be >= 0, got {cache_mb!r}")
+        cache_mb = check_value("WindowDataset cache_mb", cache_mb, float, {"ge": 0})
         self.split = split
         attrs = ds.attrs
-        self.t_in = _positive("t_in", attrs["t_in"] if t_in is None else t_in)
-        self.t_out = _positive("t_out", attrs["t_out"] if t_out is None else t_out)
-        self.stride = _positive("stride", attrs["stride"] if stride is None else stride)
+        window = WindowConfig(  # the store's window unless overridden; checked as a config
+            attrs["t_in"] if t_in is None else t_in,
+            attrs["t_out"] if t_out is None else t_out,
+            attrs["stride"] if stride is None else stride,
+            param_path="WindowDataset",
+        )
+        self.t_in, self.t_out, self.stride = (
+            int(n) for n in (window.t_in, window.t_out, window.stride)
+        )
         self.ranges = parse_splits(attrs["splits"])[split]
         self.windows = windows_in_ranges(self.ranges, self.t_in, self.t_out, self.stride)
         if len(self.windows) == 0:
@@ -247,16 +253,6 @@ class WindowDataset(torch.utils.data.Dataset):
         )
 
 
-def _positive(name: str, value: Any) -> int:
-    try:
-        ok = not isinstance(value, bool) and int(value) == value and int(value) > 0
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ConfigError(f"WindowDataset {name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def _store_chunk_time(ds: xr.Dataset, n_time: int) -> int:
     """Frames per Zarr chunk along time, from the opened variable's encoding."""
     chunks = ds["fields"].encoding.get("chunks") or ds["fields"].encoding.get("preferred_chunks")
@@ -284,8 +280,7 @@ class ChunkPoolSampler(torch.utils.data.Sampler[int]):
         chunk_bytes = dataset._chunk_time * n_chan * n_y * n_x * 4
         if pool_mb is None:
             pool_mb = dataset._cache_bytes / 2 / 1024**2
-        if pool_mb < 0:
-            raise ConfigError(f"ChunkPoolSampler pool_mb must be >= 0, got {pool_mb!r}")
+        pool_mb = check_value("ChunkPoolSampler pool_mb", pool_mb, float, {"ge": 0})
         self.pool_chunks = max(1, int(pool_mb * 1024**2 // chunk_bytes))
         first_chunk = dataset.windows[:, 1] // dataset._chunk_time
         keys = dataset.windows[:, 0] * (first_chunk.max() + 1) + first_chunk

@@ -17,13 +17,12 @@ is a ``ConfigError`` naming the parameter as written in the YAML.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from numbers import Integral, Real
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from sdkd_pipeline.config_utils import list_param
+from sdkd_pipeline import config_utils
+from sdkd_pipeline.config_utils import list_param, param
 from sdkd_pipeline.errors import ConfigError
 
 METHODS = ("none", "output_mse", "sdkd", "sdkd_latent", "aver_mkd", "aekd", "camkd", "sdkd_multi")
@@ -40,28 +39,10 @@ AEKD_GRADIENTS = ("output", "parameters")
 BAND_WEIGHTINGS = ("aver", "aekd", "camkd")
 CACHE_MODES = ("auto", "on", "off")
 
-# the keys of ``distill`` that configure a loss (the rest: lists, training, student configs)
-LOSS_KEYS = frozenset(
-    {
-        "teacher",
-        "teachers",
-        "lambda",
-        "alpha",
-        "cutoff",
-        "balance",
-        "latent",
-        "aekd",
-        "camkd",
-        "sdkd_multi",
-        "teacher_cache",
-        "cache_max_gb",
-        "weighting",
-        "bands",
-        "advantage",
-        "function_matching",
-    }
-)
-PIPELINE_KEYS = frozenset({"students", "methods", "datasets", "training", "variants"})
+
+def _teacher_names(value: Any) -> Any:
+    """``teachers`` also in the command line's list syntax (``simvp+st_alternet``); null: none."""
+    return list_param(value or "") if value is None or isinstance(value, str) else value
 
 
 @dataclass(frozen=True)
@@ -108,36 +89,36 @@ class DistillConfig:
     method: str
     name: str
     teacher: str = "best"
-    teachers: tuple[str, ...] = ()
-    lam: float = 1.0
-    alpha: float = 1.0
-    cutoff_mode: str = "fixed"
-    cutoff_k: float = 4.0
-    cutoff_energy_fraction: float = 0.9
-    balance_alpha: str = "fixed"
-    balance_lambda: str = "fixed"
-    balance_momentum: float = 0.9
-    balance_min: float = 1e-3
-    balance_max: float = 1e3
-    latent_weight: float = 0.1
-    latent_share: float | None = 0.2
-    weighting: str = "advantage"
-    bands: int = 3
-    advantage_w_max: float = 4.0
-    advantage_momentum: float = 0.9
-    advantage_whiten: bool = False
-    advantage_whiten_max: float = 100.0
-    fm_enabled: bool = False
-    fm_source: str = "auto"
-    fm_ratio: float = 1.0
-    fm_mixup_alpha: float = 0.4
-    fm_seed: int = 0
-    aekd_cap: float = 0.6
-    aekd_gradients: str = "output"
-    camkd_temperature: float = 0.5
-    band_weighting: str = "camkd"
-    teacher_cache: str = "auto"
-    cache_max_gb: float = 2.0
+    teachers: tuple[str, ...] = param((), convert=_teacher_names)
+    lam: float = param(1.0, ge=0, key="lambda")
+    alpha: float = param(1.0, ge=0)
+    cutoff_mode: str = param("fixed", choices=CUTOFF_MODES, key="cutoff.mode")
+    cutoff_k: float = param(4.0, gt=0, key="cutoff.k")
+    cutoff_energy_fraction: float = param(0.9, gt=0, lt=1, key="cutoff.energy_fraction")
+    balance_alpha: str = param("fixed", choices=BALANCE_MODES, key="balance.alpha")
+    balance_lambda: str = param("fixed", choices=BALANCE_MODES, key="balance.lambda")
+    balance_momentum: float = param(0.9, ge=0, le=0.9999, key="balance.momentum")
+    balance_min: float = param(1e-3, gt=0, key="balance.min")
+    balance_max: float = param(1e3, gt=0, key="balance.max")
+    latent_weight: float = param(0.1, ge=0, key="latent.weight")
+    latent_share: float | None = param(0.2, gt=0, le=0.9, key="latent.share")
+    weighting: str = param("advantage", choices=WEIGHTINGS)
+    bands: int = param(3, ge=2)
+    advantage_w_max: float = param(4.0, gt=0, key="advantage.w_max")
+    advantage_momentum: float = param(0.9, ge=0, le=0.9999, key="advantage.momentum")
+    advantage_whiten: bool = param(False, key="advantage.whiten")
+    advantage_whiten_max: float = param(100.0, ge=1, key="advantage.whiten_max")
+    fm_enabled: bool = param(False, key="function_matching.enabled")
+    fm_source: str = param("auto", choices=FM_SOURCES, key="function_matching.source")
+    fm_ratio: float = param(1.0, gt=0, key="function_matching.ratio")
+    fm_mixup_alpha: float = param(0.4, gt=0, key="function_matching.mixup_alpha")
+    fm_seed: int = param(0, ge=0, key="function_matching.seed")
+    aekd_cap: float = param(0.6, gt=0, key="aekd.cap")
+    aekd_gradients: str = param("output", choices=AEKD_GRADIENTS, key="aekd.gradients")
+    camkd_temperature: float = param(0.5, gt=0, key="camkd.temperature")
+    band_weighting: str = param("camkd", choices=BAND_WEIGHTINGS, key="sdkd_multi.weighting")
+    teacher_cache: str = param("auto", choices=CACHE_MODES)
+    cache_max_gb: float = param(2.0, ge=0)
 
     @property
     def needs_teachers(self) -> bool:
@@ -165,24 +146,46 @@ class DistillConfig:
         out["teachers"] = list(self.teachers)
         return out
 
+    def validate(self, param_path: str) -> None:
+        """What the per-field bounds cannot say (``from_params`` checks those)."""
+        if not self.teacher:
+            raise ConfigError(
+                f"{param_path}.teacher must be a teacher name or 'best', got {self.teacher!r}"
+            )
+        if self.balance_alpha in ("loss_ratio", "grad_ratio"):
+            raise ConfigError(
+                f"{param_path}.balance.alpha: {self.balance_alpha!r} is no longer offered: it "
+                "scaled alpha D_low to match D_high, which mutes the band where the teacher's "
+                "advantage lies; use weighting: advantage (bands weighted by the teacher's "
+                "advantage in each) or a fixed alpha"
+            )
+        if self.balance_min > self.balance_max:
+            raise ConfigError(
+                f"{param_path}.balance.min ({self.balance_min}) exceeds balance.max "
+                f"({self.balance_max})"
+            )
+
     @classmethod
-    def from_params(cls, name: str, params: Mapping[str, Any] | None) -> DistillConfig:
-        """The config of method or variant ``name`` from the ``distill`` parameters."""
+    def from_params(
+        cls, name: str, params: Mapping[str, Any] | None, param_path: str = "distill"
+    ) -> DistillConfig:
+        """The config of method or variant ``name`` from the ``distill`` parameters (at
+        ``param_path``)."""
         params = dict(params or {})
         variants = params.get("variants") or {}
         if not isinstance(variants, Mapping):
-            raise ConfigError("distill.variants must be a mapping of name -> settings")
-        where = "distill"
+            raise ConfigError(f"{param_path}.variants must be a mapping of name -> settings")
+        where = param_path
         settings = {k: v for k, v in params.items() if k in LOSS_KEYS}
-        unknown = sorted(set(params) - LOSS_KEYS - PIPELINE_KEYS - {"unet", "resnet", "mlp_mixer"})
+        unknown = sorted(set(params) - LOSS_KEYS - PIPELINE_KEYS - STUDENT_KEYS)
         if unknown:
             raise ConfigError(
-                f"distill.{unknown[0]}: unknown parameter (allowed: "
+                f"{param_path}.{unknown[0]}: unknown parameter (allowed: "
                 f"{', '.join(sorted(LOSS_KEYS | PIPELINE_KEYS))}, and student "
                 "model configs)"
             )
         if name in variants:
-            where = f"distill.variants.{name}"
+            where = f"{param_path}.variants.{name}"
             if not isinstance(variants[name] or {}, Mapping):
                 raise ConfigError(
                     f"{where} must be a mapping with a 'method' and settings to "
@@ -205,10 +208,22 @@ class DistillConfig:
             method = name
         else:
             raise ConfigError(
-                f"distill.methods: {name!r} is neither a method ({', '.join(METHODS)}) nor a "
-                f"variant declared under distill.variants ({', '.join(variants) or 'none'})"
+                f"{param_path}.methods: {name!r} is neither a method ({', '.join(METHODS)}) nor "
+                f"a variant declared under {param_path}.variants "
+                f"({', '.join(variants) or 'none'})"
             )
-        return _build(cls, name, method, settings, where)
+        return config_utils.from_params(cls, settings, where, method=method, name=name)
+
+
+# the keys of ``distill`` that configure a loss (the fields' parameters and their sections; the
+# rest: lists, training, student configs)
+LOSS_KEYS = frozenset(
+    f.metadata.get("key", f.name).split(".")[0]
+    for f in fields(DistillConfig)
+    if f.name not in ("method", "name")
+)
+PIPELINE_KEYS = frozenset({"students", "methods", "datasets", "training", "variants"})
+STUDENT_KEYS = frozenset({"unet", "resnet", "mlp_mixer"})
 
 
 def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -219,166 +234,3 @@ def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[st
         else:
             out[key] = value
     return out
-
-
-def _section(
-    settings: Mapping[str, Any], key: str, allowed: set[str], where: str
-) -> dict[str, Any]:
-    value = settings.get(key) or {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{where}.{key} must be a mapping, got {value!r}")
-    bad = sorted(set(value) - allowed)
-    if bad:
-        raise ConfigError(
-            f"{where}.{key}.{bad[0]}: unknown parameter (allowed: {', '.join(sorted(allowed))})"
-        )
-    return dict(value)
-
-
-def _real(
-    where: str,
-    value: Any,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    open_low: bool = False,
-) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
-        raise ConfigError(f"{where} must be a finite number, got {value!r}")
-    value = float(value)
-    if low is not None and (value <= low if open_low else value < low):
-        raise ConfigError(f"{where} must be {'>' if open_low else '>='} {low}, got {value}")
-    if high is not None and value > high:
-        raise ConfigError(f"{where} must be <= {high}, got {value}")
-    return value
-
-
-def _integer(where: str, value: Any, *, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
-        raise ConfigError(f"{where} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-def _flag(where: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where} must be true or false, got {value!r}")
-    return value
-
-
-def _choice(where: str, value: Any, options: tuple[str, ...]) -> str:
-    if value not in options:
-        raise ConfigError(f"{where} must be one of {', '.join(options)}, got {value!r}")
-    return str(value)
-
-
-def _build(
-    cls: type[DistillConfig], name: str, method: str, s: Mapping[str, Any], where: str
-) -> DistillConfig:
-    cutoff = _section(s, "cutoff", {"mode", "k", "energy_fraction"}, where)
-    balance = _section(s, "balance", {"alpha", "lambda", "momentum", "min", "max"}, where)
-    latent = _section(s, "latent", {"weight", "share"}, where)
-    advantage = _section(s, "advantage", {"w_max", "momentum", "whiten", "whiten_max"}, where)
-    fm = _section(
-        s, "function_matching", {"enabled", "source", "ratio", "mixup_alpha", "seed"}, where
-    )
-    if balance.get("alpha", "fixed") in ("loss_ratio", "grad_ratio"):
-        raise ConfigError(
-            f"{where}.balance.alpha: {balance['alpha']!r} is no longer offered: it scaled "
-            "alpha D_low to match D_high, which mutes the band where the teacher's advantage "
-            "lies; use weighting: advantage (bands weighted by the teacher's advantage in "
-            "each) or a fixed alpha"
-        )
-    aekd = _section(s, "aekd", {"cap", "gradients"}, where)
-    camkd = _section(s, "camkd", {"temperature"}, where)
-    multi = _section(s, "sdkd_multi", {"weighting"}, where)
-    teachers = s.get("teachers") or ()
-    if isinstance(teachers, str):
-        teachers = list_param(teachers)  # the command line's list syntax
-    if not isinstance(teachers, list | tuple) or not all(isinstance(t, str) for t in teachers):
-        raise ConfigError(f"{where}.teachers must be a list of teacher names, got {teachers!r}")
-    teacher = s.get("teacher", "best")
-    if not isinstance(teacher, str) or not teacher:
-        raise ConfigError(f"{where}.teacher must be a teacher name or 'best', got {teacher!r}")
-    cfg = cls(
-        method=method,
-        name=name,
-        teacher=teacher,
-        teachers=tuple(teachers),
-        lam=_real(f"{where}.lambda", s.get("lambda", 1.0), low=0.0),
-        alpha=_real(f"{where}.alpha", s.get("alpha", 1.0), low=0.0),
-        cutoff_mode=_choice(f"{where}.cutoff.mode", cutoff.get("mode", "fixed"), CUTOFF_MODES),
-        cutoff_k=_real(f"{where}.cutoff.k", cutoff.get("k", 4.0), low=0.0, open_low=True),
-        cutoff_energy_fraction=_real(
-            f"{where}.cutoff.energy_fraction",
-            cutoff.get("energy_fraction", 0.9),
-            low=0.0,
-            high=1.0,
-            open_low=True,
-        ),
-        balance_alpha=_choice(
-            f"{where}.balance.alpha", balance.get("alpha", "fixed"), BALANCE_MODES
-        ),
-        balance_lambda=_choice(
-            f"{where}.balance.lambda", balance.get("lambda", "fixed"), BALANCE_MODES
-        ),
-        balance_momentum=_real(
-            f"{where}.balance.momentum", balance.get("momentum", 0.9), low=0.0, high=0.9999
-        ),
-        balance_min=_real(f"{where}.balance.min", balance.get("min", 1e-3), low=0.0, open_low=True),
-        balance_max=_real(f"{where}.balance.max", balance.get("max", 1e3), low=0.0, open_low=True),
-        latent_weight=_real(f"{where}.latent.weight", latent.get("weight", 0.1), low=0.0),
-        latent_share=None
-        if latent.get("share", 0.2) is None
-        else _real(
-            f"{where}.latent.share", latent.get("share", 0.2), low=0.0, high=0.9, open_low=True
-        ),
-        weighting=_choice(f"{where}.weighting", s.get("weighting", "advantage"), WEIGHTINGS),
-        bands=_integer(f"{where}.bands", s.get("bands", 3), low=2),
-        advantage_w_max=_real(
-            f"{where}.advantage.w_max", advantage.get("w_max", 4.0), low=0.0, open_low=True
-        ),
-        advantage_momentum=_real(
-            f"{where}.advantage.momentum", advantage.get("momentum", 0.9), low=0.0, high=0.9999
-        ),
-        advantage_whiten=_flag(f"{where}.advantage.whiten", advantage.get("whiten", False)),
-        advantage_whiten_max=_real(
-            f"{where}.advantage.whiten_max", advantage.get("whiten_max", 100.0), low=1.0
-        ),
-        fm_enabled=_flag(f"{where}.function_matching.enabled", fm.get("enabled", False)),
-        fm_source=_choice(
-            f"{where}.function_matching.source", fm.get("source", "auto"), FM_SOURCES
-        ),
-        fm_ratio=_real(
-            f"{where}.function_matching.ratio", fm.get("ratio", 1.0), low=0.0, open_low=True
-        ),
-        fm_mixup_alpha=_real(
-            f"{where}.function_matching.mixup_alpha",
-            fm.get("mixup_alpha", 0.4),
-            low=0.0,
-            open_low=True,
-        ),
-        fm_seed=_integer(f"{where}.function_matching.seed", fm.get("seed", 0), low=0),
-        aekd_cap=_real(f"{where}.aekd.cap", aekd.get("cap", 0.6), low=0.0, open_low=True),
-        aekd_gradients=_choice(
-            f"{where}.aekd.gradients", aekd.get("gradients", "output"), AEKD_GRADIENTS
-        ),
-        camkd_temperature=_real(
-            f"{where}.camkd.temperature", camkd.get("temperature", 0.5), low=0.0, open_low=True
-        ),
-        band_weighting=_choice(
-            f"{where}.sdkd_multi.weighting", multi.get("weighting", "camkd"), BAND_WEIGHTINGS
-        ),
-        teacher_cache=_choice(
-            f"{where}.teacher_cache", s.get("teacher_cache", "auto"), CACHE_MODES
-        ),
-        cache_max_gb=_real(f"{where}.cache_max_gb", s.get("cache_max_gb", 2.0), low=0.0),
-    )
-    if cfg.balance_min > cfg.balance_max:
-        raise ConfigError(
-            f"{where}.balance.min ({cfg.balance_min}) exceeds balance.max ({cfg.balance_max})"
-        )
-    if cfg.cutoff_energy_fraction >= 1.0:
-        raise ConfigError(
-            f"{where}.cutoff.energy_fraction must be below 1, got {cfg.cutoff_energy_fraction}"
-        )
-    return cfg

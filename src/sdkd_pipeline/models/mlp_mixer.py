@@ -23,22 +23,19 @@ import dataclasses
 import torch
 from torch import nn
 
+from sdkd_pipeline.config_utils import param
 from sdkd_pipeline.errors import DataError
-from sdkd_pipeline.models.config import ModelConfig, require_positive
+from sdkd_pipeline.models.config import ModelConfig
 from sdkd_pipeline.models.layers import ChannelMLP, ForecastModel
 
 
 @dataclasses.dataclass(frozen=True)
 class MLPMixerConfig(ModelConfig):
-    hidden: int = 64  # token width (the latent width)
-    depth: int = 8  # Mixer blocks
-    patch: int = 4  # patch size; the token grid is H, W / patch
-    token_mlp_ratio: float = 2.0  # hidden size / axis length of the axial token MLPs
-    channel_mlp_ratio: float = 4.0  # hidden size / hidden of the channel MLP
-
-    def validate(self, prefix: str) -> None:
-        for name in ("hidden", "depth", "patch", "token_mlp_ratio", "channel_mlp_ratio"):
-            require_positive(prefix, name, getattr(self, name))
+    hidden: int = param(64, gt=0)  # token width (the latent width)
+    depth: int = param(8, gt=0)  # Mixer blocks
+    patch: int = param(4, gt=0)  # patch size; the token grid is H, W / patch
+    token_mlp_ratio: float = param(2.0, gt=0)  # hidden size / axis length of the axial token MLPs
+    channel_mlp_ratio: float = param(4.0, gt=0)  # hidden size / hidden of the channel MLP
 
 
 class AxialTokenMixer(nn.Module):

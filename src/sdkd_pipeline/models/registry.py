@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sdkd_pipeline.config_utils import check_value
 from sdkd_pipeline.errors import ConfigError
-from sdkd_pipeline.models.config import ModelConfig, config_from_mapping
+from sdkd_pipeline.models.config import ModelConfig
 from sdkd_pipeline.models.layers import ForecastModel
 from sdkd_pipeline.models.mlp_mixer import MLPMixer, MLPMixerConfig
 from sdkd_pipeline.models.resnet import ResNet, ResNetConfig
@@ -60,8 +61,7 @@ def _spec(name: str, param_path: str) -> ModelSpec:
 def resolve_config(name: str, *, param_path: str | None = None, **cfg: Any) -> ModelConfig:
     """The validated config of model ``name``: its defaults updated by ``cfg``."""
     spec = _spec(name, param_path or "model")
-    prefix = param_path or f"{spec.role}.{name}"
-    return config_from_mapping(spec.config_cls, cfg, prefix)
+    return spec.config_cls.from_params(cfg, param_path or f"{spec.role}.{name}")
 
 
 def default_config(name: str) -> dict[str, Any]:
@@ -86,15 +86,15 @@ def build_model(
     resolved config is ``model.config``.
     """
     shape = {
-        "in_frames": in_frames,
-        "out_frames": out_frames,
-        "channels": channels,
-        "height": height,
-        "width": width,
+        key: check_value(key, value, int, {"gt": 0})
+        for key, value in (
+            ("in_frames", in_frames),
+            ("out_frames", out_frames),
+            ("channels", channels),
+            ("height", height),
+            ("width", width),
+        )
     }
-    for key, value in shape.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ConfigError(f"{key} must be a positive integer, got {value!r}")
     config = resolve_config(name, param_path=param_path, **cfg)
     return _SPECS[name].model_cls(config=config, **shape)
 

@@ -14,20 +14,17 @@ import dataclasses
 import torch
 from torch import nn
 
-from sdkd_pipeline.models.config import ModelConfig, require_positive
+from sdkd_pipeline.config_utils import param
+from sdkd_pipeline.models.config import ModelConfig
 from sdkd_pipeline.models.layers import ConvNormAct, ForecastModel, group_count
 
 
 @dataclasses.dataclass(frozen=True)
 class ResNetConfig(ModelConfig):
-    hidden: int = 64  # width of the residual blocks (the latent width)
-    base_width: int = 32  # width at full resolution
-    depth: int = 6  # residual blocks
-    downsample_steps: int = 2  # stride-2 convs before the blocks
-
-    def validate(self, prefix: str) -> None:
-        for name in ("hidden", "base_width", "depth", "downsample_steps"):
-            require_positive(prefix, name, getattr(self, name))
+    hidden: int = param(64, gt=0)  # width of the residual blocks (the latent width)
+    base_width: int = param(32, gt=0)  # width at full resolution
+    depth: int = param(6, gt=0)  # residual blocks
+    downsample_steps: int = param(2, gt=0)  # stride-2 convs before the blocks
 
 
 class BasicBlock(nn.Module):

@@ -29,8 +29,8 @@ import dataclasses
 import torch
 from torch import nn
 
-from sdkd_pipeline.errors import ConfigError
-from sdkd_pipeline.models.config import ModelConfig, require_even, require_positive
+from sdkd_pipeline.config_utils import param
+from sdkd_pipeline.models.config import ModelConfig
 from sdkd_pipeline.models.layers import ForecastModel, FrameDecoder, FrameEncoder, TemporalSkip
 
 
@@ -38,38 +38,18 @@ from sdkd_pipeline.models.layers import ForecastModel, FrameDecoder, FrameEncode
 class SimVPConfig(ModelConfig):
     """Hyperparameters (OpenSTL names in brackets)."""
 
-    frame_hidden: int = 32  # [hid_S] per-frame encoder/decoder width
-    hidden: int = 256  # [hid_T] translator width
-    spatial_layers: int = 4  # [N_S] encoder layers; down-sampling 2**(N_S / 2)
-    depth: int = 8  # [N_T] gSTA blocks (>= 2)
-    mlp_ratio: float = 8.0  # MLP width / channels in each gSTA block
-    attention_kernel: int = 21  # receptive field of the large-kernel attention
-    layer_scale_init: float = 1e-2
-
-    def validate(self, prefix: str) -> None:
-        for name in (
-            "frame_hidden",
-            "hidden",
-            "spatial_layers",
-            "depth",
-            "mlp_ratio",
-            "attention_kernel",
-            "layer_scale_init",
-        ):
-            require_positive(prefix, name, getattr(self, name))
-        require_even(prefix, "frame_hidden", self.frame_hidden)
-        require_even(prefix, "spatial_layers", self.spatial_layers)
-        if self.depth < 2:
-            raise ConfigError(
-                f"{prefix}.depth must be >= 2 (the first and last gSTA blocks "
-                f"change width), got {self.depth}"
-            )
-        if self.attention_kernel < 9:
-            raise ConfigError(
-                f"{prefix}.attention_kernel must be >= 9 (it is decomposed into "
-                f"a 5x5 and a dilated depth-wise conv), got "
-                f"{self.attention_kernel}"
-            )
+    frame_hidden: int = param(32, gt=0, multiple_of=2)  # [hid_S] per-frame encoder/decoder width
+    hidden: int = param(256, gt=0)  # [hid_T] translator width
+    # [N_S] encoder layers; down-sampling 2**(N_S / 2)
+    spatial_layers: int = param(4, gt=0, multiple_of=2)
+    # [N_T] gSTA blocks
+    depth: int = param(8, ge=2, note="the first and last gSTA blocks change width")
+    mlp_ratio: float = param(8.0, gt=0)  # MLP width / channels in each gSTA block
+    # receptive field of the large-kernel attention
+    attention_kernel: int = param(
+        21, ge=9, note="it is decomposed into a 5x5 and a dilated depth-wise conv"
+    )
+    layer_scale_init: float = param(1e-2, gt=0)
 
 
 class LargeKernelAttention(nn.Module):

@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sdkd_pipeline.config_utils import param
 from sdkd_pipeline.errors import ConfigError
-from sdkd_pipeline.models.config import ModelConfig, require_even, require_positive
+from sdkd_pipeline.models.config import ModelConfig
 from sdkd_pipeline.models.layers import (
     ChannelMLP,
     ForecastModel,
@@ -48,37 +49,27 @@ from sdkd_pipeline.models.layers import (
 class STAlterNetConfig(ModelConfig):
     """Hyperparameters. Defaults give ~11 M parameters at NS 10 -> 10 (like SimVP's)."""
 
-    hidden: int = 256  # latent width D (channels of Z, Z_h, Z_l)
-    depth: int = 8  # number of latent blocks
-    heads: int = 8  # attention heads; hidden % heads == 0
-    mlp_ratio: float = 4.0  # MLP width / hidden
-    frame_hidden: int = 32  # per-frame encoder/decoder width
-    spatial_layers: int = 4  # encoder layers; down-sampling 2**(spatial_layers / 2)
-    conv_kernel: int = 3  # kernel of the conv branch (odd)
+    hidden: int = param(256, gt=0)  # latent width D (channels of Z, Z_h, Z_l)
+    depth: int = param(8, gt=0)  # number of latent blocks
+    heads: int = param(8, gt=0)  # attention heads; hidden % heads == 0
+    mlp_ratio: float = param(4.0, gt=0)  # MLP width / hidden
+    frame_hidden: int = param(32, gt=0, multiple_of=2)  # per-frame encoder/decoder width
+    # encoder layers; down-sampling 2**(spatial_layers / 2)
+    spatial_layers: int = param(4, gt=0, multiple_of=2)
+    conv_kernel: int = param(3, gt=0)  # kernel of the conv branch (odd)
 
-    def validate(self, prefix: str) -> None:
-        for name in (
-            "hidden",
-            "depth",
-            "heads",
-            "mlp_ratio",
-            "frame_hidden",
-            "spatial_layers",
-            "conv_kernel",
-        ):
-            require_positive(prefix, name, getattr(self, name))
+    def validate(self, param_path: str) -> None:
         if self.hidden % self.heads:
             raise ConfigError(
-                f"{prefix}.heads ({self.heads}) must divide {prefix}.hidden ({self.hidden})"
+                f"{param_path}.heads ({self.heads}) must divide {param_path}.hidden ({self.hidden})"
             )
         if self.hidden % 4:
             raise ConfigError(
-                f"{prefix}.hidden must be a multiple of 4 (2-D position code), got {self.hidden}"
+                f"{param_path}.hidden must be a multiple of 4 (2-D position code), "
+                f"got {self.hidden}"
             )
-        require_even(prefix, "frame_hidden", self.frame_hidden)
-        require_even(prefix, "spatial_layers", self.spatial_layers)
         if self.conv_kernel % 2 == 0:
-            raise ConfigError(f"{prefix}.conv_kernel must be odd, got {self.conv_kernel}")
+            raise ConfigError(f"{param_path}.conv_kernel must be odd, got {self.conv_kernel}")
 
 
 class SpatialSelfAttention(nn.Module):

@@ -14,19 +14,17 @@ import dataclasses
 import torch
 from torch import nn
 
-from sdkd_pipeline.models.config import ModelConfig, require_positive
+from sdkd_pipeline.config_utils import param
+from sdkd_pipeline.models.config import ModelConfig
 from sdkd_pipeline.models.layers import ConvNormAct, ForecastModel
 
 
 @dataclasses.dataclass(frozen=True)
 class UNetConfig(ModelConfig):
-    hidden: int = 64  # bottleneck width (the latent width; 25 % of the teachers' 256)
-    base_width: int = 32  # width at full resolution; doubles per level, capped at hidden
-    levels: int = 2  # down-samplings; the bottleneck is at H, W / 2**levels
-
-    def validate(self, prefix: str) -> None:
-        for name in ("hidden", "base_width", "levels"):
-            require_positive(prefix, name, getattr(self, name))
+    hidden: int = param(64, gt=0)  # bottleneck width (the latent width; 25 % of the teachers' 256)
+    # width at full resolution; doubles per level, capped at hidden
+    base_width: int = param(32, gt=0)
+    levels: int = param(2, gt=0)  # down-samplings; the bottleneck is at H, W / 2**levels
 
 
 class DoubleConv(nn.Sequential):

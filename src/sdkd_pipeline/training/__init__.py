@@ -1,5 +1,5 @@
 """The one training engine, for teachers and students alike (``train``), split by job:
-``config`` holds ``TrainConfig`` (the ``train`` block of the parameters), its validators and
+``config`` holds ``TrainConfig`` (the ``train`` block of the parameters), its checks and
 ``autocast_dtype``; ``schedule`` the learning-rate schedule (``LRSchedule``); ``losses`` the
 ``TrainingLoss`` protocol through which distillation plugs in and the default ``MSELoss``;
 ``evaluate`` the validation metric and ``evaluate_mse``; ``distributed`` the torchrun / DDP

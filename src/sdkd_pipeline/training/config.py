@@ -1,18 +1,18 @@
-"""The training configuration: ``TrainConfig`` (the ``train`` block of the parameters), its
-validators, the allowed schedules and precisions, the keys a resumed run may change, and
-``autocast_dtype`` (what a ``precision`` means on a device)."""
+"""The training configuration: ``TrainConfig`` (the ``train`` block of the parameters, read by
+``config_utils.from_params`` from its fields' types and bounds), the allowed schedules and
+precisions, the keys a resumed run may change, and ``autocast_dtype`` (what a ``precision``
+means on a device)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from numbers import Integral, Real
 from typing import Any
 
 import torch
 
-from sdkd_pipeline.config_utils import known_keys
+from sdkd_pipeline import config_utils
+from sdkd_pipeline.config_utils import check_fields, param
 from sdkd_pipeline.devices import resolve_device
 from sdkd_pipeline.errors import ConfigError
 
@@ -42,84 +42,59 @@ class TrainConfig:
     ``last.pt`` inside epochs (always at the end of each epoch).
     """
 
-    epochs: int = 10
-    batch_size: int = 16
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    schedule: str | None = None
-    warmup_steps: int = 0
-    min_lr: float = 0.0
-    plateau_factor: float = 0.5
-    plateau_patience: int = 5
-    grad_clip: float | None = None
-    patience: int | None = 10
-    min_delta: float = 0.0
-    eval_every: int = 1
-    seed: int = 0
-    num_workers: int = 0
+    epochs: int = param(10, ge=1)
+    batch_size: int = param(16, ge=1)
+    lr: float = param(1e-4, gt=0)
+    weight_decay: float = param(0.0, ge=0)
+    schedule: str | None = param(None, choices=SCHEDULES)
+    warmup_steps: int = param(0, ge=0)
+    min_lr: float = param(0.0, ge=0)
+    plateau_factor: float = param(0.5, gt=0, lt=1)
+    plateau_patience: int = param(5, ge=1)
+    grad_clip: float | None = param(None, gt=0)
+    patience: int | None = param(10, ge=1)
+    min_delta: float = param(0.0, ge=0)
+    eval_every: int = param(1, ge=1)
+    seed: int = param(0, ge=0)
+    num_workers: int = param(0, ge=0)
     persistent_workers: bool = True
     device: str = "auto"
-    precision: str = "auto"
+    precision: str = param("auto", choices=PRECISIONS)
     channels_last: bool = False
     deterministic: bool | None = None
-    max_batches_per_epoch: int | None = None
-    val_batch_size: int | None = None
-    checkpoint_every_steps: int | None = None
+    max_batches_per_epoch: int | None = param(None, ge=1)
+    val_batch_size: int | None = param(None, ge=1)
+    checkpoint_every_steps: int | None = param(None, ge=1)
     resume: bool = True
-    param_path: str | None = field(default=None, compare=False, repr=False)
+    # where the config was read from (errors name its keys under it); not a hyperparameter
+    param_path: str | None = field(
+        default=None, compare=False, repr=False, metadata={"internal": True}
+    )
 
     def __post_init__(self) -> None:
+        # every field against its type and bounds (also when built in code), then the rules
+        # that involve several fields or the device's spelling
         where = self.param_path or "train"
-        for name in ("epochs", "batch_size", "eval_every", "plateau_patience"):
-            _require_int(where, name, getattr(self, name), minimum=1)
-        for name in ("warmup_steps", "seed", "num_workers"):
-            _require_int(where, name, getattr(self, name), minimum=0)
-        for name in (
-            "patience",
-            "max_batches_per_epoch",
-            "val_batch_size",
-            "checkpoint_every_steps",
-        ):
-            if getattr(self, name) is not None:
-                _require_int(where, name, getattr(self, name), minimum=1)
-        _require_real(where, "lr", self.lr, positive=True)
-        for name in ("weight_decay", "min_delta", "min_lr"):
-            _require_real(where, name, getattr(self, name), positive=False)
-        if self.grad_clip is not None:
-            _require_real(where, "grad_clip", self.grad_clip, positive=True)
-        _require_real(where, "plateau_factor", self.plateau_factor, positive=True)
-        if not self.plateau_factor < 1:
-            raise ConfigError(
-                f"{where}.plateau_factor must be in (0, 1), got {self.plateau_factor}"
-            )
+        check_fields(self, where)
         if self.min_lr > self.lr:
             raise ConfigError(f"{where}.min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(
-                f"{where}.schedule must be null, 'cosine' or 'plateau', got {self.schedule!r}"
-            )
-        if self.precision not in PRECISIONS:
-            raise ConfigError(
-                f"{where}.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
-            )
-        for name in ("persistent_workers", "channels_last", "resume"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(
-                    f"{where}.{name} must be true or false, got {getattr(self, name)!r}"
-                )
-        if self.deterministic is not None and not isinstance(self.deterministic, bool):
-            raise ConfigError(
-                f"{where}.deterministic must be true, false or null, got {self.deterministic!r}"
-            )
         try:
             resolve_device(self.device, check_available=False)
         except ConfigError as err:
             raise ConfigError(f"{where}.device: {err}") from None
 
     @classmethod
+    def from_params(
+        cls, params: Mapping[str, Any] | None, param_path: str = "train"
+    ) -> TrainConfig:
+        """Build from the parameters mapping at ``param_path``; an unknown key or a bad value
+        is a ``ConfigError`` naming ``<param_path>.<key>``."""
+        return config_utils.from_params(cls, params, param_path)
+
+    @classmethod
     def from_dict(cls, params: Mapping[str, Any] | None, prefix: str = "train") -> TrainConfig:
-        """Build from a parameters mapping; an unknown key is a ``ConfigError`` naming it."""
-        return cls(**known_keys(cls, params, prefix), param_path=prefix)
+        """The old spelling of ``from_params`` (``prefix`` is its ``param_path``)."""
+        return cls.from_params(params, prefix)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the hyperparameters (what checkpoints and the tracker record)."""
@@ -134,21 +109,9 @@ def stage_config(
     """The engine's config of one stage: the shared ``training:`` block (conf/base/parameters.yml)
     with the stage's own block (``param_path``, e.g. ``teacher.training``) over it; an unknown
     key is named under the block that holds it."""
-    TrainConfig.from_dict(shared, prefix="training")
-    TrainConfig.from_dict(stage, prefix=param_path)
-    return TrainConfig.from_dict({**(shared or {}), **(stage or {})}, prefix=param_path)
-
-
-def _require_int(where: str, name: str, value: Any, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        raise ConfigError(f"{where}.{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _require_real(where: str, name: str, value: Any, *, positive: bool) -> None:
-    ok = not isinstance(value, bool) and isinstance(value, Real) and math.isfinite(value)
-    if not ok or (value <= 0 if positive else value < 0):
-        bound = "> 0" if positive else ">= 0"
-        raise ConfigError(f"{where}.{name} must be a finite number {bound}, got {value!r}")
+    TrainConfig.from_params(shared, "training")
+    TrainConfig.from_params(stage, param_path)
+    return TrainConfig.from_params({**(shared or {}), **(stage or {})}, param_path)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

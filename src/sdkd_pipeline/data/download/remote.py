@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sdkd_pipeline.config_utils import unknown_parameter
 from sdkd_pipeline.errors import ConfigError
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -92,9 +93,7 @@ class RemoteFile:
         allowed = {"url", "filename", "sha256", "size"}
         unknown = sorted(set(entry) - allowed)
         if unknown:
-            raise ConfigError(
-                f"{param_path}: unknown key(s) {unknown}; allowed are {sorted(allowed)}"
-            )
+            raise unknown_parameter(param_path, unknown[0], allowed)
         if "url" not in entry:
             raise ConfigError(f"{param_path}.url: missing (the URL to download)")
         url = _check_url(entry["url"], f"{param_path}.url")

@@ -23,32 +23,32 @@ from typing import Any
 
 import xarray as xr
 
+from sdkd_pipeline.config_utils import unknown_parameter
 from sdkd_pipeline.errors import ConfigError, SDKDError
 
 DATASETS = ("navier_stokes", "rayleigh_benard", "weatherbench", "taxibj", "taxibj_plus")
 
 
-def _call_with_options(reader: Callable[..., xr.Dataset], opts: dict, where: str) -> xr.Dataset:
-    """``reader(**opts)``, with an option the reader does not take named as a parameter (and
-    the nearest known one suggested) instead of Python's ``unexpected keyword argument``."""
+def _call_with_options(
+    reader: Callable[..., xr.Dataset], opts: dict, param_path: str
+) -> xr.Dataset:
+    """``reader(**opts)``, with an option the reader does not take named by its full parameter
+    path, the reader's options and the nearest one (the wording of the config loader) instead
+    of Python's ``unexpected keyword argument``."""
     params = [
         p
         for p in inspect.signature(reader).parameters.values()
         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
     ]
     known = [p.name for p in params]
-    for key in opts:
+    for key in sorted(opts, key=str):
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(
-                f"parameter {where}.{key}: unknown option{hint}; the options of {where} are {known}"
-            )
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise unknown_parameter(param_path, key, known, hint)
     missing = [p.name for p in params if p.default is p.empty and p.name not in opts]
     if missing:
-        raise ConfigError(
-            f"parameter {where}: {missing[0]!r} is required (the options of {where} are {known})"
-        )
+        raise ConfigError(f"{param_path}.{missing[0]}: required parameter missing")
     return reader(**opts)
 
 
@@ -80,16 +80,17 @@ def _weatherbench(fmt: str) -> Callable[[dict, bool], xr.Dataset]:
     def read(opts: dict, progress: bool) -> xr.Dataset:
         from sdkd_pipeline.data.sources.weatherbench import read_weatherbench
 
-        return read_weatherbench({"format": fmt, "progress": progress, **opts})
+        options = {"format": fmt, "progress": progress, **opts}
+        return read_weatherbench(options, f"weatherbench.source.{fmt}")
 
     return read
 
 
-def _taxibj(which: str) -> Callable[[dict, bool], xr.Dataset]:
+def _taxibj(which: str, kind: str) -> Callable[[dict, bool], xr.Dataset]:
     def read(opts: dict, progress: bool) -> xr.Dataset:
         from sdkd_pipeline.data.sources.taxibj import read_taxibj_source
 
-        return read_taxibj_source(opts, which)
+        return read_taxibj_source(opts, which, f"{which}.source.{kind}")
 
     return read
 
@@ -101,8 +102,8 @@ SOURCE_KINDS: dict[str, dict[str, Callable[[dict, bool], xr.Dataset]]] = {
         "the_well": _rayleigh_benard_the_well,
     },
     "weatherbench": {fmt: _weatherbench(fmt) for fmt in ("wb1_netcdf", "wb2_zarr", "era5")},
-    "taxibj": {"deepst_h5": _taxibj("taxibj")},
-    "taxibj_plus": {"arrays": _taxibj("taxibj_plus")},
+    "taxibj": {"deepst_h5": _taxibj("taxibj", "deepst_h5")},
+    "taxibj_plus": {"arrays": _taxibj("taxibj_plus", "arrays")},
 }
 
 
@@ -191,9 +192,7 @@ def download_raw(dataset: str, download: dict[str, Any], progress: bool = True) 
     download = dict(download or {})
     unknown = sorted(set(download) - _DOWNLOAD_KEYS)
     if unknown:
-        raise ConfigError(
-            f"parameter {prefix}.{unknown[0]}: unknown key (known: {sorted(_DOWNLOAD_KEYS)})"
-        )
+        raise unknown_parameter(prefix, unknown[0], _DOWNLOAD_KEYS)
     dest = Path(download.get("dest") or f"data/01_raw/{dataset}")
     fetched: list[Path] = []
     entries = download.get("files") or []
@@ -227,7 +226,5 @@ def _options(opts: Any, func: Callable, param: str, extra: set[str] = frozenset(
     accepted = set(inspect.signature(func).parameters) - {"dest_dir", "progress", "variable"}
     unknown = sorted(set(opts) - accepted - set(extra))
     if unknown:
-        raise ConfigError(
-            f"parameter {param}.{unknown[0]}: unknown key (known: {sorted(accepted | extra)})"
-        )
+        raise unknown_parameter(param, unknown[0], accepted | set(extra))
     return dict(opts)

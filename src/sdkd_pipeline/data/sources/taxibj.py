@@ -24,13 +24,15 @@ frame index. No public download is known: the user supplies the files.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from sdkd_pipeline.config_utils import from_params, param
 from sdkd_pipeline.data.raw import make_raw
 from sdkd_pipeline.errors import ConfigError, DataError, MissingRawDataError
 
@@ -332,7 +334,7 @@ def _resolve_taxibj_plus_files(source: str | Path | Sequence[str | Path]) -> tup
 
 @dataclass
 class TaxiBJSourceConfig:
-    """Parameters under ``taxibj`` / ``taxibj_plus`` in parameters_data.yml.
+    """The reader options under ``taxibj.source.deepst_h5`` / ``taxibj_plus.source.arrays``.
 
     ``dir``: folder with the files; ``files``: explicit paths instead (TaxiBJ: any number of
     BJ*.h5; TaxiBJ+: [X_c.npy, Y.npy]); ``channel_layout`` (TaxiBJ+ only): how the 24 planes
@@ -341,28 +343,38 @@ class TaxiBJSourceConfig:
 
     dir: str | None = None
     files: list[str] | None = None
-    channel_layout: str = "frame_major"
+    channel_layout: str = param("frame_major", choices=CHANNEL_LAYOUTS)
+
+    @classmethod
+    def from_params(
+        cls, params: Mapping[str, Any] | None, param_path: str = "taxibj"
+    ) -> TaxiBJSourceConfig:
+        """Build from the reader's options; errors name ``<param_path>.<key>``."""
+        return from_params(cls, params, param_path)
+
+    def validate(self, param_path: str) -> None:
+        if self.files == []:
+            raise ConfigError(f"{param_path}.files: an empty list (give the paths, or use dir)")
 
 
-def read_taxibj_source(cfg: dict, which: str) -> xr.Dataset:
-    """Entry point for ``which`` = ``taxibj`` or ``taxibj_plus``."""
+def read_taxibj_source(cfg: dict, which: str, param_path: str | None = None) -> xr.Dataset:
+    """Entry point for ``which`` = ``taxibj`` or ``taxibj_plus``; errors name
+    ``<param_path>.<option>`` (``load_raw`` passes ``<which>.source.<kind>``; default ``which``)."""
     if which not in ("taxibj", "taxibj_plus"):
         raise ConfigError(
             f"read_taxibj_source: unknown dataset {which!r}; use taxibj or taxibj_plus"
         )
-    cfg = dict(cfg or {})
-    known = {f.name for f in fields(TaxiBJSourceConfig)}
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        raise ConfigError(f"{which}.{unknown[0]}: unknown parameter (known: {sorted(known)})")
-    conf = TaxiBJSourceConfig(**cfg)
+    param_path = param_path or which
+    conf = TaxiBJSourceConfig.from_params(cfg, param_path)
     if which == "taxibj":
-        if conf.channel_layout != "frame_major" and "channel_layout" in cfg:
-            raise ConfigError("taxibj.channel_layout: only applies to taxibj_plus")
+        if conf.channel_layout != "frame_major":
+            raise ConfigError(f"{param_path}.channel_layout: only applies to taxibj_plus")
         if conf.files is not None:
-            if not isinstance(conf.files, list | tuple) or not conf.files:
-                raise ConfigError(f"taxibj.files: expected a list of paths, got {conf.files!r}")
             return read_taxibj(conf.files)
         return read_taxibj(conf.dir or DEFAULT_TAXIBJ_DIR)
+    if conf.files is not None and len(conf.files) != 2:
+        raise ConfigError(
+            f"{param_path}.files: expected the two paths [X_c.npy, Y.npy], got {conf.files!r}"
+        )
     source = conf.files if conf.files is not None else (conf.dir or DEFAULT_TAXIBJ_PLUS_DIR)
     return read_taxibj_plus(source, channel_layout=conf.channel_layout)

@@ -11,6 +11,7 @@ import xarray as xr
 from sdkd_pipeline.data.sources import load_raw
 from sdkd_pipeline.data.tensors import (
     SplitConfig,
+    StoreConfig,
     WindowConfig,
     build_tensor_dataset,
     default_chunk_time,
@@ -38,9 +39,9 @@ def build_tensors(
     dataset = raw.attrs.get("dataset", "dataset")
     return build_tensor_dataset(
         raw,
-        split=SplitConfig.from_dict(split, prefix=f"{dataset}.split"),
-        window=WindowConfig.from_dict(window, prefix=f"{dataset}.window"),
-        chunk_time=(store or {}).get("chunk_time"),
+        split=SplitConfig.from_params(split, f"{dataset}.split"),
+        window=WindowConfig.from_params(window, f"{dataset}.window"),
+        chunk_time=StoreConfig.from_params(store, f"{dataset}.store").chunk_time,
     )
 
 

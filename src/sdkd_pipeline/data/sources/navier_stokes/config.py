@@ -1,7 +1,8 @@
 """Navier-Stokes generator configuration: ``NavierStokesConfig`` and the a priori step bound.
 
-``NavierStokesConfig.from_dict`` parses the ``navier_stokes.source.generate`` parameters (an
-unknown key or an unusable value is a ``ConfigError`` naming ``<prefix>.<field>``);
+``NavierStokesConfig.from_params`` reads the ``navier_stokes.source.generate`` parameters with
+the one config loader (``config_utils.from_params``: an unknown key or an unusable value is a
+``ConfigError`` naming ``<param_path>.<field>``);
 ``stable_dt`` and ``velocity_bound`` give the largest stable step, which ``validate`` enforces
 and an automatic ``dt`` is chosen from.
 
@@ -31,12 +32,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sdkd_pipeline.config_utils import check_fields, from_params, param
 from sdkd_pipeline.data.sources.navier_stokes.spectral import grf_expected_mean_square
 from sdkd_pipeline.devices import resolve_device
 from sdkd_pipeline.errors import ConfigError
@@ -66,44 +68,44 @@ class NavierStokesConfig:
     dt=1e-4, t_final=20, n_trajectories=1200`` (a GPU job; see benchmarks/gpu_ns_fno_recipe.py).
     """
 
-    n_trajectories: int = 48
-    resolution: int = 64  # solve grid N (N x N)
-    record_resolution: int = 64  # recorded grid M; N must be a multiple of M
-    viscosity: float = 1.0e-3
-    dt: float | None = 1.0e-3  # None: the largest step <= stable_dt / 4 dividing record_every
-    t_final: float = 30.0
-    record_every: float = 1.0
-    seed: int = 0
-    forcing_amplitude: float = 0.1
-    grf_alpha: float = 2.5
-    grf_tau: float = 7.0
-    grf_sigma: float | None = None  # None: tau ** (alpha - 1), FNO's choice
+    n_trajectories: int = param(48, ge=1)
+    resolution: int = param(64, ge=8, multiple_of=2)  # solve grid N (N x N)
+    record_resolution: int = param(64, ge=2, multiple_of=2)  # recorded grid M; M divides N
+    viscosity: float = param(1.0e-3, gt=0)
+    # None: the largest {1, 2, 5} x 10^k step <= stable_dt / 2 that divides record_every
+    dt: float | None = param(1.0e-3, gt=0)
+    t_final: float = param(30.0, gt=0)
+    record_every: float = param(1.0, gt=0)
+    seed: int = param(0, ge=0)
+    forcing_amplitude: float = param(0.1, ge=0)
+    grf_alpha: float = param(2.5, gt=0)
+    grf_tau: float = param(7.0, gt=0)
+    grf_sigma: float | None = param(None, gt=0)  # None: tau ** (alpha - 1), FNO's choice
     include_initial_state: bool = False  # prepend t = 0 to the recorded frames
     # simulated but not recorded: the first frame is at t_spinup + record_every, so a dataset
     # can start once the cascade from the smooth initial field has developed
-    t_spinup: float = 0.0
-    downsample: str = "spectral"  # spectral | stride
-    batch_size: int | None = None  # trajectories solved at once; None: as many as fit memory
+    t_spinup: float = param(0.0, ge=0)
+    downsample: str = param("spectral", choices=_DOWNSAMPLE_METHODS)
+    # trajectories solved at once; None: as many as fit memory
+    batch_size: int | None = param(None, ge=1)
     device: str = "auto"  # auto (CUDA if available) | cpu | cuda | cuda:1 ...
-    dtype: str = "float32"  # float32 | float64
+    dtype: str = param("float32", choices=("float32", "float64"))
     compile: bool = False  # torch.compile the step (worth it on a GPU, slow to start)
-    layout: str = "auto"  # half | packed | auto (= half); same results to round-off
-    on_blowup: str = "raise"  # raise | drop (drop the blown-up trajectories, listed in attrs)
-    blowup_tolerance: float = 1.5  # allowed factor over the enstrophy bound
-    dt_limit_factor: float = 1.0  # dt may be this many times the a priori stable_dt
+    # half | packed | auto (= half); same results to round-off
+    layout: str = param("auto", choices=(*_LAYOUTS, "auto"))
+    # raise | drop (drop the blown-up trajectories, listed in attrs)
+    on_blowup: str = param("raise", choices=_ON_BLOWUP)
+    blowup_tolerance: float = param(1.5, gt=0)  # allowed factor over the enstrophy bound
+    dt_limit_factor: float = param(1.0, gt=0)  # dt may be this many times the a priori stable_dt
 
     @classmethod
-    def from_dict(
-        cls, params: Mapping[str, Any] | None, prefix: str = PARAM_PREFIX
+    def from_params(
+        cls, params: Mapping[str, Any] | None, param_path: str = PARAM_PREFIX
     ) -> NavierStokesConfig:
-        """Build from a parameters mapping (YAML); unknown keys are a ``ConfigError``."""
-        params = dict(params or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ConfigError(f"{prefix}: unknown parameter(s) {unknown}; known: {sorted(known)}")
-        values = {name: _coerce(name, value, f"{prefix}.{name}") for name, value in params.items()}
-        return cls(**values).validate(prefix)
+        """Build from a parameters mapping (YAML); errors name ``<param_path>.<key>``."""
+        return from_params(cls, params, param_path)
+
+    from_dict = from_params
 
     # Derived quantities ------------------------------------------------------------------
 
@@ -141,79 +143,26 @@ class NavierStokesConfig:
         first = [self.t_spinup] if self.include_initial_state else []
         return np.concatenate([first, times])
 
-    def validate(self, prefix: str = PARAM_PREFIX) -> NavierStokesConfig:
-        """Raise ``ConfigError`` naming ``<prefix>.<field>`` for an unusable value."""
+    def validate(self, param_path: str = PARAM_PREFIX) -> NavierStokesConfig:
+        """Raise ``ConfigError`` naming ``<param_path>.<field>`` for an unusable value: each
+        field's type and bounds, then the rules that involve several fields."""
+        check_fields(self, param_path)
 
         def bad(name: str, why: str) -> ConfigError:
-            return ConfigError(f"{prefix}.{name} = {getattr(self, name)!r}: {why}")
+            return ConfigError(f"{param_path}.{name} = {getattr(self, name)!r}: {why}")
 
-        def positive(name: str) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise bad(name, "must be a number")
-            if not (math.isfinite(value) and value > 0):
-                raise bad(name, "must be a finite number > 0")
-
-        for name in (
-            "viscosity",
-            "t_final",
-            "record_every",
-            "grf_alpha",
-            "grf_tau",
-            "blowup_tolerance",
-            "dt_limit_factor",
-        ):
-            positive(name)
-        if self.dt is not None:
-            positive("dt")
-        if self.grf_sigma is not None:
-            positive("grf_sigma")
-        if not (
-            isinstance(self.forcing_amplitude, (int, float))
-            and math.isfinite(self.forcing_amplitude)
-            and self.forcing_amplitude >= 0
-        ):
-            raise bad("forcing_amplitude", "must be a finite number >= 0")
-        for name in ("n_trajectories", "resolution", "record_resolution"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise bad(name, "must be an integer >= 1")
-        if self.resolution < 8 or self.resolution % 2:
-            raise bad("resolution", "must be an even integer >= 8")
-        if self.record_resolution % 2 or self.record_resolution < 2:
-            raise bad("record_resolution", "must be an even integer >= 2")
         if self.record_resolution > self.resolution or self.resolution % self.record_resolution:
             raise bad(
                 "record_resolution",
                 f"must divide the solve resolution {self.resolution} "
                 "(record on the solve grid or a coarser one)",
             )
-        if self.batch_size is not None and (
-            isinstance(self.batch_size, bool)
-            or not isinstance(self.batch_size, int)
-            or self.batch_size < 1
-        ):
-            raise bad("batch_size", "must be an integer >= 1 or null")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise bad("seed", "must be an integer >= 0")
         if not _is_multiple(self.t_final, self.record_every):
             raise bad("t_final", f"must be a whole multiple of record_every={self.record_every}")
-        if (
-            isinstance(self.t_spinup, bool)
-            or not isinstance(self.t_spinup, (int, float))
-            or not (math.isfinite(self.t_spinup) and 0 <= self.t_spinup < self.t_final)
-        ):
+        if self.t_spinup >= self.t_final:
             raise bad("t_spinup", f"must be a number >= 0 and below t_final={self.t_final}")
         if self.t_spinup and not _is_multiple(self.t_spinup, self.record_every):
             raise bad("t_spinup", f"must be a whole multiple of record_every={self.record_every}")
-        if self.downsample not in _DOWNSAMPLE_METHODS:
-            raise bad("downsample", f"must be one of {list(_DOWNSAMPLE_METHODS)}")
-        if self.layout not in (*_LAYOUTS, "auto"):
-            raise bad("layout", f"must be one of {[*_LAYOUTS, 'auto']}")
-        if self.on_blowup not in _ON_BLOWUP:
-            raise bad("on_blowup", f"must be one of {list(_ON_BLOWUP)}")
-        if self.dtype not in ("float32", "float64"):
-            raise bad("dtype", "must be 'float32' or 'float64'")
         try:
             resolve_device(self.device)
         except (RuntimeError, ValueError) as exc:
@@ -255,37 +204,10 @@ def _nice_dt(limit: float, record_every: float) -> float:
     return record_every / math.ceil(record_every / limit - 1e-9)
 
 
-def _coerce(name: str, value: Any, where: str) -> Any:
-    """Convert a YAML value to the field's type (YAML reads 1e-3 without a dot as a string)."""
-    default = getattr(NavierStokesConfig, name)
-    if name in ("dt", "grf_sigma", "batch_size") and value is None:
-        return None
-    if isinstance(default, bool) or name in ("include_initial_state", "compile"):
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where} = {value!r}: must be true or false")
-    if isinstance(default, str):
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{where} = {value!r}: must be a string")
-    if isinstance(value, bool) or value is None:
-        raise ConfigError(f"{where} = {value!r}: must be a number")
-    if isinstance(default, int) or name == "batch_size":
-        if isinstance(value, (int, np.integer)) or (
-            isinstance(value, float) and value.is_integer()
-        ):
-            return int(value)
-        raise ConfigError(f"{where} = {value!r}: must be an integer")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where} = {value!r}: must be a number") from None
-
-
 def _as_config(cfg: NavierStokesConfig | Mapping[str, Any]) -> NavierStokesConfig:
     if isinstance(cfg, NavierStokesConfig):
         return cfg.validate()
-    return NavierStokesConfig.from_dict(cfg)
+    return NavierStokesConfig.from_params(cfg)
 
 
 # --------------------------------------------------------------------------------------------

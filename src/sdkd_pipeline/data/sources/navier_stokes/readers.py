@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from sdkd_pipeline.config_utils import check_value
 from sdkd_pipeline.data.raw import make_raw
 from sdkd_pipeline.data.sources.navier_stokes.config import CHANNELS, DATASET_NAME, RAW_DIR
 from sdkd_pipeline.data.sources.navier_stokes.spectral import grid
-from sdkd_pipeline.errors import ConfigError, DataError, MissingRawDataError
+from sdkd_pipeline.errors import DataError, MissingRawDataError
 
 _VISCOSITY_IN_NAME = re.compile(r"V(\d+(?:\.\d+)?e-?\d+)", re.IGNORECASE)
 
@@ -45,8 +46,13 @@ def read_fno_mat(
             "point navier_stokes.source.fno_mat.path at it, or use "
             "navier_stokes.source.kind: generate, which needs no file"
         )
-    if max_trajectories is not None and max_trajectories < 1:
-        raise ConfigError(f"max_trajectories = {max_trajectories!r}: must be >= 1 or None")
+    max_trajectories = check_value(
+        "navier_stokes.source.fno_mat.max_trajectories",
+        max_trajectories,
+        int | None,
+        {"ge": 1},
+        lenient=True,
+    )
     import h5py  # lazy: only the v7.3 layout needs it
 
     try:

@@ -59,12 +59,12 @@ def generate_rayleigh_benard_free_slip(
     progress: bool = True,
     *,
     initial_theta: np.ndarray | None = None,
-    prefix: str = DEFAULT_PARAM_PREFIX,
+    param_path: str = DEFAULT_PARAM_PREFIX,
 ) -> xr.Dataset:
     """Simulate free-slip Rayleigh-Benard convection and return it as a raw dataset.
 
     ``cfg`` is a ``FreeSlipRBCConfig`` or a parameters mapping (validated, errors name
-    ``<prefix>.<field>``). ``initial_theta`` (n_trajectories, nz, nx) replaces the random initial
+    ``<param_path>.<field>``). ``initial_theta`` (n_trajectories, nz, nx) replaces the random initial
     temperature perturbation (used by tests, e.g. a single linear mode).
 
     Channels: buoyancy (= T = 1 - z + theta), velocity_x, velocity_y (vertical), and pressure
@@ -73,9 +73,9 @@ def generate_rayleigh_benard_free_slip(
     Raises ``FreeSlipBlowUpError`` (a ``ConfigError``) if the solution becomes non-finite.
     """
     if cfg is None or isinstance(cfg, Mapping):
-        cfg = FreeSlipRBCConfig.from_dict(cfg, prefix=prefix)
+        cfg = FreeSlipRBCConfig.from_params(cfg, param_path)
     else:
-        cfg.validate(prefix)
+        cfg.validate(param_path)
     device = resolve_device(cfg.device)
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     solver = FreeSlipBoussinesqSolver(
@@ -88,7 +88,7 @@ def generate_rayleigh_benard_free_slip(
         device=device,
         dtype=dtype,
     )
-    solver.set_state(_initial_state(cfg, initial_theta, prefix))
+    solver.set_state(_initial_state(cfg, initial_theta, param_path))
 
     channels = ["buoyancy", "velocity_x", "velocity_y"] + (
         ["pressure"] if cfg.include_pressure else []
@@ -111,7 +111,7 @@ def generate_rayleigh_benard_free_slip(
                 raise FreeSlipBlowUpError(
                     f"free-slip RBC solution became non-finite at t={t_rec:.4g} "
                     f"(Ra={cfg.rayleigh:g}, {cfg.nx}x{cfg.nz}); raise "
-                    f"{prefix}.nx/nz, or lower {prefix}.dt/cfl or {prefix}.rayleigh"
+                    f"{param_path}.nx/nz, or lower {param_path}.dt/cfl or {param_path}.rayleigh"
                 )
             out[:, i] = frame_np
             if bar is not None:
@@ -136,7 +136,7 @@ def generate_rayleigh_benard_free_slip(
 
 
 def _initial_state(
-    cfg: FreeSlipRBCConfig, initial_theta: np.ndarray | None, prefix: str
+    cfg: FreeSlipRBCConfig, initial_theta: np.ndarray | None, param_path: str
 ) -> np.ndarray:
     """The initial temperature perturbation: the seeded noise, or ``initial_theta`` checked
     against the grid."""
@@ -147,7 +147,7 @@ def _initial_state(
         expected = (cfg.n_trajectories, cfg.nz, cfg.nx)
         if theta0.shape != expected:
             raise ConfigError(
-                f"{prefix}: initial_theta has shape {theta0.shape}, expected {expected} "
+                f"{param_path}: initial_theta has shape {theta0.shape}, expected {expected} "
                 "(n_trajectories, nz, nx)"
             )
     return theta0

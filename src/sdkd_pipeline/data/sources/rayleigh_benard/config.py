@@ -1,8 +1,8 @@
 """Free-slip Rayleigh-Benard generator configuration: ``FreeSlipRBCConfig`` and its parsing.
 
-``FreeSlipRBCConfig.from_dict`` reads the ``rayleigh_benard.source.generate_free_slip``
-parameters (YAML values coerced to the field types; an unknown key or an unusable value is a
-``ConfigError`` naming ``<prefix>.<field>``). The dataset's names and default folder live here
+``FreeSlipRBCConfig.from_params`` reads the ``rayleigh_benard.source.generate_free_slip``
+parameters with the one config loader (``config_utils.from_params``: an unknown key or an
+unusable value is a ``ConfigError`` naming ``<param_path>.<field>``). The dataset's names and default folder live here
 too, shared by the solver's generator and The Well's reader.
 """
 
@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sdkd_pipeline.config_utils import check_fields, from_params, param
 from sdkd_pipeline.devices import resolve_device
 from sdkd_pipeline.errors import ConfigError
 
@@ -41,22 +41,23 @@ class FreeSlipRBCConfig:
     At Ra = 1e6 use nz >= 64 (boundary layers ~ 1 / (2 Nu) ~ 0.025 need ~40 sine modes).
     """
 
-    rayleigh: float = 1.0e5
-    prandtl: float = 1.0
-    aspect_ratio: float = 4.0  # Lx / Lz, Lz = 1
-    nx: int = 128  # horizontal grid points (output columns)
-    nz: int = 32  # vertical grid points (output rows, cell centres)
-    dt: float = 0.02  # largest time step; the CFL bound usually picks a smaller one
-    cfl: float = 0.4  # target Courant number (|u| dt/dx + |w| dt/dz)
-    t_final: float = 50.0
-    t_spinup: float = 10.0  # transient simulated but not recorded
-    record_interval: float = 0.25
-    n_trajectories: int = 8
-    seed: int = 0
-    perturbation_amplitude: float = 1.0e-3  # of the initial temperature noise
+    rayleigh: float = param(1.0e5, gt=0)
+    prandtl: float = param(1.0, gt=0)
+    aspect_ratio: float = param(4.0, gt=0)  # Lx / Lz, Lz = 1
+    nx: int = param(128, ge=8)  # horizontal grid points (output columns)
+    nz: int = param(32, ge=4)  # vertical grid points (output rows, cell centres)
+    dt: float = param(0.02, gt=0)  # largest time step; the CFL bound usually picks a smaller one
+    cfl: float = param(0.4, gt=0)  # target Courant number (|u| dt/dx + |w| dt/dz); <= 1.5
+    t_final: float = param(50.0, gt=0)
+    t_spinup: float = param(10.0, ge=0)  # transient simulated but not recorded; <= t_final
+    record_interval: float = param(0.25, gt=0)
+    n_trajectories: int = param(8, ge=1)
+    seed: int = param(0, ge=0)
+    perturbation_amplitude: float = param(1.0e-3, ge=0)  # of the initial temperature noise
     include_pressure: bool = True
     device: str = "auto"  # auto (CUDA if available), cpu, cuda, cuda:1, ...
-    dtype: str = "float32"  # float32 | float64 (solver precision; output is float32)
+    # solver precision (the output is float32)
+    dtype: str = param("float32", choices=("float32", "float64"))
 
     @property
     def n_frames(self) -> int:
@@ -67,83 +68,28 @@ class FreeSlipRBCConfig:
         return self.t_spinup + self.record_interval * np.arange(self.n_frames)
 
     @classmethod
-    def from_dict(
-        cls, params: Mapping[str, Any] | None, prefix: str = DEFAULT_PARAM_PREFIX
+    def from_params(
+        cls, params: Mapping[str, Any] | None, param_path: str = DEFAULT_PARAM_PREFIX
     ) -> FreeSlipRBCConfig:
-        """Build from a parameters mapping (e.g. YAML); unknown keys are a ``ConfigError``."""
-        params = dict(params or {})
-        known = {f.name: f for f in dataclass_fields(cls)}
-        unknown = sorted(set(params) - set(known))
-        if unknown:
-            raise ConfigError(f"{prefix}: unknown parameter(s) {unknown}; known: {sorted(known)}")
-        values: dict[str, Any] = {}
-        for name, value in params.items():
-            default = getattr(cls, name)
-            values[name] = _coerce(value, type(default), f"{prefix}.{name}")
-        cfg = cls(**values)
-        cfg.validate(prefix)
-        return cfg
+        """Build from a parameters mapping (e.g. YAML); errors name ``<param_path>.<key>``."""
+        return from_params(cls, params, param_path)
 
-    def validate(self, prefix: str = DEFAULT_PARAM_PREFIX) -> FreeSlipRBCConfig:
-        """Raise ``ConfigError`` naming ``<prefix>.<field>`` for an unusable value."""
+    from_dict = from_params
+
+    def validate(self, param_path: str = DEFAULT_PARAM_PREFIX) -> FreeSlipRBCConfig:
+        """Raise ``ConfigError`` naming ``<param_path>.<field>`` for an unusable value: each
+        field's type and bounds, then the rules beyond them."""
+        check_fields(self, param_path)
 
         def bad(name: str, why: str) -> ConfigError:
-            return ConfigError(f"{prefix}.{name} = {getattr(self, name)!r}: {why}")
+            return ConfigError(f"{param_path}.{name} = {getattr(self, name)!r}: {why}")
 
-        for name in (
-            "rayleigh",
-            "prandtl",
-            "aspect_ratio",
-            "dt",
-            "cfl",
-            "t_final",
-            "record_interval",
-        ):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise bad(name, "must be a finite number > 0")
         if self.cfl > 1.5:
             raise bad("cfl", "must be <= 1.5 (AB2 advection is unstable beyond ~1)")
-        if not (math.isfinite(self.t_spinup) and 0 <= self.t_spinup <= self.t_final):
+        if self.t_spinup > self.t_final:
             raise bad("t_spinup", f"must lie in [0, t_final={self.t_final}]")
-        if not (math.isfinite(self.perturbation_amplitude) and self.perturbation_amplitude >= 0):
-            raise bad("perturbation_amplitude", "must be a finite number >= 0")
-        if self.nx < 8:
-            raise bad("nx", "must be an integer >= 8")
-        if self.nz < 4:
-            raise bad("nz", "must be an integer >= 4")
-        if self.n_trajectories < 1:
-            raise bad("n_trajectories", "must be an integer >= 1")
-        if self.seed < 0:
-            raise bad("seed", "must be an integer >= 0")
-        if self.dtype not in ("float32", "float64"):
-            raise bad("dtype", "must be 'float32' or 'float64'")
         try:
             resolve_device(self.device)
         except (RuntimeError, ValueError) as exc:
             raise bad("device", f"is not usable here ({exc})") from None
         return self
-
-
-def _coerce(value: Any, kind: type, where: str) -> Any:
-    """Convert a YAML value to the field's type, refusing silent surprises (bools as numbers)."""
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where} = {value!r}: must be true or false")
-    if kind is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{where} = {value!r}: must be a string")
-    if isinstance(value, bool) or value is None:
-        raise ConfigError(f"{where} = {value!r}: must be a number")
-    if kind is int:
-        if isinstance(value, (int, np.integer)) or (
-            isinstance(value, float) and value.is_integer()
-        ):
-            return int(value)
-        raise ConfigError(f"{where} = {value!r}: must be an integer")
-    try:
-        return float(value)  # YAML reads "1e6" (no dot) as a string; accept it here
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where} = {value!r}: must be a number") from None

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from sdkd_pipeline.config_utils import check_value
 from sdkd_pipeline.data.raw import make_raw
 from sdkd_pipeline.data.sources.rayleigh_benard.config import (
     DATASET_NAME,
@@ -316,13 +317,13 @@ def read_the_well_rbc(
             f"{THE_WELL_PARAM_PREFIX}.fields = {fields_wanted!r}: choose distinct names "
             f"among {list(THE_WELL_RBC_FIELDS)}"
         )
-    if trajectories_per_file is not None and (
-        isinstance(trajectories_per_file, bool) or int(trajectories_per_file) < 1
-    ):
-        raise ConfigError(
-            f"{THE_WELL_PARAM_PREFIX}.trajectories_per_file = {trajectories_per_file!r}: "
-            "must be an integer >= 1 or null"
-        )
+    trajectories_per_file = check_value(
+        f"{THE_WELL_PARAM_PREFIX}.trajectories_per_file",
+        trajectories_per_file,
+        int | None,
+        {"ge": 1},
+        lenient=True,
+    )
     files = _expand_well_paths(paths)
     infos = [_inspect_well_file(p, fields_wanted) for p in files]
     ref = infos[0]

@@ -3,17 +3,20 @@
 ``resolve_variable`` maps a requested variable (long ERA5 / CDS name, short name, or a WB1
 single-level directory such as ``geopotential_500``) to the names each layout uses, and
 ``channel_name`` gives the one naming scheme of the channels (``t2m``, ``z500``, ``t850``).
-``WeatherBenchConfig.from_dict`` checks the ``weatherbench`` parameters. The WeatherBench 1
+``WeatherBenchConfig.from_params`` reads the options of a ``weatherbench.source.<format>`` reader
+with the one config loader (``config_utils.from_params``). The WeatherBench 1
 archive's address, resolutions and variables live here too, shared by reader and downloader.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from sdkd_pipeline.config_utils import known_keys
+from sdkd_pipeline.config_utils import from_params, param
 from sdkd_pipeline.errors import ConfigError
 
 DATASET_NAME = "weatherbench"
@@ -123,9 +126,31 @@ def channel_name(short: str, level: float | None) -> str:
 # ----------------------------------------------------------------------------- config
 
 
+def _listed(value: Any) -> Any:
+    """One value for a list of one (``variables: t2m``, ``levels: 500``); null stays null."""
+    if value is None or isinstance(value, list | tuple):
+        return value
+    return [value]
+
+
+def _years(value: Any) -> Any:
+    """``{start, end}`` (inclusive) as the list of years; one year as a list of one. Anything
+    else is left for the type check to refuse."""
+    if isinstance(value, Mapping):
+        start, end = value.get("start"), value.get("end")
+        if (
+            set(value) == {"start", "end"}
+            and all(isinstance(y, int) and not isinstance(y, bool) for y in (start, end))
+            and start <= end
+        ):
+            return list(range(start, end + 1))
+        return value
+    return _listed(value)
+
+
 @dataclass
 class WeatherBenchConfig:
-    """Parameters under ``weatherbench`` in parameters_data.yml.
+    """Options of the WeatherBench / ERA5 readers (``weatherbench.source.<format>``).
 
     ``format`` picks the layout; ``root`` (wb1_netcdf) or ``path`` (wb2_zarr, era5) the input;
     ``variables`` long or short names (None = every variable in an era5 file); ``levels`` hPa
@@ -133,77 +158,47 @@ class WeatherBenchConfig:
     ``{start, end}`` inclusive); ``time_slice`` [start, end] ISO dates for wb2/era5.
     """
 
-    format: str
-    variables: list[str] | None = None
-    levels: list[int] | None = None
+    format: str = param(choices=FORMATS)
+    variables: list[str] | None = param(None, convert=_listed)
+    levels: list[int] | None = param(None, convert=_listed)
     root: str = str(DEFAULT_RAW_DIR)
     path: str | None = None
-    years: list[int] | None = None
+    years: list[int] | None = param(
+        None, convert=_years, note="a list of years, or {start: Y0, end: Y1} with Y0 <= Y1"
+    )
     resolution: str = "5.625deg"
-    time_slice: list[str] | None = None
+    time_slice: list[Any] | None = None
     progress: bool = True
 
     @classmethod
-    def from_dict(cls, cfg: dict) -> WeatherBenchConfig:
-        if not isinstance(cfg, dict):
-            raise ConfigError(f"weatherbench: expected a mapping of parameters, got {cfg!r}")
-        known_keys(cls, cfg, "weatherbench")
-        if "format" not in cfg:
-            raise ConfigError(f"weatherbench.format: missing; choose one of {list(FORMATS)}")
-        conf = cls(**cfg)
-        if conf.format not in FORMATS:
+    def from_params(
+        cls, params: Mapping[str, Any] | None, param_path: str = "weatherbench"
+    ) -> WeatherBenchConfig:
+        """Build from the reader's options; errors name ``<param_path>.<key>``."""
+        if isinstance(params, Mapping) and "format" not in params:
             raise ConfigError(
-                f"weatherbench.format: unknown format {conf.format!r}; choose one of "
-                f"{list(FORMATS)}"
+                f"{param_path}.format: required parameter missing (one of "
+                f"{', '.join(repr(f) for f in FORMATS)})"
             )
-        if conf.variables is not None:
-            if isinstance(conf.variables, str):
-                conf.variables = [conf.variables]
-            if not conf.variables or not all(isinstance(v, str) for v in conf.variables):
-                raise ConfigError(
-                    f"weatherbench.variables: expected a non-empty list of names, "
-                    f"got {conf.variables!r}"
-                )
-        if conf.levels is not None:
-            conf.levels = _as_int_list(conf.levels, "weatherbench.levels")
-        conf.years = _parse_years(conf.years) if conf.years is not None else None
-        if conf.time_slice is not None and (
-            not isinstance(conf.time_slice, list | tuple) or len(conf.time_slice) != 2
-        ):
+        return from_params(cls, params, param_path)
+
+    from_dict = from_params
+
+    def validate(self, param_path: str) -> None:
+        """What the types do not say: non-empty lists, and what each format needs."""
+        for name in ("variables", "levels", "years"):
+            if getattr(self, name) == []:
+                raise ConfigError(f"{param_path}.{name}: an empty list (give at least one)")
+        if self.time_slice is not None and len(self.time_slice) != 2:
             raise ConfigError(
-                f"weatherbench.time_slice: expected [start, end], got {conf.time_slice!r}"
+                f"{param_path}.time_slice: expected [start, end], got {self.time_slice!r}"
             )
-        if conf.format == "wb1_netcdf":
-            if conf.variables is None:
-                raise ConfigError("weatherbench.variables: required for format wb1_netcdf")
-            if conf.years is None:
-                raise ConfigError("weatherbench.years: required for format wb1_netcdf")
-        elif conf.path is None:
-            raise ConfigError(f"weatherbench.path: required for format {conf.format}")
-        if conf.format == "wb2_zarr" and conf.variables is None:
-            raise ConfigError("weatherbench.variables: required for format wb2_zarr")
-        return conf
-
-
-def _as_int_list(value, param: str) -> list[int]:
-    values = [value] if isinstance(value, int | float) else value
-    try:
-        out = [int(v) for v in values]
-    except (TypeError, ValueError):
-        raise ConfigError(f"{param}: expected a list of integers, got {value!r}") from None
-    if not out:
-        raise ConfigError(f"{param}: empty list")
-    return out
-
-
-def _parse_years(years) -> list[int]:
-    if isinstance(years, dict):
-        if set(years) != {"start", "end"}:
-            raise ConfigError(
-                f"weatherbench.years: expected a list or {{start, end}}, got {years!r}"
-            )
-        start, end = int(years["start"]), int(years["end"])
-        if end < start:
-            raise ConfigError(f"weatherbench.years: end {end} is before start {start}")
-        return list(range(start, end + 1))
-    return _as_int_list(years, "weatherbench.years")
+        if self.format == "wb1_netcdf":
+            if self.variables is None:
+                raise ConfigError(f"{param_path}.variables: required for format wb1_netcdf")
+            if self.years is None:
+                raise ConfigError(f"{param_path}.years: required for format wb1_netcdf")
+        elif self.path is None:
+            raise ConfigError(f"{param_path}.path: required for format {self.format}")
+        if self.format == "wb2_zarr" and self.variables is None:
+            raise ConfigError(f"{param_path}.variables: required for format wb2_zarr")
