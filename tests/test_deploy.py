@@ -105,14 +105,14 @@ def test_exports_agree_with_pytorch_for_batch_1_and_3(ckpt, exported):
             ref = model(x).numpy()
         got = session.run(None, {"x": x.numpy()})[0]
         np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-3)
-        script, _ = deploy.load_exported(exported["pt"])
+        script, _ = deploy.load_exported(exported["pt"], trust_torchscript=True)
         np.testing.assert_allclose(script(x), ref, atol=1e-5, rtol=1e-4)
 
 
 def test_metadata_round_trips(ckpt, exported):
     expected = deploy.checkpoint_meta(ckpt)
     for path in exported.values():
-        model, meta = deploy.load_exported(path)
+        model, meta = deploy.load_exported(path, trust_torchscript=True)
         assert meta == expected
         assert meta["channels"] == ["u", "v"] and meta["mean"] == [10.0, -2.0]
         assert meta["std"] == [3.0, 0.5] and meta["shape"]["height"] == H
@@ -204,11 +204,61 @@ def test_predict_time_index_zarr_output_and_model_kinds(ckpt, exported, tmp_path
     ds.to_netcdf(src)
     expected = manual_forecast(ckpt, ds["fields"].values[0, 2:5].astype(np.float64))
     for model in (exported["pt"], exported["onnx"], ckpt):
-        out = deploy.predict(model, src, tmp_path / "f.zarr", time_index=4)
+        # the second and third replace the first's store: only with overwrite
+        out = deploy.predict(
+            model, src, tmp_path / "f.zarr", time_index=4, overwrite=True, trust_torchscript=True
+        )
         res = xr.open_zarr(out)
         np.testing.assert_allclose(res["forecast"].values, expected, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(res["time"].values, [3.5, 4.0])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_predict_never_overwrites_its_input_or_model_and_asks_before_replacing(
+    exported, tmp_path, capsys
+):
+    ds = raw_dataset()
+    src_nc, src_zarr = tmp_path / "raw.nc", tmp_path / "raw.zarr"
+    ds.to_netcdf(src_nc)
+    ds.to_zarr(src_zarr, zarr_format=2)
+    before = src_nc.read_bytes()
+    cases = [
+        (src_nc, src_nc, "would overwrite the input"),
+        (src_zarr, src_zarr, "would overwrite the input"),
+        (src_zarr, src_zarr / "inside.nc", "would overwrite the input"),
+        (src_nc, exported["onnx"], "would overwrite the model"),
+    ]
+    for src, out, message in cases:
+        with pytest.raises(DataError, match=message) as info:
+            deploy.predict(exported["onnx"], src, out)
+        assert str(out) in str(info.value)
+        assert (
+            cli_main(
+                [
+                    "predict",
+                    "--model",
+                    str(exported["onnx"]),
+                    "--input",
+                    str(src),
+                    "--output",
+                    str(out),
+                    "--overwrite",
+                ]
+            )
+            == 1
+        )
+        assert message in capsys.readouterr().err
+    assert src_nc.read_bytes() == before and not (src_zarr / "inside.nc").exists()
+    xr.open_zarr(src_zarr).load()  # the input store is intact
+    # an existing output: refused without --overwrite, replaced with it
+    out = tmp_path / "f.nc"
+    deploy.predict(exported["onnx"], src_nc, out)
+    first = out.read_bytes()
+    with pytest.raises(DataError, match=r"f\.nc: exists; pass --overwrite"):
+        deploy.predict(exported["onnx"], src_nc, out, trajectory=1)
+    assert out.read_bytes() == first
+    deploy.predict(exported["onnx"], src_nc, out, trajectory=1, overwrite=True)
+    assert out.read_bytes() != first
 
 
 def test_predict_datetime_and_irregular_time(exported, tmp_path):
@@ -240,7 +290,44 @@ def test_predict_from_tensor_store_uses_stored_normalization(ckpt, exported, tmp
     store.attrs.update({"format_version": 1, "t_in": T_IN, "t_out": T_OUT})
     src = tmp_path / "tensors.zarr"
     store.to_zarr(src, zarr_format=2)
-    res = xr.open_dataset(deploy.predict(exported["pt"], src, tmp_path / "f.nc"))
+    # loading TorchScript runs the file's code: refused unless trusted
+    with pytest.raises(DataError, match=r"unet_sdkd\.pt: a TorchScript file runs the code"):
+        deploy.predict(exported["pt"], src, tmp_path / "f.nc")
+    assert not (tmp_path / "f.nc").exists()
+    assert (
+        cli_main(
+            [
+                "predict",
+                "--model",
+                str(exported["pt"]),
+                "--input",
+                str(src),
+                "--output",
+                str(tmp_path / "f.nc"),
+            ]
+        )
+        == 1
+    )
+    assert not (tmp_path / "f.nc").exists()
+    assert (
+        cli_main(
+            [
+                "predict",
+                "--model",
+                str(exported["pt"]),
+                "--input",
+                str(src),
+                "--output",
+                str(tmp_path / "f.nc"),
+                "--trust-torchscript",
+            ]
+        )
+        == 0
+    )
+    (tmp_path / "f.nc").unlink()
+    res = xr.open_dataset(
+        deploy.predict(exported["pt"], src, tmp_path / "f.nc", trust_torchscript=True)
+    )
     expected = manual_forecast(ckpt, phys[0, 3:6])
     np.testing.assert_allclose(res["forecast"].values, expected, rtol=1e-4, atol=1e-3)
     assert res.attrs["input_normalized"] == 1

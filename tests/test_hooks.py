@@ -71,3 +71,17 @@ def test_run_times_hook_writes_stage_and_node_seconds(tmp_path):
     assert report["stages"]["teacher"] >= 0.05 and report["seconds"] >= 0.07
     assert [n["node"] for n in report["nodes"]][0] == "train_teacher"  # slowest first
     assert report["env"] == "smoke" and not list(tmp_path.rglob("*.tmp-*"))
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        ({"scheduler": "lokal"}, r"^parameter dask\.scheduler: unknown value 'lokal'"),
+        ({"schedular": "local"}, r"^parameter dask\.schedular: unknown parameter \(allowed: "),
+    ],
+)
+def test_a_dask_typo_names_the_parameter(cfg, message):
+    from sdkd_pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        start_dask_client(cfg)

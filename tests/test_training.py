@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -60,35 +61,51 @@ def test_engine_and_tracking_import_without_kedro_mlflow_zarr_dask_matplotlib():
 # configuration
 
 
-def test_config_from_dict_defaults_and_unknown_key():
-    cfg = TrainConfig.from_dict({"epochs": 5}, prefix="teacher.train")
-    assert cfg.epochs == 5 and cfg.lr == 1e-4 and cfg.device == "auto"
+def test_config_from_params_defaults_and_unknown_key():
+    cfg = TrainConfig.from_params({"epochs": 5, "lr": 1}, "teacher.train")
+    assert cfg.epochs == 5 and cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    assert cfg.device == "auto" and cfg.param_path == "teacher.train"
     assert cfg.precision == "auto" and cfg.schedule is None and cfg.grad_clip is None
+    assert "param_path" not in cfg.to_dict() and TrainConfig.from_params(None) == TrainConfig()
     with pytest.raises(ConfigError, match=r"teacher\.train\.learning_rate: unknown parameter"):
-        TrainConfig.from_dict({"learning_rate": 1e-3}, prefix="teacher.train")
+        TrainConfig.from_params({"learning_rate": 1e-3}, "teacher.train")
+    # the old spelling, still called with prefix=
+    assert TrainConfig.from_dict({"epochs": 5}, prefix="teacher.train").param_path == (
+        "teacher.train"
+    )
+    with pytest.raises(ConfigError, match=r"^teacher\.train\.param_path: unknown parameter"):
+        TrainConfig.from_dict({"param_path": "x"}, prefix="teacher.train")
 
 
 @pytest.mark.parametrize(
-    ("key", "value"),
+    ("key", "value", "what"),
     [
-        ("epochs", 0),
-        ("batch_size", 2.5),
-        ("lr", -1.0),
-        ("lr", float("nan")),
-        ("schedule", "step"),
-        ("precision", "fp16"),
-        ("device", "tpu"),
-        ("grad_clip", 0.0),
-        ("patience", 0),
-        ("channels_last", "yes"),
-        ("plateau_factor", 1.5),
-        ("epochs", True),
-        ("min_lr", 1.0),
+        ("epochs", 0, "must be >= 1, got 0"),
+        ("batch_size", 2.5, "must be an integer, got 2.5"),
+        ("lr", -1.0, "must be > 0, got -1.0"),
+        ("lr", float("nan"), "must be a finite number, got nan"),
+        ("schedule", "step", "must be one of null, 'cosine', 'plateau', got 'step'"),
+        ("precision", "fp16", "must be one of 'auto', 'bf16', 'fp32', got 'fp16'"),
+        ("device", "tpu", ": "),
+        ("grad_clip", 0.0, "must be > 0, got 0.0"),
+        ("patience", 0, "must be >= 1, got 0"),
+        ("channels_last", "yes", "must be true or false, got 'yes'"),
+        ("plateau_factor", 1.5, "must be < 1, got 1.5"),
+        ("epochs", True, "must be an integer, got True"),
+        ("min_lr", 1.0, "(1.0) must not exceed lr (0.0001)"),
+        ("deterministic", "on", "must be true or false or null, got 'on'"),
     ],
 )
-def test_config_rejects_bad_values_naming_the_key(key, value):
-    with pytest.raises(ConfigError, match=rf"student\.train\.{key}"):
-        TrainConfig.from_dict({key: value}, prefix="student.train")
+def test_config_rejects_bad_values_naming_the_key(key, value, what):
+    with pytest.raises(ConfigError, match=rf"^student\.train\.{key} ?" + re.escape(what)):
+        TrainConfig.from_params({key: value}, "student.train")
+
+
+def test_config_built_in_code_is_checked_too():
+    with pytest.raises(ConfigError, match=r"^train\.warmup_steps must be >= 0, got -1$"):
+        TrainConfig(warmup_steps=-1)
+    with pytest.raises(ConfigError, match=r"^teacher\.training\.eval_every must be >= 1"):
+        TrainConfig(eval_every=0, param_path="teacher.training")
 
 
 def test_resolve_device_and_precision():
@@ -515,6 +532,33 @@ def test_resume_with_a_different_config_is_refused_unless_resume_false(tmp_path)
     assert same.resumed_from_epoch == 1 and same.best_val_loss == again.best_val_loss
 
 
+@pytest.mark.parametrize("damage", ["truncated", "pickle", "garbage"])
+def test_an_unreadable_last_pt_is_moved_aside_and_the_run_starts_afresh(tmp_path, caplog, damage):
+    import pickle
+
+    data = SyntheticWindows(8, 1), SyntheticWindows(4, 2)
+    reference = train(_model(), *data, _config(epochs=1), out_dir=tmp_path / "ref", progress=False)
+    train(_model(), *data, _config(epochs=1), out_dir=tmp_path, progress=False)
+    last = tmp_path / "last.pt"
+    if damage == "truncated":  # a full disk or a killed copy
+        last.write_bytes(last.read_bytes()[:1000])
+    elif damage == "pickle":  # never unpickled: weights_only refuses it
+        last.write_bytes(pickle.dumps(SyntheticWindows(2, 3)))
+    else:
+        last.write_bytes(b"not a checkpoint")
+    with pytest.raises(Exception, match=str(last)):
+        load_checkpoint(last)
+    with caplog.at_level("WARNING", logger="sdkd_pipeline"):
+        result = train(_model(), *data, _config(epochs=1), out_dir=tmp_path, progress=False)
+    assert f"{last}: cannot be read as a training checkpoint" in caplog.text
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("last.pt.unreadable-")]
+    assert len(aside) == 1 and str(aside[0]) in caplog.text
+    # afresh from the seed: the same as an undisturbed run, and a readable last.pt again
+    assert result.resumed_from_epoch is None
+    assert result.best_val_loss == reference.best_val_loss
+    assert load_checkpoint(last)["config"]["epochs"] == 1
+
+
 def test_resumed_run_tags_its_tracker_run_with_the_run_it_continues(tmp_path):
     data = SyntheticWindows(8, 1), SyntheticWindows(4, 2)
     first = FileRecordingTracker(tmp_path / "first.jsonl")
@@ -586,3 +630,16 @@ def test_two_process_ddp_on_cpu_trains_and_only_rank0_writes(tmp_path):
     assert not (records / "tracker_rank1.jsonl").exists()
     assert load_checkpoint(out / "last.pt")["world_size"] == 2
     assert math.isfinite(summary0["test_loss"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_names_the_parameter(tmp_path):
+    cfg = TrainConfig.from_params({"epochs": 1, "device": "cuda"}, "teacher.training")
+    data = SyntheticWindows(8, 1), SyntheticWindows(4, 2)
+    with pytest.raises(
+        ConfigError,
+        match=r"^teacher\.training\.device: device 'cuda' requested "
+        r"but CUDA is not available.*use auto",
+    ):
+        train(_model(), *data, cfg, out_dir=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

@@ -10,9 +10,12 @@ from sdkd_pipeline.errors import ConfigError
 
 
 def resolve_device(
-    device: str | torch.device = "auto", *, check_available: bool = True
+    device: str | torch.device = "auto", *, check_available: bool = True, param: str | None = None
 ) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; other names are checked and returned."""
+    """``"auto"`` -> CUDA when available, else CPU; other names are checked and returned.
+    ``param`` (e.g. ``teacher.training.device``) starts the error message, so the user knows
+    which setting to change."""
+    where = f"{param}: " if param else ""
     if isinstance(device, torch.device):
         return device
     if device == "auto":
@@ -20,9 +23,14 @@ def resolve_device(
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(
+            f"{where}unknown device {device!r}; use auto, cpu, cuda or cuda:N"
+        ) from None
     if resolved.type not in ("cpu", "cuda"):
-        raise ConfigError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
+        raise ConfigError(f"{where}unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
     if check_available and resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available")
+        raise ConfigError(
+            f"{where}device {device!r} requested but CUDA is not available on this machine; "
+            "use auto (CUDA when present, else CPU) or cpu"
+        )
     return resolved

@@ -17,6 +17,58 @@ from sdkd_pipeline.pipelines import selection
 logger = logging.getLogger(__name__)
 
 
+class ProjectLockHook:
+    """One ``kedro run`` at a time per project (``io/locks.py``): taken before anything else
+    runs (and before the pipeline's MLflow run is started), released when the run ends. A
+    second run is refused with the holder's pid, host, start time and command."""
+
+    def __init__(self) -> None:
+        self._lock = None
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        from sdkd_pipeline.io.locks import ProjectLock
+
+        self._lock = ProjectLock(run_params.get("project_path") or Path.cwd())
+        self._lock.acquire()
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        self._release()
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+class MLflowSchemaHook:
+    """Creates the embedded SQLite tracking store's schema under a file lock, before
+    kedro-mlflow opens the store: two first runs at once would otherwise both run MLflow's
+    migrations and one would crash (``table _alembic_tmp_experiments already exists``)."""
+
+    @hook_impl(tryfirst=True)
+    def after_context_created(self, context) -> None:
+        from sdkd_pipeline.tracking import default_tracking_uri
+
+        uri = default_tracking_uri()
+        if not uri.startswith("sqlite:///"):
+            return
+        try:
+            import mlflow
+        except ImportError:
+            return
+        from sdkd_pipeline.io.locks import serialized
+
+        db = Path(uri.removeprefix("sqlite:///"))  # relative: to the working directory, as MLflow
+        with serialized(db.with_name(f".{db.name}.lock")):
+            mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
+
 class EnabledDatasetsHook:
     """Hands the resolved parameters (``--params`` included) to the pipeline registry.
 
@@ -32,26 +84,51 @@ class EnabledDatasetsHook:
         selection.set_parameters(context.config_loader["parameters"])
 
 
+def _fail_active_mlflow_run() -> None:
+    """End the pipeline's MLflow run as FAILED (if one was started): a run stopped by a
+    preflight check must not be left to end FINISHED at exit."""
+    import sys
+
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None and mlflow.active_run() is not None:
+        mlflow.end_run(status="FAILED")
+
+
 class RawFilesPreflightHook:
     """Before a run, checks that every enabled dataset read from files has its files, so a
-    missing TaxiBJ file is reported at once rather than after minutes of NS generation."""
+    missing TaxiBJ file is reported at once rather than after minutes of NS generation. It
+    runs before kedro-mlflow starts the pipeline's run (``tryfirst``), so a run refused here
+    creates no MLflow run."""
 
-    @hook_impl
+    @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
         from sdkd_pipeline.data.sources import check_raw_files
 
-        for dataset in sorted({n.namespace for n in pipeline.nodes if "data" in n.tags}):
-            if dataset and catalog.exists(f"params:{dataset}.source"):
-                check_raw_files(dataset, catalog.load(f"params:{dataset}.source"))
+        try:
+            for dataset in sorted({n.namespace for n in pipeline.nodes if "data" in n.tags}):
+                if dataset and catalog.exists(f"params:{dataset}.source"):
+                    check_raw_files(dataset, catalog.load(f"params:{dataset}.source"))
+        except Exception:
+            _fail_active_mlflow_run()
+            raise
 
 
 class UpstreamOutputsHook:
     """Before a run, checks that the outputs of earlier stages this pipeline reads exist, and
     names the command that makes them: ``kedro run --pipelines=distill`` without teachers says
-    to run the teacher pipeline first, instead of failing deep inside a node."""
+    to run the teacher pipeline first, instead of failing deep inside a node. Like the raw-file
+    check, it runs before the pipeline's MLflow run is started."""
 
-    @hook_impl
+    @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        try:
+            self._check(pipeline, catalog)
+        except Exception:
+            _fail_active_mlflow_run()
+            raise
+
+    @staticmethod
+    def _check(pipeline, catalog) -> None:
         from sdkd_pipeline.errors import MissingInputError
 
         missing = []
@@ -156,12 +233,30 @@ class DaskClusterHook:
         self._client = self._cluster = None
 
 
+DASK_KEYS = frozenset(
+    {
+        "scheduler",
+        "n_workers",
+        "threads_per_worker",
+        "processes",
+        "memory_limit",
+        "dashboard_address",
+        "connect_timeout",
+    }
+)
+
+
 def start_dask_client(cfg: dict[str, Any]):
     """Return ``(client, cluster)`` for ``cfg`` (either may be None); see DaskClusterHook."""
     import dask
 
     from sdkd_pipeline.errors import ConfigError
 
+    unknown = sorted(set(cfg) - DASK_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"parameter dask.{unknown[0]}: unknown parameter (allowed: {', '.join(sorted(DASK_KEYS))})"
+        )
     scheduler = str(cfg.get("scheduler", "local"))
     if scheduler in ("synchronous", "threads", "processes"):
         dask.config.set(scheduler=scheduler)

@@ -8,12 +8,16 @@ from sdkd_pipeline.hooks import (
     DaskClusterHook,
     EnabledDatasetsHook,
     MLflowRunsHook,
+    MLflowSchemaHook,
+    ProjectLockHook,
     RawFilesPreflightHook,
     RunTimesHook,
     UpstreamOutputsHook,
 )
 
 HOOKS = (
+    MLflowSchemaHook(),
+    ProjectLockHook(),
     EnabledDatasetsHook(),
     RawFilesPreflightHook(),
     UpstreamOutputsHook(),

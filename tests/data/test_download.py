@@ -442,7 +442,11 @@ def test_remote_file_from_config_defaults_filename_to_url_basename():
     ("entry", "fragment"),
     [
         ({"filename": "x.nc"}, r"files\[1\]\.url: missing"),
-        ({"url": "https://h/x.nc", "md5": "00"}, r"files\[1\]: unknown key"),
+        (
+            {"url": "https://h/x.nc", "md5": "00"},
+            r"^weatherbench\.download\.files\[1\]\.md5: unknown parameter \(allowed: filename, "
+            r"sha256, size, url\)$",
+        ),
         ({"url": "https://h/x.nc", "sha256": "nothex"}, r"files\[1\]\.sha256"),
         ({"url": "https://h/x.nc", "size": "10"}, r"files\[1\]\.size"),
         ({"url": "https://h/x.nc", "filename": "../x.nc"}, r"files\[1\]\.filename"),
@@ -661,3 +665,41 @@ def test_not_an_archive_or_missing_archive(tmp_path):
     with pytest.raises(DownloadError, match="not a directory"):
         extract_archive(make_zip(tmp_path / "a.zip", TREE), plain, progress=False)
     assert not (tmp_path / "target").exists()
+
+
+# -- extraction limits (zip bombs) ----------------------------------------------------------
+
+
+def test_a_real_zip_bomb_is_refused_and_nothing_is_kept(tmp_path):
+    # 64 MiB of zeros deflate to ~64 KiB: ~1000x, far past the default 100x
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("zeros.bin", "w") as member:
+            block = bytes(2**20)
+            for _ in range(64):
+                member.write(block)
+    assert archive.stat().st_size < 2**20
+    target = tmp_path / "target"
+    before = snapshot(tmp_path)
+    with pytest.raises(
+        DownloadError,
+        match=r"bomb\.zip: expands to more than \d+ bytes "
+        r"\(at 'zeros\.bin'; limit max_ratio = 100 x",
+    ):
+        extract_archive(archive, target, progress=False)
+    assert snapshot(tmp_path) == before  # no target, no staging folder
+    # the absolute cap, and with the limits raised the same archive extracts
+    with pytest.raises(DownloadError, match=r"limit max_bytes = 1048576\)"):
+        extract_archive(archive, target, progress=False, max_ratio=None, max_bytes=2**20)
+    assert snapshot(tmp_path) == before
+    paths = extract_archive(archive, target, progress=False, max_ratio=2000)
+    assert [p.name for p in paths] == ["zeros.bin"] and paths[0].stat().st_size == 64 * 2**20
+
+
+def test_too_many_members_are_refused(tmp_path):
+    archive = make_zip(tmp_path / "many.zip", {f"f{i}.txt": b"x" for i in range(5)})
+    before = snapshot(tmp_path)
+    with pytest.raises(DownloadError, match=r"many\.zip: holds more than 3 members"):
+        extract_archive(archive, tmp_path / "t", progress=False, max_members=3)
+    assert snapshot(tmp_path) == before
+    assert len(extract_archive(archive, tmp_path / "t", progress=False, max_members=5)) == 5

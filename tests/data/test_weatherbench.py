@@ -15,6 +15,7 @@ import xarray as xr
 
 from sdkd_pipeline.data.raw import validate_raw
 from sdkd_pipeline.data.sources.weatherbench import (
+    WeatherBenchConfig,
     download_weatherbench1,
     read_era5,
     read_weatherbench,
@@ -22,7 +23,7 @@ from sdkd_pipeline.data.sources.weatherbench import (
     read_weatherbench2_zarr,
     wb1_archive_url,
 )
-from sdkd_pipeline.errors import ConfigError, DataError, MissingRawDataError
+from sdkd_pipeline.errors import ConfigError, DataError, DownloadError, MissingRawDataError
 
 GRIB_SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "era5-2mt-2019-03-uk.grib"
 LAT = np.linspace(-78.75, 78.75, 8)  # ascending, like WB1
@@ -358,6 +359,41 @@ def test_entry_point_dispatches_and_validates(wb1_root: Path, tmp_path: Path) ->
         read_weatherbench({"format": "era5", "path": str(tmp_path / "none.grib")})
 
 
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({}, r"format: required parameter missing \(one of 'wb1_netcdf', 'wb2_zarr', 'era5'\)$"),
+        ({"format": "grib2"}, r"format must be one of 'wb1_netcdf', 'wb2_zarr', 'era5', got"),
+        ({"format": "era5", "path": "x", "variables": []}, r"variables: an empty list"),
+        ({"format": "era5", "path": "x", "levels": ["850"]}, r"levels\[0\] must be an integer"),
+        ({"format": "era5", "path": "x", "time_slice": ["2017"]}, r"time_slice: expected \["),
+        (
+            {"format": "wb1_netcdf", "variables": "t2m", "years": {"start": 2018, "end": 2016}},
+            r"years must be a list or null, got \{'start': 2018, 'end': 2016\} \(a list of years",
+        ),
+        ({"format": "wb1_netcdf", "years": [2017]}, r"variables: required for format wb1_netcdf$"),
+    ],
+)
+def test_config_errors_name_the_full_parameter_path(params: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=r"^weatherbench\.source\.x\." + message):
+        WeatherBenchConfig.from_params(params, "weatherbench.source.x")
+
+
+def test_config_spellings_one_value_a_year_range_and_yaml_numbers() -> None:
+    conf = WeatherBenchConfig.from_params(
+        {
+            "format": "wb1_netcdf",
+            "variables": "t2m",
+            "levels": 500.0,
+            "years": {"start": 2016, "end": 2018},
+        }
+    )
+    assert (conf.variables, conf.levels, conf.years) == (["t2m"], [500], [2016, 2017, 2018])
+    assert WeatherBenchConfig.from_params(
+        {"format": "wb1_netcdf", "variables": ["t2m"], "years": 2017}
+    ).years == [2017]
+
+
 def test_entry_point_era5_netcdf_with_time_slice(tmp_path: Path) -> None:
     times = _six_hourly(8)
     _write_era5_netcdf_new_style(tmp_path / "era5.nc", times)
@@ -384,6 +420,34 @@ def test_archive_url_follows_the_tum_pattern() -> None:
         "https://dataserv.ub.tum.de/s/m1524895/download?path=%2F5.625deg%2F2m_temperature"
         "&files=2m_temperature_5.625deg.zip"
     )
+
+
+def test_a_rejected_archive_is_deleted_and_a_fixed_url_then_works(tmp_path: Path) -> None:
+    from tests.http_server import serve_directory
+
+    source = tmp_path / "src"
+    _write_wb1_year(source, 2016, _hours("2016-12-31T00:00", 24))
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "wrong").write_text("<!doctype html><html><body>Log in</body></html>")
+    with zipfile.ZipFile(www / "download", "w") as zf:
+        for path in sorted((source / "2m_temperature").glob("*.nc")):
+            zf.write(path, arcname=path.name)
+    dest = tmp_path / "raw"
+    with serve_directory(www) as server:
+        # a base URL that serves a web page: refused, and the page is not kept as the archive
+        with pytest.raises(DownloadError, match=r"neither a zip nor a tar.*web page.*was deleted"):
+            download_weatherbench1(
+                "2m_temperature", dest, base_url=f"{server.base_url}/wrong", progress=False
+            )
+        assert not list(dest.iterdir())
+        # a page left over from an older version (not deleted then) is not reused either
+        (dest / "2m_temperature_5.625deg.zip").write_text("<html></html>")
+        files = download_weatherbench1(
+            "2m_temperature", dest, base_url=f"{server.base_url}/download", progress=False
+        )
+    assert [p.name for p in files] == ["2m_temperature_2016_5.625deg.nc"]
+    assert sorted(p.name for p in dest.iterdir()) == ["2m_temperature"]
 
 
 def test_download_against_local_server(tmp_path: Path) -> None:

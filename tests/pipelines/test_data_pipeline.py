@@ -10,7 +10,7 @@ import xarray as xr
 
 from sdkd_pipeline.data.store import open_store
 from sdkd_pipeline.data.windows import WindowDataset
-from sdkd_pipeline.errors import ConfigError, MissingRawDataError
+from sdkd_pipeline.errors import ConfigError, MissingInputError, MissingRawDataError
 from tests.pipelines.conftest import run_kedro
 
 
@@ -107,6 +107,42 @@ def test_enabled_dataset_without_files_says_where_they_go(project):
     assert not list((project / "data").rglob("*.zarr"))
 
 
+def _mlflow_statuses(project) -> list[str]:
+    import mlflow
+
+    db = project / "mlflow.db"
+    if not db.exists():
+        return []
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")
+    return [
+        r.info.status
+        for e in client.search_experiments()
+        for r in client.search_runs([e.experiment_id])
+    ]
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "params", "error"),
+    [
+        (
+            "data",
+            {"data.datasets": "navier_stokes", "navier_stokes.source.kind": "genrate"},
+            ConfigError,
+        ),
+        ("data", {"data.datasets": "navier_stokes+taxibj"}, MissingRawDataError),
+        ("distill", {"data.datasets": "navier_stokes"}, MissingInputError),
+    ],
+)
+def test_a_run_refused_by_a_preflight_check_leaves_no_finished_mlflow_run(
+    project, pipeline, params, error
+):
+    with pytest.raises(error):
+        run_kedro(project, env="smoke", pipeline=pipeline, params=params)
+    # no run was started (the checks run before kedro-mlflow's hook); none may say FINISHED
+    assert "FINISHED" not in _mlflow_statuses(project)
+    assert "RUNNING" not in _mlflow_statuses(project)
+
+
 def test_negative_viscosity_names_the_parameter(project):
     with pytest.raises(ConfigError, match=r"navier_stokes\.source\.generate\.viscosity"):
         run_kedro(
@@ -124,8 +160,8 @@ def test_negative_viscosity_names_the_parameter(project):
 def test_a_reader_option_typo_names_the_parameter_and_the_nearest_option(project):
     with pytest.raises(
         ConfigError,
-        match=r"navier_stokes\.source\.fno_mat\.viscocity: unknown "
-        r"option \(did you mean 'viscosity'\?\)",
+        match=r"^navier_stokes\.source\.fno_mat\.viscocity: unknown parameter \(allowed: "
+        r"include_initial_state, max_trajectories, path, viscosity\); did you mean 'viscosity'\?$",
     ):
         run_kedro(
             project,
@@ -145,12 +181,29 @@ def test_reader_options_are_checked_against_the_reader(tmp_path):
 
     with pytest.raises(
         ConfigError,
-        match=r"rayleigh_benard\.source\.the_well\.pathz: unknown "
-        r"option \(did you mean 'paths'\?\)",
+        match=r"^rayleigh_benard\.source\.the_well\.pathz: unknown parameter \(allowed: fields, "
+        r"lazy, paths, trajectories_per_file\); did you mean 'paths'\?$",
     ):
         load_raw("rayleigh_benard", {"kind": "the_well", "the_well": {"pathz": str(tmp_path)}})
-    with pytest.raises(ConfigError, match=r"navier_stokes\.source\.fno_mat: 'path' is required"):
+    with pytest.raises(
+        ConfigError, match=r"^navier_stokes\.source\.fno_mat\.path: required parameter missing$"
+    ):
         load_raw("navier_stokes", {"kind": "fno_mat", "fno_mat": {"viscosity": 1e-3}})
+    # the readers' own configs name the full parameter path too (the loader's wording)
+    with pytest.raises(
+        ConfigError, match=r"^weatherbench\.source\.era5\.variabels: unknown parameter \(allowed:"
+    ):
+        load_raw("weatherbench", {"kind": "era5", "era5": {"path": "x", "variabels": ["t2m"]}})
+    with pytest.raises(ConfigError, match=r"^weatherbench\.source\.wb2_zarr\.path: required for"):
+        load_raw("weatherbench", {"kind": "wb2_zarr", "wb2_zarr": {"variables": "t2m"}})
+    with pytest.raises(
+        ConfigError, match=r"^taxibj_plus\.source\.arrays\.channel_layout must be one of "
+    ):
+        load_raw("taxibj_plus", {"kind": "arrays", "arrays": {"channel_layout": "12x2"}})
+    with pytest.raises(ConfigError, match=r"^taxibj\.source\.deepst_h5\.folder: unknown param"):
+        load_raw("taxibj", {"kind": "deepst_h5", "deepst_h5": {"folder": str(tmp_path)}})
+    with pytest.raises(ConfigError, match=r"^navier_stokes\.source\.generate\.seed must be >= 0"):
+        load_raw("navier_stokes", {"kind": "generate", "generate": {"seed": -1}})
 
 
 def test_window_longer_than_series_names_the_parameter(project):

@@ -159,6 +159,14 @@ def test_baseline_needs_no_teacher(project):
         ({"distill.students": "simvp"}, r"distill.students: \['simvp'\] are not student"),
         ({"distill.datasets": "taxibj_xl"}, r"distill.datasets: unknown dataset name"),
         ({"distill.lambda": -1}, r"distill.lambda must be >= 0"),
+        # `--params distill.methods=` gives null: named, not a TypeError
+        ({"distill.methods": None}, r"parameter distill\.methods is empty: name at least one"),
+        ({"distill.students": ""}, r"parameter distill\.students is empty"),
+        ({"data.datasets": None}, r"parameter data\.datasets is empty"),
+        (
+            {"distill.methods": "sdkd", "distill.teacher": "simvpp"},
+            r"distill\.teacher \(method 'sdkd'\): \['simvpp'\] are not among the trained",
+        ),
     ],
 )
 def test_bad_distill_parameters_are_named(project, params, message):

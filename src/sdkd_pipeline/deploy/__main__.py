@@ -64,6 +64,14 @@ def _parser() -> argparse.ArgumentParser:
         help="index of the last input frame (default: the last time step)",
     )
     pred.add_argument("--trajectory", type=int, default=0)
+    pred.add_argument(
+        "--trust-torchscript",
+        action="store_true",
+        help="allow a TorchScript --model: loading one runs the code it holds (ONNX does not)",
+    )
+    pred.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --output (never the input)"
+    )
     pred.add_argument("--variable", default="fields")
     return parser
 
@@ -106,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                 time_index=args.time_index,
                 trajectory=args.trajectory,
                 variable=args.variable,
+                overwrite=args.overwrite,
+                trust_torchscript=args.trust_torchscript,
             )
             result = {"output": str(out)}
     except (SDKDError, ValueError) as exc:

@@ -192,6 +192,8 @@ def predict(
     time_index: int | None = None,
     trajectory: int = 0,
     variable: str = "fields",
+    overwrite: bool = False,
+    trust_torchscript: bool = False,
 ) -> Path:
     """Forecast the ``T_out`` frames after an input window and write them in physical units.
 
@@ -206,12 +208,17 @@ def predict(
     coordinates on y/x such as lat/lon), ``time`` the next ``T_out`` values of a regularly
     spaced input time coordinate (else integer lead steps) and ``lead`` (1..T_out).
     Returns the output path. Bad input raises ``DataError`` naming the file; nothing is written.
+    The output may not be (or lie inside, or contain) the input or the model file, and an
+    existing output is replaced only with ``overwrite``. A TorchScript model runs the code it
+    holds when loaded: it is refused unless ``trust_torchscript`` (see ``load_exported``).
     """
     import xarray as xr
 
     input_path = Path(input_path)
     output_path = Path(output_path)
-    model, meta = load_exported(model_path_or_checkpoint)
+    model_path = None if isinstance(model_path_or_checkpoint, Mapping) else model_path_or_checkpoint
+    _check_output(output_path, input_path, model_path, overwrite)
+    model, meta = load_exported(model_path_or_checkpoint, trust_torchscript=trust_torchscript)
     shape = meta["shape"]
     t_in, t_out = int(shape["in_frames"]), int(shape["out_frames"])
     n_chan = int(shape["channels"])
@@ -263,6 +270,27 @@ def predict(
         ds.close()
     _write_atomic(out, output_path)
     return output_path
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    """``a`` and ``b`` are the same path, or one lies inside the other (links resolved)."""
+    a, b = a.resolve(), b.resolve()
+    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
+
+
+def _check_output(output: Path, source: Path, model: str | Path | None, overwrite: bool) -> None:
+    """Refuse an output that would destroy the input or the model, or an existing file or
+    store without ``overwrite``; before anything is read or written."""
+    for what, other in (("input", source), ("model", model)):
+        if other is not None and _overlaps(output, Path(other)):
+            raise DataError(
+                f"{output}: the output would overwrite the {what} {other}; give another --output"
+            )
+    if output.exists() and not overwrite:
+        raise DataError(
+            f"{output}: exists; pass --overwrite (predict(..., overwrite=True)) to replace it, "
+            "or give another --output"
+        )
 
 
 def _write_atomic(ds: Any, path: Path) -> None:

@@ -76,11 +76,18 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def load_exported(
-    path: str | Path | Checkpoint, *, threads: int | None = None
+    path: str | Path | Checkpoint,
+    *,
+    threads: int | None = None,
+    trust_torchscript: bool = False,
 ) -> tuple[ExportedModel, dict[str, Any]]:
     """``(model, meta)`` for an ``.onnx`` file (onnxruntime, CPU), a TorchScript file, a
     checkpoint file (``torch.save`` dict) or a checkpoint dict. ``threads`` sets onnxruntime's
     intra-op threads (``None``: its default); TorchScript and checkpoints use torch's setting.
+
+    Loading TorchScript (``torch.jit.load``) runs the code stored in the file, so a TorchScript
+    file is refused unless ``trust_torchscript`` (only for files you made or trust); ONNX files
+    and checkpoints (read with ``weights_only``) run no code from the file.
     """
     if isinstance(path, Mapping):
         return _from_checkpoint(path, None)
@@ -90,6 +97,12 @@ def load_exported(
     if path.suffix.lower() == ".onnx":
         return _load_onnx(path, threads)
     if _is_torchscript(path):
+        if not trust_torchscript:
+            raise DataError(
+                f"{path}: a TorchScript file runs the code it holds when loaded; load it only "
+                "if you made it or trust its source, with --trust-torchscript "
+                "(trust_torchscript=True), or use the ONNX export (runs no code from the file)"
+            )
         extra = {META_FILE: ""}
         try:
             with warnings.catch_warnings():
@@ -173,7 +186,7 @@ def _check_exported(
     ckpt = _load_checkpoint(checkpoint)
     meta = checkpoint_meta(ckpt)
     model = build_checkpoint_model(ckpt)
-    exported, exported_meta = load_exported(path)
+    exported, exported_meta = load_exported(path, trust_torchscript=True)  # made here
     if exported.format != kind:
         raise ValueError(f"{path}: is a {exported.format} file, expected {kind}")
     if (
@@ -276,7 +289,7 @@ def exported_latency(
         raise ConfigError(
             f"exported_latency: repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}"
         )
-    model, meta = load_exported(path, threads=threads)
+    model, meta = load_exported(path, threads=threads, trust_torchscript=True)
     if input_shape is None:
         s = meta["shape"]
         sample = (s["in_frames"], s["channels"], s["height"], s["width"])

@@ -228,7 +228,7 @@ def evaluate_checkpoints(
 
     count_params = count_params or default_params
     count_flops = count_flops or default_flops
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, param="evaluate.device")
     data_range = test_data_range(windows, cfg.batch_size)
     modules = {f"{model}/{method}": module for _, model, method, module, _ in entries}
     references = build_baselines(windows, cfg.baselines)

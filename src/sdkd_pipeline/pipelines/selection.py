@@ -12,11 +12,35 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sdkd_pipeline.config_utils import list_param as _names
+from sdkd_pipeline.config_utils import list_param
 from sdkd_pipeline.data.sources import DATASETS as KNOWN_DATASETS
 from sdkd_pipeline.errors import ConfigError
 
 _parameters: dict[str, Any] | None = None
+
+_EXAMPLES = {
+    "data.datasets": "navier_stokes+rayleigh_benard",
+    "teacher.models": "st_alternet+simvp",
+    "distill.students": "unet",
+    "distill.methods": "none+sdkd",
+}
+
+
+_ABSENT = object()
+
+
+def _names(value: Any, param: str) -> list[str]:
+    """A list-of-names parameter (absent: none); one given empty (``--params distill.methods=``
+    gives null) is an error naming it, not a ``TypeError`` deep inside the registry."""
+    if value is _ABSENT:
+        return []
+    names = list_param(value) if value is not None else []
+    if not names:
+        raise ConfigError(
+            f"parameter {param} is empty: name at least one, e.g. "
+            f'--params "{param}={_EXAMPLES.get(param, "...")}"'
+        )
+    return names
 
 
 def set_parameters(params: dict[str, Any]) -> None:
@@ -51,7 +75,7 @@ def enabled_datasets(params: dict[str, Any] | None = None) -> list[str]:
     if params is None:
         params = _parameters if _parameters is not None else _parameters_from_config()
     names = (params.get("data") or {}).get("datasets", ["navier_stokes", "rayleigh_benard"])
-    names = _names(names)
+    names = _names(names, "data.datasets")
     unknown = [n for n in names if n not in KNOWN_DATASETS]
     if unknown:
         raise ConfigError(
@@ -76,7 +100,7 @@ def enabled_models(role: str, params: dict[str, Any] | None = None) -> list[str]
 
     if params is None:
         params = _parameters if _parameters is not None else _parameters_from_config()
-    names = _names((params.get(role) or {}).get("models", []))
+    names = _names((params.get(role) or {}).get("models", _ABSENT), f"{role}.models")
     wrong = [n for n in names if MODEL_ROLES.get(n) != role]
     if wrong:
         known = [n for n, r in MODEL_ROLES.items() if r == role]
@@ -91,7 +115,7 @@ def _stage_datasets(
     warning (e.g. ``kedro run --pipelines=data --params data.datasets=weatherbench`` is not
     refused because the default trains on Navier-Stokes). An unknown name is an error."""
     wanted = (params.get(section) or {}).get("datasets")
-    datasets = _names(wanted) if wanted else list(available)
+    datasets = _names(wanted, f"{section}.datasets") if wanted else list(available)
     unknown = [d for d in datasets if d not in KNOWN_DATASETS]
     if unknown:
         raise ConfigError(
@@ -143,14 +167,14 @@ def distill_selection(
         params,
         "train their teachers: add them to teacher.datasets",
     )
-    students = _names(distill.get("students", []))
+    students = _names(distill.get("students", _ABSENT), "distill.students")
     wrong = [n for n in students if MODEL_ROLES.get(n) != "student"]
     if wrong:
         known = [n for n, r in MODEL_ROLES.items() if r == "student"]
         raise ConfigError(
             f"parameter distill.students: {wrong} are not student models; known: {known}"
         )
-    methods = _names(distill.get("methods", []))
+    methods = _names(distill.get("methods", _ABSENT), "distill.methods")
     for label, names in (("students", students), ("methods", methods)):
         if len(set(names)) != len(names):
             raise ConfigError(f"parameter distill.{label}: duplicate names in {names}")

@@ -163,7 +163,7 @@ def _main(args: argparse.Namespace) -> int:
         chosen = choose_teachers(
             distill_cfg, {n: float(c["best_val_loss"]) for n, c in checkpoints.items()}
         )
-        device = resolve_device(cfg.device)
+        device = resolve_device(cfg.device, param=f"{cfg.param_path}.device")
         teachers = load_teachers(
             {n: checkpoints[n] for n in chosen},
             shape,

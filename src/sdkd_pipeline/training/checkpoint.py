@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sdkd_pipeline.errors import ConfigError
+from sdkd_pipeline.errors import ConfigError, DataError
 
 CHECKPOINT_FORMAT = 1
 BEST_CHECKPOINT = "best.pt"
@@ -50,8 +50,15 @@ def _tracker_run_id(tracker: Any) -> str | None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by the engine (``weights_only=True``: no code runs)."""
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    """Load a checkpoint written by the engine (``weights_only=True``: no code runs). A file
+    that cannot be read (truncated, a pickle payload, not a torch file) is a ``DataError``
+    naming it; one of another format a ``ConfigError``."""
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, a refused pickle global, garbage
+        text = str(exc).strip()
+        reason = text.splitlines()[0] if text else type(exc).__name__
+        raise DataError(f"{path}: cannot be read as a training checkpoint ({reason})") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"{path} is not a training checkpoint of format {CHECKPOINT_FORMAT}")
     return checkpoint

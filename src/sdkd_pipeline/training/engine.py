@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,7 +42,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from sdkd_pipeline.devices import resolve_device
-from sdkd_pipeline.errors import ConfigError
+from sdkd_pipeline.errors import ConfigError, DataError
 from sdkd_pipeline.training.checkpoint import (
     BEST_CHECKPOINT,
     CHECKPOINT_FORMAT,
@@ -103,7 +104,7 @@ def train(
     for name, dataset in (("train_set", train_set), ("val_set", val_set), ("test_set", test_set)):
         if dataset is not None and len(dataset) == 0:  # type: ignore[arg-type]
             raise ConfigError(f"train: {name} is empty")
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, param=f"{cfg.param_path or 'train'}.device")
     dist_ctx = _setup_distributed(device)
     if dist_ctx.enabled and device.type == "cuda":
         device = torch.device("cuda", dist_ctx.local_rank)
@@ -217,8 +218,25 @@ class _Run:
 
     # -- resume ------------------------------------------------------------------------------
 
+    def _load_last(self) -> dict[str, Any] | None:
+        """``last.pt``, or ``None`` when it cannot be read (truncated by a full disk, a pickle
+        payload, another format): it is moved aside (named in the warning) and the run starts
+        afresh, instead of failing every rerun on the same file."""
+        try:
+            return load_checkpoint(self.last_path, map_location=self.device)
+        except (DataError, ConfigError) as exc:
+            aside = self.last_path.with_name(
+                f"{self.last_path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
+            )
+            if self.dist.is_main and self.last_path.exists():
+                os.replace(self.last_path, aside)
+            log.warning("%s; moved it to %s, starting this run afresh", exc, aside)
+            return None
+
     def _resume(self) -> None:
-        checkpoint = load_checkpoint(self.last_path, map_location=self.device)
+        checkpoint = self._load_last()
+        if checkpoint is None:
+            return
         saved_cfg = checkpoint["config"]
         current = self.cfg.to_dict()
         differing = sorted(

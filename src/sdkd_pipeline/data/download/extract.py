@@ -2,7 +2,10 @@
 
 ``extract_archive`` refuses members that would land outside the target directory (absolute
 paths, ``..``, links escaping, device files) and extracts into a temporary sibling directory
-that is moved into place only when everything was written.
+that is moved into place only when everything was written. It also caps what an archive may
+expand to (a zip bomb): the bytes actually written (not the sizes the archive declares), at most
+``max_ratio`` times the archive's size and ``max_bytes`` in all, and at most ``max_members``
+entries; past a limit it stops, deletes what it wrote and names the archive and the limit.
 """
 
 from __future__ import annotations
@@ -24,6 +27,52 @@ from tqdm.auto import tqdm
 
 from sdkd_pipeline.data.download.fetch import CHUNK_BYTES
 from sdkd_pipeline.errors import DownloadError
+
+# what an archive may expand to; the WB1 archives (NetCDF, deflate) expand ~1.1-3x
+DEFAULT_MAX_RATIO = 100.0
+DEFAULT_MAX_BYTES = 512 * 2**30
+DEFAULT_MAX_MEMBERS = 100_000
+
+
+class _Budget:
+    """Counts members and written bytes against the extraction limits."""
+
+    def __init__(
+        self, archive: Path, max_bytes: int | None, max_ratio: float | None, max_members: int | None
+    ) -> None:
+        self.archive = archive
+        limits = []
+        if max_bytes is not None:
+            limits.append((int(max_bytes), f"max_bytes = {int(max_bytes)}"))
+        if max_ratio is not None:
+            size = archive.stat().st_size
+            limits.append(
+                (
+                    int(max_ratio * max(size, 1)),
+                    f"max_ratio = {max_ratio:g} x the archive's {size} bytes",
+                )
+            )
+        self.max_bytes, self.why = min(limits) if limits else (None, "")
+        self.max_members = max_members
+        self.bytes = 0
+        self.members = 0
+
+    def member(self, name: str) -> None:
+        self.members += 1
+        if self.max_members is not None and self.members > self.max_members:
+            raise DownloadError(
+                f"{self.archive}: holds more than {self.max_members} members (at {name!r}); "
+                "refusing to extract it (max_members; raise it if the archive is genuine)"
+            )
+
+    def wrote(self, name: str, n: int) -> None:
+        self.bytes += n
+        if self.max_bytes is not None and self.bytes > self.max_bytes:
+            raise DownloadError(
+                f"{self.archive}: expands to more than {self.max_bytes} bytes (at {name!r}; "
+                f"limit {self.why}); refusing to extract it, nothing was kept (raise the limit "
+                "if the archive is genuine)"
+            )
 
 
 @dataclass(frozen=True)
@@ -124,7 +173,7 @@ def _tar_members(archive: Path, tf: tarfile.TarFile) -> Iterator[_Member]:
 
 
 def _write_members(
-    archive: Path, members: Iterator[_Member], root: Path, bar: tqdm
+    archive: Path, members: Iterator[_Member], root: Path, bar: tqdm, budget: _Budget
 ) -> list[tuple[str, ...]]:
     """Write members under ``root``; return their component paths in archive order."""
     written: list[tuple[str, ...]] = []
@@ -135,6 +184,7 @@ def _write_members(
         parts = _safe_parts(archive, member.name, member.name)
         if not parts:
             continue  # the archive's own root ("./")
+        budget.member(member.name)
         for depth in range(1, len(parts)):
             prefix_kind = kinds.get(parts[:depth])
             if prefix_kind is None:
@@ -162,7 +212,9 @@ def _write_members(
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
             fd = os.open(path, flags, 0o755 if member.mode & 0o100 else 0o644)
             with os.fdopen(fd, "wb") as sink, member.open_stream() as source:
-                shutil.copyfileobj(source, sink, CHUNK_BYTES)
+                while block := source.read(CHUNK_BYTES):
+                    budget.wrote(member.name, len(block))
+                    sink.write(block)
             if member.mtime is not None:
                 os.utime(path, (member.mtime, member.mtime))
         elif member.kind == "symlink":
@@ -181,6 +233,7 @@ def _write_members(
             try:
                 os.link(root.joinpath(*target), path, follow_symlinks=False)
             except OSError:
+                budget.wrote(member.name, root.joinpath(*target).stat().st_size)
                 shutil.copyfile(root.joinpath(*target), path, follow_symlinks=False)
         written.append(parts)
         bar.update(1)
@@ -195,7 +248,13 @@ def _write_members(
 
 
 def extract_archive(
-    archive: Path | str, target_dir: Path | str, *, progress: bool = True
+    archive: Path | str,
+    target_dir: Path | str,
+    *,
+    progress: bool = True,
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
+    max_ratio: float | None = DEFAULT_MAX_RATIO,
+    max_members: int | None = DEFAULT_MAX_MEMBERS,
 ) -> list[Path]:
     """Extract a zip or tar(.gz/.bz2/.xz) archive safely into ``target_dir``.
 
@@ -203,8 +262,10 @@ def extract_archive(
     after all of them were written, so a failure leaves nothing behind. Absolute paths, ``..``
     components, links resolving outside the target, device files and duplicate members raise
     :class:`DownloadError` naming the member. ``target_dir`` may exist; its existing entries
-    must not clash with the archive's top-level entries. Returns the extracted paths (files,
-    directories, links) in archive order.
+    must not clash with the archive's top-level entries. The expanded size is capped at
+    ``max_bytes`` and ``max_ratio`` times the archive's size, the entries at ``max_members``
+    (``None``: no such limit). Returns the extracted paths (files, directories, links) in
+    archive order.
     """
     archive = Path(archive)
     target_dir = Path(target_dir)
@@ -212,6 +273,7 @@ def extract_archive(
         raise DownloadError(f"archive {archive} does not exist or is not a file")
     if target_dir.exists() and not target_dir.is_dir():
         raise DownloadError(f"cannot extract {archive} into {target_dir}: it is not a directory")
+    budget = _Budget(archive, max_bytes, max_ratio, max_members)
     target_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(
         tempfile.mkdtemp(prefix=f".{target_dir.name}.extracting-", dir=target_dir.parent)
@@ -225,11 +287,15 @@ def extract_archive(
                 # record could in principle sit inside a tar's last member.
                 if tarfile.is_tarfile(archive):
                     with tarfile.open(archive, "r:*") as tf:
-                        written = _write_members(archive, _tar_members(archive, tf), staging, bar)
+                        written = _write_members(
+                            archive, _tar_members(archive, tf), staging, bar, budget
+                        )
                 elif zipfile.is_zipfile(archive):
                     with zipfile.ZipFile(archive) as zf:
                         bar.reset(total=len(zf.infolist()))
-                        written = _write_members(archive, _zip_members(archive, zf), staging, bar)
+                        written = _write_members(
+                            archive, _zip_members(archive, zf), staging, bar, budget
+                        )
                 else:
                     raise DownloadError(f"{archive} is neither a zip nor a tar archive")
             except DownloadError:

@@ -98,7 +98,7 @@ def _setup(
     train_cfg: TrainConfig,
 ) -> LossSetup:
     train_set = splits["train"]
-    device = resolve_device(train_cfg.device)
+    device = resolve_device(train_cfg.device, param=f"{train_cfg.param_path}.device")
     teachers = load_teachers(
         checkpoints, train_set.model_shape, train_set.mean, train_set.std, device
     )

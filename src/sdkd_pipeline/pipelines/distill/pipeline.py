@@ -13,6 +13,7 @@ from functools import partial, update_wrapper
 from kedro.pipeline import Pipeline, node, pipeline
 
 from sdkd_pipeline.distill.config import DistillConfig
+from sdkd_pipeline.errors import ConfigError
 from sdkd_pipeline.pipelines.distill.nodes import TEACHER_INPUT_PREFIX, distill_student
 
 
@@ -21,6 +22,15 @@ def teachers_read(cfg: DistillConfig, teachers: list[str]) -> list[str]:
     run time (``best`` compares validation errors), so all candidates are inputs."""
     if not cfg.needs_teachers:
         return []
+    wanted = list(cfg.teachers) if cfg.multi_teacher else [cfg.teacher]
+    unknown = [t for t in wanted if t != "best" and t not in teachers]
+    if unknown:
+        key = "teachers" if cfg.multi_teacher else "teacher"
+        raise ConfigError(
+            f"parameter distill.{key} (method {cfg.name!r}): {unknown} are not among the "
+            f"trained teachers {list(teachers)} (teacher.models); use one of them"
+            + ("" if cfg.multi_teacher else " or 'best'")
+        )
     if cfg.multi_teacher:
         return list(cfg.teachers) or list(teachers)
     return list(teachers) if cfg.teacher == "best" else [cfg.teacher]

@@ -50,7 +50,7 @@ def analyse_teacher_spectra(
     windows = WindowDataset(store, cfg.split)
     checkpoint = Checkpoint.of(checkpoint, origin=f"teacher {teacher!r}").expect_model(teacher)
     check_teacher_matches(teacher, checkpoint, windows.model_shape, windows.mean, windows.std)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, param="spectral.device")
     model = checkpoint.build_model().to(device)
     analysis, figure = analyse_spectra(
         model, windows, cfg, title=f"{dataset} / {teacher}", device=device

@@ -13,6 +13,7 @@ lazily: the package imports with numpy/xarray alone.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import tempfile
@@ -21,6 +22,11 @@ from pathlib import Path
 
 import xarray as xr
 
+from sdkd_pipeline.data.download.extract import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_MEMBERS,
+    DEFAULT_MAX_RATIO,
+)
 from sdkd_pipeline.data.sources.weatherbench.config import (
     DATASET_NAME,
     DEFAULT_RAW_DIR,
@@ -45,10 +51,13 @@ from sdkd_pipeline.data.sources.weatherbench.readers import (
 )
 from sdkd_pipeline.errors import ConfigError, DownloadError
 
+log = logging.getLogger(__name__)
 
-def read_weatherbench(cfg: dict) -> xr.Dataset:
-    """Entry point: read the layout named by ``cfg['format']`` into the raw contract."""
-    conf = WeatherBenchConfig.from_dict(cfg)
+
+def read_weatherbench(cfg: dict, param_path: str = "weatherbench") -> xr.Dataset:
+    """Entry point: read the layout named by ``cfg['format']`` into the raw contract; errors
+    name ``<param_path>.<option>`` (``load_raw`` passes ``weatherbench.source.<format>``)."""
+    conf = WeatherBenchConfig.from_params(cfg, param_path)
     if conf.format == "wb1_netcdf":
         return read_weatherbench1(
             conf.root,
@@ -84,13 +93,22 @@ def download_weatherbench1(
     base_url: str = WB1_BASE_URL,
     progress: bool = True,
     keep_archive: bool = False,
+    max_expansion_ratio: float | None = DEFAULT_MAX_RATIO,
+    max_expanded_bytes: int | None = DEFAULT_MAX_BYTES,
+    max_members: int | None = DEFAULT_MAX_MEMBERS,
 ) -> list[Path]:
     """Download one WB1 variable and unpack its yearly NetCDF files into
     ``{dest_dir}/{variable}/``. Returns the NetCDF paths.
 
     The archive is unpacked into a temporary folder beside the target and the files moved in
     only once extraction succeeded, so a failed download leaves no partial variable folder.
+    An archive already on disk is reused only if it is a zip; one that is not (a download cut
+    short, an HTML page served instead) is downloaded again, and an archive that is rejected
+    (not a zip, unsafe members, past the extraction limits ``max_expansion_ratio`` /
+    ``max_expanded_bytes`` / ``max_members``) is deleted, so a rerun after a fix starts clean.
     """
+    import zipfile
+
     from sdkd_pipeline.data.download import download_file, extract_archive
 
     if variable not in WB1_VARIABLES:
@@ -107,13 +125,36 @@ def download_weatherbench1(
     archive = dest_dir / f"{variable}_{resolution}.zip"
     target = dest_dir / variable
     url = wb1_archive_url(variable, resolution, base_url)
+    if archive.exists() and not zipfile.is_zipfile(archive):
+        log.warning(
+            "%s: not a zip archive (an earlier download was cut short or rejected); "
+            "downloading it again from %s",
+            archive,
+            url,
+        )
+        archive.unlink()
     if not archive.exists():
         download_file(url, archive, progress=progress)
     staging = Path(tempfile.mkdtemp(prefix=f".{variable}.", dir=dest_dir))
     try:
-        extracted = extract_archive(archive, staging, progress=progress)
+        try:
+            extracted = extract_archive(
+                archive,
+                staging,
+                progress=progress,
+                max_bytes=max_expanded_bytes,
+                max_ratio=max_expansion_ratio,
+                max_members=max_members,
+            )
+        except DownloadError as exc:
+            archive.unlink(missing_ok=True)
+            raise DownloadError(
+                f"{exc}{_served_html(exc)}; the rejected archive from {url} was deleted "
+                "(check weatherbench.download.wb1.base_url, then rerun)"
+            ) from None
         netcdf = sorted(Path(p) for p in extracted if str(p).endswith(".nc"))
         if not netcdf:
+            archive.unlink(missing_ok=True)
             raise DownloadError(
                 f"{archive}: the archive from {url} holds no NetCDF files "
                 f"(found {[Path(p).name for p in extracted][:5]})"
@@ -129,6 +170,15 @@ def download_weatherbench1(
     if not keep_archive:
         archive.unlink(missing_ok=True)
     return moved
+
+
+def _served_html(exc: Exception) -> str:
+    """A hint when the server sent a web page instead of the archive (a wrong base URL)."""
+    return (
+        ""
+        if "neither a zip nor a tar" not in str(exc)
+        else (" (the server sent something else: a web page? the URL may be wrong)")
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
