@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -337,11 +336,10 @@ class RunTimesHook:
             "stages": {k: round(v, 3) for k, v in stages.items()},
             "nodes": sorted(self._nodes, key=lambda e: -e["seconds"]),
         }
+        from sdkd_pipeline.atomic import write_text
+
         path = Path(run_params.get("project_path") or ".") / RUN_TIMES
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(report, indent=1, default=str))
-        os.replace(tmp, path)
+        write_text(json.dumps(report, indent=1, default=str), path)
         logger.info(
             "run took %.0f s (%s); node times in %s",
             total,

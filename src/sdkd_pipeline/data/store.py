@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any
 
 import xarray as xr
 
+from sdkd_pipeline.atomic import atomic_path
 from sdkd_pipeline.data.tensors import FORMAT_VERSION, SPLIT_NAMES, parse_splits
 from sdkd_pipeline.errors import ConfigError, DataError
 
@@ -26,7 +26,6 @@ REQUIRED_ATTRS = ("t_in", "t_out", "stride", "split_method", "splits", "format_v
 # smooth 64x64 vorticity) while decoding costs ~50-100 % extra read time, so the default stores
 # chunks uncompressed; "blosc-lz4" suits data with many exact repeats (e.g. empty traffic cells).
 COMPRESSORS = ("none", "blosc-lz4", "zstd")
-_TMP_MARK = ".tmp-"
 
 
 def is_zarr_store(path: str | Path) -> bool:
@@ -68,13 +67,8 @@ def write_store(
             )
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(path)
-    tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_path(path) as tmp:
         _to_zarr(ds, tmp, compressor, zarr_format)
-        _replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
@@ -126,21 +120,6 @@ def _codec(compressor: str, zarr_format: int) -> Any:
     if compressor == "blosc-lz4":
         return numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE)
     return numcodecs.Zstd(level=1)
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move ``new`` to ``target``; an existing ``target`` is swapped out first, then deleted."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = target.with_name(f".{target.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    os.replace(target, old)
-    try:
-        os.replace(new, target)
-    except BaseException:
-        os.replace(old, target)  # put the previous store back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _remove_stale_temporaries(path: Path) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sdkd_pipeline.atomic import atomic_path
 from sdkd_pipeline.deploy.checkpoint import (
     META_FILE,
     ONNX_META_KEY,
@@ -55,10 +55,6 @@ def _target_file(path: str | Path, meta: Mapping[str, Any], suffix: str) -> Path
     return path
 
 
-def _tmp_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}")
-
-
 # -- export --------------------------------------------------------------------------------------
 
 
@@ -78,14 +74,9 @@ def export_torchscript(checkpoint: Checkpoint | str | Path, path: str | Path) ->
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)  # jit's deprecation
         traced = torch.jit.trace(module, example, check_trace=False)
-    tmp = _tmp_sibling(target)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            torch.jit.save(traced, str(tmp), _extra_files={META_FILE: json.dumps(meta)})
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(target, suffix=target.suffix) as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.jit.save(traced, str(tmp), _extra_files={META_FILE: json.dumps(meta)})
     return target
 
 
@@ -106,8 +97,7 @@ def export_onnx(checkpoint: Checkpoint | str | Path, path: str | Path, opset: in
     target = _target_file(path, meta, ".onnx")
     module = PredictionModule(build_checkpoint_model(ckpt)).eval()
     example = _example_input(meta, batch=2)
-    tmp = _tmp_sibling(target)
-    try:
+    with atomic_path(target, suffix=target.suffix) as tmp:
         _torch_onnx_export(module, example, tmp, opset)
         proto = onnx.load(str(tmp))
         props = {ONNX_META_KEY: json.dumps(meta)}
@@ -125,9 +115,6 @@ def export_onnx(checkpoint: Checkpoint | str | Path, path: str | Path, opset: in
             entry.key, entry.value = key, value
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
 

@@ -9,9 +9,6 @@ project's tensor store) or a NetCDF file of the raw layout, runs the model
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from sdkd_pipeline.atomic import atomic_path
 from sdkd_pipeline.deploy.checkpoint import Checkpoint
 from sdkd_pipeline.deploy.runtime import load_exported
 from sdkd_pipeline.errors import DataError
@@ -303,13 +301,9 @@ def _write_atomic(ds: Any, path: Path) -> None:
         and not ((path / "zarr.json").is_file() or (path / ".zgroup").is_file())
     ):
         raise DataError(f"{path}: exists and is not a Zarr store; refusing to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    if zarr_out:
-        tmp = tmp.with_suffix(".zarr")
     out = ds.copy()
     out["channel"] = out["channel"].astype(str)
-    try:
+    with atomic_path(path, suffix=".zarr" if zarr_out else "") as tmp:
         if zarr_out:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -317,18 +311,5 @@ def _write_atomic(ds: Any, path: Path) -> None:
 
                 kwargs = {"zarr_format": 2} if int(zarr.__version__.split(".")[0]) >= 3 else {}
                 out.to_zarr(tmp, mode="w-", consolidated=True, **kwargs)
-            if path.exists():
-                old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
         else:
             out.to_netcdf(tmp)
-            os.replace(tmp, path)
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 from kedro.io import AbstractDataset
 
+from sdkd_pipeline.atomic import atomic_path
 from sdkd_pipeline.io.local_path import local_path
 
 
@@ -40,13 +39,8 @@ class TorchCheckpointDataset(AbstractDataset[dict, dict]):
     def save(self, data: dict) -> None:
         if not isinstance(data, dict):
             raise TypeError(f"{self.path}: a checkpoint must be a dict, got {type(data).__name__}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        try:
+        with atomic_path(self.path) as tmp:
             torch.save(data, tmp)
-            os.replace(tmp, self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def _exists(self) -> bool:
         return self.path.exists()

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sdkd_pipeline.atomic import atomic_path, write_text
 from sdkd_pipeline.errors import ConfigError, DataError
 
 CHECKPOINT_FORMAT = 1
@@ -29,19 +30,16 @@ HISTORY_FILE = "history.json"
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write ``obj`` so that ``path`` is always either the old or the complete new file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
+    """Write ``obj`` so that ``path`` is always either the old or the complete new file (flushed
+    to disk first); a full disk is a ``DataError`` naming ``path``, no temporary left."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         torch.save(obj, handle)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def _atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(text, path)
 
 
 def _tracker_run_id(tracker: Any) -> str | None:
