@@ -4,6 +4,7 @@ Change Service information 2019)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -329,6 +330,27 @@ def test_grib_writes_no_index_and_truncation_is_an_error(tmp_path: Path) -> None
     ):
         read_era5(GRIB_SAMPLE, ["geopotential"])
     assert not list(GRIB_SAMPLE.parent.glob("*.idx"))
+
+
+def test_a_grib_cut_at_a_message_boundary_is_reported(tmp_path: Path, caplog) -> None:
+    data = GRIB_SAMPLE.read_bytes()
+    starts = [m.start() for m in re.finditer(b"GRIB", data)]
+    assert len(starts) == 744  # one message per hour of March 2019
+    cut = tmp_path / "era5.grib"
+    cut.write_bytes(data[: starts[372]])  # every message left is whole: cfgrib reads it
+    with caplog.at_level("WARNING", logger="sdkd_pipeline"):
+        raw = read_era5(cut)
+    assert raw.sizes["time"] == 372
+    assert "era5.grib: 372 of the 744" in caplog.text and "cut short" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sdkd_pipeline"):
+        read_era5(cut, time_slice=("2019-03-01", "2019-03-31T23:00"))
+    assert "before the requested time_slice end 2019-03-31T23:00" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sdkd_pipeline"):
+        assert read_era5(GRIB_SAMPLE).sizes["time"] == 744  # the whole month: no warning
+        read_era5(cut, time_slice=("2019-03-02", "2019-03-10"))  # inside what is there
+    assert "cut short" not in caplog.text and "time_slice" not in caplog.text
 
 
 # ----------------------------------------------------------------------------- entry point

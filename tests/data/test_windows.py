@@ -242,3 +242,26 @@ def test_chunk_pool_sampler_reads_each_chunk_about_once(store):
     assert sum(len(x) for x, _ in loader) == len(ds)
     with pytest.raises(ConfigError, match="pool_mb must be >= 0"):
         ChunkPoolSampler(ds, pool_mb=-1)
+
+
+def test_a_truncated_chunk_names_the_store_the_variable_and_the_chunk(tmp_path):
+    from sdkd_pipeline.errors import DataError
+    from tests.demo_store import write_demo_store
+
+    zarr_path, _ = write_demo_store(tmp_path)
+    chunks = sorted(
+        p
+        for p in (zarr_path / "fields").rglob("*")
+        if p.is_file() and not p.name.startswith(".") and p.name != "zarr.json"
+    )
+    assert chunks, "no chunk files found"
+    victim = chunks[0]
+    victim.write_bytes(victim.read_bytes()[:17])  # one chunk cut short (a full disk, a copy)
+    windows = WindowDataset(zarr_path, "train", cache_mb=0)
+    with pytest.raises(
+        DataError,
+        match=r"demo\.zarr: variable 'fields', the chunk of "
+        r"trajectory 0, time steps 0\.\.\d+, cannot be read.*"
+        r"rebuild it with `kedro run --pipelines=data`",
+    ):
+        windows[0]

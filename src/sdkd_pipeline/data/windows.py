@@ -121,7 +121,7 @@ class WindowDataset(torch.utils.data.Dataset):
         if self._memory is not None:
             block = self._memory[traj, t0 : t0 + self.t_in + self.t_out]
         elif self._cache_bytes == 0:
-            block = self._array()[traj, t0 : t0 + self.t_in + self.t_out]  # one slice
+            block = self._read(traj, t0, t0 + self.t_in + self.t_out)  # one slice
         else:
             block = self._from_chunks(traj, t0, self._cached_chunk)
         return self._split_window(block)
@@ -152,8 +152,25 @@ class WindowDataset(torch.utils.data.Dataset):
                 f"frames({trajectory}, {start}, {stop}) is outside the store's "
                 f"{n_traj} trajectories x {n_time} time steps"
             )
-        source = self._memory if self._memory is not None else self._array()
-        return np.array(source[int(trajectory), int(start) : int(stop)], dtype=np.float32)
+        if self._memory is not None:
+            return np.array(self._memory[trajectory, start:stop], dtype=np.float32)
+        return np.array(self._read(int(trajectory), int(start), int(stop)), dtype=np.float32)
+
+    def _read(self, traj: int, start: int, stop: int) -> np.ndarray:
+        """``fields[traj, start:stop]`` from the Zarr store; a chunk that cannot be read (cut
+        short, corrupt) is a ``DataError`` naming the store, the variable and the chunk."""
+        try:
+            return np.asarray(self._array()[traj, start:stop])
+        except Exception as exc:
+            text = str(exc).strip().splitlines()
+            reason = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+            ct = self._chunk_time
+            first, last = start // ct * ct, min(-(-stop // ct) * ct, self.shape[1]) - 1
+            raise DataError(
+                f"{self.path}: variable 'fields', the chunk of trajectory {traj}, time steps "
+                f"{first}..{last}, cannot be read ({reason}); the store is damaged: rebuild it "
+                "with `kedro run --pipelines=data`"
+            ) from None
 
     def _split_window(self, block: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         # copies: callers may modify the tensors in place without touching the cache/array
@@ -171,14 +188,14 @@ class WindowDataset(torch.utils.data.Dataset):
         return np.concatenate(pieces, axis=0)[t0 - first * ct : t1 - first * ct]
 
     def _cached_chunk(self, key: ChunkKey) -> np.ndarray:
-        array = self._array()  # first: opening in a new process starts an empty cache
+        self._array()  # first: opening in a new process starts an empty cache
         cache = self._cache
         if key in cache:
             cache.move_to_end(key)
             return cache[key]
         traj, c = key
         ct = self._chunk_time
-        data = np.asarray(array[traj, c * ct : (c + 1) * ct])
+        data = self._read(traj, c * ct, (c + 1) * ct)
         if data.nbytes <= self._cache_bytes:
             cache[key] = data
             self._cached_bytes += data.nbytes

@@ -23,6 +23,7 @@ Zarr, dask and cfgrib are imported lazily: this module imports with numpy/xarray
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -54,6 +55,9 @@ _SPATIAL_DIMS = ("lat", "lon")
 
 
 # ----------------------------------------------------------------------------- WB1
+
+
+log = logging.getLogger(__name__)
 
 
 def wb1_file_path(root: str | Path, request: VariableRequest, year: int, resolution: str) -> Path:
@@ -269,6 +273,7 @@ def _read_opened(
     finally:
         ds.close()
     time = arrays.pop("__time__")
+    _warn_if_cut_short(np.asarray(time), path, time_slice)
     grid = (arrays.pop("__lat__"), arrays.pop("__lon__"))
     return _assemble(
         list(arrays.values()),
@@ -279,6 +284,49 @@ def _read_opened(
         files=[str(path)],
         extra_attrs=attrs,
     )
+
+
+def _warn_if_cut_short(time: np.ndarray, path: Path, time_slice: tuple[str, str] | None) -> None:
+    """Warn when frames seem missing at the end: the series stops before the requested
+    ``time_slice`` end, or a file that starts a month (as Copernicus monthly requests do) stops
+    before that month's last step. A file cut at a message boundary reads without an error
+    (every message left is whole), so only its time axis shows the loss."""
+    if time.size < 2 or not np.issubdtype(time.dtype, np.datetime64):
+        return
+    step = np.median(np.diff(time))
+    last = time[-1]
+    if time_slice is not None:
+        end = np.datetime64(str(time_slice[1]))
+        if last + step <= end:
+            missing = int((end - last) // step)
+            log.warning(
+                "%s: the series ends at %s, %d step(s) of %s before the requested time_slice "
+                "end %s: the file holds less than asked for (cut short? download it again)",
+                path,
+                last,
+                missing,
+                step,
+                end,
+            )
+        return
+    first = time[0].astype("datetime64[h]")
+    month = first.astype("datetime64[M]")
+    if first != month.astype("datetime64[h]"):
+        return  # not a whole-month request
+    month_end = (month + 1).astype(last.dtype) - step
+    months = int((last.astype("datetime64[M]") - month).astype(int)) + 1
+    if last < month_end and months == 1:
+        expected = int((month_end - time[0]) // step) + 1
+        log.warning(
+            "%s: %d of the %d %s steps of %s (ends at %s): the file looks cut short (download "
+            "it again), or set time_slice to the range you mean to use",
+            path,
+            time.size,
+            expected,
+            step,
+            month,
+            last,
+        )
 
 
 def _open_grib(path: Path) -> xr.Dataset:
