@@ -95,18 +95,26 @@ def _fail_active_mlflow_run() -> None:
 
 class RawFilesPreflightHook:
     """Before a run, checks that every enabled dataset read from files has its files, so a
-    missing TaxiBJ file is reported at once rather than after minutes of NS generation. It
+    missing TaxiBJ file is reported at once rather than after minutes of NS generation, and
+    that the window and split parameters are valid and (for generated data) fit. It
     runs before kedro-mlflow starts the pipeline's run (``tryfirst``), so a run refused here
     creates no MLflow run."""
 
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
-        from sdkd_pipeline.data.sources import check_raw_files
+        from sdkd_pipeline.data.sources import check_raw_files, check_windows_fit
+
+        def param(name: str) -> Any:
+            return catalog.load(f"params:{name}") if catalog.exists(f"params:{name}") else {}
 
         try:
             for dataset in sorted({n.namespace for n in pipeline.nodes if "data" in n.tags}):
                 if dataset and catalog.exists(f"params:{dataset}.source"):
-                    check_raw_files(dataset, catalog.load(f"params:{dataset}.source"))
+                    source = catalog.load(f"params:{dataset}.source")
+                    check_windows_fit(
+                        dataset, source, param(f"{dataset}.window"), param(f"{dataset}.split")
+                    )
+                    check_raw_files(dataset, source)
         except Exception:
             _fail_active_mlflow_run()
             raise

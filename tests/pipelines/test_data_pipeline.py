@@ -217,6 +217,26 @@ def test_window_longer_than_series_names_the_parameter(project):
     assert not (project / "data/05_model_input/weatherbench.zarr").exists()
 
 
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (
+            {"navier_stokes.window.t_in": 20},
+            r"navier_stokes\.window\.t_in \+ navier_stokes\.window"
+            r"\.t_out = 20 \+ 3 = 23 frames: the window is longer",
+        ),
+        ({"navier_stokes.window.stride": 0}, r"navier_stokes\.window\.stride must be >= 1"),
+        ({"navier_stokes.split.train": 0.9}, r"navier_stokes\.split"),
+        ({"rayleigh_benard.split.test": 0}, r"rayleigh_benard\.split"),
+    ],
+)
+def test_window_and_split_errors_come_before_the_generation(project, params, message):
+    with pytest.raises(ConfigError, match=message):
+        run_kedro(project, env="smoke", pipeline="data", params=params)
+    # refused before anything was generated: no raw store of either dataset
+    assert not list((project / "data").rglob("*.zarr"))
+
+
 def test_pipelines_are_namespaced_by_dataset(project):
     from kedro.framework.project import pipelines
     from kedro.framework.startup import bootstrap_project

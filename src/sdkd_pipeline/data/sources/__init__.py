@@ -132,6 +132,44 @@ def check_raw_files(dataset: str, source: dict[str, Any]) -> None:
         load_raw(dataset, source, progress=False)
 
 
+def _generated_layout(dataset: str, kind: str, opts: dict) -> tuple[int, Any] | None:
+    """``(n_trajectories, record times)`` a generator will produce, from its config alone."""
+    if kind == "generate" and dataset == "navier_stokes":
+        from sdkd_pipeline.data.sources.navier_stokes.config import NavierStokesConfig
+
+        cfg = NavierStokesConfig.from_params(opts)
+    elif kind == "generate_free_slip" and dataset == "rayleigh_benard":
+        from sdkd_pipeline.data.sources.rayleigh_benard.config import FreeSlipRBCConfig
+
+        cfg = FreeSlipRBCConfig.from_params(opts, f"{dataset}.source.{kind}")
+    else:
+        return None
+    return int(cfg.n_trajectories), cfg.record_times
+
+
+def check_windows_fit(
+    dataset: str, source: dict[str, Any], window: dict[str, Any], split: dict[str, Any]
+) -> None:
+    """Before a generation of minutes: the ``<dataset>.window`` and ``<dataset>.split``
+    parameters are valid, and for a generated dataset (whose size its config says) every split
+    will hold a complete window; errors name the parameter, as the data stage would."""
+    from sdkd_pipeline.data.tensors import SplitConfig, WindowConfig, split_ranges
+
+    window_cfg = WindowConfig.from_params(window, f"{dataset}.window")
+    split_cfg = SplitConfig.from_params(split, f"{dataset}.split")
+    kind = (source or {}).get("kind")
+    if kind not in GENERATOR_KINDS:
+        return
+    layout = _generated_layout(dataset, kind, dict((source or {}).get(kind) or {}))
+    if layout is None:
+        return
+    n_traj, times = layout
+    shell = xr.Dataset(
+        coords={"trajectory": range(n_traj), "time": times}, attrs={"dataset": dataset}
+    )
+    split_ranges(shell, split_cfg, window_cfg)
+
+
 def load_raw(dataset: str, source: dict[str, Any], progress: bool = True) -> xr.Dataset:
     """Generate or read the raw dataset ``dataset`` as its ``source`` parameters say."""
     if dataset not in SOURCE_KINDS:
