@@ -229,6 +229,14 @@ def test_plus_bad_inputs_name_the_file(tmp_path: Path) -> None:
     np.save(tmp_path / "Y.npy", np.zeros((4, 23, 8, 8), dtype=np.float32))
     with pytest.raises(DataError, match=r"Y\.npy: shape \(4, 23, 8, 8\)"):
         read_taxibj_plus(tmp_path)
+    # 20 planes: 10 target frames for 12 input frames, named as the file's fault (not the window)
+    np.save(tmp_path / "Y.npy", np.zeros((4, 20, 8, 8), dtype=np.float32))
+    with pytest.raises(
+        DataError,
+        match=r"Y\.npy: 20 planes \(10 frames of 2 channels\) but "
+        r".*X_c\.npy has 24 \(12 frames\)",
+    ):
+        read_taxibj_plus(tmp_path)
     np.save(tmp_path / "Y.npy", np.zeros((4, 24, 8), dtype=np.float32))
     with pytest.raises(DataError, match=r"Y\.npy: shape \(4, 24, 8\)"):
         read_taxibj_plus(tmp_path)

@@ -242,6 +242,16 @@ def read_taxibj_plus(
         raise DataError(
             f"{x_path} grid {inputs.shape[2:]} differs from {y_path} grid {targets.shape[2:]}"
         )
+    if inputs.shape[1] != targets.shape[1]:
+        # the distributed set pairs 12 input frames with 12 target frames (24 planes each); a
+        # short file would otherwise surface later as a window that does not fit the series
+        n_x, n_t = inputs.shape[1], targets.shape[1]
+        raise DataError(
+            f"{y_path}: {n_t} planes ({n_t // len(CHANNELS)} frames of {len(CHANNELS)} "
+            f"channels) but {x_path} has {n_x} ({n_x // len(CHANNELS)} frames); TaxiBJ+ pairs "
+            "as many target frames as input frames (24 planes each): the file is incomplete "
+            "or not the TaxiBJ+ target file"
+        )
     x_frames = _split_frames(inputs, channel_layout)
     y_frames = _split_frames(targets, channel_layout)
     if lazy is None:
