@@ -28,193 +28,52 @@ loss term keeps its graph to the student: terms are combined with tensor ops
 code). ``lambda`` can be balanced on the fly (``balance.lambda``); the fixed weighting's cutoff
 is fixed per run (chosen before training, see ``choose_cutoff``). A batch may mark samples
 without a truth (function matching): the task term uses the labelled samples only.
+
+The cutoff (``distill/cutoff.py``) and the balancing and teacher weighting rules
+(``distill/weighting.py``) have their own modules; their names are importable from here too.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sdkd_pipeline.distill.band_weights import BandAdvantage, RunningMean, all_ranks_mean
 from sdkd_pipeline.distill.config import DistillConfig
-from sdkd_pipeline.distill.minnorm import min_norm_weights_torch
+from sdkd_pipeline.distill.cutoff import choose_cutoff, max_wavenumber
 from sdkd_pipeline.distill.teachers import run_teacher
-from sdkd_pipeline.errors import ConfigError
-from sdkd_pipeline.spectral import (
-    BandSplit,
-    energy_fraction_cutoff,
-    radial_energy_spectrum,
-    radial_wavenumber,
-    rfft_weights,
+from sdkd_pipeline.distill.weighting import (
+    Balancer,
+    _camkd_or_uniform,
+    _per_sample_mse,
+    aekd_output_gram,
+    aekd_weights,
+    band_gram,
+    camkd_weights,
 )
+from sdkd_pipeline.errors import ConfigError
+from sdkd_pipeline.spectral import BandSplit
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "HIGH",
+    "LOW",
+    "Balancer",
+    "DistillationLoss",
+    "aekd_output_gram",
+    "aekd_weights",
+    "band_gram",
+    "build_loss",
+    "camkd_weights",
+    "choose_cutoff",
+    "max_wavenumber",
+]
+
 LOW, HIGH = 0, 1
 _EPS = 1e-12
-
-
-# --------------------------------------------------------------------------------------------
-# the cutoff
-
-
-def max_wavenumber(height: int, width: int) -> float:
-    return float(radial_wavenumber(height, width).max())
-
-
-def choose_cutoff(
-    cfg: DistillConfig,
-    height: int,
-    width: int,
-    teacher_predictions: list[torch.Tensor] | None = None,
-) -> float:
-    """The band cutoff k_c of a run, in cycles per domain length of the longer axis.
-
-    ``fixed``: ``cfg.cutoff_k``. ``energy``: the smallest shell k holding
-    ``cfg.cutoff_energy_fraction`` of the energy of the teachers' predictions (radially binned,
-    averaged over windows, frames, channels and teachers): the low band is then "what the
-    teachers' fields are mostly made of" and the high band their fine detail, whatever the
-    dataset's resolution.
-    """
-    k_max = max_wavenumber(height, width)
-    if cfg.cutoff_mode == "fixed":
-        cutoff = cfg.cutoff_k
-    else:
-        if not teacher_predictions:
-            raise ConfigError("cutoff.mode 'energy' needs the teachers' predictions")
-        spectra = [radial_energy_spectrum(p.detach().float().cpu()) for p in teacher_predictions]
-        k = spectra[0][0]
-        energy = np.mean([e for _, e in spectra], axis=0)
-        shell = float(energy_fraction_cutoff(k, energy, cfg.cutoff_energy_fraction))
-        # shell s holds s - 1/2 <= |k| < s + 1/2: the low band takes shells 0..s whole
-        cutoff = shell + 0.5
-        if cutoff >= k_max:
-            # the fraction is reached only in the outermost shell: leave the grid's largest
-            # wavenumber(s) alone in the high band
-            distinct = torch.unique(radial_wavenumber(height, width))
-            cutoff = float(distinct[-2])
-            log.warning(
-                "cutoff.energy_fraction %g is reached only in the outermost shell of "
-                "the %dx%d grid: k_c = %g",
-                cfg.cutoff_energy_fraction,
-                height,
-                width,
-                cutoff,
-            )
-    if not 0 < cutoff < k_max:  # only a fixed cutoff can get here
-        raise ConfigError(
-            f"distill cutoff k_c={cutoff:g} leaves an empty band on the {height}x{width} grid "
-            f"(wavenumbers 0..{k_max:.2f}): set distill.cutoff.k between 0 and {k_max:.2f}"
-        )
-    return cutoff
-
-
-# --------------------------------------------------------------------------------------------
-# balancing lambda and alpha
-
-
-class Balancer:
-    """A factor that makes ``numerator`` and ``denominator`` terms weigh alike.
-
-    Keeps bias-corrected running means of both (detached, on the device: no host sync) and
-    returns their ratio (``loss_ratio``) or its square root (``grad_ratio``: for squared errors
-    the gradient norm at the prediction is proportional to the square root of the loss), clamped
-    to ``[low, high]``. ``fixed`` always returns 1.
-    """
-
-    def __init__(self, mode: str, momentum: float, low: float, high: float) -> None:
-        self.mode, self.momentum, self.low, self.high = mode, momentum, low, high
-        self.num: torch.Tensor | None = None
-        self.den: torch.Tensor | None = None
-        self.steps = 0
-
-    def __call__(self, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
-        if self.mode == "fixed":
-            return torch.ones((), device=numerator.device)
-        num, den = numerator.detach().float(), denominator.detach().float()
-        if self.num is None or self.den is None:
-            self.num, self.den = torch.zeros_like(num), torch.zeros_like(den)
-        self.num = self.num.to(num.device) * self.momentum + num * (1 - self.momentum)
-        self.den = self.den.to(den.device) * self.momentum + den * (1 - self.momentum)
-        self.steps += 1
-        # bias correction cancels in the ratio
-        ratio = self.num / self.den.clamp_min(_EPS)
-        if self.mode == "grad_ratio":
-            ratio = ratio.sqrt()
-        return ratio.clamp(self.low, self.high)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "num": None if self.num is None else float(self.num),
-            "den": None if self.den is None else float(self.den),
-            "steps": self.steps,
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.num = None if state["num"] is None else torch.tensor(float(state["num"]))
-        self.den = None if state["den"] is None else torch.tensor(float(state["den"]))
-        self.steps = int(state["steps"])
-
-
-# --------------------------------------------------------------------------------------------
-# teacher weighting rules
-
-
-def aekd_output_gram(residuals: torch.Tensor) -> torch.Tensor:
-    """Gram matrix of the teachers' output-MSE gradients at the student's prediction.
-
-    ``residuals`` (M, B, ...) = G - F_m; d MSE(G, F_m) / dG = 2 (G - F_m) / N, so the Gram
-    matrix is proportional to the residuals' inner products, flattened over the whole batch
-    (averaging over the batch first would let residuals of opposite sign cancel).
-    """
-    flat = residuals.detach().float().flatten(1)
-    return flat @ flat.T
-
-
-def band_gram(residuals: torch.Tensor, split: BandSplit, band: int) -> torch.Tensor:
-    """Gram matrix of the gradients of the band distances D_band(G, F_m) at G.
-
-    The band operator is an orthogonal projector P, so grad D = 2 P (G - F_m) / N and
-    <P r_m, P r_n> is the band's part of the cross-spectrum of the residuals.
-    """
-    spectra = torch.fft.rfft2(residuals.detach().float(), norm="ortho")
-    h, w = residuals.shape[-2:]
-    weights = (
-        rfft_weights(h, w, device=residuals.device) * split.masks[band].to(residuals.device).float()
-    )
-    flat = (spectra * weights.sqrt()).flatten(1)  # (M, n): weighted band coefficients
-    return (flat @ flat.conj().T).real
-
-
-def aekd_weights(gram: torch.Tensor, cap: float) -> torch.Tensor:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # every rank must use the same weights: the Gram matrix of the global batch
-        torch.distributed.all_reduce(gram)
-    return min_norm_weights_torch(gram, cap).to(gram.device)
-
-
-def camkd_weights(errors: torch.Tensor, temperature: float) -> torch.Tensor:
-    """CA-MKD confidence weights from per-sample teacher errors ``errors`` (M, B) -> (M, B).
-
-    Errors are divided by their batch mean before the softmax: raw regression errors are small
-    numbers whose softmax is nearly uniform. ``w = (1 - softmax_m) / (M - 1)`` favours the
-    teacher with the lower error; the weights of a sample sum to 1.
-    """
-    n_teachers = errors.shape[0]
-    if n_teachers == 1:
-        return torch.ones_like(errors)
-    errors = errors.detach().float()
-    scaled = errors / (temperature * errors.mean().clamp_min(_EPS))
-    return (1 - torch.softmax(scaled, dim=0)) / (n_teachers - 1)
-
-
-# --------------------------------------------------------------------------------------------
-# the loss
 
 
 class DistillationLoss:
@@ -628,24 +487,6 @@ class DistillationLoss:
 
 
 _RUNNING = ("latent_mean", "latent_var", "main_running", "latent_running")
-
-
-def _camkd_or_uniform(
-    errors: torch.Tensor, labelled: torch.Tensor | None, temperature: float
-) -> torch.Tensor:
-    """CA-MKD weights (M, B) from the teachers' errors on samples with a truth; uniform
-    weights on samples without one (function matching), where confidence is unknown."""
-    if labelled is None:
-        return camkd_weights(errors, temperature)
-    weights = torch.full_like(errors, 1.0 / errors.shape[0])
-    if bool(labelled.any()):
-        weights[:, labelled] = camkd_weights(errors[:, labelled], temperature)
-    return weights
-
-
-def _per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference per (teacher, sample): (M|1, B, ...) x (M|1, B, ...) -> (M, B)."""
-    return (a - b).square().flatten(2).mean(-1)
 
 
 def build_loss(

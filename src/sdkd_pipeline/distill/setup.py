@@ -193,6 +193,72 @@ def prepare_distillation(
     n_bytes = cache_bytes(teachers, train_set, latents)
     if unlabelled is not None:
         n_bytes = int(n_bytes * (1 + len(unlabelled) / len(train_set)))
+    labelled_cache, unlabelled_cache, predictions = _teacher_outputs(
+        cfg,
+        teachers,
+        train_set,
+        unlabelled,
+        cache,
+        n_bytes=n_bytes,
+        latents=latents,
+        batch_size=batch_size,
+        device=device,
+        autocast_dtype=autocast_dtype,
+    )
+    cutoff = choose_cutoff(cfg, height, width, predictions) if cfg.uses_cutoff else None
+    if cutoff is not None:
+        log.info("%s: band cutoff k_c = %g (%s)", cfg.name, cutoff, cfg.cutoff_mode)
+    first = next(iter(teachers.values()))
+    loss = build_loss(
+        cfg,
+        teachers,
+        height=height,
+        width=width,
+        cutoff=cutoff,
+        student_latent_channels=getattr(student, "latent_channels", None),
+        teacher_latent_channels=getattr(first, "latent_channels", None),
+        student_parameters=list(student.parameters()),
+    )
+    if unlabelled is not None:
+        data: Dataset = FunctionMatchingSet(train_set, unlabelled, labelled_cache, unlabelled_cache)
+    elif labelled_cache is not None:
+        data = WithTeacherTargets(train_set, labelled_cache)
+    else:
+        data = train_set
+    params.update(
+        cutoff=cutoff,
+        teacher_cache=labelled_cache is not None,
+        teacher_cache_mib=round(n_bytes / 2**20, 1),
+    )
+    if unlabelled is not None:
+        params.update(
+            function_matching_inputs=len(unlabelled), function_matching_source=unlabelled.source
+        )
+    return DistillSetup(
+        loss=loss, train_set=data, cutoff=cutoff, unlabelled=unlabelled, params=params
+    )
+
+
+def _teacher_outputs(
+    cfg: DistillConfig,
+    teachers: Mapping[str, nn.Module],
+    train_set: Any,
+    unlabelled: UnlabelledInputs | None,
+    cache: DistillCache,
+    *,
+    n_bytes: int,
+    latents: bool,
+    batch_size: int,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+) -> tuple[
+    dict[str, dict[str, torch.Tensor]] | None,
+    dict[str, dict[str, torch.Tensor]] | None,
+    list[torch.Tensor] | None,
+]:
+    """``(labelled cache, unlabelled cache, predictions)``: the teachers' outputs on the
+    training windows and the function-matching inputs when they fit in the cache, and the
+    teachers' predictions that set an energy-based cutoff (``None`` where not needed)."""
     labelled_cache = unlabelled_cache = None
     predictions: list[torch.Tensor] | None = None
     if should_cache(cfg, n_bytes):
@@ -230,38 +296,7 @@ def prepare_distillation(
         n = min(CUTOFF_WINDOWS, len(train_set))
         x = torch.stack([train_set[i][0] for i in range(n)]).to(device)
         predictions = [run_teacher(t, x, False)["prediction"].cpu() for t in teachers.values()]
-    cutoff = choose_cutoff(cfg, height, width, predictions) if cfg.uses_cutoff else None
-    if cutoff is not None:
-        log.info("%s: band cutoff k_c = %g (%s)", cfg.name, cutoff, cfg.cutoff_mode)
-    first = next(iter(teachers.values()))
-    loss = build_loss(
-        cfg,
-        teachers,
-        height=height,
-        width=width,
-        cutoff=cutoff,
-        student_latent_channels=getattr(student, "latent_channels", None),
-        teacher_latent_channels=getattr(first, "latent_channels", None),
-        student_parameters=list(student.parameters()),
-    )
-    if unlabelled is not None:
-        data: Dataset = FunctionMatchingSet(train_set, unlabelled, labelled_cache, unlabelled_cache)
-    elif labelled_cache is not None:
-        data = WithTeacherTargets(train_set, labelled_cache)
-    else:
-        data = train_set
-    params.update(
-        cutoff=cutoff,
-        teacher_cache=labelled_cache is not None,
-        teacher_cache_mib=round(n_bytes / 2**20, 1),
-    )
-    if unlabelled is not None:
-        params.update(
-            function_matching_inputs=len(unlabelled), function_matching_source=unlabelled.source
-        )
-    return DistillSetup(
-        loss=loss, train_set=data, cutoff=cutoff, unlabelled=unlabelled, params=params
-    )
+    return labelled_cache, unlabelled_cache, predictions
 
 
 def _inputs_key(unlabelled: UnlabelledInputs) -> str:

@@ -22,9 +22,16 @@ from sdkd_pipeline.data.windows import WindowDataset
 from sdkd_pipeline.models import build_model
 from sdkd_pipeline.models.checkpoint import Checkpoint
 from sdkd_pipeline.models.complexity import count_flops, count_parameters
+from sdkd_pipeline.models.config import ModelConfig
 from sdkd_pipeline.models.registry import resolve_config
 from sdkd_pipeline.tracking import DEFAULT_EXPERIMENT, MLflowTracker, flatten_params, run_tags
-from sdkd_pipeline.training import TrainConfig, seed_everything, stage_config, train
+from sdkd_pipeline.training import (
+    TrainConfig,
+    TrainResult,
+    seed_everything,
+    stage_config,
+    train,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -96,27 +103,7 @@ def train_forecaster(
         run_name=f"{dataset}/{model_name}" + ("" if method == "supervised" else f"/{method}"),
         tags=tags,
     ) as tracker:
-        tracker.log_params(
-            flatten_params(
-                {
-                    **tags,
-                    "model_config": model_cfg.to_dict(),
-                    "data": {**shape, "store": str(store if isinstance(store, str) else "memory")},
-                    "n_parameters": n_params,
-                    "flops_per_sample": flops,
-                }
-            )
-        )
-        tracker.log_dict(
-            {
-                "model": model_name,
-                "model_config": model_cfg.to_dict(),
-                "data": shape,
-                "training": cfg.to_dict(),
-                "tags": tags,
-            },
-            "resolved_config.json",
-        )
+        _log_configs(tracker, tags, model_name, model_cfg, cfg, shape, store, n_params, flops)
         extra = setup(model, splits, cfg) if setup is not None else LossSetup()
         if extra.params:
             tracker.log_params(flatten_params(extra.params))
@@ -142,6 +129,75 @@ def train_forecaster(
         result.stop_reason.replace("_", " "),
         result.test_loss,
     )
+    return _results(
+        result,
+        model,
+        train_set,
+        extra,
+        run_id,
+        dataset=dataset,
+        model_name=model_name,
+        role=role,
+        method=method,
+        model_cfg=model_cfg,
+        shape=shape,
+        n_params=n_params,
+        flops=flops,
+    )
+
+
+def _log_configs(
+    tracker: MLflowTracker,
+    tags: dict[str, str],
+    model_name: str,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    shape: dict[str, int],
+    store: Any,
+    n_params: int,
+    flops: int,
+) -> None:
+    """The run's parameters and its ``resolved_config.json``, logged to ``tracker``."""
+    tracker.log_params(
+        flatten_params(
+            {
+                **tags,
+                "model_config": model_cfg.to_dict(),
+                "data": {**shape, "store": str(store if isinstance(store, str) else "memory")},
+                "n_parameters": n_params,
+                "flops_per_sample": flops,
+            }
+        )
+    )
+    tracker.log_dict(
+        {
+            "model": model_name,
+            "model_config": model_cfg.to_dict(),
+            "data": shape,
+            "training": cfg.to_dict(),
+            "tags": tags,
+        },
+        "resolved_config.json",
+    )
+
+
+def _results(
+    result: TrainResult,
+    model: torch.nn.Module,
+    train_set: WindowDataset,
+    extra: LossSetup,
+    run_id: str | None,
+    *,
+    dataset: str,
+    model_name: str,
+    role: str,
+    method: str,
+    model_cfg: ModelConfig,
+    shape: dict[str, int],
+    n_params: int,
+    flops: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``train_forecaster``'s return: the best checkpoint for the catalog and the summary."""
     checkpoint = {
         "model": model_name,
         "role": role,

@@ -223,6 +223,38 @@ def branch_check(high: Spectrum, low: Spectrum, cutoff: float | None = None) -> 
 # ---------------------------------------------------------------------------------------------
 
 
+def _spectrum_entries(
+    spectra: Mapping[str, Spectrum], cfg: SpectralConfig, latent_k_max: float, cutoff: float
+) -> dict[str, dict[str, Any]]:
+    """Each spectrum's fit and power-law verdict, its high-band fraction and centroid over the
+    latent grid's shells, and the spectrum itself (JSON-ready)."""
+    entries: dict[str, dict[str, Any]] = {}
+    for name, (k, E) in spectra.items():
+        is_data = name == "data"
+        k_range = cfg.data_fit_range if is_data else cfg.latent_fit_range
+        param = "spectral.fit_range." + ("data" if is_data else "latent")
+        try:
+            fit = slope_summary(
+                k, E, k_range, min_r2=cfg.min_r2, exponential_r2_margin=cfg.exponential_r2_margin
+            )
+        except ValueError as error:
+            raise ConfigError(
+                f"parameter {param} = {list(k_range)}: {error} (the {name} spectrum has shells "
+                f"k = {k[1]:.3g} .. {k[-1]:.3g}; choose a range inside them)"
+            ) from error
+        # statistics over the latent grid's shells for every spectrum, so the data row compares
+        # like for like with the latents
+        k_band, e_band = _band_limited(k, E, latent_k_max)
+        entries[name] = {
+            **fit,
+            "high_band_fraction": high_band_fraction(k_band, e_band, cutoff),
+            "centroid": spectral_centroid(k_band, e_band),
+            "k": [float(v) for v in k],
+            "E": [float(v) for v in E],
+        }
+    return entries
+
+
 def analyse_spectra(
     model: torch.nn.Module,
     dataset,
@@ -253,30 +285,7 @@ def analyse_spectra(
             f"and the latent grid's largest wavenumber {latent_k_max:.3g}"
         )
 
-    entries: dict[str, dict[str, Any]] = {}
-    for name, (k, E) in spectra.items():
-        is_data = name == "data"
-        k_range = cfg.data_fit_range if is_data else cfg.latent_fit_range
-        param = "spectral.fit_range." + ("data" if is_data else "latent")
-        try:
-            fit = slope_summary(
-                k, E, k_range, min_r2=cfg.min_r2, exponential_r2_margin=cfg.exponential_r2_margin
-            )
-        except ValueError as error:
-            raise ConfigError(
-                f"parameter {param} = {list(k_range)}: {error} (the {name} spectrum has shells "
-                f"k = {k[1]:.3g} .. {k[-1]:.3g}; choose a range inside them)"
-            ) from error
-        # statistics over the latent grid's shells for every spectrum, so the data row compares
-        # like for like with the latents
-        k_band, e_band = _band_limited(k, E, latent_k_max)
-        entries[name] = {
-            **fit,
-            "high_band_fraction": high_band_fraction(k_band, e_band, cutoff),
-            "centroid": spectral_centroid(k_band, e_band),
-            "k": [float(v) for v in k],
-            "E": [float(v) for v in E],
-        }
+    entries = _spectrum_entries(spectra, cfg, latent_k_max, cutoff)
 
     check = (
         branch_check(spectra["high"], spectra["low"], cutoff)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -39,6 +39,13 @@ from sdkd_pipeline.training.checkpoint import seed_everything
 from sdkd_pipeline.training.config import autocast_dtype, stage_config
 from sdkd_pipeline.training.distributed import distributed_env
 from sdkd_pipeline.training.engine import train
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from sdkd_pipeline.distill.config import DistillConfig
+    from sdkd_pipeline.training.config import TrainConfig
+    from sdkd_pipeline.training.losses import TrainingLoss
 
 PARAMS_SECTION = {"teacher": "teacher", "student": "distill"}
 SHARED_PARAMS = Path("conf/base/parameters.yml")
@@ -111,14 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
 
 
-def _main(args: argparse.Namespace) -> int:
-    role = MODEL_ROLES[args.model]
-    section_name = PARAMS_SECTION[role]
-    if role == "teacher" and (args.method or args.teacher):
-        raise ConfigError(
-            f"--method and --teacher are for students; {args.model!r} is a "
-            "teacher, trained on the data alone"
-        )
+def _configs(
+    args: argparse.Namespace, role: str, section_name: str
+) -> tuple[dict[str, Any], TrainConfig, DistillConfig | None, dict[str, Checkpoint]]:
+    """``(section, training config, distillation config or None, teacher checkpoints)`` from
+    the parameters file, the shared ``training:`` block and the command line."""
     params_file = Path(args.params_file or f"conf/base/parameters_{section_name}.yml")
     if not params_file.is_file():
         raise ConfigError(f"--params-file {params_file}: no such file")
@@ -144,6 +148,57 @@ def _main(args: argparse.Namespace) -> int:
                 f"--method {distill_cfg.name}: distills from teachers; give their "
                 "checkpoints with --teacher data/06_models/<dataset>/<teacher>.pt"
             )
+    return section, cfg, distill_cfg, checkpoints
+
+
+def _distillation(
+    distill_cfg: DistillConfig,
+    checkpoints: dict[str, Checkpoint],
+    cfg: TrainConfig,
+    model: nn.Module,
+    splits: dict[str, WindowDataset],
+    shape: dict[str, int],
+) -> tuple[TrainingLoss | None, Any]:
+    """``(loss, train set)`` of a student's method: the chosen teachers loaded and the
+    distillation prepared (``None`` and the training split for a method without teachers)."""
+    from sdkd_pipeline.distill.setup import prepare_distillation
+    from sdkd_pipeline.distill.teachers import choose_teachers, load_teachers
+
+    loss, train_set = None, splits["train"]
+    chosen = choose_teachers(
+        distill_cfg, {n: float(c["best_val_loss"]) for n, c in checkpoints.items()}
+    )
+    device = resolve_device(cfg.device, param=f"{cfg.param_path}.device")
+    teachers = load_teachers(
+        {n: checkpoints[n] for n in chosen},
+        shape,
+        splits["train"].mean,
+        splits["train"].std,
+        device,
+    )
+    prepared = prepare_distillation(
+        distill_cfg,
+        teachers,
+        model,
+        splits["train"],
+        device=device,
+        autocast_dtype=autocast_dtype(cfg.precision, device),
+        batch_size=cfg.val_batch_size or cfg.batch_size,
+    )
+    if prepared.loss is not None:
+        loss, train_set = prepared.loss, prepared.train_set
+    return loss, train_set
+
+
+def _main(args: argparse.Namespace) -> int:
+    role = MODEL_ROLES[args.model]
+    section_name = PARAMS_SECTION[role]
+    if role == "teacher" and (args.method or args.teacher):
+        raise ConfigError(
+            f"--method and --teacher are for students; {args.model!r} is a "
+            "teacher, trained on the data alone"
+        )
+    section, cfg, distill_cfg, checkpoints = _configs(args, role, section_name)
 
     store = args.store
     if str(store).endswith((".nc", ".nc4")):
@@ -156,32 +211,8 @@ def _main(args: argparse.Namespace) -> int:
     model = build_model(args.model, **shape, **(section.get(args.model) or {}))
     loss, train_set, method = None, splits["train"], None
     if distill_cfg is not None:
-        from sdkd_pipeline.distill.setup import prepare_distillation
-        from sdkd_pipeline.distill.teachers import choose_teachers, load_teachers
-
         method = distill_cfg.name
-        chosen = choose_teachers(
-            distill_cfg, {n: float(c["best_val_loss"]) for n, c in checkpoints.items()}
-        )
-        device = resolve_device(cfg.device, param=f"{cfg.param_path}.device")
-        teachers = load_teachers(
-            {n: checkpoints[n] for n in chosen},
-            shape,
-            splits["train"].mean,
-            splits["train"].std,
-            device,
-        )
-        prepared = prepare_distillation(
-            distill_cfg,
-            teachers,
-            model,
-            splits["train"],
-            device=device,
-            autocast_dtype=autocast_dtype(cfg.precision, device),
-            batch_size=cfg.val_batch_size or cfg.batch_size,
-        )
-        if prepared.loss is not None:
-            loss, train_set = prepared.loss, prepared.train_set
+        loss, train_set = _distillation(distill_cfg, checkpoints, cfg, model, splits, shape)
     env = distributed_env()
     main_rank = env is None or env[0] == 0
     if args.mlflow and main_rank:

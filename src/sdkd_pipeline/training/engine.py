@@ -390,8 +390,9 @@ class _Run:
         """Train epoch ``epoch`` (from ``state.step_in_epoch`` when resumed mid-epoch), validate
         when due, and write ``last.pt`` and the history.
 
-        One function on purpose: the running sums on the device, the mid-epoch checkpoint and the
-        end-of-epoch bookkeeping share one state that a split would only pass around.
+        One function because it is one sequence: the running sums on the device, the mid-epoch
+        checkpoint and the end-of-epoch bookkeeping share one state that a split would only pass
+        around.
         """
         cfg, state = self.cfg, self.state
         start_step = state.step_in_epoch

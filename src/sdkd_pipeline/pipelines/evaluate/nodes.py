@@ -9,7 +9,7 @@ import math
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import xarray as xr
@@ -24,6 +24,9 @@ from sdkd_pipeline.evaluation import (
 )
 from sdkd_pipeline.models.checkpoint import Checkpoint
 from sdkd_pipeline.tracking import DEFAULT_EXPERIMENT, MLflowTracker, flatten_params
+
+if TYPE_CHECKING:
+    from sdkd_pipeline.evaluation.checkpoints import Evaluation
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +97,47 @@ def evaluate_dataset(
     cfg = EvaluationConfig.from_params(evaluate_params)
     store = tensors.encoding.get("store_path") or tensors
     windows = WindowDataset(store, "test")
+    entries = _entries(checkpoints, windows)
+    result = evaluate_checkpoints(
+        entries,
+        windows,
+        cfg,
+        dataset=dataset,
+        teachers=teachers,
+        students=students,
+        methods=methods,
+    )
+    table = result.table
+    markdown = _markdown(dataset, windows, cfg, result)
+
+    _log_run(tracking, dataset, evaluate_params, windows, table, markdown, result)
+
+    for record in table.to_dict("records"):
+        logger.info(
+            "%s %s/%s: test MSE %.4g, MAE %.4g, SSIM %.4f, gap closed (MSE) %s",
+            dataset,
+            record["model"],
+            record["method"],
+            record["mse"],
+            record["mae"],
+            record["ssim"],
+            "-" if math.isnan(record["gap_closed_mse"]) else f"{record['gap_closed_mse']:.3f}",
+        )
+    return (
+        table,
+        markdown,
+        result.curves,
+        result.step_figure,
+        result.band_figure,
+        result.panel_figure,
+    )
+
+
+def _entries(
+    checkpoints: Mapping[str, Mapping[str, Any]], windows: WindowDataset
+) -> list[tuple[str, str, str, Any, Checkpoint]]:
+    """``(role, model, method, module, checkpoint)`` of every input, each checked against its
+    catalog name and the store's data."""
     entries = []
     for name, checkpoint in checkpoints.items():
         role, model, method = _parse_input(name)
@@ -106,17 +150,15 @@ def evaluate_dataset(
         entries.append(
             (role, model, method or str(checkpoint.get("method", "supervised")), module, checkpoint)
         )
-    result = evaluate_checkpoints(
-        entries,
-        windows,
-        cfg,
-        dataset=dataset,
-        teachers=teachers,
-        students=students,
-        methods=methods,
-    )
+    return entries
+
+
+def _markdown(
+    dataset: str, windows: WindowDataset, cfg: EvaluationConfig, result: Evaluation
+) -> str:
+    """The table's Markdown with its header: what was measured and how."""
     table = result.table
-    markdown = (
+    return (
         f"# {dataset}: test split, de-normalized\n\n"
         f"{len(windows)} test windows; PSNR and SSIM with data range "
         f"{', '.join(f'{v:.4g}' for v in result.curves['data_range'])} (max - min of "
@@ -128,6 +170,18 @@ def evaluate_dataset(
         f"{_teacher_check_note(cfg)}\n\n" + to_markdown(table)
     )
 
+
+def _log_run(
+    tracking: Mapping[str, Any] | None,
+    dataset: str,
+    evaluate_params: Mapping[str, Any],
+    windows: WindowDataset,
+    table: pd.DataFrame,
+    markdown: str,
+    result: Evaluation,
+) -> None:
+    """The MLflow run ``<dataset>/evaluation``: parameters, metrics, table, curves, figures;
+    its id joins ``result.curves``."""
     tracking = dict(tracking or {})
     tags = {
         "dataset": dataset,
@@ -160,26 +214,6 @@ def evaluate_dataset(
         tracker.log_figure(result.band_figure, f"{dataset}_band_errors.png")
         tracker.log_figure(result.panel_figure, f"{dataset}_predictions.png")
         result.curves["mlflow_run_id"] = tracker.run_id
-
-    for record in table.to_dict("records"):
-        logger.info(
-            "%s %s/%s: test MSE %.4g, MAE %.4g, SSIM %.4f, gap closed (MSE) %s",
-            dataset,
-            record["model"],
-            record["method"],
-            record["mse"],
-            record["mae"],
-            record["ssim"],
-            "-" if math.isnan(record["gap_closed_mse"]) else f"{record['gap_closed_mse']:.3f}",
-        )
-    return (
-        table,
-        markdown,
-        result.curves,
-        result.step_figure,
-        result.band_figure,
-        result.panel_figure,
-    )
 
 
 def _repeats_note(cfg: EvaluationConfig) -> str:
