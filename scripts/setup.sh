@@ -3,6 +3,10 @@
 #   bash scripts/setup.sh          # the project
 #   bash scripts/setup.sh --dev    # the project and its test tools
 #
+# A Python that refuses pip installs (Debian/Ubuntu's system Python, PEP 668 "externally
+# managed") gets a project virtualenv instead: .venv is created (or reused) and the project
+# installed there; activate it with `source .venv/bin/activate` before `kedro run`.
+#
 # torch comes first, chosen for the machine: with an NVIDIA GPU, pip's default (CUDA) build; without
 # one, a CPU build (a wheel already on disk if pip's find-links has one, else PyTorch's CPU index), so
 # a laptop or CI box never downloads the multi-GB CUDA wheel. An installed torch is kept as it is,
@@ -12,6 +16,25 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 extras=""
 if [ "${1:-}" = "--dev" ]; then extras="[dev]"; fi
+
+# PEP 668: an externally managed Python outside a virtualenv makes pip refuse to install
+externally_managed() {
+  "$1" -c 'import os, sys, sysconfig
+marker = os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")
+sys.exit(0 if os.path.exists(marker) and sys.prefix == sys.base_prefix else 1)'
+}
+made_venv=""
+if externally_managed "$PY"; then
+  if [ ! -x .venv/bin/python ]; then
+    echo "setup: $("$PY" -c 'import sys; print(sys.executable)') is externally managed (PEP 668):" \
+      "creating the project virtualenv .venv"
+    "$PY" -m venv .venv
+  else
+    echo "setup: $PY is externally managed (PEP 668): installing into the existing .venv"
+  fi
+  PY=.venv/bin/python
+  made_venv=1
+fi
 
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
@@ -35,3 +58,7 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   fi
 fi
 "$PY" -m pip install -e ".$extras"
+if [ -n "$made_venv" ]; then
+  echo "setup: installed into .venv; activate it before running anything:"
+  echo "  source .venv/bin/activate && kedro run"
+fi
