@@ -94,7 +94,7 @@ def test_a_student_trains_with_none_and_distills_from_a_teacher_checkpoint(setup
     assert all(rows[-1][f"train_w_band{b}"] == 0 for b in range(3))
     assert distilled["best_val_mse"] == plain["best_val_mse"]
     # output KD follows any teacher, and so changes the run
-    assert _run(setup, "kd", "--method", "output_mse", "--teacher", str(root / "simvp.pt")) == 0
+    assert _run(setup, "kd", "--method", "output_mse", "--teachers", str(root / "simvp.pt")) == 0
     output_kd = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert output_kd["method"] == "output_mse"
     assert output_kd["best_val_mse"] != plain["best_val_mse"]

@@ -108,10 +108,18 @@ def main(argv: list[str] | None = None) -> int:
         metavar="CHECKPOINT",
         help="students: a teacher checkpoint (repeat for several)",
     )
+    parser.add_argument(
+        "--teachers",
+        nargs="+",
+        default=[],
+        metavar="CHECKPOINT",
+        help="students: several teacher checkpoints at once (same as repeating --teacher)",
+    )
     parser.add_argument("--mlflow", action="store_true", help="log the run to MLflow")
     parser.add_argument("--dataset", default=None, help="dataset name for the MLflow tags")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    args.teacher = [*args.teacher, *args.teachers]
     try:
         return _main(args)
     except SDKDError as exc:  # a user's mistake: the message names what to fix
