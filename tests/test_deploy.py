@@ -214,6 +214,7 @@ def test_predict_time_index_zarr_output_and_model_kinds(ckpt, exported, tmp_path
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.bad_input
 def test_predict_never_overwrites_its_input_or_model_and_asks_before_replacing(
     exported, tmp_path, capsys
 ):
@@ -278,6 +279,7 @@ def test_predict_datetime_and_irregular_time(exported, tmp_path):
     res.close()
 
 
+@pytest.mark.bad_input
 def test_predict_from_tensor_store_uses_stored_normalization(ckpt, exported, tmp_path):
     ds = raw_dataset()
     phys = ds["fields"].values.astype(np.float64)
@@ -365,6 +367,7 @@ def _bad_inputs(tmp_path: Path) -> list[tuple[Path, dict, str]]:
     return cases
 
 
+@pytest.mark.bad_input
 def test_bad_inputs_name_the_file_and_write_nothing(exported, tmp_path):
     out_dir = tmp_path / "out"
     for src, kwargs, problem in _bad_inputs(tmp_path):
@@ -381,6 +384,7 @@ def test_bad_inputs_name_the_file_and_write_nothing(exported, tmp_path):
 # -- CLI -------------------------------------------------------------------------------------
 
 
+@pytest.mark.bad_input
 def test_cli_export_and_predict_round_trip(ckpt, tmp_path, capsys):
     ckpt_path = tmp_path / "sdkd.pt"
     torch.save(ckpt, ckpt_path)

@@ -90,10 +90,12 @@ def test_quick_study_writes_one_row_per_model_and_resumes_without_retraining(tmp
         assert list(csv.DictReader(handle)) == rows
 
 
+@pytest.mark.bad_input
 def test_an_unknown_profile_is_refused_with_the_known_ones(tmp_path):
     result = _run(tmp_path / "o", tmp_path / "w", "--profile", "laptop")
     assert result.returncode != 0
     assert "no profile 'laptop'" in result.stderr and "cpu" in result.stderr
+    assert not (tmp_path / "o").exists() and not (tmp_path / "w").exists()
 
 
 def test_the_readme_shows_the_cpu_study_exactly_as_its_results_file_says():

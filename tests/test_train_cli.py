@@ -103,8 +103,16 @@ def test_a_student_trains_with_none_and_distills_from_a_teacher_checkpoint(setup
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--method", "sdkd"], "give their checkpoints with --teacher"),
-        (["--method", "sdkd", "--teacher", "nowhere.pt"], "--teacher nowhere.pt: no such file"),
+        pytest.param(
+            ["--method", "sdkd"],
+            "give their checkpoints with --teacher",
+            marks=pytest.mark.bad_input,
+        ),
+        pytest.param(
+            ["--method", "sdkd", "--teacher", "nowhere.pt"],
+            "--teacher nowhere.pt: no such file",
+            marks=pytest.mark.bad_input,
+        ),
         (["--method", "sdkd", "--teacher", "{root}/garbage.pt"], "not a readable checkpoint"),
         (["--method", "sdkd", "--teacher", "{root}/student.pt"], "holds a 'unet', not a teacher"),
         (["--method", "sdkd", "--teacher", "{root}/stale.pt"], "rerun `kedro run"),
@@ -124,6 +132,7 @@ def test_bad_student_arguments_exit_2_with_a_message_and_write_nothing(
     assert not (root / "bad").exists()
 
 
+@pytest.mark.bad_input
 def test_a_teacher_refuses_student_options(setup, capsys):
     root, store, _ = setup
     with pytest.raises(SystemExit):
@@ -140,6 +149,7 @@ def test_a_teacher_refuses_student_options(setup, capsys):
             ]
         )
     assert "--method and --teacher are for students" in capsys.readouterr().err
+    assert not (root / "t").exists()
 
 
 def test_a_student_distils_under_torchrun_on_two_cpu_processes(setup):

@@ -632,6 +632,7 @@ def test_two_process_ddp_on_cpu_trains_and_only_rank0_writes(tmp_path):
     assert math.isfinite(summary0["test_loss"])
 
 
+@pytest.mark.bad_input
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_a_gpu_names_the_parameter(tmp_path):
     cfg = TrainConfig.from_params({"epochs": 1, "device": "cuda"}, "teacher.training")

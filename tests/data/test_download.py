@@ -151,6 +151,7 @@ def test_redirect_is_followed(server, payload, tmp_path):
     assert dest.read_bytes() == payload
 
 
+@pytest.mark.bad_input
 def test_checksum_mismatch_raises_and_leaves_nothing(server, payload, tmp_path):
     url = publish(server, "field.bin", payload)
     server.faults = Faults(corrupt_content=True)
@@ -180,6 +181,7 @@ def test_stale_partial_with_wrong_bytes_fails_checksum_and_is_deleted(server, pa
     assert dest.read_bytes() == payload
 
 
+@pytest.mark.bad_input
 def test_size_mismatch_raises_and_leaves_nothing(server, payload, tmp_path):
     url = publish(server, "field.bin", payload)
     dest = tmp_path / "field.bin"
@@ -215,6 +217,7 @@ def test_body_without_content_length_downloads(server, payload, tmp_path):
     assert (tmp_path / "field.bin").read_bytes() == payload
 
 
+@pytest.mark.bad_input
 def test_file_urls_work_and_a_missing_file_fails_at_once(tmp_path, payload, no_sleep):
     source = tmp_path / "mirror" / "field.bin"
     source.parent.mkdir()
@@ -225,6 +228,7 @@ def test_file_urls_work_and_a_missing_file_fails_at_once(tmp_path, payload, no_s
     with pytest.raises(DownloadError, match="absent.bin"):
         get((tmp_path / "absent.bin").as_uri(), tmp_path / "other.bin", retries=3)
     assert no_sleep == []
+    assert not (tmp_path / "other.bin").exists() and not part_of(tmp_path / "other.bin").exists()
 
 
 def test_dest_that_is_a_directory_is_refused(server, payload, tmp_path):
@@ -235,6 +239,7 @@ def test_dest_that_is_a_directory_is_refused(server, payload, tmp_path):
     assert server.requests == []
 
 
+@pytest.mark.bad_input
 def test_not_found_fails_fast_without_retries(server, tmp_path, no_sleep):
     dest = tmp_path / "missing.bin"
     url = server.url_for("missing.bin")
@@ -378,6 +383,7 @@ def test_progress_bar_writes_to_stderr(server, payload, tmp_path, capsys):
     assert "b.bin" in capsys.readouterr().err
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [
@@ -391,11 +397,14 @@ def test_progress_bar_writes_to_stderr(server, payload, tmp_path, capsys):
 def test_bad_arguments_are_config_errors(tmp_path, kwargs, fragment):
     with pytest.raises(ConfigError, match=fragment):
         download_file("http://127.0.0.1:9/x", tmp_path / "x", progress=False, **kwargs)
+    assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.bad_input
 def test_unsupported_url_scheme_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="gopher://x"):
         download_file("gopher://x/y", tmp_path / "y", progress=False)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_sha256_of_streams_the_file(tmp_path, payload):
@@ -422,10 +431,12 @@ def test_fetch_all_downloads_each_remote_file(server, payload, tmp_path):
     assert paths[0].read_bytes() == payload and paths[1].read_bytes() == second
 
 
+@pytest.mark.bad_input
 def test_fetch_all_rejects_two_entries_with_one_filename(tmp_path):
     remotes = [RemoteFile("http://h/a", "x.nc"), RemoteFile("http://h/b", "x.nc")]
     with pytest.raises(ConfigError, match="x.nc"):
         fetch_all(remotes, tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_remote_file_from_config_defaults_filename_to_url_basename():
@@ -590,6 +601,7 @@ def _evil_tars():
     }
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("case", list(_evil_tars()))
 def test_unsafe_tar_is_rejected_and_nothing_is_written(tmp_path, case):
     build, member_fragment = _evil_tars()[case]
@@ -609,6 +621,7 @@ def test_unsafe_tar_is_rejected_and_nothing_is_written(tmp_path, case):
     assert not Path("/tmp/sdkd-evil-abs").exists()
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize(
     ("name", "fragment"),
     [("../evil.txt", "'..'"), ("/abs/evil.txt", "absolute"), ("a\\..\\evil.txt", "backslash")],
@@ -625,6 +638,7 @@ def test_unsafe_zip_is_rejected_and_nothing_is_written(tmp_path, name, fragment)
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.bad_input
 def test_zip_symlink_escaping_is_rejected(tmp_path):
     archive = tmp_path / "evil.zip"
     with zipfile.ZipFile(archive, "w") as zf:
@@ -641,6 +655,7 @@ def test_zip_symlink_escaping_is_rejected(tmp_path):
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.bad_input
 def test_corrupt_archive_leaves_nothing(tmp_path):
     good = make_tar(
         tmp_path / "good.tar.gz", lambda tf: add_tar_member(tf, "a.bin", os.urandom(50_000))
@@ -670,6 +685,7 @@ def test_not_an_archive_or_missing_archive(tmp_path):
 # -- extraction limits (zip bombs) ----------------------------------------------------------
 
 
+@pytest.mark.bad_input
 def test_a_real_zip_bomb_is_refused_and_nothing_is_kept(tmp_path):
     # 64 MiB of zeros deflate to ~64 KiB: ~1000x, far past the default 100x
     archive = tmp_path / "bomb.zip"
@@ -696,6 +712,7 @@ def test_a_real_zip_bomb_is_refused_and_nothing_is_kept(tmp_path):
     assert [p.name for p in paths] == ["zeros.bin"] and paths[0].stat().st_size == 64 * 2**20
 
 
+@pytest.mark.bad_input
 def test_too_many_members_are_refused(tmp_path):
     archive = make_zip(tmp_path / "many.zip", {f"f{i}.txt": b"x" for i in range(5)})
     before = snapshot(tmp_path)

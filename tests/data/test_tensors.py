@@ -456,6 +456,7 @@ def test_killed_write_leaves_old_store_and_next_write_cleans_up(tmp_path, tensor
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.zarr"]
 
 
+@pytest.mark.bad_input
 def test_write_refuses_to_replace_a_non_store_or_to_overwrite(tmp_path, tensors):
     precious = tmp_path / "results"
     precious.mkdir()

@@ -318,6 +318,7 @@ def test_real_grib_sample(grib_raw: xr.Dataset) -> None:
     assert "Copernicus" in raw.attrs["attribution"]
 
 
+@pytest.mark.bad_input
 def test_grib_writes_no_index_and_truncation_is_an_error(tmp_path: Path) -> None:
     copy = tmp_path / "era5.grib"
     data = GRIB_SAMPLE.read_bytes()

@@ -50,6 +50,7 @@ def test_raw_kind_round_trip(tmp_path):
     np.testing.assert_array_equal(ds.load()["fields"].values, raw["fields"].values)
 
 
+@pytest.mark.bad_input
 def test_a_raw_dataset_is_not_accepted_as_tensors(tmp_path):
     ds = ZarrDataset(filepath=str(tmp_path / "toy.zarr"))
     # Kedro wraps save errors in its DatasetError; our message (naming the path) is kept

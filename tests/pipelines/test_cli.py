@@ -24,6 +24,7 @@ def _kedro(project, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize(
     ("params", "message"),
     [
@@ -40,6 +41,7 @@ def test_a_bad_parameter_is_one_message_and_exit_2(project, params, message):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out[-3000:]
     assert message in out and "Traceback" not in out and "╭─" not in out
+    assert not list((project / "data").rglob("*.zarr"))  # refused before any data were made
 
 
 def test_the_user_error_is_found_behind_a_wrapping_exception():

@@ -90,11 +90,14 @@ def test_generated_simulations_write_their_stores(project):
         np.testing.assert_allclose(train.std(axis=(0, 1, 3, 4)), 1.0, rtol=1e-3)
 
 
+@pytest.mark.bad_input
 def test_unknown_dataset_name_is_rejected(project):
     with pytest.raises(ConfigError, match=r"data\.datasets.*'mnist'"):
         run_kedro(project, env="smoke", pipeline="data", params={"data.datasets": "mnist"})
+    assert not list((project / "data").rglob("*.zarr"))
 
 
+@pytest.mark.bad_input
 def test_enabled_dataset_without_files_says_where_they_go(project):
     """Reported before anything runs: the NS generation enabled beside it never starts."""
     with pytest.raises(MissingRawDataError, match=r"data/01_raw/taxibj"):
@@ -143,6 +146,7 @@ def test_a_run_refused_by_a_preflight_check_leaves_no_finished_mlflow_run(
     assert "RUNNING" not in _mlflow_statuses(project)
 
 
+@pytest.mark.bad_input
 def test_negative_viscosity_names_the_parameter(project):
     with pytest.raises(ConfigError, match=r"navier_stokes\.source\.generate\.viscosity"):
         run_kedro(
@@ -157,6 +161,7 @@ def test_negative_viscosity_names_the_parameter(project):
     assert not list((project / "data").rglob("*.zarr"))
 
 
+@pytest.mark.bad_input
 def test_a_reader_option_typo_names_the_parameter_and_the_nearest_option(project):
     with pytest.raises(
         ConfigError,
@@ -206,6 +211,7 @@ def test_reader_options_are_checked_against_the_reader(tmp_path):
         load_raw("navier_stokes", {"kind": "generate", "generate": {"seed": -1}})
 
 
+@pytest.mark.bad_input
 def test_window_longer_than_series_names_the_parameter(project):
     with pytest.raises(ConfigError, match=r"weatherbench\.window"):
         run_kedro(
@@ -217,6 +223,7 @@ def test_window_longer_than_series_names_the_parameter(project):
     assert not (project / "data/05_model_input/weatherbench.zarr").exists()
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize(
     ("params", "message"),
     [

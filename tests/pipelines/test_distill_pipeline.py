@@ -114,6 +114,7 @@ def test_distill_without_teachers_says_to_run_the_teacher_pipeline(project):
     assert not (project / STUDENTS).exists()
 
 
+@pytest.mark.bad_input
 def test_a_teacher_file_of_another_architecture_is_refused(project):
     # simvp.pt copied over st_alternet.pt must not be used (and credited) as ST-AlterNet
     run_kedro(project, env="smoke", pipeline="data", params=NS_ONLY)
@@ -152,6 +153,7 @@ def test_baseline_needs_no_teacher(project):
     assert (project / STUDENTS / "mlp_mixer" / "none.pt").exists()
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize(
     ("params", "message"),
     [
@@ -172,6 +174,7 @@ def test_baseline_needs_no_teacher(project):
 def test_bad_distill_parameters_are_named(project, params, message):
     with pytest.raises(ConfigError, match=message):
         run_kedro(project, env="smoke", pipeline="distill", params={**NS_ONLY, **params})
+    assert not (project / STUDENTS).exists()  # refused before any student was trained
 
 
 def test_distill_leaves_out_datasets_that_are_not_enabled():

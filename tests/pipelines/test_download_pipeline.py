@@ -53,6 +53,7 @@ def test_download_then_data_pipeline(project, tmp_path):
     assert [str(c) for c in store["channel"].values] == ["t2m"]
 
 
+@pytest.mark.bad_input
 def test_unknown_download_key_names_the_parameter(project):
     with pytest.raises(ConfigError, match=r"weatherbench\.download\.wb1\.mirror"):
         run_kedro(
@@ -61,3 +62,5 @@ def test_unknown_download_key_names_the_parameter(project):
             pipeline="download",
             params={"data.datasets": "weatherbench", "weatherbench.download.wb1.mirror": "x"},
         )
+    assert not (project / "data/01_raw/weatherbench").exists()
+    assert not (project / "data/01_raw/weatherbench_downloads.json").exists()

@@ -129,6 +129,7 @@ def test_evaluate_tables_teachers_and_students(project):
     } <= artifacts
 
 
+@pytest.mark.bad_input
 def test_evaluate_without_a_student_says_to_run_distill(project):
     run_kedro(project, env="smoke", pipeline="data", params=NS_ONLY)
     # the baseline needs no teacher: only unet/none exists, unet/sdkd and the teachers do not
