@@ -185,7 +185,12 @@ class MLflowRunsHook:
             import mlflow
         except ImportError:  # tracking is optional for the library; nothing to close then
             return
-        from sdkd_pipeline.tracking import DEFAULT_EXPERIMENT, close_orphaned_runs, owner_tag
+        from sdkd_pipeline.tracking import (
+            DEFAULT_EXPERIMENT,
+            close_orphaned_runs,
+            mark_experiment_kind,
+            owner_tag,
+        )
 
         client = mlflow.MlflowClient()
         experiments = set()
@@ -200,6 +205,8 @@ class MLflowRunsHook:
         if found is not None:
             experiments.add(found.experiment_id)
         close_orphaned_runs(client, experiments)
+        for experiment_id in experiments:  # opens in model-training mode in MLflow 3's UI
+            mark_experiment_kind(client, experiment_id)
 
 
 class DaskClusterHook:

@@ -42,6 +42,18 @@ MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
 OWNER_TAG = "sdkd.owner"  # "<host> <pid> <process start time>" of the process owning a run
 CLOSED_TAG = "sdkd.closed_because"
+# MLflow 3's UI opens an experiment without this tag in GenAI mode (traces, prompts); ours are
+# model training experiments (runs, metrics, the Compare view)
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def mark_experiment_kind(client: Any, experiment_id: str) -> None:
+    """Tag experiment ``experiment_id`` as model training (see ``EXPERIMENT_KIND``) unless it
+    already says what it is."""
+    tags = client.get_experiment(experiment_id).tags or {}
+    for key, value in EXPERIMENT_KIND.items():
+        if key not in tags:
+            client.set_experiment_tag(experiment_id, key, value)
 
 
 @runtime_checkable
@@ -314,7 +326,9 @@ class MLflowTracker:
             if found.lifecycle_stage == "deleted":
                 self.client.restore_experiment(found.experiment_id)
             return found.experiment_id
-        return self.client.create_experiment(name, artifact_location=artifact_location)
+        return self.client.create_experiment(
+            name, artifact_location=artifact_location, tags=EXPERIMENT_KIND
+        )
 
     # -- the Tracker protocol -----------------------------------------------------------------
 

@@ -55,6 +55,9 @@ def test_a_second_run_is_refused_while_another_process_holds_the_project(project
     assert (project / LOCK_FILE).exists()
     run_kedro(project, env="smoke", pipeline="data", params={"data.datasets": "navier_stokes"})
     assert (project / "data/05_model_input/navier_stokes.zarr").exists()
+    # MLflow 3's UI opens the experiment in model-training mode, not GenAI mode
+    experiment = client.get_experiment_by_name("sdkd_pipeline")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     # released after the run: another process can take it now
     other = _hold(project)
     other.kill()
