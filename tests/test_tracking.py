@@ -274,3 +274,29 @@ def test_tracker_runs_carry_the_owner_tag(store):
     ) as tracker:
         run = tracker.client.get_run(tracker.run_id)
         assert run.data.tags[OWNER_TAG] == owner_tag()[OWNER_TAG]
+
+
+def test_a_run_records_the_projects_git_commit_and_whether_it_was_dirty(store, tmp_path):
+    import subprocess
+
+    uri, artifacts = store
+    repo = tmp_path  # the store fixture made it the working directory
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+    git("init", "-q", "-b", "main")
+    (repo / "a.txt").write_text("1")
+    git("add", "a.txt")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "x")
+    commit = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    with MLflowTracker(
+        "git", run_name="r", tracking_uri=uri, artifact_location=artifacts, nested=False
+    ) as tracker:
+        pass
+    tags = mlflow.MlflowClient(uri).get_run(tracker.run_id).data.tags
+    assert tags["mlflow.source.git.commit"] == commit
+    assert tags["mlflow.source.git.branch"] == "main" and tags["sdkd.git.dirty"] == "false"
+    assert tags["mlflow.source.type"] == "LOCAL" and "mlflow.user" in tags

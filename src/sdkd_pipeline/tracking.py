@@ -18,6 +18,7 @@ logs to a new run, tagged with the run it continues (see ``training``).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -270,6 +271,44 @@ def plot_loss_curves(history: Iterable[Mapping[str, float]], title: str | None =
 # MLflow
 
 
+@functools.lru_cache(maxsize=1)
+def _git_state(root: str) -> tuple[str, str, bool] | None:
+    """``(commit, branch, dirty)`` of the git work tree at ``root``, or ``None``."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", root, *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        branch = git("rev-parse", "--abbrev-ref", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit, branch, dirty
+
+
+def source_tags(root: str | Path | None = None) -> dict[str, str]:
+    """What ``mlflow.start_run`` records about the source (user, source name and type) plus the
+    project's git commit and branch, which MLflow misses under ``kedro run`` (its entry point
+    lies outside the repository); ``sdkd.git.dirty`` says whether tracked files had changes."""
+    try:
+        from mlflow.tracking.context.registry import resolve_tags
+
+        tags = {str(k): str(v) for k, v in resolve_tags().items()}
+    except Exception:  # noqa: BLE001 - MLflow's context providers are best effort
+        tags = {}
+    state = _git_state(str(Path(root or Path.cwd()).resolve()))
+    if state is not None:
+        commit, branch, dirty = state
+        tags["mlflow.source.git.commit"] = commit
+        tags["mlflow.source.git.branch"] = branch
+        tags["sdkd.git.dirty"] = str(dirty).lower()
+    return tags
+
+
 class MLflowTracker:
     """One MLflow run (per trained model); a context manager that ends it.
 
@@ -302,7 +341,7 @@ class MLflowTracker:
             tracking_uri = mlflow.get_tracking_uri() if parent else default_tracking_uri()
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
-        run_tags_all = {str(k): str(v) for k, v in (tags or {}).items()}
+        run_tags_all = {**source_tags(), **{str(k): str(v) for k, v in (tags or {}).items()}}
         run_tags_all.update(owner_tag())
         if run_id is not None:
             run = self.client.get_run(run_id)
