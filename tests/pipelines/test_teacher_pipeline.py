@@ -41,6 +41,8 @@ def test_teachers_train_register_checkpoints_and_log_to_mlflow(project):
         assert run.data.tags["role"] == "teacher"
         assert run.data.tags["model"] == teacher
         assert "train.lr" in run.data.params and "model_config.hidden" in run.data.params
+        # relative to the project, so a copied project's runs do not name this disk
+        assert run.data.params["data.store"] == "data/05_model_input/navier_stokes.zarr"
         history = client.get_metric_history(run.info.run_id, "val_loss")
         assert len(history) == 2  # one per epoch (smoke: 2 epochs)
         assert "test_loss" in run.data.metrics

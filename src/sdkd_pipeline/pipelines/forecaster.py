@@ -50,6 +50,18 @@ class LossSetup:
 Setup = Callable[[torch.nn.Module, Mapping[str, WindowDataset], TrainConfig], LossSetup]
 
 
+def _project_relative(store: Any) -> str:
+    """The store's path as logged: relative to the project (the working directory) when inside
+    it, so a copied project's runs do not name the author's disk; ``memory`` for a dataset."""
+    if not isinstance(store, str | Path):
+        return "memory"
+    path = Path(store).resolve()
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def train_forecaster(
     tensors: xr.Dataset,
     model_params: dict[str, Any] | None,
@@ -163,7 +175,7 @@ def _log_configs(
             {
                 **tags,
                 "model_config": model_cfg.to_dict(),
-                "data": {**shape, "store": str(store if isinstance(store, str) else "memory")},
+                "data": {**shape, "store": _project_relative(store)},
                 "n_parameters": n_params,
                 "flops_per_sample": flops,
             }
