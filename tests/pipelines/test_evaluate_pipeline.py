@@ -117,6 +117,20 @@ def test_evaluate_tables_teachers_and_students(project):
     assert not curves["baselines"]["climatology"]["by_time_of_day"]
     assert len(curves["models"][0]["metrics"]["mse_per_step"]) == test.t_out
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    # each model's own training run carries its test results (MLflow's Compare view sorts by
+    # them), per lead time with step = lead
+    for model, method in (("unet", "sdkd"), ("simvp", "supervised")):
+        where = "students/unet/sdkd" if model == "unet" else "simvp"
+        summary = json.loads(
+            (project / f"data/06_models/navier_stokes/{where}_summary.json").read_text()
+        )
+        metrics = client.get_run(summary["mlflow_run_id"]).data.metrics
+        row = table[(table["model"] == model) & (table["method"] == method)].iloc[0]
+        assert metrics["test_ssim"] == pytest.approx(row["ssim"])
+        assert metrics["test_mse"] == pytest.approx(row["mse"])
+        assert "test_latency_ms_b1" in metrics
+        leads = client.get_metric_history(summary["mlflow_run_id"], "test_mse_by_lead")
+        assert sorted(m.step for m in leads) == [1, 2, 3]  # smoke: t_out = 3
     run = client.get_run(curves["mlflow_run_id"])
     assert run.info.run_name == "navier_stokes/evaluation"
     assert run.data.tags["dataset"] == "navier_stokes"

@@ -111,6 +111,7 @@ def evaluate_dataset(
     markdown = _markdown(dataset, windows, cfg, result)
 
     _log_run(tracking, dataset, evaluate_params, windows, table, markdown, result)
+    _log_on_model_runs(entries, result)
 
     for record in table.to_dict("records"):
         logger.info(
@@ -255,6 +256,50 @@ def _teacher_check_note(cfg: EvaluationConfig) -> str:
         f"1/{cfg.teacher_min_ratio:g} of each student's `none` MSE; otherwise the reasons "
         f"(`not checked` without a persistence or `none` row)."
     )
+
+
+def _log_on_model_runs(entries: list, result: Evaluation) -> None:
+    """Each trained model's test results on its own training run, so MLflow's Compare view
+    sorts students by them: every numeric column of its table row as ``test_<column>``
+    (de-normalized MSE, MAE, RMSE, PSNR, SSIM, band errors, latency, speedups, gap closed) and
+    ``test_<metric>_by_lead`` with ``step`` = lead time. A model without a run is skipped."""
+    import time
+
+    import mlflow
+    from mlflow.entities import Metric
+
+    from sdkd_pipeline.tracking import default_tracking_uri
+
+    run_ids = {
+        f"{model}/{method}": checkpoint.get("mlflow_run_id")
+        for _, model, method, _, checkpoint in entries
+    }
+    rows = {f"{r['model']}/{r['method']}": r for r in result.table.to_dict("records")}
+    uri = mlflow.get_tracking_uri() if mlflow.active_run() else default_tracking_uri()
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    now = int(time.time() * 1000)
+    for res in result.results:
+        run_id = run_ids.get(res.key)
+        if not run_id or res.key not in rows:
+            continue
+        metrics = [
+            Metric(f"test_{column}", float(value), now, 0)
+            for column, value in rows[res.key].items()
+            if column not in ("role", "model", "method")
+            and not isinstance(value, str)
+            and math.isfinite(float(value))
+        ]
+        for name in ("mse", "mae", "rmse", "psnr", "ssim"):
+            for lead, value in enumerate(getattr(res.metrics, f"{name}_per_step"), start=1):
+                if math.isfinite(float(value)):
+                    metrics.append(Metric(f"test_{name}_by_lead", float(value), now, lead))
+        try:
+            for start in range(0, len(metrics), 1000):  # MLflow's batch limit
+                client.log_batch(run_id, metrics=metrics[start : start + 1000])
+        except Exception as exc:  # noqa: BLE001 - a run deleted meanwhile must not fail the stage
+            logger.warning(
+                "could not log %s's test metrics on its run %s: %s", res.key, run_id, exc
+            )
 
 
 def _metrics(table: pd.DataFrame, results: list) -> dict[str, float]:
