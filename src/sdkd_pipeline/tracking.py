@@ -369,6 +369,26 @@ class MLflowTracker:
             name, artifact_location=artifact_location, tags=EXPERIMENT_KIND
         )
 
+    def log_store_input(
+        self,
+        dataset: str,
+        source: str,
+        digest: str,
+        windows: Mapping[str, int],
+        shape: Mapping[str, int],
+    ) -> None:
+        """The tensor store the run trained on, as the run's dataset input (MLflow's *Datasets
+        used* column): name, digest, source path, and the windows per split and the window
+        shape as its profile; context ``training``."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        profile = json.dumps({"windows": dict(windows), "shape": dict(shape)}, sort_keys=True)
+        entity = Dataset(
+            name=dataset, digest=digest, source_type="local", source=source, profile=profile
+        )
+        tags = [InputTag(key="mlflow.data.context", value="training")]
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset=entity, tags=tags)])
+
     # -- the Tracker protocol -----------------------------------------------------------------
 
     def log_params(self, params: Mapping[str, Any]) -> None:

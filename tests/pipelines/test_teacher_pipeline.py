@@ -43,6 +43,12 @@ def test_teachers_train_register_checkpoints_and_log_to_mlflow(project):
         assert "train.lr" in run.data.params and "model_config.hidden" in run.data.params
         # relative to the project, so a copied project's runs do not name this disk
         assert run.data.params["data.store"] == "data/05_model_input/navier_stokes.zarr"
+        # the tensor store as the run's dataset input, with its digest and split sizes
+        (used,) = run.inputs.dataset_inputs
+        assert used.dataset.name == "navier_stokes" and len(used.dataset.digest) == 16
+        assert used.dataset.source == "data/05_model_input/navier_stokes.zarr"
+        assert {t.key: t.value for t in used.tags}["mlflow.data.context"] == "training"
+        assert set(json.loads(used.dataset.profile)["windows"]) == {"train", "val", "test"}
         history = client.get_metric_history(run.info.run_id, "val_loss")
         assert len(history) == 2  # one per epoch (smoke: 2 epochs)
         assert "test_loss" in run.data.metrics

@@ -116,6 +116,13 @@ def train_forecaster(
         tags=tags,
     ) as tracker:
         _log_configs(tracker, tags, model_name, model_cfg, cfg, shape, store, n_params, flops)
+        tracker.log_store_input(
+            dataset,
+            _project_relative(store),
+            store_digest(train_set),
+            {name: len(split) for name, split in splits.items()},
+            shape,
+        )
         extra = setup(model, splits, cfg) if setup is not None else LossSetup()
         if extra.params:
             tracker.log_params(flatten_params(extra.params))
@@ -256,6 +263,23 @@ _RESUMABLE_KEYS = (
 )
 
 
+def _data_identity(data: WindowDataset) -> dict[str, Any]:
+    """What defines a tensor store as training sees it: its splits, shape and the training
+    statistics (a regenerated store differs)."""
+    return {
+        "splits": data.attrs.get("splits"),
+        "shape": list(data.shape),
+        "mean": data.mean.tolist(),
+        "std": data.std.tolist(),
+    }
+
+
+def store_digest(data: WindowDataset) -> str:
+    """A short digest of ``_data_identity`` (the run's dataset input in MLflow)."""
+    text = json.dumps(_data_identity(data), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def _run_key(
     model_cfg: dict, train_cfg: dict, data: WindowDataset, extra: Mapping[str, Any] | None = None
 ) -> str:
@@ -268,10 +292,7 @@ def _run_key(
     identity = {
         "model": model_cfg,
         "train": {k: v for k, v in train_cfg.items() if k not in _RESUMABLE_KEYS},
-        "splits": data.attrs.get("splits"),
-        "shape": list(data.shape),
-        "mean": data.mean.tolist(),
-        "std": data.std.tolist(),
+        **_data_identity(data),
     }
     if extra:  # only when given, so teachers keep the folders of earlier runs
         identity["extra"] = dict(extra)
