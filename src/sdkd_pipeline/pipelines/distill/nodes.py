@@ -37,14 +37,17 @@ def distill_student(
     dataset: str,
     student: str,
     method: str,
+    distill_config: DistillConfig | None = None,
     **teacher_checkpoints: Mapping[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train ``student`` on ``dataset`` with distillation method (or variant) ``method``.
 
     ``teacher_checkpoints`` are the checkpoints written by the teacher pipeline, passed as
     ``teacher_<name>``. Returns the student's checkpoint and summary, like a teacher's.
+    ``distill_config`` is ``method``'s config as the pipeline parsed it from the same
+    parameters (so it is parsed once per run); without it (a direct call) it is parsed here.
     """
-    cfg = DistillConfig.from_params(method, distill)
+    cfg = distill_config or DistillConfig.from_params(method, distill)
     checkpoints = {
         name.removeprefix(TEACHER_INPUT_PREFIX): ckpt for name, ckpt in teacher_checkpoints.items()
     }

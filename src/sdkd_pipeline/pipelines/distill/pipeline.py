@@ -39,7 +39,9 @@ def teachers_read(cfg: DistillConfig, teachers: list[str]) -> list[str]:
 def create_distill_pipeline(
     dataset: str, student: str, method: str, cfg: DistillConfig, teachers: list[str]
 ) -> Pipeline:
-    func = partial(distill_student, dataset=dataset, student=student, method=method)
+    func = partial(
+        distill_student, dataset=dataset, student=student, method=method, distill_config=cfg
+    )
     update_wrapper(func, distill_student)
     read = teachers_read(cfg, teachers)
     inputs = {
