@@ -255,3 +255,13 @@ def test_pipelines_are_namespaced_by_dataset(project):
     data = pipelines["data"]
     assert {n.namespace for n in data.nodes} == {"navier_stokes", "weatherbench"}
     assert "weatherbench.tensors" in data.all_outputs()
+
+
+def test_raw_files_beside_a_generating_source_are_pointed_out(project, caplog):
+    raw = project / "data/01_raw/navier_stokes"
+    raw.mkdir(parents=True)
+    (raw / "ns_V1e-3_N5000_T50.mat").write_bytes(b"downloaded")
+    with caplog.at_level("WARNING", logger="sdkd_pipeline"):
+        run_kedro(project, env="smoke", pipeline="data", params={"data.datasets": "navier_stokes"})
+    assert "navier_stokes.source.kind is 'generate'" in caplog.text
+    assert "ns_V1e-3_N5000_T50.mat" in caplog.text and "'fno_mat'" in caplog.text

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -119,6 +120,8 @@ def check_raw_files(dataset: str, source: dict[str, Any]) -> None:
     the files go or which command downloads them.
     """
     kind = (source or {}).get("kind")
+    if kind in GENERATOR_KINDS:
+        _warn_unused_raw_files(dataset, kind)
     if kind in GENERATOR_KINDS or dataset not in SOURCE_KINDS:
         return
     opts = (source or {}).get(kind) or {}
@@ -130,6 +133,27 @@ def check_raw_files(dataset: str, source: dict[str, Any]) -> None:
     present = paths and all(p.is_file() or (p.is_dir() and any(p.iterdir())) for p in paths)
     if not present:
         load_raw(dataset, source, progress=False)
+
+
+def _warn_unused_raw_files(dataset: str, kind: str, root: Path = Path("data/01_raw")) -> None:
+    """Raw files sit in ``data/01_raw/<dataset>/`` but the source still generates: say so,
+    naming the key that would read them (a user who downloaded files expects them used)."""
+    folder = root / dataset
+    files = sorted(p.name for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+    if not files:
+        return
+    readers = [k for k in SOURCE_KINDS.get(dataset, {}) if k not in GENERATOR_KINDS]
+    logging.getLogger(__name__).warning(
+        "%s.source.kind is %r, so the data are generated, but %s/ holds %d file(s) (%s); to "
+        "read them set %s.source.kind to %s",
+        dataset,
+        kind,
+        folder,
+        len(files),
+        ", ".join(files[:3]) + (", ..." if len(files) > 3 else ""),
+        dataset,
+        " or ".join(repr(r) for r in readers) or "a reader",
+    )
 
 
 def _generated_layout(dataset: str, kind: str, opts: dict) -> tuple[int, Any] | None:
