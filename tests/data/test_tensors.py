@@ -205,9 +205,19 @@ def test_split_without_a_window_names_split_and_numbers():
     with pytest.raises(ConfigError, match=r"navier_stokes\.split\.test.*gets 0 of 8 trajectories"):
         split_ranges(raw, SplitConfig(0.5, 0.5, 0.0), WindowConfig(2, 2))
     series = make_series(n_time=40)
-    # 40 - 2 * 6 = 28 usable steps: val gets int(0.1 * 28) = 2 steps < one window of 6
-    with pytest.raises(ConfigError, match=r"demo\.split\.val.*has 2 time steps.*t_in \+ t_out = 6"):
+    # 40 - 2 * 6 = 28 usable steps: val gets int(0.1 * 28) = 2 steps < one window of 6; named
+    # with the series length, the gap, the rule and settings that fit (windows of 3: val 3)
+    with pytest.raises(
+        ConfigError,
+        match=r"demo\.split: one series of 40 time steps cannot be split .*val 2.*t_in \+ t_out "
+        r"= 6 steps, with gaps of 6 .*at least 30 steps.*Settings that fit: windows of at most 3 "
+        r"frames, e\.g\. t_in = t_out = 1",
+    ):
         split_ranges(series, SplitConfig(0.8, 0.1, 0.1), WindowConfig(3, 3))
+    split_ranges(series, SplitConfig(0.8, 0.1, 0.1), WindowConfig(2, 1))  # the proposal fits
+    # one trajectory of 30 frames (a The Well RBC file) with 10 -> 10 windows
+    with pytest.raises(ConfigError, match=r"one series of 30 time steps .*at least 100 steps"):
+        split_ranges(make_series(n_time=30), SplitConfig(0.8, 0.1, 0.1), WindowConfig(10, 10))
     gappy = make_series(n_time=40, segment=np.repeat([0, 1, 2, 3], [20, 3, 3, 14]))
     # val [23, 26) after the cut holds a segment of length 3: no window of 4 fits
     with pytest.raises(ConfigError, match=r"demo\.split\.val.*gap-free pieces"):

@@ -251,6 +251,9 @@ def _split_single_series(
         usable = max(usable, 0)
         steps = {"train": int(sizes["train"] * usable), "val": int(sizes["val"] * usable)}
         steps["test"] = usable - steps["train"] - steps["val"]
+        short = [k for k, v in steps.items() if v < length]
+        if short:
+            raise ConfigError(_too_short_message(n_time, length, gap, sizes, steps, short, where))
     t0_train = 0
     t0_val = steps["train"] + gap
     t0_test = t0_val + steps["val"] + gap
@@ -259,6 +262,30 @@ def _split_single_series(
         "val": [(0, t0_val, t0_val + steps["val"])],
         "test": [(0, t0_test, t0_test + steps["test"])],
     }
+
+
+def _too_short_message(
+    n_time: int, length: int, gap: int, sizes: dict, steps: dict, short: list, where: str
+) -> str:
+    """Why one series cannot be split (its length, the gap, the rule) and settings that fit."""
+    smallest = min(float(v) for v in sizes.values() if float(v) > 0) if sizes else 0.0
+    # the longest window L whose splits all hold one when the gaps are L too:
+    # smallest * (n_time - 2 L) >= L
+    fit = int(smallest * n_time / (1 + 2 * smallest)) if smallest else 0
+    half = fit // 2
+    propose = (
+        f"windows of at most {fit} frames, e.g. t_in = t_out = {half}"
+        if half >= 1
+        else "a longer series (or several trajectories)"
+    )
+    return (
+        f"{where}: one series of {n_time} time steps cannot be split into train / val / test "
+        f"({', '.join(f'{k} {v}' for k, v in steps.items())} steps): each split needs at least "
+        f"one window of t_in + t_out = {length} steps, with gaps of {gap} between the splits, "
+        f"i.e. at least {3 * length + 2 * gap} steps here ({', '.join(short)} too short). "
+        f"Settings that fit: {propose} (the window sets the default gap), or split sizes as "
+        "counts"
+    )
 
 
 def _cut_at_segments(r: Range, segments: np.ndarray) -> list[Range]:
