@@ -201,6 +201,9 @@ def test_teacher_datasets_default_to_the_enabled_ones_and_bound_distillation(cap
         chosen = distill_selection({**ns_only, "distill": {"datasets": ["rayleigh_benard"]}})
     assert chosen[0] == [] and "rayleigh_benard" in caplog.text
     assert "add them to teacher.datasets" in caplog.text
+    # the key that fixes it for what is there, and that the stage does nothing
+    assert 'use --params "distill.datasets=navier_stokes"' in caplog.text
+    assert "the distill stage has nothing to do in this run" in caplog.text
     # a teacher dataset that is not enabled is left out with a warning; unknown is an error
     with caplog.at_level("WARNING"):
         assert (

@@ -126,13 +126,22 @@ def _stage_datasets(
         raise ConfigError(f"parameter {section}.datasets: duplicate names in {datasets}")
     outside = [d for d in datasets if d not in available]
     if outside:
+        instead = (
+            f'use --params "{section}.datasets={"+".join(available)}" for the available ones, '
+            if available
+            else ""
+        )
         logging.getLogger(__name__).warning(
-            "%s.datasets: %s left out: not in %s %s (%s)",
+            "%s.datasets: %s left out: not in %s %s (%s%s)%s",
             section,
             outside,
             available_from,
             available,
+            instead,
             hint,
+            ""
+            if any(d in available for d in datasets)
+            else f"; the {section} stage has nothing to do in this run",
         )
     return [d for d in datasets if d in available]
 
@@ -143,7 +152,11 @@ def teacher_datasets(params: dict[str, Any] | None = None) -> list[str]:
     if params is None:
         params = _parameters if _parameters is not None else _parameters_from_config()
     return _stage_datasets(
-        "teacher", enabled_datasets(params), "data.datasets", params, "enable them there too"
+        "teacher",
+        enabled_datasets(params),
+        "data.datasets",
+        params,
+        "or enable the left-out ones there",
     )
 
 
@@ -165,7 +178,7 @@ def distill_selection(
         teacher_datasets(params),
         "the teachers' datasets",
         params,
-        "train their teachers: add them to teacher.datasets",
+        "or train teachers for the left-out ones: add them to teacher.datasets",
     )
     students = _names(distill.get("students", _ABSENT), "distill.students")
     wrong = [n for n in students if MODEL_ROLES.get(n) != "student"]
