@@ -375,12 +375,18 @@ def test_failed_download_keeps_the_previous_dest_untouched(server, payload, tmp_
     assert dest.read_bytes() == b"previous version"
 
 
-def test_progress_bar_writes_to_stderr(server, payload, tmp_path, capsys):
+def test_progress_bar_writes_to_a_terminal_only(server, payload, tmp_path, capsys, monkeypatch):
+    import sys
+
     url = publish(server, "field.bin", payload)
     get(url, tmp_path / "a.bin", progress=False)
     assert capsys.readouterr().err == ""
+    # not a terminal (a log file, CI): no bar, so logs get no carriage-return lines
     get(url, tmp_path / "b.bin", progress=True)
-    assert "b.bin" in capsys.readouterr().err
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    get(url, tmp_path / "c.bin", progress=True)
+    assert "c.bin" in capsys.readouterr().err
 
 
 @pytest.mark.bad_input

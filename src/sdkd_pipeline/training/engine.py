@@ -384,6 +384,7 @@ class _Run:
             unit="batch",
             dynamic_ncols=True,
             desc="train",
+            disable=None,  # off when the output is not a terminal (a log file, CI)
         )
 
     def _train_epoch(self, epoch: int, bar: Any) -> tuple[int, float]:

@@ -280,7 +280,10 @@ def extract_archive(
     )
     try:
         with tqdm(
-            desc=f"extract {archive.name}", unit="member", disable=not progress, leave=False
+            desc=f"extract {archive.name}",
+            unit="member",
+            disable=None if progress else True,
+            leave=False,
         ) as bar:
             try:
                 # Tar first: its header checksum is a strict test, while a zip end-of-directory

@@ -309,7 +309,7 @@ def download_file(
         unit="B",
         unit_scale=True,
         unit_divisor=1024,
-        disable=not progress,
+        disable=None if progress else True,  # None: off when not a terminal
         leave=False,
     ) as bar:
         while True:

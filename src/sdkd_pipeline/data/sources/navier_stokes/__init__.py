@@ -108,7 +108,7 @@ def generate_navier_stokes(
         unit="traj-step",
         unit_scale=True,
         desc=f"navier_stokes {cfg.resolution}^2 on {device.type}",
-        disable=not progress,
+        disable=None if progress else True,  # None: off when not a terminal
     )
     try:
         fields_out, blown_all, (max_ratio, max_speed, max_cutoff) = _solve_in_batches(

@@ -100,7 +100,9 @@ def read_weatherbench1(
     per_channel: list[np.ndarray] = []
     time_ref: np.ndarray | None = None
     grid: tuple[np.ndarray, np.ndarray] | None = None
-    with tqdm(total=len(paths), desc="WeatherBench 1 files", disable=not progress) as bar:
+    with tqdm(
+        total=len(paths), desc="WeatherBench 1 files", disable=None if progress else True
+    ) as bar:
         for request in requests:
             blocks: dict[str, list[np.ndarray]] = {}
             times = []
