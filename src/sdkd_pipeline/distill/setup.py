@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -269,6 +270,7 @@ def _teacher_outputs(
             "" if unlabelled is None else f" and {len(unlabelled)} unlabelled inputs",
             describe_cache(n_bytes),
         )
+        started = time.perf_counter()
         fingerprint = windows_fingerprint(train_set)
         cache.forget_other_stores({fingerprint, *cache_keys(cache, unlabelled, fingerprint)})
         labelled_cache = cache.teacher_outputs(
@@ -292,6 +294,7 @@ def _teacher_outputs(
                 fingerprint=_inputs_key(unlabelled),
             )
         predictions = [outs["prediction"][:CUTOFF_WINDOWS] for outs in labelled_cache.values()]
+        log.info("teacher outputs ready in %.1f s", time.perf_counter() - started)
     elif cfg.uses_cutoff and cfg.cutoff_mode == "energy":
         n = min(CUTOFF_WINDOWS, len(train_set))
         x = torch.stack([train_set[i][0] for i in range(n)]).to(device)
