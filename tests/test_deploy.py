@@ -174,6 +174,13 @@ def test_exported_latency_stops_after_three_calls_past_max_seconds(exported, mon
     assert deploy.onnx_missing() is None  # this module runs only where both import
 
 
+def _predict_cli(model, src, out, *extra: str) -> int:
+    """``python -m sdkd_pipeline.deploy predict --model M --input S --output O [extra]``."""
+    return cli_main(
+        ["predict", "--model", str(model), "--input", str(src), "--output", str(out), *extra]
+    )
+
+
 # -- predict ---------------------------------------------------------------------------------
 
 
@@ -233,21 +240,7 @@ def test_predict_never_overwrites_its_input_or_model_and_asks_before_replacing(
         with pytest.raises(DataError, match=message) as info:
             deploy.predict(exported["onnx"], src, out)
         assert str(out) in str(info.value)
-        assert (
-            cli_main(
-                [
-                    "predict",
-                    "--model",
-                    str(exported["onnx"]),
-                    "--input",
-                    str(src),
-                    "--output",
-                    str(out),
-                    "--overwrite",
-                ]
-            )
-            == 1
-        )
+        assert _predict_cli(exported["onnx"], src, out, "--overwrite") == 1
         assert message in capsys.readouterr().err
     assert src_nc.read_bytes() == before and not (src_zarr / "inside.nc").exists()
     xr.open_zarr(src_zarr).load()  # the input store is intact
@@ -296,36 +289,9 @@ def test_predict_from_tensor_store_uses_stored_normalization(ckpt, exported, tmp
     with pytest.raises(DataError, match=r"unet_sdkd\.pt: a TorchScript file runs the code"):
         deploy.predict(exported["pt"], src, tmp_path / "f.nc")
     assert not (tmp_path / "f.nc").exists()
-    assert (
-        cli_main(
-            [
-                "predict",
-                "--model",
-                str(exported["pt"]),
-                "--input",
-                str(src),
-                "--output",
-                str(tmp_path / "f.nc"),
-            ]
-        )
-        == 1
-    )
+    assert _predict_cli(exported["pt"], src, tmp_path / "f.nc") == 1
     assert not (tmp_path / "f.nc").exists()
-    assert (
-        cli_main(
-            [
-                "predict",
-                "--model",
-                str(exported["pt"]),
-                "--input",
-                str(src),
-                "--output",
-                str(tmp_path / "f.nc"),
-                "--trust-torchscript",
-            ]
-        )
-        == 0
-    )
+    assert _predict_cli(exported["pt"], src, tmp_path / "f.nc", "--trust-torchscript") == 0
     (tmp_path / "f.nc").unlink()
     res = xr.open_dataset(
         deploy.predict(exported["pt"], src, tmp_path / "f.nc", trust_torchscript=True)
@@ -398,20 +364,14 @@ def test_cli_export_and_predict_round_trip(ckpt, tmp_path, capsys):
     ds.to_zarr(src, zarr_format=2)
     forecast = tmp_path / "forecast.nc"
     assert (
-        cli_main(
-            [
-                "predict",
-                "--model",
-                str(out / "unet_sdkd.onnx"),
-                "--input",
-                str(src),
-                "--output",
-                str(forecast),
-                "--time-index",
-                "4",
-                "--trajectory",
-                "1",
-            ]
+        _predict_cli(
+            str(out / "unet_sdkd.onnx"),
+            str(src),
+            str(forecast),
+            "--time-index",
+            "4",
+            "--trajectory",
+            "1",
         )
         == 0
     )
@@ -420,20 +380,7 @@ def test_cli_export_and_predict_round_trip(ckpt, tmp_path, capsys):
     np.testing.assert_allclose(res["forecast"].values, expected, rtol=1e-4, atol=1e-4)
     res.close()
     capsys.readouterr()
-    assert (
-        cli_main(
-            [
-                "predict",
-                "--model",
-                str(out / "unet_sdkd.onnx"),
-                "--input",
-                str(tmp_path / "none.nc"),
-                "--output",
-                str(tmp_path / "x.nc"),
-            ]
-        )
-        == 1
-    )
+    assert _predict_cli(out / "unet_sdkd.onnx", tmp_path / "none.nc", tmp_path / "x.nc") == 1
     assert "none.nc" in capsys.readouterr().err and not (tmp_path / "x.nc").exists()
 
 

@@ -73,13 +73,10 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         raise
 
 
-def write_bytes(data: bytes, path: str | Path, *, fsync: bool = False) -> None:
-    """Write ``data`` to ``path`` atomically (``fsync``: flushed to disk before the rename)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        handle.write(data)
-        if fsync:
-            handle.flush()
-            os.fsync(handle.fileno())
+def write_bytes(data: bytes, path: str | Path) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_text(text: str, path: str | Path) -> None:

@@ -20,11 +20,11 @@ import json
 import sys
 from pathlib import Path
 
-from sdkd_pipeline.deploy.checkpoint import _load_checkpoint
 from sdkd_pipeline.deploy.export import export_onnx, export_torchscript
 from sdkd_pipeline.deploy.forecast import predict
 from sdkd_pipeline.deploy.runtime import check_onnx, check_torchscript
 from sdkd_pipeline.errors import SDKDError
+from sdkd_pipeline.models.checkpoint import Checkpoint
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,7 +81,7 @@ def _export(args: argparse.Namespace) -> dict:
     unknown = sorted(set(formats) - {"torchscript", "onnx"})
     if unknown or not formats:
         raise SystemExit(f"--formats: unknown format(s) {unknown}; use torchscript, onnx")
-    checkpoint = _load_checkpoint(args.checkpoint)
+    checkpoint = Checkpoint.of(args.checkpoint)
     args.out.mkdir(parents=True, exist_ok=True)
     result: dict = {"checkpoint": str(args.checkpoint)}
     if "torchscript" in formats:

@@ -28,11 +28,6 @@ _META_KEYS = ("model", "method", "dataset", "role", "model_config")
 # -- checkpoints and metadata --------------------------------------------------------------------
 
 
-def _load_checkpoint(checkpoint: Checkpoint | Mapping[str, Any] | str | Path) -> Checkpoint:
-    """``checkpoint`` (a dict or the file it is in) as a checked ``Checkpoint``."""
-    return Checkpoint.of(checkpoint)
-
-
 def _floats(value: Any) -> list[float]:
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
@@ -46,7 +41,7 @@ def _plain(value: Any) -> Any:
 
 def checkpoint_meta(checkpoint: Checkpoint | Mapping[str, Any] | str | Path) -> dict[str, Any]:
     """The metadata an exported model carries (JSON-able)."""
-    ckpt = _load_checkpoint(checkpoint)
+    ckpt = Checkpoint.of(checkpoint)
     shape = {k: int(v) for k, v in dict(ckpt["shape"]).items()}
     meta: dict[str, Any] = {
         "format": META_FORMAT,
@@ -68,7 +63,7 @@ def checkpoint_meta(checkpoint: Checkpoint | Mapping[str, Any] | str | Path) -> 
 
 def build_checkpoint_model(checkpoint: Checkpoint | Mapping[str, Any] | str | Path) -> nn.Module:
     """The checkpoint's model in eval mode (``Checkpoint.build_model``)."""
-    return _load_checkpoint(checkpoint).build_model()
+    return Checkpoint.of(checkpoint).build_model()
 
 
 def _example_input(meta: Mapping[str, Any], batch: int, seed: int = 0) -> torch.Tensor:

@@ -26,7 +26,6 @@ from sdkd_pipeline.deploy.checkpoint import (
     ONNX_META_KEY,
     Checkpoint,
     _example_input,
-    _load_checkpoint,
     build_checkpoint_model,
     checkpoint_meta,
 )
@@ -65,7 +64,7 @@ def export_torchscript(checkpoint: Checkpoint | str | Path, path: str | Path) ->
     The trace is for the checkpoint's fixed ``(T_in, C, H, W)``; the batch size may vary.
     Written atomically (temporary file, then rename). Returns the file's path.
     """
-    ckpt = _load_checkpoint(checkpoint)
+    ckpt = Checkpoint.of(checkpoint)
     meta = checkpoint_meta(ckpt)
     target = _target_file(path, meta, ".pt")
     module = PredictionModule(build_checkpoint_model(ckpt)).eval()
@@ -92,7 +91,7 @@ def export_onnx(checkpoint: Checkpoint | str | Path, path: str | Path, opset: in
         raise ConfigError(
             "ONNX export needs the onnx package: pip install 'sdkd-pipeline[deploy]'"
         ) from exc
-    ckpt = _load_checkpoint(checkpoint)
+    ckpt = Checkpoint.of(checkpoint)
     meta = checkpoint_meta(ckpt)
     target = _target_file(path, meta, ".onnx")
     module = PredictionModule(build_checkpoint_model(ckpt)).eval()

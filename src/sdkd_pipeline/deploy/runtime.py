@@ -28,7 +28,6 @@ from sdkd_pipeline.deploy.checkpoint import (
     ONNX_META_KEY,
     Checkpoint,
     _example_input,
-    _load_checkpoint,
     build_checkpoint_model,
     checkpoint_meta,
 )
@@ -127,7 +126,7 @@ def load_exported(
 
 
 def _from_checkpoint(checkpoint: Any, path: Path | None) -> tuple[ExportedModel, dict[str, Any]]:
-    ckpt = _load_checkpoint(checkpoint)
+    ckpt = Checkpoint.of(checkpoint)
     meta = checkpoint_meta(ckpt)
     model = build_checkpoint_model(ckpt)
 
@@ -183,7 +182,7 @@ def _check_exported(
     batch_sizes: Sequence[int],
     seed: int,
 ) -> float:
-    ckpt = _load_checkpoint(checkpoint)
+    ckpt = Checkpoint.of(checkpoint)
     meta = checkpoint_meta(ckpt)
     model = build_checkpoint_model(ckpt)
     exported, exported_meta = load_exported(path, trust_torchscript=True)  # made here

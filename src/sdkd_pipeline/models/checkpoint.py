@@ -13,7 +13,7 @@ uses: teacher loading and distillation, the spectral stage, evaluation, export a
   ``DataError`` naming the file.
 - ``build_model()`` rebuilds the model in eval mode.
 - ``expect_model(name)`` refuses a checkpoint of another architecture (e.g. SimVP's weights
-  copied over ``st_alternet.pt``), naming both.
+  copied over ``st_alternet.pt``), naming both; ``expect_method`` a student of another method.
 - ``check_trained_on(windows)`` refuses a checkpoint trained on other data (another window
   shape, other normalization statistics), naming what differs and the command that remakes it.
 """
@@ -147,6 +147,19 @@ class Checkpoint(Mapping[str, Any]):
                 f"{label or self.origin}: holds a {self.model_name!r} checkpoint, not "
                 f"{name!r} (a file copied or renamed over another model's?); restore the "
                 f"right file or rerun `{command}`"
+            )
+        return self
+
+    def expect_method(
+        self, method: str, label: str | None = None, command: str = "kedro run --pipelines=distill"
+    ) -> Checkpoint:
+        """Refuse a student distilled with another method than ``method`` (a checkpoint that
+        records none, from before methods were recorded, passes)."""
+        recorded = self._payload.get("method")
+        if recorded not in (None, method):
+            raise DataError(
+                f"{label or self.origin}: holds a student distilled with {recorded!r}, not "
+                f"{method!r} (a file copied over another method's?); rerun `{command}`"
             )
         return self
 

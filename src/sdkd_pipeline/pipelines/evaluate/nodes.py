@@ -15,7 +15,6 @@ import pandas as pd
 import xarray as xr
 
 from sdkd_pipeline.data.windows import WindowDataset
-from sdkd_pipeline.errors import DataError
 from sdkd_pipeline.evaluation import (
     EvaluationConfig,
     evaluate_checkpoints,
@@ -68,12 +67,8 @@ def _checked(
     """``checkpoint`` as what its catalog entry says it is (architecture and, for a student,
     method) and trained on the store's data; else an error naming it and ``command``."""
     ckpt = Checkpoint.of(checkpoint, origin=label).expect_model(model, command=command)
-    if method is not None and ckpt.get("method") not in (None, method):
-        raise DataError(
-            f"{label}: holds a student distilled with {ckpt['method']!r}, not "
-            f"{method!r} (a file copied over another method's?); rerun "
-            f"`{command}`"
-        )
+    if method is not None:
+        ckpt.expect_method(method, command=command)
     return ckpt.check_trained_on(windows, command=command)
 
 

@@ -147,9 +147,10 @@ def download_weatherbench1(
                 max_members=max_members,
             )
         except DownloadError as exc:
+            hint = _served_html(archive)
             archive.unlink(missing_ok=True)
             raise DownloadError(
-                f"{exc}{_served_html(exc)}; the rejected archive from {url} was deleted "
+                f"{exc}{hint}; the rejected archive from {url} was deleted "
                 "(check weatherbench.download.wb1.base_url, then rerun)"
             ) from None
         netcdf = sorted(Path(p) for p in extracted if str(p).endswith(".nc"))
@@ -172,13 +173,16 @@ def download_weatherbench1(
     return moved
 
 
-def _served_html(exc: Exception) -> str:
-    """A hint when the server sent a web page instead of the archive (a wrong base URL)."""
-    return (
-        ""
-        if "neither a zip nor a tar" not in str(exc)
-        else (" (the server sent something else: a web page? the URL may be wrong)")
-    )
+def _served_html(archive: Path) -> str:
+    """A hint when the file is a web page instead of the archive (a wrong base URL, a login
+    page): judged from its first bytes, read before the file is deleted."""
+    try:
+        with open(archive, "rb") as handle:
+            head = handle.read(512).lstrip().lower()
+    except OSError:
+        return ""
+    html = head.startswith((b"<!doctype html", b"<html", b"<?xml"))
+    return " (the server sent a web page, not the archive: the URL may be wrong)" if html else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
