@@ -61,7 +61,7 @@ def main() -> None:
     if rc != 0:
         print((project / "run.log").read_text()[-4000:])
         raise SystemExit(f"kedro run failed (rc {rc}); log in {project / 'run.log'}")
-    report = json.loads((project / "data/08_reporting/run_times.json").read_text())
+    report = json.loads((project / "data/08_reporting/run_times.json").read_text())["runs"][-1]
 
     print(
         f"\nwall time of `kedro run` (process start to exit): {wall:.0f} s = {wall / 60:.1f} min "

@@ -66,11 +66,35 @@ def test_run_times_hook_writes_stage_and_node_seconds(tmp_path):
     hook.after_pipeline_run(
         {"project_path": str(tmp_path), "env": "smoke", "pipeline_names": ["__default__"]}
     )
-    report = json.loads((tmp_path / RUN_TIMES).read_text())
+    (report,) = json.loads((tmp_path / RUN_TIMES).read_text())["runs"]
     assert set(report["stages"]) == {"data", "teacher", "other"}
     assert report["stages"]["teacher"] >= 0.05 and report["seconds"] >= 0.07
     assert [n["node"] for n in report["nodes"]][0] == "train_teacher"  # slowest first
     assert report["env"] == "smoke" and not list(tmp_path.rglob("*.tmp-*"))
+
+    # a second run (e.g. --pipelines=distill after a full run) adds its record, the full
+    # run's stays
+    hook.before_pipeline_run({}, None, None)
+    node = SimpleNamespace(name="distill_unet_with_sdkd", tags={"distill"})
+    hook.before_node_run(node)
+    hook.after_node_run(node)
+    hook.after_pipeline_run({"project_path": str(tmp_path), "pipeline_names": ["distill"]})
+    runs = json.loads((tmp_path / RUN_TIMES).read_text())["runs"]
+    assert [r["pipeline"] for r in runs] == [["__default__"], ["distill"]]
+    assert set(runs[0]["stages"]) == {"data", "teacher", "other"}
+
+
+def test_run_times_keep_an_old_single_record_and_survive_a_damaged_file(tmp_path):
+    import json
+
+    from sdkd_pipeline.hooks import RUN_TIMES, previous_run_times
+
+    path = tmp_path / RUN_TIMES
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"seconds": 3.0, "stages": {}, "nodes": []}))
+    assert previous_run_times(path) == [{"seconds": 3.0, "stages": {}, "nodes": []}]
+    path.write_text("{not json")
+    assert previous_run_times(path) == []
 
 
 @pytest.mark.parametrize(

@@ -207,6 +207,42 @@ class MLflowRunsHook:
         close_orphaned_runs(client, experiments)
         for experiment_id in experiments:  # opens in model-training mode in MLflow 3's UI
             mark_experiment_kind(client, experiment_id)
+        from sdkd_pipeline.pipelines.forecaster import REUSED_RUNS
+
+        REUSED_RUNS.clear()
+        self._session = (active.info.run_id, int(time.time() * 1000)) if active else None
+        self._experiments = sorted(experiments)
+
+    @hook_impl(trylast=True)  # after kedro-mlflow has ended the pipeline's run
+    def after_pipeline_run(self, run_params: dict[str, Any]) -> None:
+        """A run in which every trained model was already trained (``kedro run
+        --pipelines=distill`` after a full run) leaves no MLflow run behind: kedro-mlflow's run
+        of the pipeline is deleted when no other run was started and some node reused a
+        finished run, so reruns do not pile up empty runs in the UI."""
+        from sdkd_pipeline.pipelines.forecaster import REUSED_RUNS
+
+        session = getattr(self, "_session", None)
+        if session is None or not REUSED_RUNS:
+            return
+        import mlflow
+
+        run_id, started_ms = session
+        client = mlflow.MlflowClient()
+        since = client.search_runs(
+            self._experiments, filter_string=f"attributes.start_time >= {started_ms}"
+        )
+        if any(r.info.run_id != run_id for r in since):
+            return
+        # kedro-mlflow leaves the run of a selected pipeline open (on its stack, maybe twice)
+        while (active := mlflow.active_run()) is not None and active.info.run_id == run_id:
+            mlflow.end_run()
+        client.delete_run(run_id)
+        logger.info(
+            "every model of this run was already trained (%d reused); its MLflow run %s is "
+            "deleted, the models' own runs are kept",
+            len(REUSED_RUNS),
+            run_id,
+        )
 
 
 class DaskClusterHook:
@@ -308,10 +344,29 @@ STAGES = ("download", "data", "teacher", "spectral", "distill", "evaluate")
 RUN_TIMES = Path("data") / "08_reporting" / "run_times.json"
 
 
+MAX_RUN_TIMES = 50  # records kept in run_times.json, the newest last
+
+
+def previous_run_times(path: Path) -> list[dict[str, Any]]:
+    """The records of ``run_times.json`` (``{"runs": [...]}``, oldest first); a file of the
+    earlier one-record format is one record, an unreadable one none (with a warning)."""
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        logger.warning("%s cannot be read; its earlier run times are dropped", path)
+        return []
+    if isinstance(data, dict) and isinstance(data.get("runs"), list):
+        return [r for r in data["runs"] if isinstance(r, dict)]
+    return [data] if isinstance(data, dict) and "seconds" in data else []
+
+
 class RunTimesHook:
-    """Times every node and writes ``data/08_reporting/run_times.json`` after a successful run:
-    the wall time, the seconds per stage (the node's stage tag) and per node, slowest first.
-    ``benchmarks/bench_kedro_run.py`` reads it; the log gets a one-line summary."""
+    """Times every node and adds a record to ``data/08_reporting/run_times.json`` after a
+    successful run (one per ``kedro run``, the newest last, up to ``MAX_RUN_TIMES``): the wall
+    time, the seconds per stage (the node's stage tag) and per node, slowest first.
+    ``benchmarks/bench_kedro_run.py`` reads the newest; the log gets a one-line summary."""
 
     def __init__(self) -> None:
         self._start = 0.0
@@ -345,6 +400,8 @@ class RunTimesHook:
         for entry in self._nodes:
             stages[entry["stage"]] = stages.get(entry["stage"], 0.0) + entry["seconds"]
         report = {
+            "session_id": run_params.get("session_id"),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "pipeline": run_params.get("pipeline_names") or run_params.get("pipeline_name"),
             "env": run_params.get("env"),
             "seconds": round(total, 3),
@@ -354,7 +411,8 @@ class RunTimesHook:
         from sdkd_pipeline.atomic import write_text
 
         path = Path(run_params.get("project_path") or ".") / RUN_TIMES
-        write_text(json.dumps(report, indent=1, default=str), path)
+        runs = [*previous_run_times(path), report][-MAX_RUN_TIMES:]
+        write_text(json.dumps({"runs": runs}, indent=1, default=str), path)
         logger.info(
             "run took %.0f s (%s); node times in %s",
             total,

@@ -288,19 +288,54 @@ def test_teacher_outputs_are_computed_once_per_teacher_and_store(monkeypatch):
     assert len(cache.outputs) == 1
 
 
-def test_a_second_run_finds_the_students_run_folder_after_the_teachers_reload(project):
-    """The teacher node opens a new MLflow run each time it reloads a finished run; the
-    student's run folder must not depend on that id, or a killed distillation would start over
-    in a new folder instead of resuming."""
+def test_a_rerun_after_a_full_run_trains_nothing_and_creates_no_mlflow_run(project):
+    """`kedro run --pipelines=distill` (and the teachers) after a finished run: each node finds
+    its finished run folder before any teacher output is computed, trains nothing, opens no
+    MLflow run and returns the same checkpoint; the students' run folders stay one per run."""
+    import sdkd_pipeline.pipelines.distill.nodes as distill_nodes
+    import sdkd_pipeline.pipelines.forecaster as forecaster
+
+    params = {**NS_ONLY, "distill.methods": "none+sdkd"}
     run_kedro(project, env="smoke", pipeline="data", params=NS_ONLY)
-    for _ in range(2):
+    run_kedro(project, env="smoke", pipeline="teacher", params=NS_ONLY)
+    run_kedro(project, env="smoke", pipeline="distill", params=params)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+
+    def all_runs():
+        ids = [e.experiment_id for e in client.search_experiments()]
+        return {r.info.run_id for r in client.search_runs(ids, max_results=1000)}
+
+    before = all_runs()
+    first = {
+        m: torch.load(project / STUDENTS / "unet" / f"{m}.pt", weights_only=True)
+        for m in ("none", "sdkd")
+    }
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run must not be set up or trained again")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(distill_nodes, "prepare_distillation", refuse)
+        patch.setattr(forecaster, "train", refuse)
         run_kedro(project, env="smoke", pipeline="teacher", params=NS_ONLY)
-        run_kedro(
-            project, env="smoke", pipeline="distill", params={**NS_ONLY, "distill.methods": "sdkd"}
-        )
-    folders = sorted(
-        p.name
-        for p in (project / "data/06_models/runs/navier_stokes/unet/sdkd").iterdir()
-        if p.is_dir()
-    )
+        run_kedro(project, env="smoke", pipeline="distill", params=params)
+
+    assert all_runs() == before
+    for method, old in first.items():
+        new = torch.load(project / STUDENTS / "unet" / f"{method}.pt", weights_only=True)
+        assert new["mlflow_run_id"] == old["mlflow_run_id"]
+        assert new["best_val_loss"] == old["best_val_loss"]
+        assert all(torch.equal(new["state_dict"][k], v) for k, v in old["state_dict"].items())
+    folders = [
+        p for p in (project / "data/06_models/runs/navier_stokes/unet/sdkd").iterdir() if p.is_dir()
+    ]
     assert len(folders) == 1, folders
+
+    # a run whose MLflow record is gone is logged again (from its finished last.pt, no training)
+    client.delete_run(first["sdkd"]["mlflow_run_id"])
+    run_kedro(
+        project, env="smoke", pipeline="distill", params={**NS_ONLY, "distill.methods": "sdkd"}
+    )
+    again = torch.load(project / STUDENTS / "unet" / "sdkd.pt", weights_only=True)
+    assert again["mlflow_run_id"] != first["sdkd"]["mlflow_run_id"]
+    assert client.get_run(again["mlflow_run_id"]).info.status == "FINISHED"

@@ -24,7 +24,13 @@ from sdkd_pipeline.models.checkpoint import Checkpoint
 from sdkd_pipeline.models.complexity import count_flops, count_parameters
 from sdkd_pipeline.models.config import ModelConfig
 from sdkd_pipeline.models.registry import resolve_config
-from sdkd_pipeline.tracking import DEFAULT_EXPERIMENT, MLflowTracker, flatten_params, run_tags
+from sdkd_pipeline.tracking import (
+    DEFAULT_EXPERIMENT,
+    MLflowTracker,
+    default_tracking_uri,
+    flatten_params,
+    run_tags,
+)
 from sdkd_pipeline.training import (
     TrainConfig,
     TrainResult,
@@ -109,6 +115,21 @@ def train_forecaster(
         / _run_key(model_cfg.to_dict(), cfg.to_dict(), train_set, identity)
     )
 
+    reused = _finished_run(out_dir, cfg, model, train_set)
+    if reused is not None:
+        checkpoint, summary = reused
+        REUSED_RUNS.append(str(summary.get("mlflow_run_id")))
+        logger.info(
+            "%s/%s%s: already trained in %s (MLflow run %s): reused, nothing trained",
+            dataset,
+            model_name,
+            "" if method == "supervised" else f"/{method}",
+            out_dir,
+            summary.get("mlflow_run_id"),
+        )
+        return checkpoint, summary
+    (out_dir / RESULT_FILE).unlink(missing_ok=True)  # written again once this run finishes
+
     tags = run_tags(dataset, role, model_name, method)
     with MLflowTracker(
         experiment=tracking.get("experiment", DEFAULT_EXPERIMENT),
@@ -148,7 +169,7 @@ def train_forecaster(
         result.stop_reason.replace("_", " "),
         result.test_loss,
     )
-    return _results(
+    checkpoint, summary = _results(
         result,
         model,
         train_set,
@@ -163,6 +184,79 @@ def train_forecaster(
         n_params=n_params,
         flops=flops,
     )
+    _record_result(out_dir, checkpoint, summary)
+    return checkpoint, summary
+
+
+# written in a run's folder once its node has finished: what the node returned (less the
+# weights, which are best.pt's), so a rerun of the pipeline returns it without any work
+RESULT_FILE = "result.json"
+# the MLflow runs of the models this process returned from a finished run (``MLflowRunsHook``
+# deletes the pipeline's own run when nothing else was logged)
+REUSED_RUNS: list[str] = []
+_TENSOR_FIELDS = ("state_dict", "mean", "std")
+
+
+def _record_result(
+    out_dir: Path, checkpoint: Mapping[str, Any], summary: Mapping[str, Any]
+) -> None:
+    from sdkd_pipeline.atomic import write_text
+
+    fields = {k: v for k, v in checkpoint.items() if k not in _TENSOR_FIELDS}
+    text = json.dumps({"checkpoint": fields, "summary": dict(summary)}, default=str, indent=1)
+    write_text(text, out_dir / RESULT_FILE)
+
+
+def _finished_run(
+    out_dir: Path, cfg: TrainConfig, model: torch.nn.Module, train_set: WindowDataset
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The checkpoint and summary of the finished run in ``out_dir``, or ``None`` to train.
+
+    A folder is named by everything that defines its run (configs, data, teachers), so a
+    ``result.json`` there means this very run finished: a rerun (``kedro run
+    --pipelines=distill`` after a full run) returns it before any teacher output is computed
+    and without a new MLflow run. Not with ``resume: false`` (a fresh run on purpose), and not
+    when the run's MLflow record is gone (then the engine reloads the finished ``last.pt`` and
+    logs a new run).
+    """
+    from sdkd_pipeline.training.checkpoint import BEST_CHECKPOINT, load_checkpoint
+
+    path, best_path = out_dir / RESULT_FILE, out_dir / BEST_CHECKPOINT
+    if not cfg.resume or not path.is_file() or not best_path.is_file():
+        return None
+    try:
+        stored = json.loads(path.read_text())
+        fields, summary = dict(stored["checkpoint"]), dict(stored["summary"])
+    except (OSError, ValueError, KeyError, TypeError):
+        logger.warning("%s cannot be read; the run is loaded and evaluated again", path)
+        return None
+    run_id = summary.get("mlflow_run_id")
+    if run_id and not _mlflow_run_finished(str(run_id)):
+        logger.info("%s: MLflow run %s is gone; logging the finished run again", out_dir, run_id)
+        return None
+    best = load_checkpoint(best_path)
+    model.load_state_dict(best["model"])
+    checkpoint = {
+        **fields,
+        "mean": train_set.mean.clone(),
+        "std": train_set.std.clone(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    return checkpoint, summary
+
+
+def _mlflow_run_finished(run_id: str) -> bool:
+    """Whether the tracking store (the active run's, else the project's) still has ``run_id``
+    as a finished, not deleted run."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = mlflow.get_tracking_uri() if mlflow.active_run() else default_tracking_uri()
+    try:
+        info = MlflowClient(tracking_uri=uri).get_run(run_id).info
+    except Exception:  # a deleted database or run: MlflowException, or the store's own error
+        return False
+    return info.status == "FINISHED" and info.lifecycle_stage == "active"
 
 
 def _log_configs(
