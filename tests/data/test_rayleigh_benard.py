@@ -389,16 +389,16 @@ def test_reader_maps_the_wells_layout_onto_the_contract(tmp_path):
     ds = read_the_well_rbc(tmp_path / "a.hdf5")
     assert ds["fields"].dims == ("trajectory", "time", "channel", "y", "x")
     assert ds["fields"].shape == (2, 5, 4, 8, 16)  # y = 8 vertical rows, x = 16 columns
-    assert list(ds["channel"].values) == ["buoyancy", "pressure", "velocity_x", "velocity_y"]
+    assert list(ds["channel"].values) == ["buoyancy", "velocity_x", "velocity_y", "pressure"]
     np.testing.assert_allclose(ds["y"].values, meta["y"])  # Chebyshev nodes kept
     np.testing.assert_allclose(ds["x"].values, meta["x"])
     np.testing.assert_allclose(ds["time"].values, meta["time"])
     code = meta["code"]  # stored (traj, time, x, y)
     tr, t, j, i = 1, 3, 6, 11  # (trajectory, time, y row, x column)
     assert ds["fields"].values[tr, t, 0, j, i] == code[tr, t, i, j]
-    assert ds["fields"].values[tr, t, 1, j, i] == -code[tr, t, i, j]
-    assert ds["fields"].values[tr, t, 2, j, i] == code[tr, t, i, j] + 0.5
-    assert ds["fields"].values[tr, t, 3, j, i] == code[tr, t, i, j] + 0.25
+    assert ds["fields"].values[tr, t, 1, j, i] == code[tr, t, i, j] + 0.5
+    assert ds["fields"].values[tr, t, 2, j, i] == code[tr, t, i, j] + 0.25
+    assert ds["fields"].values[tr, t, 3, j, i] == -code[tr, t, i, j]
     assert list(ds["rayleigh"].values) == [1e6, 1e6]
     assert ds.attrs["dataset"] == "rayleigh_benard"
 
@@ -409,7 +409,7 @@ def test_reader_concatenates_files_selects_fields_and_reads_lazily(tmp_path):
     write_well_file(tmp_path / "train" / "r7.hdf5", n_traj=3, rayleigh=1e7, prandtl=0.1)
     ds = read_the_well_rbc([tmp_path], fields=("velocity_y", "buoyancy"))
     assert ds["fields"].shape == (5, 5, 2, 8, 16)
-    assert list(ds["channel"].values) == ["velocity_y", "buoyancy"]
+    assert list(ds["channel"].values) == ["buoyancy", "velocity_y"]  # the one channel order
     np.testing.assert_allclose(ds["rayleigh"].values, [1e6, 1e6, 1e7, 1e7, 1e7])
     np.testing.assert_allclose(ds["prandtl"].values, [1, 1, 0.1, 0.1, 0.1], rtol=1e-6)
     assert list(ds["file_trajectory"].values) == [0, 1, 0, 1, 2]

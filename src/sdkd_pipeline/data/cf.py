@@ -73,8 +73,9 @@ def channel_metadata(ds: Any) -> dict[str, dict[str, str]]:
 
 
 def axis_label(meta: Mapping[str, str], quantity: str | None = None, power: int = 1) -> str:
-    """An axis label such as ``"MSE of relative vorticity [(s-1)²]"``: ``quantity`` of the field named by
-    ``meta`` (one entry of ``channel_metadata``), its units raised to ``power``."""
+    """An axis label such as ``"MSE of relative vorticity [(s-1)²]"``: ``quantity`` of the
+    field named by ``meta`` (one entry of ``channel_metadata``), its units raised to
+    ``power``."""
     name = meta.get("long_name") or "field"
     units = meta.get("units") or UNKNOWN_UNITS
     head = f"{quantity} of {name}" if quantity else name

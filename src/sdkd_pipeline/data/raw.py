@@ -10,6 +10,10 @@ Every source (a solver or a file reader) returns an ``xarray.Dataset`` with:
   ``datetime64`` for observed series.
 - coordinates ``y`` and ``x``: 1-D grid positions. Weather also carries ``lat`` (dim y) and
   ``lon`` (dim x); ``y``/``x`` may equal them.
+- coordinates ``channel_long_name`` and ``channel_units`` (str, dim channel): the CF
+  ``long_name`` and ``units`` of each channel's physical values (``data/cf.py``; every source
+  sets them through ``make_raw(..., long_names=, units=)``; a dataset without them is still
+  valid, and ``cf.channel_metadata`` falls back to the channel name and "unknown").
 - optional coordinate ``segment`` (int, dim time): ids of contiguous stretches of the time axis.
   A window never spans two segments (TaxiBJ's missing slots start a new segment). Absent means
   one segment.
@@ -21,9 +25,12 @@ Every source (a solver or a file reader) returns an ``xarray.Dataset`` with:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import numpy as np
 import xarray as xr
 
+from sdkd_pipeline.data.cf import LONG_NAME, UNITS, with_channel_metadata
 from sdkd_pipeline.errors import DataError
 
 RAW_DIMS = ("trajectory", "time", "channel", "y", "x")
@@ -41,8 +48,13 @@ def make_raw(
     segment: np.ndarray | None = None,
     extra_coords: dict | None = None,
     attrs: dict | None = None,
+    long_names: Sequence[str] | Mapping[str, str] | None = None,
+    units: Sequence[str] | Mapping[str, str] | None = None,
 ) -> xr.Dataset:
-    """Wrap an array of shape (trajectory, time, channel, y, x) in the raw-dataset contract."""
+    """Wrap an array of shape (trajectory, time, channel, y, x) in the raw-dataset contract.
+
+    ``long_names`` and ``units`` (per channel, in channel order or by channel name) become the
+    ``channel_long_name`` / ``channel_units`` coordinates; give both or neither."""
     fields = np.asarray(fields) if not hasattr(fields, "dask") else fields
     if fields.ndim != 5:
         raise DataError(
@@ -63,6 +75,10 @@ def make_raw(
         coords.update(extra_coords)
     ds = xr.Dataset({"fields": (RAW_DIMS, fields.astype(np.float32, copy=False))}, coords=coords)
     ds.attrs.update({"dataset": dataset, "source": source, **(attrs or {})})
+    if (long_names is None) != (units is None):
+        raise ValueError("make_raw: give both long_names and units, or neither")
+    if long_names is not None:
+        ds = with_channel_metadata(ds, long_names, units)
     return validate_raw(ds, origin=source)
 
 
@@ -84,6 +100,12 @@ def validate_raw(
             raise DataError(f"{origin}: missing coordinate '{name}'")
     if ds.sizes["channel"] != len(ds["channel"]):
         raise DataError(f"{origin}: channel coordinate does not match the channel axis")
+    meta = [name for name in (LONG_NAME, UNITS) if name in ds.coords]
+    if meta and (len(meta) != 2 or any(ds[name].dims != ("channel",) for name in meta)):
+        raise DataError(
+            f"{origin}: coordinates {LONG_NAME} and {UNITS} go together, both along 'channel' "
+            f"(found {[(n, ds[n].dims) for n in meta]})"
+        )
     if any(ds.sizes[d] == 0 for d in RAW_DIMS):
         raise DataError(f"{origin}: 'fields' is empty, shape {tuple(f.shape)}")
     if "segment" in ds.coords:

@@ -30,7 +30,7 @@ import torch
 import xarray as xr
 
 from sdkd_pipeline.config_utils import check_value
-from sdkd_pipeline.data.store import check_store_dataset, open_store
+from sdkd_pipeline.data.store import check_store_dataset, open_store, store_location
 from sdkd_pipeline.data.tensors import SPLIT_NAMES, WindowConfig, parse_splits, windows_in_ranges
 from sdkd_pipeline.errors import ConfigError, DataError
 
@@ -59,13 +59,13 @@ class WindowDataset(torch.utils.data.Dataset):
             raise ConfigError(f"split {split!r} is unknown; use one of {', '.join(SPLIT_NAMES)}")
         if isinstance(store, xr.Dataset):
             ds = check_store_dataset(store, origin="in-memory tensor dataset")
-            self.path: Path | None = None
+            self.path: Path | str | None = None
             # one materialisation up front; windows are then numpy views of it
             self._memory: np.ndarray | None = np.ascontiguousarray(
                 np.asarray(ds["fields"].values, dtype=np.float32)
             )
         else:
-            self.path = Path(store)
+            self.path = store_location(store)  # a local Path, or an fsspec URL (str)
             ds = open_store(self.path, chunks=None)
             self._memory = None
         cache_mb = check_value("WindowDataset cache_mb", cache_mb, float, {"ge": 0})

@@ -25,6 +25,7 @@ from typing import Any
 import xarray as xr
 
 from sdkd_pipeline.config_utils import unknown_parameter
+from sdkd_pipeline.data.cluster import run_on_cluster, sources_client
 from sdkd_pipeline.errors import ConfigError, SDKDError
 
 DATASETS = ("navier_stokes", "rayleigh_benard", "weatherbench", "taxibj", "taxibj_plus")
@@ -109,6 +110,13 @@ SOURCE_KINDS: dict[str, dict[str, Callable[[dict, bool], xr.Dataset]]] = {
 
 
 GENERATOR_KINDS = {"generate", "generate_free_slip"}
+# Sources that split their own work into cluster tasks (``data/cluster.py``); every other source
+# runs as one task when sources run on the cluster.
+SPLIT_ON_CLUSTER = {
+    ("navier_stokes", "generate"),
+    ("rayleigh_benard", "the_well"),
+    ("taxibj_plus", "arrays"),
+}
 _PATH_OPTIONS = ("path", "paths", "dir", "root", "files")
 
 
@@ -195,7 +203,8 @@ def check_windows_fit(
 
 
 def load_raw(dataset: str, source: dict[str, Any], progress: bool = True) -> xr.Dataset:
-    """Generate or read the raw dataset ``dataset`` as its ``source`` parameters say."""
+    """Generate or read the raw dataset ``dataset`` as its ``source`` parameters say; on the
+    Dask cluster when sources run there (``data/cluster.py``), the result then dask-backed."""
     if dataset not in SOURCE_KINDS:
         raise ConfigError(
             f"parameter data.datasets: unknown dataset {dataset!r}; known: {list(DATASETS)}"
@@ -211,7 +220,11 @@ def load_raw(dataset: str, source: dict[str, Any], progress: bool = True) -> xr.
     if not isinstance(opts, dict):
         raise ConfigError(f"parameter {dataset}.source.{kind}: expected a mapping, got {opts!r}")
     try:
-        raw = kinds[kind](dict(opts), progress)
+        client = sources_client() if (dataset, kind) not in SPLIT_ON_CLUSTER else None
+        if client is not None:
+            raw = run_on_cluster(client, kinds[kind], dict(opts), progress)
+        else:
+            raw = kinds[kind](dict(opts), progress)
     except SDKDError as exc:
         # Readers name their options relative to the dataset ("weatherbench.path"); point the
         # user at where those options live in parameters_data.yml.

@@ -37,6 +37,17 @@ from sdkd_pipeline.data.raw import make_raw
 from sdkd_pipeline.errors import ConfigError, DataError, MissingRawDataError
 
 CHANNELS = ["inflow", "outflow"]
+# CF metadata (data/cf.py): counts of taxis, so units "1"; TaxiBJ's slots are 30 minutes, and
+# TaxiBJ+ comes without a stated slot length.
+TAXIBJ_LONG_NAMES = [
+    "taxis entering the cell per 30-minute slot (inflow count)",
+    "taxis leaving the cell per 30-minute slot (outflow count)",
+]
+TAXIBJ_PLUS_LONG_NAMES = [
+    "taxis entering the cell per time slot (inflow count)",
+    "taxis leaving the cell per time slot (outflow count)",
+]
+COUNT_UNITS = ["1", "1"]
 SLOTS_PER_DAY = 48
 SLOT = np.timedelta64(30, "m")
 TAXIBJ_FILE_GLOB = "BJ*_M32x32_T30_InOut.h5"
@@ -174,6 +185,8 @@ def read_taxibj(paths: str | Path | Sequence[str | Path]) -> xr.Dataset:
             "input_was_sorted": int(was_sorted),
             "channel_note": "data[:, 0] inflow, data[:, 1] outflow, per DeepST",
         },
+        long_names=TAXIBJ_LONG_NAMES,
+        units=COUNT_UNITS,
     )
 
 
@@ -217,8 +230,9 @@ def read_taxibj_plus(
 ) -> xr.Dataset:
     """Read ``X_c.npy`` and ``Y.npy`` (a folder holding both, or the two paths in that order).
 
-    ``lazy`` (default: when dask is importable) memory-maps the files and returns a dask-backed
-    dataset, so the ~7 GB per file of the full set is never copied into memory at once.
+    ``lazy`` (default: when dask is importable) returns a dask-backed dataset whose blocks
+    (~64 MB) are read from the memory-mapped files by their tasks, so the ~7 GB per file of the
+    full set is never copied into memory at once, and a cluster's workers read the files.
     """
     if channel_layout not in CHANNEL_LAYOUTS:
         raise ConfigError(
@@ -257,13 +271,7 @@ def read_taxibj_plus(
     if lazy is None:
         lazy = _dask_available()
     if lazy:
-        import dask.array as da
-
-        chunk = (max(1, 64 * 1024**2 // max(1, x_frames[0].nbytes)), -1, -1, -1, -1)
-        fields = da.concatenate(
-            [da.from_array(x_frames, chunks=chunk), da.from_array(y_frames, chunks=chunk)],
-            axis=1,
-        )
+        fields = _lazy_fields([(x_path, x_frames), (y_path, y_frames)], channel_layout)
     else:
         fields = np.concatenate([x_frames, y_frames], axis=1)
     n, n_in = inputs.shape[0], x_frames.shape[1]
@@ -288,6 +296,8 @@ def read_taxibj_plus(
         y=np.arange(n_y, dtype=np.float64),
         x=np.arange(n_x, dtype=np.float64),
         attrs=attrs,
+        long_names=TAXIBJ_PLUS_LONG_NAMES,
+        units=COUNT_UNITS,
     )
 
 
@@ -298,6 +308,36 @@ def _split_frames(arr: np.ndarray, channel_layout: str) -> np.ndarray:
     if channel_layout == "frame_major":
         return arr.reshape(n, n_frames, len(CHANNELS), n_y, n_x)
     return arr.reshape(n, len(CHANNELS), n_frames, n_y, n_x).transpose(0, 2, 1, 3, 4)
+
+
+def _lazy_fields(files: list[tuple[Path, np.ndarray]], channel_layout: str) -> Any:
+    """The inputs' then the targets' frames as one dask array, joined along time, in blocks
+    of ~64 MB read by tasks that map the file themselves: a graph (shipped to a cluster)
+    holds file names and sample ranges, not the memory-mapped data."""
+    import dask.array as da
+
+    from sdkd_pipeline.data.cluster import blocks_array
+
+    n = files[0][1].shape[0]
+    step = max(1, 64 * 1024**2 // max(1, files[0][1][0].nbytes))
+    spans = [(a, min(a + step, n)) for a in range(0, n, step)]
+    return da.concatenate(
+        [
+            blocks_array(
+                _read_frames,
+                [(str(path), a, b, channel_layout) for a, b in spans],
+                [(b - a, *frames.shape[1:]) for a, b in spans],
+            )
+            for path, frames in files
+        ],
+        axis=1,
+    )
+
+
+def _read_frames(path: str, start: int, stop: int, channel_layout: str) -> np.ndarray:
+    """Samples ``start:stop`` of one file as float32 (n, frames, 2, H, W) (a lazy block)."""
+    block = _split_frames(_load_npy(Path(path))[start:stop], channel_layout)
+    return np.asarray(block, dtype=np.float32)
 
 
 def _load_npy(path: Path) -> np.ndarray:

@@ -20,8 +20,11 @@ import numpy as np
 import torch
 import xarray as xr
 
+from sdkd_pipeline.data.cluster import sources_client
 from sdkd_pipeline.data.raw import make_raw
 from sdkd_pipeline.data.sources.navier_stokes.config import (
+    CHANNEL_LONG_NAMES,
+    CHANNEL_UNITS,
     CHANNELS,
     DATASET_NAME,
     GENERATED_SOURCE,
@@ -81,41 +84,27 @@ def generate_navier_stokes(
 
     Returns ``fields`` (trajectory, time, channel=["vorticity"], y, x) at the record times
     (see ``NavierStokesConfig.record_times``) on the grid i / record_resolution, with every
-    solver parameter in the attributes.
+    solver parameter in the attributes. When sources run on a Dask cluster
+    (``data/cluster.py``) every batch of trajectories is a task there and ``fields`` is a dask
+    array over the workers' results (the same values as here).
     """
     cfg = _as_config(cfg)
-    from tqdm.auto import tqdm  # lazy: tqdm is only needed here
-
     device = resolve_device(cfg.device)
-    dtype = torch.float32 if cfg.dtype == "float32" else torch.float64
     dt = cfg.resolved_dt
     batch_size = cfg.batch_size or _default_batch_size(cfg, device)
-    solver = VorticitySolver(
-        cfg.resolution,
-        viscosity=cfg.viscosity,
-        dt=dt,
-        forcing_amplitude=cfg.forcing_amplitude,
-        device=device,
-        dtype=dtype,
-        compile=cfg.compile,
-        layout=cfg.layout,
-    )
+    solver = _make_solver(cfg, device)
     m = cfg.record_resolution
-    n_steps = (cfg.spinup_records + cfg.n_records) * cfg.steps_per_record
+    client = sources_client()
     started = _time.perf_counter()
-    bar = tqdm(
-        total=n_steps * cfg.n_trajectories,
-        unit="traj-step",
-        unit_scale=True,
-        desc=f"navier_stokes {cfg.resolution}^2 on {device.type}",
-        disable=None if progress else True,  # None: off when not a terminal
-    )
-    try:
-        fields_out, blown_all, (max_ratio, max_speed, max_cutoff) = _solve_in_batches(
-            cfg, solver, dt, batch_size, first_trajectory, bar, progress
+    if client is not None:
+        fields_out, blown_all, worst, device = _solve_on_cluster(
+            client, cfg, batch_size, first_trajectory
         )
-    finally:
-        bar.close()
+    else:
+        fields_out, blown_all, worst = _solve_here(
+            cfg, solver, batch_size, first_trajectory, device, progress
+        )
+    max_ratio, max_speed, max_cutoff = worst
     elapsed = _time.perf_counter() - started
     if max_cutoff > RESOLVED_CUTOFF_SHARE:
         log.warning(
@@ -146,7 +135,7 @@ def generate_navier_stokes(
         blown_all=blown_all,
     )
     return make_raw(
-        fields_out[kept],
+        fields_out if kept.size == blown_all.size else fields_out[kept],
         dataset=DATASET_NAME,
         source=GENERATED_SOURCE,
         channels=CHANNELS,
@@ -154,7 +143,152 @@ def generate_navier_stokes(
         y=grid(m),
         x=grid(m),
         attrs=attrs,
+        long_names=CHANNEL_LONG_NAMES,
+        units=CHANNEL_UNITS,
     )
+
+
+def _make_solver(cfg: NavierStokesConfig, device: torch.device) -> VorticitySolver:
+    return VorticitySolver(
+        cfg.resolution,
+        viscosity=cfg.viscosity,
+        dt=cfg.resolved_dt,
+        forcing_amplitude=cfg.forcing_amplitude,
+        device=device,
+        dtype=torch.float32 if cfg.dtype == "float32" else torch.float64,
+        compile=cfg.compile,
+        layout=cfg.layout,
+    )
+
+
+def _solve_here(
+    cfg: NavierStokesConfig,
+    solver: VorticitySolver,
+    batch_size: int,
+    first_trajectory: int,
+    device: torch.device,
+    progress: bool,
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """All batches in this process, with a progress bar counting trajectory-steps."""
+    from tqdm.auto import tqdm  # lazy: tqdm is only needed here
+
+    n_steps = (cfg.spinup_records + cfg.n_records) * cfg.steps_per_record
+    bar = tqdm(
+        total=n_steps * cfg.n_trajectories,
+        unit="traj-step",
+        unit_scale=True,
+        desc=f"navier_stokes {cfg.resolution}^2 on {device.type}",
+        disable=None if progress else True,  # None: off when not a terminal
+    )
+    try:
+        return _solve_in_batches(
+            cfg, solver, cfg.resolved_dt, batch_size, first_trajectory, bar, progress
+        )
+    finally:
+        bar.close()
+
+
+def _solve_batch_task(
+    cfg: NavierStokesConfig, idx: np.ndarray, first_trajectory: int
+) -> tuple[np.ndarray, RunDiagnostics, str]:
+    """One cluster task: a batch solved on the worker's device (resolved there)."""
+    device = resolve_device(cfg.device)
+    records, diag = _solve_batch(cfg, _make_solver(cfg, device), idx, first_trajectory)
+    return records, diag, str(device)
+
+
+def _diagnostics_of(result: tuple) -> tuple[RunDiagnostics, str]:
+    return result[1], result[2]
+
+
+def _records_of(result: tuple) -> np.ndarray:
+    return result[0]
+
+
+def _solve_on_cluster(
+    client: Any, cfg: NavierStokesConfig, batch_size: int, first_trajectory: int
+) -> tuple[Any, np.ndarray, tuple[float, float, float], str]:
+    """Every batch as a task on the cluster; only the diagnostics come back here. Returns the
+    fields as a dask array over the tasks' records (which stay on the workers), the blown-up
+    flags, the worst numbers and the device the workers used."""
+    import dask
+    import dask.array as da
+
+    batches = _batches(cfg, batch_size)
+    futures = [
+        client.submit(_solve_batch_task, cfg, idx, first_trajectory, pure=False) for idx in batches
+    ]
+    log.info(
+        "%s: %d batch(es) of trajectories submitted to the cluster", PARAM_PREFIX, len(batches)
+    )
+    summaries = client.gather([client.submit(_diagnostics_of, f, pure=False) for f in futures])
+    for idx, (diag, _) in zip(batches, summaries, strict=True):
+        _check_blowup(cfg, cfg.resolved_dt, idx, diag)
+    n_frames, m = cfg.n_records + int(cfg.include_initial_state), cfg.record_resolution
+    parts = [
+        da.from_delayed(
+            dask.delayed(_records_of, pure=True)(f), (len(idx), n_frames, 1, m, m), np.float32
+        )
+        for f, idx in zip(futures, batches, strict=True)
+    ]
+    diags = [d for d, _ in summaries]
+    worst = (
+        max(d.max_rms_ratio for d in diags),
+        max(d.max_speed for d in diags),
+        max(d.max_cutoff_share for d in diags),
+    )
+    blown = np.concatenate([np.asarray(d.blown_up, dtype=bool) for d in diags])
+    return da.concatenate(parts, axis=0), blown, worst, summaries[0][1]
+
+
+def _solve_batch(
+    cfg: NavierStokesConfig,
+    solver: VorticitySolver,
+    idx: np.ndarray,
+    first_trajectory: int,
+    progress: Any = None,
+) -> tuple[np.ndarray, RunDiagnostics]:
+    """Trajectories ``idx`` (numbered from ``first_trajectory``): their records as float32
+    (batch, frame, 1, m, m) and the run's diagnostics."""
+    w0 = sample_initial_vorticity(
+        cfg.resolution,
+        idx + int(first_trajectory),
+        seed=cfg.seed,
+        alpha=cfg.grf_alpha,
+        tau=cfg.grf_tau,
+        sigma=cfg.sigma,
+    )
+    records, diag = solver.simulate(
+        w0,
+        n_records=cfg.n_records,
+        steps_per_record=cfg.steps_per_record,
+        record_resolution=cfg.record_resolution,
+        downsample=cfg.downsample,
+        include_initial_state=cfg.include_initial_state,
+        spinup_records=cfg.spinup_records,
+        blowup_tolerance=cfg.blowup_tolerance,
+        progress=progress,
+    )
+    return records.to("cpu", torch.float32).numpy()[:, :, None], diag
+
+
+def _check_blowup(cfg: NavierStokesConfig, dt: float, idx: np.ndarray, diag: Any) -> None:
+    """With ``on_blowup: raise``, a ``ConfigError`` for the first blown-up trajectory."""
+    if np.any(diag.blown_up) and cfg.on_blowup == "raise":
+        first = int(np.flatnonzero(diag.blown_up)[0])
+        raise ConfigError(
+            f"{PARAM_PREFIX}.dt = {dt:g}: trajectory {int(idx[first])} blew up at "
+            f"t = {diag.blowup_time[first]:g} (vorticity non-finite or its rms above "
+            f"{cfg.blowup_tolerance} x the enstrophy bound ||w0|| + t ||f||) with "
+            f"viscosity={cfg.viscosity}, resolution={cfg.resolution}; reduce dt (a priori "
+            f"bound {stable_dt(cfg):.3g}), or set on_blowup: drop to discard such "
+            "trajectories"
+        )
+
+
+def _batches(cfg: NavierStokesConfig, batch_size: int) -> list[np.ndarray]:
+    n = cfg.n_trajectories
+    return [np.arange(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
 
 
 def _solve_in_batches(
@@ -173,39 +307,11 @@ def _solve_in_batches(
     fields_out = np.empty((cfg.n_trajectories, n_frames, 1, m, m), dtype=np.float32)
     blown_all = np.zeros(cfg.n_trajectories, dtype=bool)
     max_ratio, max_speed, max_cutoff = 0.0, 0.0, 0.0
-    for start in range(0, cfg.n_trajectories, batch_size):
-        idx = np.arange(start, min(start + batch_size, cfg.n_trajectories))
-        w0 = sample_initial_vorticity(
-            cfg.resolution,
-            idx + int(first_trajectory),
-            seed=cfg.seed,
-            alpha=cfg.grf_alpha,
-            tau=cfg.grf_tau,
-            sigma=cfg.sigma,
-        )
+    for idx in _batches(cfg, batch_size):
         scaled_bar = _ScaledProgress(bar, len(idx)) if progress else None
-        records, diag = solver.simulate(
-            w0,
-            n_records=cfg.n_records,
-            steps_per_record=cfg.steps_per_record,
-            record_resolution=m,
-            downsample=cfg.downsample,
-            include_initial_state=cfg.include_initial_state,
-            spinup_records=cfg.spinup_records,
-            blowup_tolerance=cfg.blowup_tolerance,
-            progress=scaled_bar,
-        )
-        if diag.blown_up.any() and cfg.on_blowup == "raise":
-            first = int(np.flatnonzero(diag.blown_up)[0])
-            raise ConfigError(
-                f"{PARAM_PREFIX}.dt = {dt:g}: trajectory {int(idx[first])} blew up at "
-                f"t = {diag.blowup_time[first]:g} (vorticity non-finite or its rms above "
-                f"{cfg.blowup_tolerance} x the enstrophy bound ||w0|| + t ||f||) with "
-                f"viscosity={cfg.viscosity}, resolution={cfg.resolution}; reduce dt (a priori "
-                f"bound {stable_dt(cfg):.3g}), or set on_blowup: drop to discard such "
-                "trajectories"
-            )
-        fields_out[idx, :, 0] = records.to("cpu", torch.float32).numpy()
+        records, diag = _solve_batch(cfg, solver, idx, first_trajectory, scaled_bar)
+        _check_blowup(cfg, dt, idx, diag)
+        fields_out[idx] = records
         blown_all[idx] = diag.blown_up
         max_ratio = max(max_ratio, diag.max_rms_ratio)
         max_speed = max(max_speed, diag.max_speed)
@@ -270,6 +376,8 @@ class _ScaledProgress:
 
 __all__ = [
     "CHANNELS",
+    "CHANNEL_LONG_NAMES",
+    "CHANNEL_UNITS",
     "DATASET_NAME",
     "GENERATED_SOURCE",
     "PARAM_PREFIX",

@@ -46,6 +46,10 @@ from sdkd_pipeline.errors import ConfigError
 DATASET_NAME = "navier_stokes"
 GENERATED_SOURCE = "generated:navier_stokes_pseudospectral"
 CHANNELS = ["vorticity"]
+# CF metadata of the channel (data/cf.py): the solver and FNO's files are nondimensional (unit
+# torus, nu = 1/Re), so the vorticity is too.
+CHANNEL_LONG_NAMES = ["vorticity (nondimensional)"]
+CHANNEL_UNITS = ["1"]
 RAW_DIR = Path("data/01_raw/navier_stokes")
 PARAM_PREFIX = "navier_stokes.source.generate"
 

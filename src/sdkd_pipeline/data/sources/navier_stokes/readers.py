@@ -15,7 +15,13 @@ import xarray as xr
 
 from sdkd_pipeline.config_utils import check_value
 from sdkd_pipeline.data.raw import make_raw
-from sdkd_pipeline.data.sources.navier_stokes.config import CHANNELS, DATASET_NAME, RAW_DIR
+from sdkd_pipeline.data.sources.navier_stokes.config import (
+    CHANNEL_LONG_NAMES,
+    CHANNEL_UNITS,
+    CHANNELS,
+    DATASET_NAME,
+    RAW_DIR,
+)
 from sdkd_pipeline.data.sources.navier_stokes.spectral import grid
 from sdkd_pipeline.errors import DataError, MissingRawDataError
 
@@ -35,8 +41,10 @@ def read_fno_mat(
     64), ``u`` (N, 64, 64, T), optional ``t``) and MATLAB v7.3 = HDF5 (``ns_V1e-3_N5000_T50.mat``,
     read with h5py; MATLAB stores column-major, so the axes come reversed). FNO's arrays are
     (n, x, y, t); they are transposed to (trajectory, time, channel, y, x). Times are ``t`` if
-    the file has it, else 1..T (FNO records after every time unit). ``viscosity`` defaults to
-    the value in the file name (``V1e-5``). ``include_initial_state`` prepends ``a`` at t = 0.
+    the file has it, else 1..T (FNO records after every time unit). ``viscosity`` (> 0) is
+    recorded in the attributes; ``None`` takes the value in the file name (``V1e-5``), and a
+    file named otherwise records "unknown" (attribute ``viscosity_from`` says which).
+    ``include_initial_state`` prepends ``a`` at t = 0.
     """
     path = Path(path)
     if not path.is_file():
@@ -46,6 +54,13 @@ def read_fno_mat(
             "point navier_stokes.source.fno_mat.path at it, or use "
             "navier_stokes.source.kind: generate, which needs no file"
         )
+    viscosity = check_value(
+        "navier_stokes.source.fno_mat.viscosity",
+        viscosity,
+        float | None,
+        {"gt": 0, "note": "null takes it from the file name, e.g. V1e-3"},
+        lenient=True,
+    )
     max_trajectories = check_value(
         "navier_stokes.source.fno_mat.max_trajectories",
         max_trajectories,
@@ -87,13 +102,12 @@ def read_fno_mat(
         _check_finite(a, "a", path)
         fields_ = np.concatenate([np.transpose(a, (0, 2, 1))[:, None, None], fields_], axis=1)
         times = np.concatenate([[0.0], times])
-    if viscosity is None:
-        match = _VISCOSITY_IN_NAME.search(path.name)
-        viscosity = float(match.group(1)) if match else None
+    viscosity, viscosity_from = _viscosity(path, viscosity)
     attrs = {
         "file": str(path),
         "layout": layout,
         "viscosity": "unknown" if viscosity is None else float(viscosity),
+        "viscosity_from": viscosity_from,
         "include_initial_state": int(include_initial_state),
         "axes_in_file": "(n, x, y, t) after reversing MATLAB v7.3 axes"
         if is_hdf5
@@ -108,7 +122,18 @@ def read_fno_mat(
         y=grid(ny),
         x=grid(nx),
         attrs=attrs,
+        long_names=CHANNEL_LONG_NAMES,
+        units=CHANNEL_UNITS,
     )
+
+
+def _viscosity(path: Path, given: float | None) -> tuple[float | None, str]:
+    """The viscosity to record and where it came from: the parameter, the ``V1e-x`` in the
+    file name, or nowhere (``None``, "unknown")."""
+    if given is not None:
+        return float(given), "parameter"
+    match = _VISCOSITY_IN_NAME.search(path.name)
+    return (float(match.group(1)), "file name") if match else (None, "unknown")
 
 
 def _check_finite(array: np.ndarray, name: str, path: Path) -> None:

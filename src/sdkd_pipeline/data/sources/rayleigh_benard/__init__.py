@@ -24,12 +24,16 @@ import xarray as xr
 
 from sdkd_pipeline.data.raw import make_raw
 from sdkd_pipeline.data.sources.rayleigh_benard.config import (
+    CHANNEL_LONG_NAMES,
+    CHANNEL_UNITS,
+    CHANNELS,
     DATASET_NAME,
     DEFAULT_PARAM_PREFIX,
     FREE_SLIP_SOURCE,
     RAW_DIR,
     THE_WELL_PARAM_PREFIX,
     FreeSlipRBCConfig,
+    describe_vertical_grid,
 )
 from sdkd_pipeline.data.sources.rayleigh_benard.readers import (
     THE_WELL_BASE_URL,
@@ -67,8 +71,9 @@ def generate_rayleigh_benard_free_slip(
     ``<param_path>.<field>``). ``initial_theta`` (n_trajectories, nz, nx) replaces the random initial
     temperature perturbation (used by tests, e.g. a single linear mode).
 
-    Channels: buoyancy (= T = 1 - z + theta), velocity_x, velocity_y (vertical), and pressure
-    when ``include_pressure``. Dims (trajectory, time, channel, y=z, x); time is the physical
+    Channels, in the order of ``CHANNELS`` (shared with The Well's reader): buoyancy
+    (= T = 1 - z + theta), velocity_x, velocity_y (vertical), and pressure when
+    ``include_pressure``. Dims (trajectory, time, channel, y=z, x); time is the physical
     time from the start of the run (the first ``t_spinup`` units are not recorded).
     Raises ``FreeSlipBlowUpError`` (a ``ConfigError``) if the solution becomes non-finite.
     """
@@ -90,9 +95,7 @@ def generate_rayleigh_benard_free_slip(
     )
     solver.set_state(_initial_state(cfg, initial_theta, param_path))
 
-    channels = ["buoyancy", "velocity_x", "velocity_y"] + (
-        ["pressure"] if cfg.include_pressure else []
-    )
+    channels = [c for c in CHANNELS if c != "pressure" or cfg.include_pressure]
     times = cfg.record_times
     out = np.empty((cfg.n_trajectories, len(times), len(channels), cfg.nz, cfg.nx), np.float32)
     background = torch.as_tensor(1.0 - solver.z, device=device, dtype=dtype)[:, None]
@@ -132,6 +135,8 @@ def generate_rayleigh_benard_free_slip(
         y=solver.z.astype(np.float64),
         x=solver.x.astype(np.float64),
         attrs=attrs,
+        long_names=CHANNEL_LONG_NAMES,
+        units=CHANNEL_UNITS,
     )
 
 
@@ -173,7 +178,7 @@ def _free_slip_attrs(
                 if cfg.include_pressure
                 else "not output (include_pressure=false)"
             ),
-            "grid_z": "cell centres z_j = (j + 1/2) / nz",
+            "grid_y": describe_vertical_grid(solver.z) + ": cell centres z_j = (j + 1/2) / nz",
             "viscosity": solver.nu,
             "diffusivity": solver.kappa,
             "n_solver_steps": int(solver.n_steps),
@@ -245,6 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = [
+    "CHANNELS",
+    "CHANNEL_LONG_NAMES",
+    "CHANNEL_UNITS",
     "DATASET_NAME",
     "DEFAULT_PARAM_PREFIX",
     "FREE_SLIP_CRITICAL_RAYLEIGH",

@@ -25,6 +25,29 @@ FREE_SLIP_SOURCE = "generated:rayleigh_benard_free_slip"
 RAW_DIR = Path("data/01_raw/rayleigh_benard")
 DEFAULT_PARAM_PREFIX = "rayleigh_benard.source.generate_free_slip"
 THE_WELL_PARAM_PREFIX = "rayleigh_benard.source.the_well"
+# The one channel order of both sources (generator and The Well's reader), whichever subset
+# they hold: buoyancy first, then the velocity components (x horizontal, y vertical), pressure.
+CHANNELS = ("buoyancy", "velocity_x", "velocity_y", "pressure")
+# CF metadata (data/cf.py): both sources are nondimensional (free-fall units).
+CHANNEL_LONG_NAMES = {
+    "buoyancy": "buoyancy (nondimensional)",
+    "velocity_x": "horizontal velocity (nondimensional)",
+    "velocity_y": "vertical velocity (nondimensional)",
+    "pressure": "pressure (nondimensional)",
+}
+CHANNEL_UNITS = dict.fromkeys(CHANNELS, "1")
+
+
+def describe_vertical_grid(y: np.ndarray) -> str:
+    """The ``grid_y`` attribute: whether the vertical coordinate is uniform, and its range."""
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    if y.size < 2:
+        return f"a single level at y = {y[0]:.6g}" if y.size else "empty"
+    steps = np.diff(y)
+    span = f"{y.size} points from {y[0]:.6g} to {y[-1]:.6g}"
+    if np.allclose(steps, steps.mean(), rtol=1e-4, atol=0.0):
+        return f"uniform, spacing {steps.mean():.6g}, {span}"
+    return f"non-uniform, spacing {np.abs(steps).min():.6g} to {np.abs(steps).max():.6g}, {span}"
 
 
 @dataclass(frozen=True)

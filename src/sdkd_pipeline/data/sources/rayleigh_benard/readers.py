@@ -1,10 +1,11 @@
 """The Well's ``rayleigh_benard`` files: their names and URLs, and the HDF5 reader.
 
 ``read_the_well_rbc`` reads The Well's ``rayleigh_benard`` HDF5 files (x: 512 horizontal,
-y: 128 vertical on the solver's Chebyshev-like nodes, kept as they are) into the raw contract,
-and ``download_the_well_rbc`` fetches them. The server's listing cannot be read offline, so the
-file names are built from the dataset's published parameter grid (35 files per split, one per
-(Rayleigh, Prandtl) pair); pass ``files`` to choose a subset or to override the list.
+y: 128 vertical, kept as stored; attribute ``grid_y`` says whether they are uniform) into the
+raw contract, in the generator's channel order, and ``download_the_well_rbc`` fetches them.
+The server's listing cannot be read offline, so the file names are built from the dataset's
+published parameter grid (35 files per split, one per (Rayleigh, Prandtl) pair); pass ``files``
+to choose a subset or to override the list.
 """
 
 from __future__ import annotations
@@ -18,11 +19,16 @@ import numpy as np
 import xarray as xr
 
 from sdkd_pipeline.config_utils import check_value
+from sdkd_pipeline.data.cluster import sources_client
 from sdkd_pipeline.data.raw import make_raw
 from sdkd_pipeline.data.sources.rayleigh_benard.config import (
+    CHANNEL_LONG_NAMES,
+    CHANNEL_UNITS,
+    CHANNELS,
     DATASET_NAME,
     RAW_DIR,
     THE_WELL_PARAM_PREFIX,
+    describe_vertical_grid,
 )
 from sdkd_pipeline.errors import ConfigError, DataError, MissingRawDataError
 
@@ -36,7 +42,8 @@ THE_WELL_SPLITS = ("train", "valid", "test")
 # the same names (different trajectories), so splits must live in separate folders.
 THE_WELL_RBC_RAYLEIGH = ("1e6", "1e7", "1e8", "1e9", "1e10")
 THE_WELL_RBC_PRANDTL = ("1e-1", "2e-1", "5e-1", "1", "2", "5", "10")
-THE_WELL_RBC_FIELDS = ("buoyancy", "pressure", "velocity_x", "velocity_y")
+# The fields the files hold, in the channel order of both RBC sources (``config.CHANNELS``).
+THE_WELL_RBC_FIELDS = CHANNELS
 
 
 def the_well_rbc_file_names() -> list[str]:
@@ -297,7 +304,7 @@ def read_the_well_rbc(
     fields: Sequence[str] = THE_WELL_RBC_FIELDS,
     *,
     trajectories_per_file: int | None = None,
-    lazy: bool = False,
+    lazy: bool | None = None,
 ) -> xr.Dataset:
     """Read The Well ``rayleigh_benard`` HDF5 files into the raw contract.
 
@@ -305,18 +312,23 @@ def read_the_well_rbc(
     trajectory; they must share time, x and y, else ``DataError``. Each file stores
     ``t0_fields/{buoyancy,pressure}`` as (n_traj, n_t, x=512, y=128) and ``t1_fields/velocity``
     as (..., 2) with components (x, y); they are transposed to (y, x) so that rows are the
-    vertical. The y coordinate keeps the file's values (non-uniform, Chebyshev-like nodes).
+    vertical. The y coordinate keeps the file's values; attribute ``grid_y`` says whether they
+    are uniform. Channels come in the generator's order (``config.CHANNELS``: buoyancy,
+    velocity_x, velocity_y, pressure) whatever the order of ``fields``.
     ``trajectories_per_file`` keeps the first n trajectories of each file (a train file holds
-    ~8 GB); ``lazy`` returns a dask-backed dataset read on demand (needs dask).
+    ~8 GB); ``lazy`` returns a dask-backed dataset read on demand, block by block (needs dask;
+    ``None``: lazy when sources run on a Dask cluster, ``data/cluster.py``, so the workers read
+    the files).
     Per-trajectory coordinates: ``rayleigh``, ``prandtl``, ``source_file``, ``file_trajectory``.
     """
-    fields_wanted = list(fields)
-    unknown = [f for f in fields_wanted if f not in THE_WELL_RBC_FIELDS]
-    if not fields_wanted or unknown or len(set(fields_wanted)) != len(fields_wanted):
+    given = [fields] if isinstance(fields, str) else list(fields)
+    unknown = [f for f in given if f not in THE_WELL_RBC_FIELDS]
+    if not given or unknown or len(set(given)) != len(given):
         raise ConfigError(
-            f"{THE_WELL_PARAM_PREFIX}.fields = {fields_wanted!r}: choose distinct names "
+            f"{THE_WELL_PARAM_PREFIX}.fields = {given!r}: choose distinct names "
             f"among {list(THE_WELL_RBC_FIELDS)}"
         )
+    fields_wanted = [f for f in THE_WELL_RBC_FIELDS if f in given]
     trajectories_per_file = check_value(
         f"{THE_WELL_PARAM_PREFIX}.trajectories_per_file",
         trajectories_per_file,
@@ -332,6 +344,8 @@ def read_the_well_rbc(
         info.n_traj if trajectories_per_file is None else min(info.n_traj, trajectories_per_file)
         for info in infos
     ]
+    if lazy is None:
+        lazy = sources_client() is not None
     if lazy:
         import dask.array as da
 
@@ -367,7 +381,9 @@ def read_the_well_rbc(
         attrs={
             "origin": "The Well rayleigh_benard (Dedalus, no-slip walls)",
             "files": ", ".join(str(p) for p in files),
-            "grid_y": "as stored: vertical, non-uniform (Chebyshev-like) nodes",
+            "grid_y": describe_vertical_grid(ref.y) + " (the file's dimensions/y, as stored)",
             "buoyancy_definition": "The Well's buoyancy b, b(z=0)=delta_b0, b(z=1)=0",
         },
+        long_names=CHANNEL_LONG_NAMES,
+        units=CHANNEL_UNITS,
     )

@@ -78,6 +78,29 @@ LONG_TO_SHORT: dict[str, str] = {
     "potential_vorticity": "pv",
 }
 SHORT_TO_LONG: dict[str, str] = {short: long for long, short in LONG_TO_SHORT.items()}
+# CF long_name and units of each short name (ECMWF's parameter database, units in CF spelling),
+# used where a file's variable lacks its own ``long_name`` / ``units`` attributes.
+ERA5_METADATA: dict[str, tuple[str, str]] = {
+    "t2m": ("2 metre temperature", "K"),
+    "d2m": ("2 metre dewpoint temperature", "K"),
+    "u10": ("10 metre U wind component", "m s-1"),
+    "v10": ("10 metre V wind component", "m s-1"),
+    "msl": ("Mean sea level pressure", "Pa"),
+    "sp": ("Surface pressure", "Pa"),
+    "sst": ("Sea surface temperature", "K"),
+    "tp": ("Total precipitation", "m"),
+    "tcc": ("Total cloud cover", "1"),
+    "tisr": ("TOA incident solar radiation", "J m-2"),
+    "z": ("Geopotential", "m2 s-2"),
+    "t": ("Temperature", "K"),
+    "u": ("U component of wind", "m s-1"),
+    "v": ("V component of wind", "m s-1"),
+    "w": ("Vertical velocity", "Pa s-1"),
+    "q": ("Specific humidity", "kg kg-1"),
+    "r": ("Relative humidity", "%"),
+    "vo": ("Vorticity (relative)", "s-1"),
+    "pv": ("Potential vorticity", "K m2 kg-1 s-1"),
+}
 
 _SINGLE_LEVEL_NAME = re.compile(r"^(?P<base>.+)_(?P<level>\d+)(hPa)?$")
 
@@ -114,6 +137,24 @@ def resolve_variable(name: str) -> VariableRequest:
         return VariableRequest(name, base, LONG_TO_SHORT[base], int(match["level"]))
     # Unknown to the table: use it verbatim for both (lets users read any ERA5 variable).
     return VariableRequest(name, name, name)
+
+
+def channel_metadata_of(
+    short: str, level: float | None, attrs: Mapping[str, Any]
+) -> tuple[str, str]:
+    """``(long_name, units)`` of a channel: the file variable's own ``long_name`` and ``units``
+    attributes (units in CF spelling, ``m s**-1`` -> ``m s-1``), else ``ERA5_METADATA``, else
+    the short name and "unknown"; a pressure level is added to the long name."""
+    from sdkd_pipeline.data.cf import UNKNOWN_UNITS, cf_units
+
+    known_name, known_units = ERA5_METADATA.get(short, (short, UNKNOWN_UNITS))
+    long_name = str(attrs.get("long_name") or attrs.get("standard_name") or known_name).strip()
+    units = cf_units(attrs.get("units"))
+    if units == UNKNOWN_UNITS:
+        units = known_units
+    if level is not None:
+        long_name = f"{long_name} at {int(level) if float(level).is_integer() else level} hPa"
+    return long_name, units
 
 
 def channel_name(short: str, level: float | None) -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -37,6 +38,7 @@ from sdkd_pipeline.data.sources.weatherbench.config import (
     DOWNLOAD_COMMAND,
     ERA5_ATTRIBUTION,
     VariableRequest,
+    channel_metadata_of,
     channel_name,
     resolve_variable,
 )
@@ -98,6 +100,7 @@ def read_weatherbench1(
 
     channels: list[str] = []
     per_channel: list[np.ndarray] = []
+    meta: dict[str, tuple[str, str]] = {}
     time_ref: np.ndarray | None = None
     grid: tuple[np.ndarray, np.ndarray] | None = None
     with tqdm(
@@ -116,6 +119,8 @@ def read_weatherbench1(
                 finally:
                     ds.close()
                 lat, lon = arrays.pop("__lat__"), arrays.pop("__lon__")
+                for name, value in arrays.pop("__meta__").items():
+                    meta.setdefault(name, value)  # the first year's file describes the channel
                 if grid is None:
                     grid = (lat, lon)
                 elif not _same_grid(grid, (lat, lon)):
@@ -145,6 +150,7 @@ def read_weatherbench1(
         channels,
         time_ref,
         grid,
+        meta=meta,
         source=str(root),
         files=files,
         extra_attrs={
@@ -277,11 +283,13 @@ def _read_opened(
     time = arrays.pop("__time__")
     _warn_if_cut_short(np.asarray(time), path, time_slice)
     grid = (arrays.pop("__lat__"), arrays.pop("__lon__"))
+    meta = arrays.pop("__meta__")
     return _assemble(
         list(arrays.values()),
         list(arrays),
         time,
         grid,
+        meta=meta,
         source=str(path),
         files=[str(path)],
         extra_attrs=attrs,
@@ -432,7 +440,11 @@ def _select_variable(
                 f"{path}: holds {name!r} only at {_fmt_level(level)} hPa, not at the requested "
                 f"levels {list(levels)}"
             )
-        return {channel_name(request.short, level): da.transpose("time", *_SPATIAL_DIMS)}
+        return {
+            channel_name(request.short, level): _described(
+                da.transpose("time", *_SPATIAL_DIMS), request.short, level
+            )
+        }
     available = [float(v) for v in np.atleast_1d(da["level"].values)]
     wanted = [float(v) for v in levels] if levels is not None else available
     if request.fixed_level is not None:
@@ -444,9 +456,20 @@ def _select_variable(
             f"file; it holds levels {[_fmt_level(a) for a in available]}"
         )
     return {
-        channel_name(request.short, lev): da.sel(level=lev).transpose("time", *_SPATIAL_DIMS)
+        channel_name(request.short, lev): _described(
+            da.sel(level=lev).transpose("time", *_SPATIAL_DIMS), request.short, lev
+        )
         for lev in wanted
     }
+
+
+_META_ATTR = "_sdkd_channel_metadata"
+
+
+def _described(da: xr.DataArray, short: str, level: float | None) -> xr.DataArray:
+    """``da`` carrying its channel's ``(long_name, units)`` (from its own attributes) along to
+    ``_load_checked``."""
+    return da.assign_attrs({_META_ATTR: channel_metadata_of(short, level, da.attrs)})
 
 
 def _fmt_level(level: float) -> int | float:
@@ -456,9 +479,10 @@ def _fmt_level(level: float) -> int | float:
 def _load_checked(named: dict[str, xr.DataArray], path) -> dict[str, np.ndarray]:
     """Load each channel (sorted lat/lon ascending), check finiteness, name the file on error.
 
-    Also returns the time axis and grid under ``__time__``, ``__lat__`` and ``__lon__``.
+    Also returns the time axis and grid under ``__time__``, ``__lat__`` and ``__lon__``, and
+    ``{channel: (long_name, units)}`` under ``__meta__``.
     """
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, Any] = {}
     first = next(iter(named.values()))
     lat_order = np.argsort(first["lat"].values, kind="stable")
     lon_order = np.argsort(first["lon"].values, kind="stable")
@@ -480,6 +504,7 @@ def _load_checked(named: dict[str, xr.DataArray], path) -> dict[str, np.ndarray]
                 "them before converting"
             )
         out[channel] = values
+    out["__meta__"] = {channel: da.attrs[_META_ATTR] for channel, da in named.items()}
     out["__time__"] = first["time"].values.astype("datetime64[ns]")
     out["__lat__"] = first["lat"].values[lat_order].astype(np.float64)
     out["__lon__"] = first["lon"].values[lon_order].astype(np.float64)
@@ -492,11 +517,13 @@ def _assemble(
     time: np.ndarray,
     grid: tuple[np.ndarray, np.ndarray],
     *,
+    meta: dict[str, tuple[str, str]],
     source: str,
     files: list[str],
     extra_attrs: dict,
 ) -> xr.Dataset:
-    """Sort time, reject duplicates, mark gaps as segments and wrap in the raw contract."""
+    """Sort time, reject duplicates, mark gaps as segments and wrap in the raw contract, with
+    each channel's ``(long_name, units)`` from ``meta``."""
     if not channels:
         raise DataError(f"{source}: no variable selected")
     if time.size == 0:
@@ -538,4 +565,6 @@ def _assemble(
         segment=segment,
         extra_coords={"lat": ("y", lat), "lon": ("x", lon)},
         attrs=attrs,
+        long_names={c: meta[c][0] for c in channels},
+        units={c: meta[c][1] for c in channels},
     )
