@@ -21,6 +21,7 @@ from sdkd_pipeline.models import (
 TINY: dict[str, dict] = {
     "st_alternet": {"hidden": 16, "depth": 1, "heads": 2, "mlp_ratio": 2.0, "frame_hidden": 4},
     "simvp": {"frame_hidden": 4, "hidden": 16, "depth": 2, "mlp_ratio": 2.0},
+    "fno": {"hidden": 8, "modes": 4, "depth": 2, "projection_hidden": 8},
     "unet": {"hidden": 8, "base_width": 4},
     "resnet": {"hidden": 8, "base_width": 4, "depth": 1},
     "mlp_mixer": {"hidden": 8, "depth": 1},
@@ -40,8 +41,8 @@ def _tiny(name: str, height: int, width: int, **overrides) -> nn.Module:
     )
 
 
-def test_registry_lists_two_teachers_and_three_students():
-    assert list_models("teacher") == ["st_alternet", "simvp"]
+def test_registry_lists_three_teachers_and_three_students():
+    assert list_models("teacher") == ["st_alternet", "simvp", "fno"]
     assert list_models("student") == ["unet", "resnet", "mlp_mixer"]
     assert set(MODEL_ROLES) == set(list_models())
 
@@ -137,11 +138,17 @@ def test_default_sizes_and_student_budgets_on_the_ns_grid():
     # SimVP v2 gSTA sized like OpenSTL's configs (~10-13 M); ST-AlterNet of the same order.
     assert 10e6 <= params["simvp"] <= 13e6
     assert 8e6 <= params["st_alternet"] <= 14e6
+    # the FNO at FNO's NS modes (12) and depth (4), 64 channels: the same order
+    assert 8e6 <= params["fno"] <= 10e6
     for student in list_models("student"):
         for teacher in list_models("teacher"):
             assert params[student] <= params[teacher] / 5, (student, teacher, params)
+        # METHOD.md's latent-width rule is for the encoder-latent teachers; the FNO's latent is
+        # its full-resolution 64-channel Fourier-layer map (README, Models and training)
+        for teacher in ("st_alternet", "simvp"):
             ratio = models[student].latent_channels / models[teacher].latent_channels
             assert 0.2 <= ratio <= 0.3, (student, teacher, ratio)
+    assert models["fno"].latent_channels == 64
 
 
 def _smooth_batch(batch: int, frames: int, size: int, seed: int) -> torch.Tensor:
@@ -163,6 +170,7 @@ def _smooth_batch(batch: int, frames: int, size: int, seed: int) -> torch.Tensor
 FIT: dict[str, dict] = {
     "st_alternet": {"hidden": 32, "depth": 2, "heads": 4, "frame_hidden": 8},
     "simvp": {"frame_hidden": 8, "hidden": 32, "depth": 2, "mlp_ratio": 4.0},
+    "fno": {"hidden": 16, "modes": 6, "depth": 2, "projection_hidden": 32},
     "unet": {"hidden": 32, "base_width": 16},
     "resnet": {"hidden": 32, "base_width": 16, "depth": 2},
     "mlp_mixer": {"hidden": 32, "depth": 2},

@@ -1,5 +1,5 @@
-"""Forecasting models: two teachers (ST-AlterNet, SimVP v2) and three students (U-Net, ResNet,
-MLP-Mixer), built by name through ``build_model``.
+"""Forecasting models: three teachers (ST-AlterNet, SimVP v2, FNO) and three students (U-Net,
+ResNet, MLP-Mixer), built by name through ``build_model``.
 
 All map (B, T_in, C, H, W) -> (B, T_out, C, H, W) on any grid and expose latents through
 ``forward_features(x) -> (y, {name: (B, latent_channels, h, w)})``: teachers ``high``, ``low``,
@@ -8,6 +8,7 @@ All map (B, T_in, C, H, W) -> (B, T_out, C, H, W) on any grid and expose latents
 
 from sdkd_pipeline.models.checkpoint import Checkpoint
 from sdkd_pipeline.models.complexity import count_flops, count_parameters
+from sdkd_pipeline.models.fno import FNO, FNOConfig
 from sdkd_pipeline.models.layers import ForecastModel
 from sdkd_pipeline.models.mlp_mixer import MLPMixer, MLPMixerConfig
 from sdkd_pipeline.models.registry import (
@@ -25,7 +26,9 @@ from sdkd_pipeline.models.unet import UNet, UNetConfig
 
 __all__ = [
     "MODEL_ROLES",
+    "FNO",
     "Checkpoint",
+    "FNOConfig",
     "ForecastModel",
     "MLPMixer",
     "MLPMixerConfig",

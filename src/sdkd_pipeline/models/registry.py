@@ -17,6 +17,7 @@ from typing import Any
 from sdkd_pipeline.config_utils import check_value
 from sdkd_pipeline.errors import ConfigError
 from sdkd_pipeline.models.config import ModelConfig
+from sdkd_pipeline.models.fno import FNO, FNOConfig
 from sdkd_pipeline.models.layers import ForecastModel
 from sdkd_pipeline.models.mlp_mixer import MLPMixer, MLPMixerConfig
 from sdkd_pipeline.models.resnet import ResNet, ResNetConfig
@@ -35,6 +36,7 @@ class ModelSpec:
 _SPECS: dict[str, ModelSpec] = {
     "st_alternet": ModelSpec(STAlterNet, STAlterNetConfig, "teacher"),
     "simvp": ModelSpec(SimVP, SimVPConfig, "teacher"),
+    "fno": ModelSpec(FNO, FNOConfig, "teacher"),
     "unet": ModelSpec(UNet, UNetConfig, "student"),
     "resnet": ModelSpec(ResNet, ResNetConfig, "student"),
     "mlp_mixer": ModelSpec(MLPMixer, MLPMixerConfig, "student"),
