@@ -24,6 +24,7 @@ from typing import Any
 from sdkd_pipeline import config_utils
 from sdkd_pipeline.config_utils import list_param, param
 from sdkd_pipeline.errors import ConfigError
+from sdkd_pipeline.spectral.wavelet import WAVELETS
 
 METHODS = ("none", "output_mse", "sdkd", "sdkd_latent", "aver_mkd", "aekd", "camkd", "sdkd_multi")
 SINGLE_TEACHER = frozenset({"output_mse", "sdkd", "sdkd_latent"})
@@ -32,12 +33,23 @@ CUTOFF_MODES = ("fixed", "energy")
 BALANCE_MODES = ("fixed", "loss_ratio", "grad_ratio")
 # band weighting of sdkd, sdkd_latent and sdkd_multi: ``advantage`` weighs log-spaced bands by
 # the teacher's advantage in each (distill/band_weights.py); ``fixed`` is the paper's two-band
-# form D_high + alpha D_low (alpha = 1: plain output KD), kept as a control
-WEIGHTINGS = ("advantage", "fixed")
+# form D_high + alpha D_low (alpha = 1: plain output KD), kept as a control; ``local`` weighs
+# (region, wavelet band) cells by the teacher's advantage in each (distill/local.py)
+WEIGHTINGS = ("advantage", "fixed", "local")
 FM_SOURCES = ("auto", "solver", "mixup")
 AEKD_GRADIENTS = ("output", "parameters")
 BAND_WEIGHTINGS = ("aver", "aekd", "camkd")
 CACHE_MODES = ("auto", "on", "off")
+
+
+def _auto_levels(value: Any) -> Any:
+    """``local.levels: auto`` (null too): the most the grid allows, read as ``None``."""
+    return None if value == "auto" else value
+
+
+def _tile_pair(value: Any) -> Any:
+    """``local.tiles: 4`` is 4 x 4 tiles; a pair is [rows, columns]."""
+    return [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 def _teacher_names(value: Any) -> Any:
@@ -67,7 +79,11 @@ class DistillConfig:
       ``clip((E_b(G,Y) - E_b(F,Y)) / E_b(G,F), 0, advantage_w_max)`` from running estimates
       (momentum ``advantage_momentum``; ``advantage_whiten`` also divides each band by the
       teacher's share of energy in it); ``fixed`` is the paper's D_high + alpha D_low at the
-      cutoff (alpha = 1 is plain output KD);
+      cutoff (alpha = 1 is plain output KD); ``local`` (``sdkd`` and ``sdkd_latent``) gives
+      each (region, wavelet band) cell its own advantage weight: an orthogonal wavelet
+      transform (``local_wavelet``, ``local_levels`` levels: ``None`` = the most the grid
+      allows) with its coefficients cut into ``local_tiles`` (rows, columns) tiles
+      (``sdkd_pipeline.spectral.WaveletSplit``, ``distill/local.py``);
     - ``latent_share``: ``sdkd_latent``'s latent term is weighted so that it is this share of
       the loss (running means of both terms); ``latent_weight`` instead fixes its weight when
       ``latent_share`` is null;
@@ -108,6 +124,15 @@ class DistillConfig:
     advantage_momentum: float = param(0.9, ge=0, le=0.9999, key="advantage.momentum")
     advantage_whiten: bool = param(False, key="advantage.whiten")
     advantage_whiten_max: float = param(100.0, ge=1, key="advantage.whiten_max")
+    local_wavelet: str = param("haar", choices=tuple(WAVELETS), key="local.wavelet")
+    local_levels: int | None = param(
+        None,
+        ge=1,
+        key="local.levels",
+        convert=_auto_levels,
+        note="an integer >= 1, or auto: the most the grid allows",
+    )
+    local_tiles: tuple[int, ...] = param((4, 4), ge=1, key="local.tiles", convert=_tile_pair)
     fm_enabled: bool = param(False, key="function_matching.enabled")
     fm_source: str = param("auto", choices=FM_SOURCES, key="function_matching.source")
     fm_ratio: float = param(1.0, gt=0, key="function_matching.ratio")
@@ -119,6 +144,9 @@ class DistillConfig:
     band_weighting: str = param("camkd", choices=BAND_WEIGHTINGS, key="sdkd_multi.weighting")
     teacher_cache: str = param("auto", choices=CACHE_MODES)
     cache_max_gb: float = param(2.0, ge=0)
+    # where the settings were read (``distill`` or ``distill.variants.<name>``), for errors
+    # that need the grid (``local.levels``); not a parameter, not in ``to_dict``
+    param_path: str = param("distill", compare=False)
 
     @property
     def needs_teachers(self) -> bool:
@@ -141,9 +169,23 @@ class DistillConfig:
         """The paper's two-band split at k_c (the ``fixed`` weighting) needs a cutoff."""
         return self.uses_bands and self.weighting == "fixed"
 
+    @property
+    def uses_local(self) -> bool:
+        """Advantage weights per (region, wavelet band) cell: ``weighting: local``."""
+        return self.uses_bands and self.weighting == "local"
+
     def to_dict(self) -> dict[str, Any]:
+        """The settings as logged and hashed into a run's identity; the ``local_*`` settings
+        only where the weighting is ``local`` (so the runs of other weightings keep the
+        identity they had before those settings existed)."""
         out = asdict(self)
         out["teachers"] = list(self.teachers)
+        out.pop("param_path")
+        if self.weighting != "local":
+            for key in [k for k in out if k.startswith("local_")]:
+                del out[key]
+        else:
+            out["local_tiles"] = list(self.local_tiles)
         return out
 
     def validate(self, param_path: str) -> None:
@@ -158,6 +200,16 @@ class DistillConfig:
                 "scaled alpha D_low to match D_high, which mutes the band where the teacher's "
                 "advantage lies; use weighting: advantage (bands weighted by the teacher's "
                 "advantage in each) or a fixed alpha"
+            )
+        if len(self.local_tiles) != 2:
+            raise ConfigError(
+                f"{param_path}.local.tiles must be one integer or a pair [rows, columns], got "
+                f"{list(self.local_tiles)}"
+            )
+        if self.weighting == "local" and self.method == "sdkd_multi":
+            raise ConfigError(
+                f"{param_path}.weighting: 'local' weighs the regions of one teacher's bands; "
+                "it is offered for sdkd and sdkd_latent, not sdkd_multi (use advantage)"
             )
         if self.balance_min > self.balance_max:
             raise ConfigError(
@@ -220,7 +272,7 @@ class DistillConfig:
 LOSS_KEYS = frozenset(
     f.metadata.get("key", f.name).split(".")[0]
     for f in fields(DistillConfig)
-    if f.name not in ("method", "name")
+    if f.name not in ("method", "name", "param_path")
 )
 PIPELINE_KEYS = frozenset({"students", "methods", "datasets", "training", "variants"})
 STUDENT_KEYS = frozenset({"unet", "resnet", "mlp_mixer"})

@@ -9,7 +9,8 @@ exactly (Parseval).
 - ``sdkd``: L_KD = sum_b w_b D_b(G, F) over ``bands`` log-spaced radial bands, w_b the teacher's
   advantage in band b (``distill/band_weights.py``; ``weighting: advantage``, the default), or
   the paper's D_high + alpha D_low at the cutoff (``weighting: fixed``; alpha = 1 is exactly
-  ``output_mse``).
+  ``output_mse``), or per (region, wavelet band) cell (``weighting: local``,
+  ``distill/local.py``).
 - ``sdkd_latent``: ``sdkd`` plus the MSE between the student's bottleneck through a trained
   1x1 projector P and the teacher's latent state, standardized per channel, weighted to be
   ``latent_share`` of the loss (or by the fixed ``latent_weight``).
@@ -45,6 +46,7 @@ from torch import nn
 from sdkd_pipeline.distill.band_weights import BandAdvantage, RunningMean, all_ranks_mean
 from sdkd_pipeline.distill.config import DistillConfig
 from sdkd_pipeline.distill.cutoff import choose_cutoff, max_wavenumber
+from sdkd_pipeline.distill.local import RegionBands, build_local_advantage, local_advantage_sum
 from sdkd_pipeline.distill.teachers import run_teacher
 from sdkd_pipeline.distill.weighting import (
     Balancer,
@@ -125,6 +127,10 @@ class DistillationLoss:
             if cutoff is None:
                 raise ConfigError(f"method {cfg.name!r} needs a band cutoff (choose_cutoff)")
             self.split = BandSplit.two_band(height, width, cutoff)
+        elif cfg.uses_local:
+            # (region, wavelet band) cells as the flat bands of the same estimator
+            cells, self.advantage = build_local_advantage(cfg, height, width)
+            self.split = cells  # type: ignore[assignment]
         elif cfg.uses_bands:
             self.split = BandSplit.log_spaced(height, width, cfg.bands)
             self.advantage = BandAdvantage(
@@ -315,6 +321,8 @@ class DistillationLoss:
     ) -> torch.Tensor:
         """sum_b w_b s_b D_b with the advantage weights w_b and whitening scales s_b."""
         assert self.advantage is not None
+        if isinstance(self.split, RegionBands):
+            return local_advantage_sum(self.split, self.advantage, bands, components)
         weights = self.advantage.weights().to(bands.device)
         scales = self.advantage.scales().to(bands.device)
         for b in range(len(bands)):

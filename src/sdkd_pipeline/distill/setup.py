@@ -231,6 +231,9 @@ def prepare_distillation(
         teacher_cache=labelled_cache is not None,
         teacher_cache_mib=round(n_bytes / 2**20, 1),
     )
+    if cfg.uses_local:  # the wavelet levels this grid gave (``local.levels: auto``)
+        wavelets = loss.split.wavelets  # type: ignore[union-attr]
+        params.update(local_levels=wavelets.levels, local_regions=wavelets.n_regions)
     if unlabelled is not None:
         params.update(
             function_matching_inputs=len(unlabelled), function_matching_source=unlabelled.source
