@@ -6,6 +6,7 @@ import inspect
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -300,3 +301,71 @@ def test_a_run_records_the_projects_git_commit_and_whether_it_was_dirty(store, t
     assert tags["mlflow.source.git.commit"] == commit
     assert tags["mlflow.source.git.branch"] == "main" and tags["sdkd.git.dirty"] == "false"
     assert tags["mlflow.source.type"] == "LOCAL" and "mlflow.user" in tags
+
+
+def test_a_training_run_logs_system_metrics_and_closes_at_once(store, tmp_path):
+    uri, artifacts = store
+    with MLflowTracker(
+        "system", tracking_uri=uri, artifact_location=artifacts, system_metrics=0.2
+    ) as tracker:
+        train(
+            TinyForecaster(),
+            SyntheticWindows(12, 1),
+            SyntheticWindows(4, 2),
+            TrainConfig(epochs=2, batch_size=4, patience=None),
+            out_dir=tmp_path / "ckpt",
+            tracker=tracker,
+            progress=False,
+        )
+        time.sleep(0.5)  # at least two samples of 0.2 s
+        start = time.perf_counter()
+    closing = time.perf_counter() - start  # __exit__: stops the monitor, ends the run
+    client = mlflow.MlflowClient(uri)
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED"
+    assert closing < 1.0, f"closing the run took {closing:.2f} s"
+    for name in ("cpu_utilization_percentage", "system_memory_usage_megabytes"):
+        assert f"system/{name}" in run.data.metrics, sorted(run.data.metrics)
+    history = client.get_metric_history(tracker.run_id, "system/system_memory_usage_megabytes")
+    assert len(history) >= 2 and all(m.value > 0 for m in history)
+    assert sorted(m.step for m in history) == list(range(len(history)))
+    assert "val_loss" in run.data.metrics  # the engine's own metrics are still there
+
+
+def test_a_run_shorter_than_the_interval_gets_one_sample_and_none_without_the_option(store):
+    uri, artifacts = store
+    with MLflowTracker(
+        "system", tracking_uri=uri, artifact_location=artifacts, system_metrics=60.0
+    ) as tracker:
+        start = time.perf_counter()
+    assert time.perf_counter() - start < 1.0  # not the 60 s sampling interval
+    history = mlflow.MlflowClient(uri).get_metric_history(
+        tracker.run_id, "system/cpu_utilization_percentage"
+    )
+    assert len(history) == 1
+    with MLflowTracker("system", tracking_uri=uri, artifact_location=artifacts) as plain:
+        pass
+    metrics = mlflow.MlflowClient(uri).get_run(plain.run_id).data.metrics
+    assert not [k for k in metrics if k.startswith("system/")]
+
+
+def test_tracking_parameters_give_the_training_runs_system_metrics():
+    from sdkd_pipeline.tracking import TrackingConfig
+
+    assert TrackingConfig.from_params({}).tracker_options() == {
+        "experiment": "sdkd_pipeline",
+        "system_metrics": 10.0,
+        "copied_store": "separate",
+    }
+    off = TrackingConfig.from_params({"system_metrics": {"enabled": False}})
+    assert off.tracker_options()["system_metrics"] is None
+    fast = TrackingConfig.from_params({"system_metrics": {"interval": 1}})
+    assert fast.tracker_options()["system_metrics"] == 1.0
+
+
+@pytest.mark.bad_input
+def test_a_bad_system_metrics_interval_is_named():
+    from sdkd_pipeline.tracking import TrackingConfig
+
+    with pytest.raises(ConfigError, match=r"tracking\.system_metrics\.interval must be > 0"):
+        TrackingConfig.from_params({"system_metrics": {"interval": 0}})

@@ -14,6 +14,10 @@ and start time of the process that owns it). A process killed with SIGKILL canno
 so ``close_orphaned_runs`` (called at the start of every ``kedro run`` by a hook) marks the
 ``RUNNING`` runs whose owner no longer exists as ``KILLED``. A training resumed from ``last.pt``
 logs to a new run, tagged with the run it continues (see ``training``).
+
+``TrackingConfig`` reads the ``tracking`` parameters (``conf/base/parameters.yml``). Sibling
+modules: ``tracking_system`` (system metrics on a run), ``tracking_store`` (a copied project's
+store), ``tracking_models`` (students as MLflow models, the model registry).
 """
 
 from __future__ import annotations
@@ -26,10 +30,14 @@ import os
 import socket
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
+from sdkd_pipeline import config_utils
+from sdkd_pipeline.config_utils import param
 from sdkd_pipeline.errors import ConfigError
+from sdkd_pipeline.tracking_store import COPIED_STORE_CHOICES
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +54,65 @@ CLOSED_TAG = "sdkd.closed_because"
 # MLflow 3's UI opens an experiment without this tag in GenAI mode (traces, prompts); ours are
 # model training experiments (runs, metrics, the Compare view)
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """The ``tracking`` parameters (``conf/base/parameters.yml``), read by
+    ``config_utils.from_params``: ``key`` is a field's place in the nested YAML.
+
+    ``system_metrics``: MLflow system metrics on every training run, sampled every
+    ``system_metrics_interval`` seconds (``tracking_system``). ``log_models``: each student is
+    logged as MLflow models on its own run at evaluation; ``register_models``: the best student
+    of each dataset (lowest validation MSE) is registered as ``registered_name`` (``{dataset}``
+    is replaced) (``tracking_models``). ``copied_store``: what a copied project does with its
+    store's experiments (``tracking_store``).
+    """
+
+    experiment: str = DEFAULT_EXPERIMENT
+    checkpoint_dir: str = "data/06_models/runs"
+    system_metrics: bool = param(True, key="system_metrics.enabled")
+    system_metrics_interval: float = param(10.0, gt=0, key="system_metrics.interval")
+    log_models: bool = param(True, key="models.log")
+    register_models: bool = param(True, key="models.register")
+    registered_name: str = param("sdkd-{dataset}-student", key="models.registered_name")
+    copied_store: Literal[COPIED_STORE_CHOICES] = "separate"
+
+    @classmethod
+    def from_params(
+        cls, params: Mapping[str, Any] | None, param_path: str = "tracking"
+    ) -> TrackingConfig:
+        """Read and check the ``tracking`` parameters (``ConfigError`` naming a bad one)."""
+        return config_utils.from_params(cls, params, param_path)
+
+    def validate(self, param_path: str) -> None:
+        if not self.experiment.strip():
+            raise ConfigError(f"{param_path}.experiment must not be empty")
+        if self.register_models and not self.log_models:
+            raise ConfigError(
+                f"{param_path}.models.register needs {param_path}.models.log: true (the "
+                "registry holds logged models)"
+            )
+        try:
+            name = self.registered_name.format(dataset="navier_stokes")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(
+                f"{param_path}.models.registered_name: {self.registered_name!r} may contain "
+                f"only the placeholder {{dataset}} ({exc})"
+            ) from None
+        if "{dataset}" not in self.registered_name or not name.strip():
+            raise ConfigError(
+                f"{param_path}.models.registered_name must contain {{dataset}} (one registered "
+                f"model per dataset), got {self.registered_name!r}"
+            )
+
+    def tracker_options(self) -> dict[str, Any]:
+        """The ``MLflowTracker`` keyword arguments of a training run under these settings."""
+        return {
+            "experiment": self.experiment,
+            "system_metrics": self.system_metrics_interval if self.system_metrics else None,
+            "copied_store": self.copied_store,
+        }
 
 
 def mark_experiment_kind(client: Any, experiment_id: str) -> None:
@@ -316,6 +383,9 @@ class MLflowTracker:
     starts a top-level run otherwise; ``True`` requires an outer run; ``False`` never nests.
     ``artifact_location`` is used only when the experiment has to be created. ``run_id``
     reopens an existing run instead of creating one (e.g. to continue a resumed training).
+    ``system_metrics``: sample MLflow's system metrics into the run every that many seconds
+    until it is closed (``tracking_system``; ``None``: none). ``copied_store``: what to do
+    when the experiment's artifacts lie in another project's ``mlruns/`` (``tracking_store``).
     """
 
     is_null = False
@@ -330,6 +400,8 @@ class MLflowTracker:
         *,
         artifact_location: str | None = None,
         run_id: str | None = None,
+        system_metrics: float | None = None,
+        copied_store: str = "separate",
     ) -> None:
         import mlflow
         from mlflow import MlflowClient
@@ -352,18 +424,35 @@ class MLflowTracker:
                 experiment_id = parent.info.experiment_id
                 run_tags_all["mlflow.parentRunId"] = parent.info.run_id
             else:
-                experiment_id = self._experiment_id(experiment, artifact_location)
+                experiment_id = self._experiment_id(experiment, artifact_location, copied_store)
             run = self.client.create_run(experiment_id, tags=run_tags_all, run_name=run_name)
         self.run_id: str = run.info.run_id
         self.experiment_id: str = run.info.experiment_id
         self.parent_run_id = parent.info.run_id if parent is not None else None
         self._closed = False
+        self._monitor = None
+        if system_metrics is not None:
+            from sdkd_pipeline.tracking_system import start_system_metrics
 
-    def _experiment_id(self, name: str, artifact_location: str | None) -> str:
+            self._monitor = start_system_metrics(
+                self.run_id, tracking_uri, float(system_metrics), resume=run_id is not None
+            )
+
+    def _experiment_id(self, name: str, artifact_location: str | None, copied_store: str) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             if found.lifecycle_stage == "deleted":
                 self.client.restore_experiment(found.experiment_id)
+            from sdkd_pipeline.tracking_store import separate_copied_experiments
+
+            if separate_copied_experiments(
+                self.client,
+                self.tracking_uri,
+                copied_store,
+                only=[found.experiment_id],
+                tags=EXPERIMENT_KIND,
+            ):
+                return self.client.get_experiment_by_name(name).experiment_id
             return found.experiment_id
         return self.client.create_experiment(
             name, artifact_location=artifact_location, tags=EXPERIMENT_KIND
@@ -436,6 +525,11 @@ class MLflowTracker:
 
     def close(self, status: str = "FINISHED") -> None:
         if not self._closed:
+            if self._monitor is not None:
+                from sdkd_pipeline.tracking_system import stop_system_metrics
+
+                stop_system_metrics(self._monitor)
+                self._monitor = None
             self.client.set_terminated(self.run_id, status)
             self._closed = True
 

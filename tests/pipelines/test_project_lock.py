@@ -87,7 +87,8 @@ SCHEMA = textwrap.dedent("""
     from sdkd_pipeline.hooks import MLflowSchemaHook
     while time.time() < float(sys.argv[1]):
         time.sleep(0.005)
-    MLflowSchemaHook().after_context_created(SimpleNamespace(project_path="."))
+    context = SimpleNamespace(project_path=".", config_loader={"parameters": {}})
+    MLflowSchemaHook().after_context_created(context)
     mlflow.MlflowClient().search_experiments()
     print("ok")
 """)
