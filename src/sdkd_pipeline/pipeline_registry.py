@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from sdkd_pipeline.pipelines import data, distill, download, evaluate, spectral, teacher
+from sdkd_pipeline.pipelines import data, distill, download, evaluate, report, spectral, teacher
 from sdkd_pipeline.pipelines.selection import (
     datasets_with,
     distill_selection,
@@ -20,7 +20,8 @@ def register_pipelines() -> dict[str, Pipeline]:
     enabled datasets) and ``teacher.models``; ``spectral`` analyses each of those teachers'
     latents; ``evaluate`` tables every teacher and student of each distilled
     dataset on its test split; ``__default__`` runs every stage (downloads are explicit, never
-    implied)."""
+    implied), then one report page per dataset from what they wrote (not registered alone:
+    it reads the outputs of the other stages of the same run)."""
     datasets = enabled_datasets()
     data_pipeline = data.create_pipeline(datasets)
     teachers = enabled_models("teacher")
@@ -32,6 +33,8 @@ def register_pipelines() -> dict[str, Pipeline]:
         distill_datasets, students, methods, teachers, distill_params
     )
     evaluate_pipeline = evaluate.create_pipeline(distill_datasets, teachers, students, methods)
+    stages = data_pipeline + teacher_pipeline + spectral_pipeline + distill_pipeline
+    stages += evaluate_pipeline
     return {
         "data": data_pipeline,
         "download": download.create_pipeline(datasets_with("download", datasets)),
@@ -39,11 +42,5 @@ def register_pipelines() -> dict[str, Pipeline]:
         "spectral": spectral_pipeline,
         "distill": distill_pipeline,
         "evaluate": evaluate_pipeline,
-        "__default__": (
-            data_pipeline
-            + teacher_pipeline
-            + spectral_pipeline
-            + distill_pipeline
-            + evaluate_pipeline
-        ),
+        "__default__": stages + report.create_pipeline(datasets, stages),
     }

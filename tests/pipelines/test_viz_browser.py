@@ -220,24 +220,28 @@ def test_kedro_viz_renders_the_dag_in_chromium(project, tmp_path):
     finally:
         _stop(server)
 
-    # collapsed (the default view): one node per dataset in the flowchart
+    # collapsed (the default view): one node per dataset in the flowchart, and beside them the
+    # reporting outputs (the run report reads every summary, so none hangs off a group)
     assert {"navier_stokes", "rayleigh_benard"} <= set(collapsed.labels), collapsed.labels
+    assert "navier_stokes.run_report" in collapsed.labels, collapsed.labels
+    assert not [label for label in collapsed.labels if label.endswith("summary")], collapsed.labels
 
     # expanded: the nodes themselves, and dataset -> student -> method in the pipeline tree
     labels = set(expanded.labels)
-    nodes = {"acquire_raw", "build_tensors", "summarize_tensors", "train_teacher"}
-    nodes |= {"distill_student", "navier_stokes.tensors", "rayleigh_benard.tensors"}
+    nodes = {"acquire_navier_stokes_raw_fields", "build_rayleigh_benard_tensor_store"}
+    nodes |= {"train_teacher_simvp", "distill_unet_with_sdkd", "train_unet_without_teacher"}
+    nodes |= {"navier_stokes.tensors", "rayleigh_benard.tensors"}
     assert nodes <= labels, sorted(nodes - labels)
     assert "navier_stokes" not in labels  # the group node gave way to its contents
     paths = expanded.paths()
     for dataset in ("navier_stokes", "rayleigh_benard"):
-        for node in ("acquire_raw", "build_tensors", "summarize_tensors"):
-            assert (dataset, node) in paths, (dataset, node)
+        for step in ("acquire_{}_raw_fields", "build_{}_tensor_store", "summarize_{}_tensor_store"):
+            assert (dataset, step.format(dataset)) in paths, (dataset, step)
     # the laptop default trains teachers on NS only (teacher.datasets)
     for teacher in TEACHERS:
         group = ("navier_stokes", f"navier_stokes.{teacher}")
-        assert (*group, "train_teacher") in paths, teacher
-        assert (*group, "analyse_teacher_spectra") in paths, teacher
+        assert (*group, f"train_teacher_{teacher}") in paths, teacher
+        assert (*group, f"analyse_{teacher}_latent_spectra") in paths, teacher
     for student in STUDENTS:
         for method in METHODS:
             group = (
@@ -245,5 +249,10 @@ def test_kedro_viz_renders_the_dag_in_chromium(project, tmp_path):
                 f"navier_stokes.{student}",
                 f"navier_stokes.{student}.{method}",
             )
-            assert (*group, "distill_student") in paths, group
+            label = (
+                f"train_{student}_without_teacher"
+                if method == "none"
+                else f"distill_{student}_with_{method}"
+            )
+            assert (*group, label) in paths, group
             assert f"navier_stokes.{student}.{method}.checkpoint" in labels

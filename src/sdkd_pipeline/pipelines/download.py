@@ -20,7 +20,7 @@ def download_files(dataset: str, download: dict[str, Any], progress: bool = True
 
 
 def create_pipeline(datasets: list[str]) -> Pipeline:
-    """One namespaced ``download_files`` node per dataset that has download parameters."""
+    """One node ``<dataset>.download_<dataset>_raw_files`` per dataset with download parameters."""
     pipes = []
     for dataset in datasets:
         func = partial(download_files, dataset)
@@ -31,7 +31,7 @@ def create_pipeline(datasets: list[str]) -> Pipeline:
                     func,
                     inputs=["params:download", "params:data.progress"],
                     outputs="downloads",
-                    name="download_files",
+                    name=f"download_{dataset}_raw_files",
                 )
             ]
         )

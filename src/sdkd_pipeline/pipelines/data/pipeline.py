@@ -16,28 +16,30 @@ def _bound(func, dataset: str):
 
 
 def create_dataset_pipeline(dataset: str) -> Pipeline:
-    """raw source -> ``<dataset>.raw`` -> ``<dataset>.tensors`` -> ``<dataset>.data_summary``."""
+    """raw source -> ``<dataset>.raw`` -> ``<dataset>.tensors`` -> ``<dataset>.data_summary``;
+    the node names carry the dataset (``acquire_navier_stokes_raw_fields``), so a label in
+    kedro-viz says what it does without its namespace."""
     template = Pipeline(
         [
             node(
                 _bound(nodes.acquire_raw, dataset),
                 inputs=["params:source", "params:data.progress"],
                 outputs="raw",
-                name="acquire_raw",
+                name=f"acquire_{dataset}_raw_fields",
                 tags=["dask"],
             ),
             node(
                 nodes.build_tensors,
                 inputs=["raw", "params:window", "params:split", "params:store"],
                 outputs="tensors",
-                name="build_tensors",
+                name=f"build_{dataset}_tensor_store",
                 tags=["dask"],
             ),
             node(
                 nodes.summarize_tensors,
                 inputs="tensors",
                 outputs="data_summary",
-                name="summarize_tensors",
+                name=f"summarize_{dataset}_tensor_store",
             ),
         ]
     )

@@ -36,6 +36,15 @@ def teachers_read(cfg: DistillConfig, teachers: list[str]) -> list[str]:
     return list(teachers) if cfg.teacher == "best" else [cfg.teacher]
 
 
+def node_name(student: str, cfg: DistillConfig) -> str:
+    """What the node does, as kedro-viz labels it (its namespace aside): ``distill_unet_with_sdkd``,
+    or ``train_unet_without_teacher`` for the ``none`` baseline (``..._as_<variant>`` for a
+    variant of it)."""
+    if cfg.needs_teachers:
+        return f"distill_{student}_with_{cfg.name}"
+    return f"train_{student}_without_teacher" + ("" if cfg.name == "none" else f"_as_{cfg.name}")
+
+
 def create_distill_pipeline(
     dataset: str, student: str, method: str, cfg: DistillConfig, teachers: list[str]
 ) -> Pipeline:
@@ -54,7 +63,7 @@ def create_distill_pipeline(
         **{f"{TEACHER_INPUT_PREFIX}{t}": f"teacher_{t}_checkpoint" for t in read},
     }
     template = Pipeline(
-        [node(func, inputs=inputs, outputs=["checkpoint", "summary"], name="distill_student")]
+        [node(func, inputs=inputs, outputs=["checkpoint", "summary"], name=node_name(student, cfg))]
     )
     return pipeline(
         template,

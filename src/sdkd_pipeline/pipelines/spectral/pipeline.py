@@ -29,7 +29,7 @@ def create_spectral_pipeline(dataset: str, teacher: str) -> Pipeline:
                     "params:distill",
                 ],
                 outputs=["spectra", "spectra_plot"],
-                name="analyse_teacher_spectra",
+                name=f"analyse_{teacher}_latent_spectra",
             )
         ]
     )
@@ -54,7 +54,7 @@ def create_table_pipeline(dataset: str, teachers: list[str]) -> Pipeline:
                 tabulate_spectra,
                 inputs={teacher: f"{teacher}_spectra" for teacher in teachers},
                 outputs="spectral_summary",
-                name="tabulate_spectra",
+                name=f"tabulate_{dataset}_teacher_spectra",
             )
         ]
     )

@@ -25,7 +25,7 @@ def create_teacher_pipeline(dataset: str, model: str) -> Pipeline:
                     "shared_training": "params:training",
                 },
                 outputs=["checkpoint", "summary"],
-                name="train_teacher",
+                name=f"train_teacher_{model}",
             )
         ]
     )
