@@ -16,7 +16,8 @@ Sizes live in ``benchmarks/study.yml``. The stages:
 3. **baselines**: persistence and climatology (``sdkd_pipeline.evaluation.baselines``);
 4. **students**: every student x method x seed with the same budget (epochs, batches per epoch,
    early stopping); ``none_matched`` is ``none`` for the whole budget;
-5. **report**: test MSE / MAE / SSIM (de-normalized, ``sdkd_pipeline.evaluation.metrics``) mean and 95 %
+5. **report**: test MSE / MAE / SSIM (de-normalized, ``sdkd_pipeline.evaluation.metrics``; SSIM in
+   the library's default convention, recorded as ``meta.ssim_convention``) mean and 95 %
    confidence interval over seeds (Student t), gap closed = (none - student) / (none - teacher)
    paired by seed with the teacher of lower *validation* MSE, paired differences against
    ``none`` and ``output_mse``, error per wavenumber band, and figures.
@@ -58,6 +59,7 @@ from sdkd_pipeline.distill.setup import DistillCache, prepare_distillation
 from sdkd_pipeline.distill.teachers import choose_teachers, freeze
 from sdkd_pipeline.evaluation import evaluate_models, test_data_range
 from sdkd_pipeline.evaluation.baselines import Climatology, Persistence
+from sdkd_pipeline.evaluation.metrics import DEFAULT_SSIM_CONVENTION
 from sdkd_pipeline.models import build_model
 from sdkd_pipeline.models.complexity import count_parameters
 from sdkd_pipeline.spectral import BandSplit, radial_energy_spectrum
@@ -67,6 +69,9 @@ from sdkd_pipeline.training import TrainConfig, autocast_dtype, seed_everything,
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "benchmarks" / "study.yml"
 SINGLE = ("output_mse", "sdkd", "sdkd_latent")
+# the SSIM convention of every evaluation here; the committed study_cpu.* predate the option and
+# used "torchmetrics" (their JSON has no meta.ssim_convention)
+SSIM_CONVENTION = DEFAULT_SSIM_CONVENTION
 CSV_COLUMNS = [
     "role",
     "model",
@@ -394,6 +399,7 @@ class Study:
                 data_range,
                 batch_size=self.cfg["evaluate"]["batch_size"],
                 device=self.device,
+                ssim_convention=SSIM_CONVENTION,
             )
             for key, m in metrics.items():
                 out.setdefault(key, {})[split] = m
@@ -510,7 +516,12 @@ class Study:
                 self.data_range if split == "test" else test_data_range(self.sets[split], 32)
             )
             for key, m in evaluate_models(
-                modules, self.sets[split], data_range, batch_size=32, device="cpu"
+                modules,
+                self.sets[split],
+                data_range,
+                batch_size=32,
+                device="cpu",
+                ssim_convention=SSIM_CONVENTION,
             ).items():
                 metrics.setdefault(key, {})[split] = m
         for name, m in metrics.items():
@@ -775,6 +786,14 @@ def claims(summary: dict, rows: list[dict]) -> list[dict]:
     return out
 
 
+def _ssim_note(meta: dict) -> str:
+    """The SSIM convention, for a study that recorded it (the committed results predate it and
+    render as they were written)."""
+    if "ssim_convention" not in meta:
+        return ""
+    return f" SSIM in the {meta['ssim_convention']} convention (README, Metrics)."
+
+
 def markdown(summary: dict, rows: list[dict], meta: dict) -> str:
     lines = [
         f"# Distillation study ({meta['label']}, profile {meta['profile']})",
@@ -794,7 +813,8 @@ def markdown(summary: dict, rows: list[dict], meta: dict) -> str:
         + ".",
         "",
         "Test metrics de-normalized (vorticity units); mean ± 95 % CI over seeds (Student t)."
-        " Gap closed = (none - student) / (none - teacher), paired by seed, teacher = "
+        + _ssim_note(meta)
+        + " Gap closed = (none - student) / (none - teacher), paired by seed, teacher = "
         f"{summary.get('reference_teacher')} (lower validation MSE). Paired differences: "
         "positive = better than the reference method.",
         "",
@@ -1001,6 +1021,7 @@ def main() -> None:
             f"{torch.get_num_threads()} threads)"
         ),
         "torch": torch.__version__,
+        "ssim_convention": SSIM_CONVENTION,
         "wall_seconds": time.perf_counter() - started,
         "stage_seconds": study.times,
         "data": study.data_info,

@@ -686,7 +686,7 @@ def test_ssim_in_float32_agrees_with_float64():
         y = truth + offset
         p = y + 0.3 * noise
         data_range = float(truth.max() - truth.min())
-        accumulator = MetricAccumulator(1, 3, 32, 32, [data_range])
+        accumulator = MetricAccumulator(1, 3, 32, 32, [data_range], ssim_convention="torchmetrics")
         assert accumulator._ssim_dtype(p, y, data_range) == dtype
         for start in range(0, 12, 5):  # streamed, with a partial last batch
             accumulator.update(p[start : start + 5], y[start : start + 5])
@@ -717,7 +717,10 @@ def test_figures_directly():
     truth = torch.randn(1, 2, 1, SIZE, SIZE)
     fig = plot_prediction_panel(truth, {"a": truth + 0.1}, step=-1)
     images = [ax.images[0] for ax in fig.axes if ax.images]
-    assert len(images) == 2 and images[0].get_clim() == images[1].get_clim()
+    fields = [im for im in images if im.get_gid().startswith("field:")]
+    # 2 lead times of the truth and the forecast, and the forecast's 2 error maps
+    assert len(fields) == 4 and len(images) == 6
+    assert len({im.get_clim() for im in fields}) == 1
 
 
 def test_bad_parameters_are_named():

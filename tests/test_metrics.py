@@ -37,8 +37,8 @@ def _fields(seed: int = 0, n: int = N, scale: float = 50.0) -> tuple[torch.Tenso
     return prediction, truth
 
 
-def _metrics(prediction, truth, data_range) -> ForecastMetrics:
-    accumulator = MetricAccumulator(C, T, H, W, data_range)
+def _metrics(prediction, truth, data_range, **kwargs) -> ForecastMetrics:
+    accumulator = MetricAccumulator(C, T, H, W, data_range, **kwargs)
     accumulator.update(prediction, truth)
     return accumulator.compute()
 
@@ -143,13 +143,14 @@ def test_ssim_matches_torchmetrics_and_depends_on_data_range():
     truth = 280.0 + offsets + torch.rand((N, T, C, H, W), generator=generator, dtype=torch.float64)
     prediction = truth + 0.5 * torch.randn(truth.shape, generator=generator, dtype=torch.float64)
     true_range = data_range_from(truth)
-    metrics = _metrics(prediction, truth, true_range)
+    metrics = _metrics(prediction, truth, true_range, ssim_convention="torchmetrics")
+    assert metrics.ssim_convention == "torchmetrics"
     expected = _torchmetrics_ssim_per_step(prediction, truth, true_range)
     assert metrics.ssim_per_step == pytest.approx(expected, rel=1e-10)
     assert metrics.ssim == pytest.approx(np.mean(expected), rel=1e-10)
     # The OpenSTL trap: skimage without data_range assumes 2 for float images. The wrong range
     # gives a very different number, so the range must be explicit.
-    wrong = _metrics(prediction, truth, [2.0, 2.0])
+    wrong = _metrics(prediction, truth, [2.0, 2.0], ssim_convention="torchmetrics")
     assert wrong.ssim_per_step == pytest.approx(
         _torchmetrics_ssim_per_step(prediction, truth, [2.0, 2.0]), rel=1e-10
     )
@@ -245,7 +246,11 @@ def test_flat_keys_and_to_dict():
     assert flat["mse_step_02"] == metrics.mse_per_step[1]
     data = json.loads(json.dumps(metrics.to_dict(), allow_nan=False))
     assert data["band_mse"].keys() == {"low", "mid", "high"}
+    assert data["ssim_convention"] == "skimage"  # the default
     assert ForecastMetrics.from_dict(data) == metrics
+    # a file written before the option existed: its SSIM was torchmetrics'
+    del data["ssim_convention"]
+    assert ForecastMetrics.from_dict(data).ssim_convention == "torchmetrics"
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,8 +311,12 @@ def test_errors_name_the_problem():
         MetricAccumulator(C, T, H, W, [1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match="data_range of channel 1 must be a positive"):
         MetricAccumulator(C, T, H, W, [1.0, 0.0])
-    with pytest.raises(ValueError, match="at least 6x6, got 5x16"):
-        MetricAccumulator(C, T, 5, 16, [1.0, 1.0])
+    with pytest.raises(ValueError, match="'skimage'.*at least 7x7, got 6x16"):
+        MetricAccumulator(C, T, 6, 16, [1.0, 1.0])
+    with pytest.raises(ValueError, match="'torchmetrics'.*at least 6x6, got 5x16"):
+        MetricAccumulator(C, T, 5, 16, [1.0, 1.0], ssim_convention="torchmetrics")
+    with pytest.raises(ValueError, match="ssim_convention must be one of 'skimage', 'torch"):
+        MetricAccumulator(C, T, H, W, [1.0, 1.0], ssim_convention="openstl")
 
 
 def _with_nan(x: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ import torch
 from sdkd_pipeline.data.windows import WindowDataset
 from sdkd_pipeline.deploy import onnx_missing
 from sdkd_pipeline.errors import MissingInputError
+from sdkd_pipeline.evaluation.plots import FIGURES
 from sdkd_pipeline.pipelines.forecaster import load_forecaster
 from tests.pipelines.conftest import run_kedro
 
@@ -39,9 +40,7 @@ def test_evaluate_tables_teachers_and_students(project):
         "table.csv",
         "table.md",
         "curves.json",
-        "metrics_per_step.png",
-        "band_errors.png",
-        "predictions.png",
+        *(f"{figure}.png" for figure in FIGURES),
     ):
         assert (reports / f"navier_stokes_{name}").stat().st_size > 0, name
     table = pd.read_csv(reports / "navier_stokes_table.csv")
@@ -84,7 +83,11 @@ def test_evaluate_tables_teachers_and_students(project):
     assert "| role" in markdown and "st_alternet" in markdown
     assert "teacher_check" in markdown and "Baseline rows" in markdown
     assert "`climatology` = mean field of the" in markdown  # NS: no datetime coordinate
-    assert "latency_torchscript_ms_b1" in markdown and "nan" not in markdown
+    # the compact table: units in the headers, the full columns in the CSV only
+    assert "| MSE [" in markdown and "CPU latency b=1 [ms]" in markdown and "nan" not in markdown
+    assert (
+        "latency_torchscript_ms_b1" not in markdown and "`teacher_check`: st_alternet" in markdown
+    )
 
     # de-normalized: the student's MSE is its normalized per-channel MSE times std^2
     test = WindowDataset(project / "data/05_model_input/navier_stokes.zarr", "test")
@@ -127,6 +130,8 @@ def test_evaluate_tables_teachers_and_students(project):
         metrics = client.get_run(summary["mlflow_run_id"]).data.metrics
         row = table[(table["model"] == model) & (table["method"] == method)].iloc[0]
         assert metrics["test_ssim"] == pytest.approx(row["ssim"])
+        tags = client.get_run(summary["mlflow_run_id"]).data.tags
+        assert tags["test_ssim_convention"] == curves["ssim_convention"] == "skimage"
         assert metrics["test_mse"] == pytest.approx(row["mse"])
         assert "test_latency_ms_b1" in metrics
         leads = client.get_metric_history(summary["mlflow_run_id"], "test_mse_by_lead")
@@ -134,13 +139,28 @@ def test_evaluate_tables_teachers_and_students(project):
     run = client.get_run(curves["mlflow_run_id"])
     assert run.info.run_name == "navier_stokes/evaluation"
     assert run.data.tags["dataset"] == "navier_stokes"
+    assert run.data.tags["ssim_convention"] == "skimage"
     assert run.data.metrics["unet/sdkd.mse"] == pytest.approx(sdkd["mse"], rel=1e-9)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {
         "navier_stokes_evaluation.csv",
         "navier_stokes_evaluation.md",
-        "navier_stokes_predictions.png",
+        "navier_stokes_rollout.png",
+        *(f"navier_stokes_{figure}.png" for figure in FIGURES),
     } <= artifacts
+    # the autoregressive rollout: 2 x t_out frames (smoke), every model and baseline, the
+    # table's column and each model's curves on its run with step = lead time
+    rollout = json.loads((reports / "navier_stokes_rollout.json").read_text())
+    assert rollout["skipped"] is None and rollout["horizon"] == 6
+    assert {"unet/sdkd", "persistence/baseline", "climatology/baseline"} <= set(rollout["models"])
+    assert all(len(c["mse"]) == 6 for c in rollout["models"].values())
+    assert "rollout_lead_behind_persistence" in table.columns
+    sdkd_run = json.loads(
+        (project / "data/06_models/navier_stokes/students/unet/sdkd_summary.json").read_text()
+    )["mlflow_run_id"]
+    history = client.get_metric_history(sdkd_run, "rollout_mse")
+    assert sorted(m.step for m in history) == list(range(1, 7))
+    assert history[0].value == pytest.approx(rollout["models"]["unet/sdkd"]["mse"][0])
 
 
 @pytest.mark.bad_input

@@ -7,20 +7,27 @@ streamed over the test loader (the split is never held in memory), with the mode
 mode under ``torch.no_grad``; every model's predictions are computed once, in that pass (the
 prediction panel's windows are kept from it). PSNR and SSIM use one explicit data range per
 channel, ``max - min`` of the test split's truth, computed once per dataset
-(``test_data_range``) and used for every model. A module with ``uses_window_index`` (the
-climatology of ``baselines``) also gets the indices of the batch's windows in the split.
+(``test_data_range``) and used for every model; SSIM in the convention ``ssim_convention``
+(``metrics.SSIM_CONVENTIONS``, default ``metrics.DEFAULT_SSIM_CONVENTION``). A module with
+``uses_window_index`` (the climatology of ``baselines``) also gets the indices of the batch's
+windows in the split.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
 from sdkd_pipeline.errors import ConfigError
-from sdkd_pipeline.evaluation.metrics import ForecastMetrics, MetricAccumulator, data_range_from
+from sdkd_pipeline.evaluation.metrics import (
+    DEFAULT_SSIM_CONVENTION,
+    ForecastMetrics,
+    MetricAccumulator,
+    data_range_from,
+)
 
 __all__ = ["evaluate_models", "predict_windows", "test_data_range"]
 
@@ -63,11 +70,18 @@ def evaluate_models(
     *,
     batch_size: int = 16,
     device: str | torch.device = "cpu",
+    ssim_convention: str = DEFAULT_SSIM_CONVENTION,
 ) -> dict[str, ForecastMetrics]:
     """Metrics of each model on ``windows`` (a WindowDataset: normalized ``(x, y)`` items and
-    ``denormalize``), in one streamed pass over the loader; every model sees each batch."""
+    ``denormalize``), in one streamed pass over the loader; every model sees each batch. SSIM
+    in the convention ``ssim_convention`` (``"skimage"`` or ``"torchmetrics"``)."""
     metrics, _, _ = _evaluate_pass(
-        models, windows, data_range, batch_size=batch_size, device=device
+        models,
+        windows,
+        data_range,
+        batch_size=batch_size,
+        device=device,
+        ssim_convention=ssim_convention,
     )
     return metrics
 
@@ -84,17 +98,24 @@ def _evaluate_pass(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     keep: Iterable[int] = (),
+    ssim_convention: str = DEFAULT_SSIM_CONVENTION,
+    observe: Callable[[str | None, torch.Tensor], None] | None = None,
 ) -> tuple[dict[str, ForecastMetrics], torch.Tensor | None, dict[str, torch.Tensor]]:
     """``evaluate_models``, also keeping the de-normalized truth ``(K, T, C, H, W)`` and each
     model's prediction of windows ``keep`` (as ``predict_windows`` picks them; ``None`` and
-    ``{}`` when ``keep`` is empty), so the panel needs no second forward pass."""
+    ``{}`` when ``keep`` is empty), so the panel needs no second forward pass. ``observe``, if
+    given, sees every batch too: ``observe(None, truth)``, then ``observe(name, prediction)``
+    per model, de-normalized (the figures' spectra, ``plots.TestPassFields``)."""
     if not models:
         raise ConfigError("evaluate_models: no model to evaluate")
     device = torch.device(device)
     x0, y0 = windows[0]
     steps, channels, height, width = (int(s) for s in y0.shape)
     accumulators = {
-        name: MetricAccumulator(channels, steps, height, width, data_range) for name in models
+        name: MetricAccumulator(
+            channels, steps, height, width, data_range, ssim_convention=ssim_convention
+        )
+        for name in models
     }
     keep = list(keep)
     chosen = _chosen_windows(windows, keep) if keep else []
@@ -113,10 +134,14 @@ def _evaluate_pass(
                 rows = {i: i - start for i in chosen if start <= i < start + len(x)}
                 for i, row in rows.items():
                     kept_truth[i] = truth[row].cpu()
+                if observe is not None:
+                    observe(None, truth)
                 index = torch.arange(start, start + len(x))
                 for name, model in models.items():
                     prediction = windows.denormalize(_forward(model, x, index))
                     accumulators[name].update(prediction, truth)
+                    if observe is not None:
+                        observe(name, prediction)
                     for i, row in rows.items():
                         kept[name][i] = prediction[row].cpu()
                 start += len(x)

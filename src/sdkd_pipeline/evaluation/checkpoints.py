@@ -1,6 +1,6 @@
 """One dataset, end to end: ``evaluate_checkpoints`` evaluates every teacher and student
 checkpoint and the baselines on the test split and builds the paper's table, the per-step
-curves and the three figures.
+curves and the figures (``plots.FIGURES``).
 
 Imports only torch, numpy and pandas at module level (matplotlib inside the plotting
 functions), so it runs without Kedro, MLflow, Zarr or Dask.
@@ -36,12 +36,8 @@ from sdkd_pipeline.evaluation.baselines import BASELINE_ROLE, build_baselines
 from sdkd_pipeline.evaluation.config import EvaluationConfig
 from sdkd_pipeline.evaluation.latency import _exported_latencies, _latencies
 from sdkd_pipeline.evaluation.metrics import ForecastMetrics
-from sdkd_pipeline.evaluation.plots import (
-    _label,
-    plot_band_errors,
-    plot_prediction_panel,
-    plot_step_curves,
-)
+from sdkd_pipeline.evaluation.plots import TestPassFields, evaluation_figures
+from sdkd_pipeline.evaluation.plots.style import channel_metadata_of
 from sdkd_pipeline.evaluation.tables import (
     BASELINE_METHOD,
     TEACHER_OK,
@@ -67,14 +63,24 @@ def _float_or_nan(value: Any) -> float:
 
 @dataclass
 class Evaluation:
-    """What ``evaluate_checkpoints`` returns."""
+    """What ``evaluate_checkpoints`` returns; ``figures`` as ``plots.FIGURES`` names them."""
 
     results: list[ModelResult]
     table: pd.DataFrame
     curves: dict[str, Any]
-    step_figure: Any
-    band_figure: Any
-    panel_figure: Any
+    figures: dict[str, Any]
+
+    @property
+    def step_figure(self) -> Any:
+        return self.figures["metrics_per_step"]
+
+    @property
+    def band_figure(self) -> Any:
+        return self.figures["band_errors"]
+
+    @property
+    def panel_figure(self) -> Any:
+        return self.figures["predictions"]
 
 
 def _architecture(model: str, module: torch.nn.Module, checkpoint: Mapping[str, Any]) -> Any:
@@ -237,6 +243,7 @@ def evaluate_checkpoints(
         if key in modules:
             raise ConfigError(f"evaluate_checkpoints: a checkpoint is named like baseline {key}")
         modules[key] = module
+    fields = TestPassFields()  # the figures' spectra and truth range, from the same pass
     metrics, truth, predictions = _evaluate_pass(
         modules,
         windows,
@@ -244,6 +251,8 @@ def evaluate_checkpoints(
         batch_size=cfg.batch_size,
         device=device,
         keep=cfg.panel_windows or (0,),
+        observe=fields.observe,
+        ssim_convention=cfg.ssim_convention,
     )
     x0, _ = windows[0]
     sample_shape = tuple(int(s) for s in x0.shape)
@@ -281,6 +290,7 @@ def evaluate_checkpoints(
         extra={
             "split": "test",
             "n_windows": len(windows),
+            "ssim_convention": cfg.ssim_convention,
             "gap_reference_teacher": reference.model if reference else None,
             "baselines": {name: module.describe() for name, module in references.items()},
             "teacher_check": {"min_ratio": cfg.teacher_min_ratio},
@@ -296,21 +306,18 @@ def evaluate_checkpoints(
             },
         },
     )
-    labels = {r.key: _label(r) for r in results}
-    chosen = _chosen_windows(windows, cfg.panel_windows)
-    panel = plot_prediction_panel(
-        truth,
-        {labels[r.key]: predictions[r.key] for r in results},
-        step=cfg.panel_step,
-        window_labels=chosen,
-        title=f"{dataset}: forecast step {cfg.panel_step % truth.shape[1] + 1}, "
-        f"channel {(getattr(windows, 'channels', None) or ['0'])[0]}",
+    figures = evaluation_figures(
+        results,
+        table,
+        dataset=dataset,
+        truth=truth,
+        predictions=predictions,
+        fields=fields,
+        channels=list(getattr(windows, "channels", None) or []),
+        channel_metadata=channel_metadata_of(windows),
+        panel_step=cfg.panel_step,
+        window_labels=_chosen_windows(windows, cfg.panel_windows),
+        reference_teacher=reference.model if reference else None,
+        latency_batch=min(cfg.batch_sizes),
     )
-    return Evaluation(
-        results=results,
-        table=table,
-        curves=curves,
-        step_figure=plot_step_curves(results, title=f"{dataset}: error per forecast step"),
-        band_figure=plot_band_errors(results, title=f"{dataset}: error by wavenumber band"),
-        panel_figure=panel,
-    )
+    return Evaluation(results=results, table=table, curves=curves, figures=figures)

@@ -1,8 +1,8 @@
 """The ``evaluate`` parameters: ``EvaluationConfig`` read and checked from
 ``conf/base/parameters_evaluate.yml``, and the choices they are checked against.
 
-Imports only the config loader (and the baselines' names), so it runs without Kedro, MLflow,
-Zarr or Dask.
+Imports only the config loader (and the baselines' names and the SSIM conventions), so it runs
+without Kedro, MLflow, Zarr or Dask.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from sdkd_pipeline import config_utils
 from sdkd_pipeline.config_utils import one_or_list, param
 from sdkd_pipeline.errors import ConfigError
 from sdkd_pipeline.evaluation.baselines import BASELINE_NAMES
+from sdkd_pipeline.evaluation.metrics import DEFAULT_SSIM_CONVENTION, SSIM_CONVENTIONS
 
 __all__ = ["EXPORT_FORMATS", "TEACHER_MIN_RATIO", "EvaluationConfig"]
 
@@ -67,6 +68,17 @@ class EvaluationConfig:
         ge=1,
         key="teacher_check.min_ratio",
         note="how many times lower than a student's `none` MSE a teacher's must be",
+    )
+    rollout: bool = param(True, key="rollout.enabled")
+    rollout_factor: int = param(
+        5, ge=2, key="rollout.factor", note="rollout horizon in multiples of T_out"
+    )
+    rollout_max_windows: int = param(32, ge=1, key="rollout.max_windows")
+    ssim_convention: Literal[SSIM_CONVENTIONS] = param(
+        DEFAULT_SSIM_CONVENTION,
+        key="ssim.convention",
+        note="skimage: OpenSTL's, as the paper's tables; torchmetrics: gaussian window, "
+        "border included",
     )
 
     @classmethod

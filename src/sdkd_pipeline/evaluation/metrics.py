@@ -23,17 +23,38 @@ C channels on an H x W grid. Every sum below is accumulated in float64.
   (``psnr_per_step``), then over steps (``psnr``). It is computed from the MSE of the whole
   split, not averaged over per-frame PSNRs. An error of exactly zero gives ``+inf``, which
   propagates to the averages.
-- **SSIM.** ``torchmetrics.functional.structural_similarity_index_measure`` with a gaussian
-  kernel of 11 points and sigma 1.5 (reflect padding, k1 = 0.01, k2 = 0.03), computed on each
-  (sample, step, channel) 2-D frame with the explicit data range ``R_c`` of its channel, never
-  inferred from the data (skimage without ``data_range`` assumes a range of 2 for float images;
-  that is OpenSTL's SSIM, and we do not use it). Averaged over samples and channels per step
-  (``ssim_per_step``), then over steps (``ssim``). Needs H, W >= 6. Precision: on the CPU a
-  batch's channel whose values all lie within ``R_c`` of zero (``max |P|, |Y| <= R_c``, e.g.
-  vorticity, velocities, anomalies) runs in float32, 10-100x faster than float64 there and
-  within ~1e-5 of it (tested); any other channel (a large offset such as temperature in K,
-  where float32's ``E[x^2] - E[x]^2`` loses digits), and every channel on other devices (no
-  TF32 risk on GPUs), runs in float64. The sums over frames are float64 either way.
+- **SSIM.** Computed on each (sample, step, channel) 2-D frame with the explicit data range
+  ``R_c`` of its channel (``C1 = (0.01 R_c)^2``, ``C2 = (0.03 R_c)^2``), never inferred from the
+  data, then averaged over samples and channels per step (``ssim_per_step``) and over steps
+  (``ssim``). Two conventions (``ssim_convention``; ``evaluate.ssim.convention``), which differ
+  in the window and in which pixels of the SSIM map are averaged; the result records which
+  (``ForecastMetrics.ssim_convention``):
+
+  - ``"skimage"`` (the default, ``DEFAULT_SSIM_CONVENTION``): what OpenSTL computes, whose
+    numbers the paper's tables follow. OpenSTL calls ``skimage.metrics.structural_similarity``
+    with its defaults: a 7 x 7 uniform window, sample covariances (the windowed
+    ``E[xy] - E[x]E[y]`` times ``49 / 48``), k1 = 0.01, k2 = 0.03, and the map averaged only
+    where the window lies inside the frame (3 cells cropped along every border: the mean of an
+    (H - 6) x (W - 6) map, so no padding enters). Here a batched torch implementation (two
+    separable ``avg_pool2d`` passes, always float64, about as fast as float32 on the CPU)
+    equal to ``structural_similarity(p, y, data_range=R_c, win_size=7, gaussian_weights=False,
+    use_sample_covariance=True)`` to ~1e-11 (tested); OpenSTL's per-frame channel average is
+    our average over channels. One deliberate difference: OpenSTL passes no ``data_range``, so
+    the skimage it pins (<= 0.19) assumes a range of 2 for float images; we pass ``R_c``
+    (recent skimage refuses a float image without one). Needs H, W >= 7.
+  - ``"torchmetrics"``: ``torchmetrics.functional.structural_similarity_index_measure`` with a
+    gaussian kernel of 11 points and sigma 1.5 (population covariances), whose map covers the
+    whole frame: the 5 cells along each border are averaged too, their windows filled by
+    reflect padding. The window and the border both change the number: the two conventions
+    differ by a few per cent (1-4 % on smooth random fields from 16 x 16 to 128 x 128, the
+    border's share largest on small grids). Needs H, W >= 6. Precision: on the CPU a batch's
+    channel whose values all lie within ``R_c`` of zero (``max |P|, |Y| <= R_c``, e.g.
+    vorticity, velocities, anomalies) runs in float32, 10-100x faster than float64 there and
+    within ~1e-5 of it (tested); any other channel (a large offset such as temperature in K,
+    where float32's ``E[x^2] - E[x]^2`` loses digits), and every channel on other devices (no
+    TF32 risk on GPUs), runs in float64.
+
+  The sums over frames are float64 either way.
 - **Band errors (Plancherel).** The error field ``P - Y`` is split by radial wavenumber into
   three bands, ``spectral.BandSplit.log_spaced(H, W, 3)``: low, mid and high, with cutoffs
   log-spaced between ``|k| = 1`` and the grid's largest ``|k|`` (the mean, k = 0, is in the low
@@ -49,8 +70,9 @@ C channels on an H x W grid. Every sum below is accumulated in float64.
 
 Streaming: ``MetricAccumulator`` keeps float64 sums over batches, so an evaluation never holds
 the whole test split; its result equals the one computed on the concatenated data up to float64
-rounding (float32 rounding, ~1e-7, for an SSIM computed in float32), whatever the batch sizes. A prediction or truth with NaN or Inf is refused with a
-ValueError, so a diverged model cannot produce a silent NaN table.
+rounding (float32 rounding, ~1e-7, for an SSIM computed in float32), whatever the batch sizes.
+A prediction or truth with NaN or Inf is refused with a ValueError, so a diverged model cannot
+produce a silent NaN table.
 """
 
 from __future__ import annotations
@@ -63,12 +85,15 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from sdkd_pipeline.spectral import BandSplit
 
 __all__ = [
     "BAND_NAMES",
+    "DEFAULT_SSIM_CONVENTION",
+    "SSIM_CONVENTIONS",
     "ForecastMetrics",
     "MetricAccumulator",
     "data_range_from",
@@ -77,11 +102,24 @@ __all__ = [
 
 BAND_NAMES: tuple[str, ...] = ("low", "mid", "high")
 
+# The SSIM conventions (module docstring): "skimage" is OpenSTL's, whose numbers the paper's
+# tables follow, hence the default.
+SSIM_CONVENTIONS: tuple[str, ...] = ("skimage", "torchmetrics")
+DEFAULT_SSIM_CONVENTION = "skimage"
+# torchmetrics convention: gaussian window
 SSIM_KERNEL_SIZE = 11
 SSIM_SIGMA = 1.5
-# torchmetrics pads each frame by reflection with (kernel - 1) / 2 = 5 cells; reflect padding
-# needs more cells than that along each axis.
-_SSIM_MIN_SIZE = SSIM_KERNEL_SIZE // 2 + 1
+# skimage convention: skimage's default uniform window, its side and the border it crops
+SSIM_UNIFORM_WINDOW = 7
+_SSIM_CROP = (SSIM_UNIFORM_WINDOW - 1) // 2
+# Smallest grid side per convention: torchmetrics pads each frame by reflection with
+# (kernel - 1) / 2 = 5 cells, and reflect padding needs more cells than that along each axis;
+# skimage's window must fit in the frame.
+_SSIM_MIN_SIZE = {"skimage": SSIM_UNIFORM_WINDOW, "torchmetrics": SSIM_KERNEL_SIZE // 2 + 1}
+_SSIM_WINDOW_NAME = {
+    "skimage": f"skimage's {SSIM_UNIFORM_WINDOW}-point uniform window",
+    "torchmetrics": f"torchmetrics' {SSIM_KERNEL_SIZE}-point gaussian window",
+}
 # Pixels per SSIM call: bounds the temporaries (about a dozen copies) to a few 100 MB.
 _SSIM_PIXELS_PER_CALL = 2**22
 # float32 SSIM on the CPU only where max(|P|, |Y|) <= this times R_c: there it agrees with
@@ -111,7 +149,8 @@ class ForecastMetrics:
     Scalars are averaged over the forecast steps; ``*_per_step`` tuples have one value per step
     (step 1 first). ``band_mse`` maps ``low`` / ``mid`` / ``high`` to the band's MSE and
     ``band_mse_per_step`` to its per-step tuple. ``band_cutoffs`` are the two ``|k|`` cutoffs of
-    the bands, ``data_range`` the ``R_c`` used for PSNR and SSIM, ``n_samples`` the N seen.
+    the bands, ``data_range`` the ``R_c`` used for PSNR and SSIM, ``n_samples`` the N seen,
+    ``ssim_convention`` the SSIM convention (one of ``SSIM_CONVENTIONS``).
     """
 
     mse: float
@@ -129,6 +168,7 @@ class ForecastMetrics:
     band_cutoffs: tuple[float, ...]
     data_range: tuple[float, ...]
     n_samples: int
+    ssim_convention: str = DEFAULT_SSIM_CONVENTION
 
     @property
     def steps(self) -> int:
@@ -153,11 +193,16 @@ class ForecastMetrics:
         out["band_cutoffs"] = list(self.band_cutoffs)
         out["data_range"] = list(self.data_range)
         out["n_samples"] = self.n_samples
+        out["ssim_convention"] = self.ssim_convention
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ForecastMetrics:
-        """Inverse of ``to_dict`` (e.g. for a metrics JSON file written by an evaluation)."""
+        """Inverse of ``to_dict`` (e.g. for a metrics JSON file written by an evaluation).
+
+        A dict without ``ssim_convention`` was written before the option existed, when every
+        SSIM was torchmetrics': it reads as ``"torchmetrics"``.
+        """
         per_step = {
             f"{name}_per_step": tuple(float(v) for v in data[f"{name}_per_step"])
             for name in ("mse", "mae", "rmse", "psnr", "ssim")
@@ -173,6 +218,7 @@ class ForecastMetrics:
             band_cutoffs=tuple(float(v) for v in data["band_cutoffs"]),
             data_range=tuple(float(v) for v in data["data_range"]),
             n_samples=int(data["n_samples"]),
+            ssim_convention=str(data.get("ssim_convention", "torchmetrics")),
         )
 
     def flat(self) -> dict[str, float]:
@@ -232,6 +278,16 @@ def _check_positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
+def _check_ssim_convention(convention: Any) -> str:
+    """``convention`` if it is one of ``SSIM_CONVENTIONS``, else a ValueError naming them."""
+    if not isinstance(convention, str) or convention not in SSIM_CONVENTIONS:
+        raise ValueError(
+            f"ssim_convention must be one of {', '.join(map(repr, SSIM_CONVENTIONS))}, "
+            f"got {convention!r}"
+        )
+    return convention
+
+
 def _check_data_range(data_range: Sequence[float] | torch.Tensor, channels: int) -> torch.Tensor:
     values = torch.as_tensor(
         data_range.detach().cpu() if isinstance(data_range, torch.Tensor) else data_range,
@@ -260,7 +316,8 @@ class MetricAccumulator:
 
     ``update(prediction, target)`` per batch (any N, any device, any float dtype; a last
     partial batch is fine), then ``compute()``. ``data_range`` holds ``R_c`` per channel, in the
-    units of the de-normalized fields (see ``data_range_from``).
+    units of the de-normalized fields (see ``data_range_from``); ``ssim_convention`` is one of
+    ``SSIM_CONVENTIONS`` (module docstring).
     """
 
     def __init__(
@@ -270,15 +327,20 @@ class MetricAccumulator:
         height: int,
         width: int,
         data_range: Sequence[float] | torch.Tensor,
+        *,
+        ssim_convention: str = DEFAULT_SSIM_CONVENTION,
     ) -> None:
+        self.ssim_convention = _check_ssim_convention(ssim_convention)
         self.channels = _check_positive_int(channels, "channels")
         self.steps = _check_positive_int(steps, "steps")
         self.height = _check_positive_int(height, "height")
         self.width = _check_positive_int(width, "width")
-        if min(self.height, self.width) < _SSIM_MIN_SIZE:
+        least = _SSIM_MIN_SIZE[self.ssim_convention]
+        if min(self.height, self.width) < least:
             raise ValueError(
-                f"SSIM with an {SSIM_KERNEL_SIZE}-point gaussian window needs a grid of at least "
-                f"{_SSIM_MIN_SIZE}x{_SSIM_MIN_SIZE}, got {self.height}x{self.width}"
+                f"SSIM with {_SSIM_WINDOW_NAME[self.ssim_convention]} (ssim_convention "
+                f"{self.ssim_convention!r}) needs a grid of at least {least}x{least}, got "
+                f"{self.height}x{self.width}"
             )
         self.data_range = _check_data_range(data_range, self.channels)
         self.bands = BandSplit.log_spaced(self.height, self.width, len(BAND_NAMES))
@@ -332,13 +394,11 @@ class MetricAccumulator:
     def _ssim_sums(self, pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
         """Sum over samples of each frame's SSIM: (T, C).
 
-        The frames of one channel go to torchmetrics as ``(T, n, H, W)``: the steps as the
-        batch and the samples as its channels, each channel filtered by its own copy of the
-        gaussian window (a grouped convolution, far faster on the CPU than ``n * T``
-        one-channel images). Its per-image value (``reduction="none"``) is then the mean over
-        the n samples and H x W pixels of each step's SSIM map, i.e. the mean of the n frames'
-        SSIMs (every frame has H x W pixels), times n the sum we need: the same numbers as one
-        call per frame.
+        The frames of one channel are taken as ``(T, n, H, W)``: the steps as the batch and the
+        samples as its channels, filtered channel by channel (torchmetrics' grouped
+        convolution, or ``avg_pool2d``), far faster on the CPU than ``n * T`` one-channel
+        images. The mean over the n samples of each step's frame SSIMs, times n, is the sum we
+        need: the same numbers as one call per frame.
         """
         n, steps = pred.shape[:2]
         per_call = max(1, _SSIM_PIXELS_PER_CALL // (steps * self.height * self.width))
@@ -347,20 +407,29 @@ class MetricAccumulator:
             data_range = float(self.data_range[channel])
             frames_pred = pred[:, :, channel].transpose(0, 1)
             frames_true = true[:, :, channel].transpose(0, 1)
-            dtype = self._ssim_dtype(frames_pred, frames_true, data_range)
+            if self.ssim_convention == "torchmetrics":
+                dtype = self._ssim_dtype(frames_pred, frames_true, data_range)
+            else:
+                dtype = torch.float64
             frames_pred = frames_pred.to(dtype).contiguous()
             frames_true = frames_true.to(dtype).contiguous()
             for start in range(0, n, per_call):
                 stop = min(start + per_call, n)
-                mean = structural_similarity_index_measure(
-                    frames_pred[:, start:stop],
-                    frames_true[:, start:stop],
-                    gaussian_kernel=True,
-                    sigma=SSIM_SIGMA,
-                    kernel_size=SSIM_KERNEL_SIZE,
-                    reduction="none",
-                    data_range=data_range,
-                )
+                chunk_pred, chunk_true = frames_pred[:, start:stop], frames_true[:, start:stop]
+                if self.ssim_convention == "torchmetrics":
+                    # per image (reduction="none"): the mean over the chunk's samples and
+                    # H x W pixels of each step's SSIM map, i.e. the mean of its frames' SSIMs
+                    mean = structural_similarity_index_measure(
+                        chunk_pred,
+                        chunk_true,
+                        gaussian_kernel=True,
+                        sigma=SSIM_SIGMA,
+                        kernel_size=SSIM_KERNEL_SIZE,
+                        reduction="none",
+                        data_range=data_range,
+                    )
+                else:
+                    mean = _skimage_ssim(chunk_pred, chunk_true, data_range).mean(1)
                 sums[:, channel] += mean.to(torch.float64) * (stop - start)
         return sums
 
@@ -407,7 +476,37 @@ class MetricAccumulator:
             band_cutoffs=self.bands.cutoffs,
             data_range=per_step(self.data_range),
             n_samples=self._n_samples,
+            ssim_convention=self.ssim_convention,
         )
+
+
+def _uniform_window_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over each 7 x 7 window lying inside the frame (last two dims): ``(..., H - 6, W - 6)``,
+    as two separable passes."""
+    window = SSIM_UNIFORM_WINDOW
+    rows = F.avg_pool2d(x, (window, 1), stride=1)
+    return F.avg_pool2d(rows, (1, window), stride=1)
+
+
+def _skimage_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float) -> torch.Tensor:
+    """skimage's ``structural_similarity`` of every frame of ``(B, n, H, W)``: ``(B, n)``.
+
+    With its defaults (a 7 x 7 uniform window, sample covariances, k1 = 0.01, k2 = 0.03) and an
+    explicit ``data_range``; the map is averaged over the pixels whose window lies inside the
+    frame, which is skimage's crop of 3 cells along each border (the values its reflect
+    padding produces there never enter the mean).
+    """
+    points = SSIM_UNIFORM_WINDOW**2
+    covariance_norm = points / (points - 1)  # sample covariance, as skimage's default
+    c1 = (0.01 * data_range) ** 2
+    c2 = (0.03 * data_range) ** 2
+    mean_x, mean_y = _uniform_window_mean(x), _uniform_window_mean(y)
+    var_x = covariance_norm * (_uniform_window_mean(x * x) - mean_x * mean_x)
+    var_y = covariance_norm * (_uniform_window_mean(y * y) - mean_y * mean_y)
+    cov_xy = covariance_norm * (_uniform_window_mean(x * y) - mean_x * mean_y)
+    numerator = (2 * mean_x * mean_y + c1) * (2 * cov_xy + c2)
+    denominator = (mean_x.square() + mean_y.square() + c1) * (var_x + var_y + c2)
+    return (numerator / denominator).mean((-2, -1))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ the lowest validation MSE (the checkpoint's ``best_val_loss``) as the reference.
 ``metrics.gap_closed`` with persistence in place of ``none``. ``teacher_check`` says whether a
 teacher is worth distilling: its test MSE below persistence's and at most
 ``none_mse / teacher_min_ratio`` for every student whose ``none`` row exists. An exported
-latency a row has no number for is left blank (NaN).
+latency a row has no number for is left blank (NaN). ``compact_table`` / ``compact_markdown``
+are the short table a paper shows (fewer columns, units in the headers, 3 significant
+figures); the full table keeps full precision in the CSV.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ __all__ = [
     "ModelResult",
     "best_teacher",
     "build_table",
+    "compact_markdown",
+    "compact_table",
     "curves_json",
     "table_metrics",
     "teacher_check",
@@ -241,7 +245,9 @@ def build_table(
     return table.astype({c: float for c in exported_columns})
 
 
-def _format_cell(value: Any, digits: int) -> str:
+def _format_cell(value: Any, digits: int, notation: str | None = None) -> str:
+    """One cell: ``notation`` None is ``digits`` decimals (scientific when tiny or huge);
+    ``"fixed"`` / ``"sci"`` are ``digits`` significant figures in that notation."""
     if value is None:
         return ""
     if isinstance(value, (bool, np.bool_)):
@@ -254,23 +260,64 @@ def _format_cell(value: Any, digits: int) -> str:
             return ""
         if math.isinf(value):
             return "inf" if value > 0 else "-inf"
+        if notation == "sci":
+            return f"{value:.{digits - 1}e}"
+        if notation == "fixed":
+            return _significant_fixed(value, digits)
         if value != 0 and (abs(value) >= 1e5 or abs(value) < 10 ** -(digits - 1)):
             return f"{value:.{digits - 1}e}"
         return f"{value:.{digits}g}" if abs(value) >= 10**digits else f"{value:.{digits}f}"
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:
-    """A GitHub pipe table of ``table`` (no tabulate needed): text left, numbers right;
-    floats with ``digits`` decimals (scientific when tiny or huge), NaN blank."""
+def _significant_fixed(value: float, significant: int) -> str:
+    """``value`` rounded to ``significant`` figures, written without an exponent (trailing
+    zeros kept: 0.500, 1230, 12.0)."""
+    if value == 0:
+        return "0"
+    rounded = float(f"{value:.{significant}g}")
+    decimals = max(significant - 1 - math.floor(math.log10(abs(rounded))), 0)
+    return f"{rounded:.{decimals}f}"
+
+
+def _column_notation(values: Sequence[Any], significant: int) -> str:
+    """``"sci"`` for a float column with a finite non-zero value of magnitude ``>= 10^(s+2)``
+    or ``< 10^-s`` (``s`` = ``significant``), where fixed notation would need many digits or
+    zeros; else ``"fixed"``. One notation per column keeps its numbers comparable."""
+    magnitudes = [
+        abs(float(v))
+        for v in values
+        if isinstance(v, (float, np.floating)) and math.isfinite(v) and v != 0
+    ]
+    if magnitudes and (
+        max(magnitudes) >= 10 ** (significant + 2) or min(magnitudes) < 10**-significant
+    ):
+        return "sci"
+    return "fixed"
+
+
+def to_markdown(table: pd.DataFrame, digits: int = 4, significant: int | None = None) -> str:
+    """A GitHub pipe table of ``table`` (no tabulate needed): text left, numbers right, NaN
+    blank, integers with thousands separators. Floats with ``digits`` decimals (scientific
+    when tiny or huge), or, with ``significant``, that many significant figures in one
+    notation per column (``_column_notation``: fixed, or scientific for a column spanning
+    tiny or huge values)."""
     headers = [str(c).replace("|", "\\|") for c in table.columns]
     numeric = [
         pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c])
         for c in table.columns
     ]
-    body = [
-        [_format_cell(v, digits) for v in row] for row in table.itertuples(index=False, name=None)
-    ]
+    rows = list(table.itertuples(index=False, name=None))
+    if significant is None:
+        body = [[_format_cell(v, digits) for v in row] for row in rows]
+    else:
+        notations = [
+            _column_notation([row[i] for row in rows], significant) for i in range(len(headers))
+        ]
+        body = [
+            [_format_cell(v, significant, n) for v, n in zip(row, notations, strict=True)]
+            for row in rows
+        ]
     widths = [max([len(h), 3, *(len(row[i]) for row in body)]) for i, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
@@ -289,6 +336,79 @@ def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:
         + " |"
     )
     return "\n".join([line(headers), rule, *(line(row) for row in body)]) + "\n"
+
+
+COMPACT_SIGNIFICANT = 3
+
+
+def compact_table(
+    table: pd.DataFrame,
+    *,
+    channel_metadata: Sequence[Mapping[str, str]] | None = None,
+    reference_teacher: str | None = None,
+) -> pd.DataFrame:
+    """The table a paper shows, from ``build_table``'s (the full one stays in the CSV): role,
+    model, method, params, GFLOPs, MSE, MAE, PSNR, SSIM, high-band MSE, the CPU latency at
+    the smallest batch size, the speedup over ``reference_teacher`` (default: the first
+    teacher with a speedup column) at that batch size and the gap closed on MSE. Headers
+    carry the units, from ``channel_metadata`` (the store's CF metadata, one entry per
+    channel; ``[units unknown]`` without it, ``[mixed units]`` for channels that disagree).
+    A column the table lacks is left out."""
+    from sdkd_pipeline.evaluation.plots.style import combined_metadata, units_suffix
+
+    meta = combined_metadata(channel_metadata or [])
+    batches = sorted(
+        int(c.removeprefix("latency_ms_b")) for c in table.columns if c.startswith("latency_ms_b")
+    )
+    columns: dict[str, str] = {
+        "role": "role",
+        "model": "model",
+        "method": "method",
+        "params": "params",
+        "gflops": "GFLOPs",
+        "mse": f"MSE {units_suffix(meta, 2)}",
+        "mae": f"MAE {units_suffix(meta, 1)}",
+        "psnr": "PSNR [dB]",
+        "ssim": "SSIM",
+        "band_mse_high": f"high-band MSE {units_suffix(meta, 2)}",
+    }
+    if batches:
+        b = batches[0]
+        columns[f"latency_ms_b{b}"] = f"CPU latency b={b} [ms]"
+        speedups = [
+            c for c in table.columns if c.startswith("speedup_vs_") and c.endswith(f"_b{b}")
+        ]
+        wanted = f"speedup_vs_{reference_teacher}_b{b}"
+        speedup = wanted if wanted in speedups else (speedups[0] if speedups else None)
+        if speedup is not None:
+            teacher = speedup.removeprefix("speedup_vs_").removesuffix(f"_b{b}")
+            columns[speedup] = f"speedup vs {teacher} [×]"
+    columns["gap_closed_mse"] = "gap closed (MSE)"
+    kept = {c: header for c, header in columns.items() if c in table.columns}
+    return table[list(kept)].rename(columns=kept)
+
+
+def compact_markdown(
+    table: pd.DataFrame,
+    *,
+    channel_metadata: Sequence[Mapping[str, str]] | None = None,
+    reference_teacher: str | None = None,
+    significant: int = COMPACT_SIGNIFICANT,
+) -> str:
+    """``compact_table`` as a pipe table, ``significant`` figures per number
+    (``to_markdown``), then one line with each teacher's ``teacher_check`` verdict."""
+    text = to_markdown(
+        compact_table(
+            table, channel_metadata=channel_metadata, reference_teacher=reference_teacher
+        ),
+        significant=significant,
+    )
+    if "teacher_check" in table.columns:
+        teachers = table[table["role"] == "teacher"]
+        verdicts = [f"{r['model']}: {r['teacher_check']}" for r in teachers.to_dict("records")]
+        if verdicts:
+            text += f"\n`teacher_check`: {'; '.join(verdicts)}.\n"
+    return text
 
 
 def curves_json(

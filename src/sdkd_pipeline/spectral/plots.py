@@ -1,5 +1,6 @@
 """The figure of the spectral analysis (``analysis.analyse_spectra``): log-log spectra
-with fitted and reference lines.
+with fitted and reference lines, in the evaluation figures' colour-blind-safe palette
+(``evaluation.plots.style.OKABE_ITO``), each panel's legend below it (never over the data).
 
 Imports numpy only at module level and matplotlib inside ``plot_spectra`` (no pyplot state).
 """
@@ -10,6 +11,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from sdkd_pipeline.evaluation.plots.style import OKABE_ITO
 
 __all__ = ["LATENT_SYMBOLS", "REFERENCE_SLOPES", "plot_spectra"]
 
@@ -69,7 +72,7 @@ def plot_spectra(
         for index, name in enumerate(names):
             k, E = (np.asarray(a, dtype=np.float64) for a in spectra[name])
             use = (k > 0) & (E > 0)
-            color = f"C{index}"
+            color = OKABE_ITO[index % len(OKABE_ITO)]
             symbol = LATENT_SYMBOLS.get(name, name)
             fit = fits.get(name)
             law = fit is not None and _is_power_law(fit)
@@ -106,7 +109,13 @@ def plot_spectra(
         axes.set_ylabel("E(k)" + (" (normalized units)" if label == "data" else ""))
         axes.set_title(label)
         axes.grid(True, which="both", alpha=0.3)
-        axes.legend(fontsize=7)
+        axes.legend(  # below the axes, clear of the ticks and the x label (4.5 font sizes)
+            fontsize=7,
+            loc="upper center",
+            bbox_to_anchor=(0.5, 0.0),
+            borderaxespad=4.5,
+            frameon=False,
+        )
     if title:
         figure.suptitle(title)
     return figure

@@ -1,6 +1,6 @@
 """The evaluation node: every teacher and student checkpoint of one dataset on its test split,
-one table (CSV and Markdown), per-step curves (JSON), three figures and one MLflow run
-``<dataset>/evaluation``. The work is done by ``sdkd_pipeline.evaluation``."""
+one table (CSV, and a compact Markdown one), per-step curves (JSON), the figures of
+``evaluation.plots.FIGURES`` and one MLflow run ``<dataset>/evaluation``. The work is done by ``sdkd_pipeline.evaluation``."""
 
 from __future__ import annotations
 
@@ -16,11 +16,15 @@ import xarray as xr
 
 from sdkd_pipeline.data.windows import WindowDataset
 from sdkd_pipeline.evaluation import (
+    FIGURES,
     EvaluationConfig,
+    compact_markdown,
     evaluate_checkpoints,
     table_metrics,
-    to_markdown,
 )
+from sdkd_pipeline.evaluation.accuracy import test_data_range
+from sdkd_pipeline.evaluation.plots.style import channel_metadata_of
+from sdkd_pipeline.evaluation.rollout import RolloutResult, evaluate_rollouts, plot_rollouts
 from sdkd_pipeline.models.checkpoint import Checkpoint
 from sdkd_pipeline.tracking import DEFAULT_EXPERIMENT, MLflowTracker, flatten_params
 
@@ -82,12 +86,12 @@ def evaluate_dataset(
     students: list[str] | None = None,
     methods: list[str] | None = None,
     **checkpoints: Mapping[str, Any],
-) -> tuple[pd.DataFrame, str, dict[str, Any], Any, Any, Any]:
+) -> tuple[Any, ...]:
     """Evaluate every checkpoint passed as ``teacher_<model>`` or ``student_<model>__<method>``
     on the test split of ``dataset``.
 
-    Returns the table, its Markdown, the per-step curves JSON and the figures (metric per step,
-    error by band, prediction panel); logs them to one MLflow run ``<dataset>/evaluation``.
+    Returns the table, its compact Markdown, the per-step curves JSON and the figures in
+    ``FIGURES`` order; logs them to one MLflow run ``<dataset>/evaluation``.
     """
     cfg = EvaluationConfig.from_params(evaluate_params)
     store = tensors.encoding.get("store_path") or tensors
@@ -105,8 +109,26 @@ def evaluate_dataset(
     table = result.table
     markdown = _markdown(dataset, windows, cfg, result)
 
-    _log_run(tracking, dataset, evaluate_params, windows, table, markdown, result)
+    rollouts = _rollouts(entries, store, windows, cfg, dataset)
+    table["rollout_lead_behind_persistence"] = [
+        _behind(rollouts, f"{r['model']}/{r['method']}") for r in table.to_dict("records")
+    ]
+    rollout_figure = plot_rollouts(rollouts, title=None)
+    result.curves["rollout"] = rollouts.to_dict()  # the evaluation run's curves JSON has it
+
+    _log_run(
+        tracking,
+        dataset,
+        evaluate_params,
+        windows,
+        table,
+        markdown,
+        result,
+        extra_figures={"rollout": rollout_figure},
+    )
     _log_on_model_runs(entries, result)
+    _log_rollouts(entries, rollouts)
+    _log_student_models(entries, windows, dataset, tracking)
 
     for record in table.to_dict("records"):
         logger.info(
@@ -119,14 +141,87 @@ def evaluate_dataset(
             record["ssim"],
             "-" if math.isnan(record["gap_closed_mse"]) else f"{record['gap_closed_mse']:.3f}",
         )
-    return (
-        table,
-        markdown,
-        result.curves,
-        result.step_figure,
-        result.band_figure,
-        result.panel_figure,
+    figures = (result.figures[name] for name in FIGURES)
+    return (table, markdown, result.curves, *figures, rollouts.to_dict(), rollout_figure)
+
+
+def _rollouts(
+    entries: list, store: Any, windows: WindowDataset, cfg: EvaluationConfig, dataset: str
+) -> RolloutResult:
+    """Every model's autoregressive rollout (``evaluation.rollout``), or an empty result saying
+    why there is none (switched off, or test trajectories too short)."""
+    t_out = int(windows.t_out)
+    if not cfg.rollout:
+        return RolloutResult(cfg.rollout_factor * t_out, t_out, 0, skipped="evaluate.rollout off")
+    from sdkd_pipeline.devices import resolve_device
+
+    modules = {f"{model}/{method}": module for _, model, method, module, _ in entries}
+    result = evaluate_rollouts(
+        modules,
+        store,
+        factor=cfg.rollout_factor,
+        max_windows=cfg.rollout_max_windows,
+        batch_size=cfg.batch_size,
+        data_range=test_data_range(windows, cfg.batch_size),
+        device=resolve_device(cfg.device, param="evaluate.device"),
+        ssim_convention=cfg.ssim_convention,
     )
+    if result.skipped:
+        logger.info("%s: no rollout: %s", dataset, result.skipped)
+    else:
+        behind = {k: c.behind_persistence_lead for k, c in result.curves.items()}
+        logger.info(
+            "%s: rollout over %d frames on %d test windows; lead time at which each model "
+            "falls behind persistence: %s",
+            dataset,
+            result.horizon,
+            result.windows,
+            ", ".join(f"{k} {'never' if v is None else v}" for k, v in behind.items()),
+        )
+    return result
+
+
+def _behind(rollouts: RolloutResult, key: str) -> float:
+    curves = rollouts.curves.get(key)
+    if curves is None or curves.behind_persistence_lead is None:
+        return math.nan
+    return float(curves.behind_persistence_lead)
+
+
+def _log_rollouts(entries: list, rollouts: RolloutResult) -> None:
+    """Each model's rollout curves on its own training run, ``step`` = lead time:
+    ``rollout_mse``, ``rollout_ssim``, ``rollout_energy_ratio_<band>``."""
+    if rollouts.skipped:
+        return
+    import time
+
+    import mlflow
+    from mlflow.entities import Metric
+
+    from sdkd_pipeline.tracking import default_tracking_uri
+
+    uri = mlflow.get_tracking_uri() if mlflow.active_run() else default_tracking_uri()
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    now = int(time.time() * 1000)
+    for _, model, method, _, checkpoint in entries:
+        run_id, curves = checkpoint.get("mlflow_run_id"), rollouts.curves.get(f"{model}/{method}")
+        if not run_id or curves is None:
+            continue
+        series = {"rollout_mse": curves.mse, "rollout_ssim": curves.ssim}
+        series.update({f"rollout_energy_ratio_{b}": v for b, v in curves.energy_ratio.items()})
+        metrics = [
+            Metric(name, float(v), now, lead)
+            for name, values in series.items()
+            for lead, v in enumerate(values, start=1)
+            if math.isfinite(float(v))
+        ]
+        try:
+            for start in range(0, len(metrics), 1000):
+                client.log_batch(run_id, metrics=metrics[start : start + 1000])
+        except Exception as exc:  # noqa: BLE001 - a run deleted meanwhile must not fail the stage
+            logger.warning(
+                "could not log %s/%s's rollout on run %s: %s", model, method, run_id, exc
+            )
 
 
 def _entries(
@@ -158,12 +253,20 @@ def _markdown(
         f"# {dataset}: test split, de-normalized\n\n"
         f"{len(windows)} test windows; PSNR and SSIM with data range "
         f"{', '.join(f'{v:.4g}' for v in result.curves['data_range'])} (max - min of "
-        f"the test truth per channel); latency in ms on the CPU with "
+        f"the test truth per channel), SSIM in the {cfg.ssim_convention} convention "
+        f"(`evaluate.ssim.convention`); latency in ms on the CPU with "
         f"{cfg.threads} thread(s), median of {_repeats_note(cfg)}, once per architecture"
         f"{_exported_note(cfg, result.curves)}; gap closed relative to "
         f"`none` (`gap_closed_vs_persistence_mse`: relative to persistence) against teacher "
         f"{result.curves['gap_reference_teacher']}.{_baselines_note(result.curves)}"
-        f"{_teacher_check_note(cfg)}\n\n" + to_markdown(table)
+        f"{_teacher_check_note(cfg)} The table below is the compact one (3 significant "
+        f"figures, units in the headers); `{dataset}_table.csv` has every column at full "
+        f"precision.\n\n"
+        + compact_markdown(
+            table,
+            channel_metadata=channel_metadata_of(windows),
+            reference_teacher=result.curves["gap_reference_teacher"],
+        )
     )
 
 
@@ -175,15 +278,17 @@ def _log_run(
     table: pd.DataFrame,
     markdown: str,
     result: Evaluation,
+    extra_figures: Mapping[str, Any] | None = None,
 ) -> None:
-    """The MLflow run ``<dataset>/evaluation``: parameters, metrics, table, curves, figures;
-    its id joins ``result.curves``."""
+    """The MLflow run ``<dataset>/evaluation``: parameters, metrics, table, curves, figures
+    (``result``'s and ``extra_figures``); its id joins ``result.curves``."""
     tracking = dict(tracking or {})
     tags = {
         "dataset": dataset,
         "stage": "evaluation",
         "method": "evaluation",
         "models": ",".join(f"{r.model}/{r.method}" for r in result.results),
+        "ssim_convention": result.curves["ssim_convention"],
     }
     with MLflowTracker(
         experiment=tracking.get("experiment", DEFAULT_EXPERIMENT),
@@ -206,9 +311,8 @@ def _log_run(
                 path.write_text(text)
                 tracker.log_artifact(path)
         tracker.log_dict(result.curves, f"{dataset}_curves.json")
-        tracker.log_figure(result.step_figure, f"{dataset}_metrics_per_step.png")
-        tracker.log_figure(result.band_figure, f"{dataset}_band_errors.png")
-        tracker.log_figure(result.panel_figure, f"{dataset}_predictions.png")
+        for name, figure in {**result.figures, **(extra_figures or {})}.items():
+            tracker.log_figure(figure, f"{dataset}_{name}.png")
         result.curves["mlflow_run_id"] = tracker.run_id
 
 
@@ -291,10 +395,38 @@ def _log_on_model_runs(entries: list, result: Evaluation) -> None:
         try:
             for start in range(0, len(metrics), 1000):  # MLflow's batch limit
                 client.log_batch(run_id, metrics=metrics[start : start + 1000])
+            client.set_tag(run_id, "test_ssim_convention", res.metrics.ssim_convention)
         except Exception as exc:  # noqa: BLE001 - a run deleted meanwhile must not fail the stage
             logger.warning(
                 "could not log %s's test metrics on its run %s: %s", res.key, run_id, exc
             )
+
+
+def _log_student_models(
+    entries: list, windows: WindowDataset, dataset: str, tracking: Mapping[str, Any] | None
+) -> None:
+    """Each student as MLflow models on its own run, the first test window as their input
+    example, and the best (lowest validation MSE) registered as ``sdkd-<dataset>-student``,
+    per ``tracking.models`` (``sdkd_pipeline.tracking_models``)."""
+    from sdkd_pipeline.tracking import TrackingConfig
+
+    cfg = TrackingConfig.from_params(tracking)
+    if not cfg.log_models or not any(role == "student" for role, *_ in entries):
+        return
+    import mlflow
+
+    from sdkd_pipeline.tracking import default_tracking_uri
+    from sdkd_pipeline.tracking_models import log_students
+
+    uri = mlflow.get_tracking_uri() if mlflow.active_run() else default_tracking_uri()
+    log_students(
+        uri,
+        entries,
+        windows[0][0].unsqueeze(0),
+        dataset=dataset,
+        register=cfg.register_models,
+        name_template=cfg.registered_name,
+    )
 
 
 def _metrics(table: pd.DataFrame, results: list) -> dict[str, float]:

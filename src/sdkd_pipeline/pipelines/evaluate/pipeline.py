@@ -1,8 +1,10 @@
-"""One node per dataset, namespaced ``<dataset>``: ``evaluate_dataset`` reads
+"""One node per dataset, ``<dataset>.evaluate_models_on_<dataset>``: it reads
 ``<dataset>.tensors``, every teacher checkpoint ``<dataset>.<teacher>.checkpoint`` and every
 student checkpoint ``<dataset>.<student>.<method>.checkpoint`` of the distill selection, and
 writes ``<dataset>.evaluation_table`` (CSV), ``.evaluation_markdown``, ``.evaluation_curves``
-(JSON) and three figures under ``data/08_reporting/evaluation/``.
+(JSON), the figures of ``evaluation.plots.FIGURES`` (``FIGURE_OUTPUTS``) and the rollout's
+``.evaluation_rollout`` (JSON) and ``.evaluation_rollout_plot`` under
+``data/08_reporting/evaluation/``.
 """
 
 from __future__ import annotations
@@ -11,15 +13,27 @@ from functools import partial, update_wrapper
 
 from kedro.pipeline import Pipeline, node, pipeline
 
+from sdkd_pipeline.evaluation.plots import FIGURES
 from sdkd_pipeline.pipelines.evaluate.nodes import evaluate_dataset, student_input, teacher_input
 
+# each figure's catalog entry (conf/base/catalog.yml: <dataset>_<figure>.png)
+FIGURE_OUTPUTS = {
+    "metrics_per_step": "evaluation_step_plot",
+    "band_errors": "evaluation_band_plot",
+    "predictions": "evaluation_panel",
+    "band_errors_by_lead": "evaluation_band_lead_plot",
+    "forecast_spectra": "evaluation_spectra_plot",
+    "pareto": "evaluation_pareto_plot",
+    "gap_closed": "evaluation_gap_plot",
+}
+assert list(FIGURE_OUTPUTS) == list(FIGURES), "one catalog entry per figure, in FIGURES order"
 OUTPUTS = [
     "evaluation_table",
     "evaluation_markdown",
     "evaluation_curves",
-    "evaluation_step_plot",
-    "evaluation_band_plot",
-    "evaluation_panel",
+    *FIGURE_OUTPUTS.values(),
+    "evaluation_rollout",
+    "evaluation_rollout_plot",
 ]
 
 
@@ -54,7 +68,7 @@ def create_evaluate_pipeline(
                     **checkpoints,
                 },
                 outputs=OUTPUTS,
-                name="evaluate_dataset",
+                name=f"evaluate_models_on_{dataset}",
             )
         ]
     )
