@@ -48,12 +48,16 @@ class ProjectLockHook:
 class MLflowSchemaHook:
     """Creates the embedded SQLite tracking store's schema under a file lock, before
     kedro-mlflow opens the store: two first runs at once would otherwise both run MLflow's
-    migrations and one would crash (``table _alembic_tmp_experiments already exists``)."""
+    migrations and one would crash (``table _alembic_tmp_experiments already exists``).
+    Then checks the ``tracking`` parameters and handles a store copied from another project
+    (``tracking_store.separate_copied_experiments``, per ``tracking.copied_store``) before
+    kedro-mlflow opens its experiment."""
 
     @hook_impl(tryfirst=True)
     def after_context_created(self, context) -> None:
-        from sdkd_pipeline.tracking import default_tracking_uri
+        from sdkd_pipeline.tracking import EXPERIMENT_KIND, TrackingConfig, default_tracking_uri
 
+        cfg = TrackingConfig.from_params(context.config_loader["parameters"].get("tracking"))
         uri = default_tracking_uri()
         if not uri.startswith("sqlite:///"):
             return
@@ -62,10 +66,13 @@ class MLflowSchemaHook:
         except ImportError:
             return
         from sdkd_pipeline.io.locks import serialized
+        from sdkd_pipeline.tracking_store import separate_copied_experiments
 
         db = Path(uri.removeprefix("sqlite:///"))  # relative: to the working directory, as MLflow
         with serialized(db.with_name(f".{db.name}.lock")):
-            mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+            client = mlflow.MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)
+            separate_copied_experiments(client, uri, cfg.copied_store, tags=EXPERIMENT_KIND)
 
 
 class EnabledDatasetsHook:
@@ -81,6 +88,34 @@ class EnabledDatasetsHook:
         # context.params would validate against the pipelines, i.e. build them with the previous
         # selection; the config loader already holds the --params overrides
         selection.set_parameters(context.config_loader["parameters"])
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict[str, Any]) -> None:
+        """A run that left a stage out for every enabled dataset ends with one line saying
+        so and why (the registry's warnings scroll away above the run's log)."""
+        wanted = set()
+        for name in run_params.get("pipeline_names") or ["__default__"]:
+            wanted |= _SECTIONS_OF_PIPELINE.get(name, set())
+        skipped = {s: m for s, m in selection.EMPTY_STAGES.items() if s in wanted}
+        if skipped:
+            stages = " and ".join(_STAGE_NAMES[s] for s in sorted(skipped, key=_ORDER.index))
+            logger.warning(
+                "run finished without the %s stages: no enabled dataset has them. %s",
+                stages,
+                "; ".join(skipped[s] for s in sorted(skipped, key=_ORDER.index)),
+            )
+
+
+# which selection sections a registered pipeline runs, and the stages each section decides
+_ORDER = ["teacher", "distill"]
+_STAGE_NAMES = {"teacher": "teacher and spectral", "distill": "distill and evaluate"}
+_SECTIONS_OF_PIPELINE = {
+    "__default__": {"teacher", "distill"},
+    "teacher": {"teacher"},
+    "spectral": {"teacher"},
+    "distill": {"distill"},
+    "evaluate": {"distill"},
+}
 
 
 def _fail_active_mlflow_run() -> None:
@@ -292,6 +327,7 @@ DASK_KEYS = frozenset(
         "memory_limit",
         "dashboard_address",
         "connect_timeout",
+        "sources_on_cluster",  # see data/cluster.py
     }
 )
 
@@ -307,6 +343,9 @@ def start_dask_client(cfg: dict[str, Any]):
         raise ConfigError(
             f"parameter dask.{unknown[0]}: unknown parameter (allowed: {', '.join(sorted(DASK_KEYS))})"
         )
+    from sdkd_pipeline.data.cluster import set_sources_on_cluster
+
+    set_sources_on_cluster(cfg.get("sources_on_cluster", "auto"))
     scheduler = str(cfg.get("scheduler", "local"))
     if scheduler in ("synchronous", "threads", "processes"):
         dask.config.set(scheduler=scheduler)
@@ -402,7 +441,9 @@ class RunTimesHook:
         report = {
             "session_id": run_params.get("session_id"),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "pipeline": run_params.get("pipeline_names") or run_params.get("pipeline_name"),
+            "pipeline": run_params.get("pipeline_names")
+            or run_params.get("pipeline_name")
+            or ["__default__"],
             "env": run_params.get("env"),
             "seconds": round(total, 3),
             "stages": {k: round(v, 3) for k, v in stages.items()},

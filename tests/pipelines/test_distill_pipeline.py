@@ -188,6 +188,35 @@ def test_distill_leaves_out_datasets_that_are_not_enabled():
     assert datasets == [] and students == ["unet"] and methods == ["none"]
 
 
+@pytest.mark.bad_input
+def test_a_run_that_left_a_stage_out_for_every_dataset_ends_saying_so(caplog):
+    from sdkd_pipeline.hooks import EnabledDatasetsHook
+    from sdkd_pipeline.pipelines import selection
+
+    rbc_only = {
+        "data": {"datasets": ["rayleigh_benard"]},
+        "teacher": {"datasets": ["navier_stokes"]},
+        "distill": {"datasets": ["navier_stokes"]},
+    }
+    selection.distill_selection(rbc_only)  # as the registry does (teachers first)
+    with caplog.at_level("WARNING"):
+        caplog.clear()
+        EnabledDatasetsHook().after_pipeline_run({"pipeline_names": None})
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith(
+        "run finished without the teacher and spectral and distill and evaluate stages"
+    )
+    assert "teacher.datasets: ['navier_stokes'] left out" in line
+    assert 'use --params "teacher.datasets=rayleigh_benard"' in line
+    # a run of the data pipeline alone does not mention them; a selection with teachers clears it
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        EnabledDatasetsHook().after_pipeline_run({"pipeline_names": ["data"]})
+        selection.distill_selection({"data": {"datasets": ["navier_stokes"]}})
+        EnabledDatasetsHook().after_pipeline_run({"pipeline_names": None})
+    assert not [r for r in caplog.records if "run finished" in r.getMessage()]
+
+
 def test_teacher_datasets_default_to_the_enabled_ones_and_bound_distillation(caplog):
     from sdkd_pipeline.pipelines.selection import distill_selection, teacher_datasets
 

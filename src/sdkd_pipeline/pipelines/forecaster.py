@@ -25,8 +25,8 @@ from sdkd_pipeline.models.complexity import count_flops, count_parameters
 from sdkd_pipeline.models.config import ModelConfig
 from sdkd_pipeline.models.registry import resolve_config
 from sdkd_pipeline.tracking import (
-    DEFAULT_EXPERIMENT,
     MLflowTracker,
+    TrackingConfig,
     default_tracking_uri,
     flatten_params,
     run_tags,
@@ -101,6 +101,7 @@ def train_forecaster(
     param_path = f"{root}.{model_name}"
     model_cfg = resolve_config(model_name, param_path=param_path, **(model_params or {}))
     cfg = stage_config(shared_training, training, f"{root}.training")
+    tracking_cfg = TrackingConfig.from_params(tracking)
     # the initial weights come from the run's seed (torch seeds each process at random), so
     # two runs of one config give the same checkpoint and the study's seeds are paired
     seed_everything(cfg.seed)
@@ -108,31 +109,15 @@ def train_forecaster(
     n_params = count_parameters(model)
     flops = count_flops(model, (1, train_set.t_in, *train_set.shape[2:]))
     run_folder = f"{model_name}/{method}" if role == "student" else model_name
-    out_dir = (
-        Path(tracking.get("checkpoint_dir", "data/06_models/runs"))
-        / dataset
-        / run_folder
-        / _run_key(model_cfg.to_dict(), cfg.to_dict(), train_set, identity)
-    )
+    key = _run_key(model_cfg.to_dict(), cfg.to_dict(), train_set, identity)
+    out_dir = Path(tracking_cfg.checkpoint_dir) / dataset / run_folder / key
 
-    reused = _finished_run(out_dir, cfg, model, train_set)
-    if reused is not None:
-        checkpoint, summary = reused
-        REUSED_RUNS.append(str(summary.get("mlflow_run_id")))
-        logger.info(
-            "%s/%s%s: already trained in %s (MLflow run %s): reused, nothing trained",
-            dataset,
-            model_name,
-            "" if method == "supervised" else f"/{method}",
-            out_dir,
-            summary.get("mlflow_run_id"),
-        )
-        return checkpoint, summary
-    (out_dir / RESULT_FILE).unlink(missing_ok=True)  # written again once this run finishes
+    if (reused := _finished_run(out_dir, cfg, model, train_set)) is not None:
+        return reused
 
     tags = run_tags(dataset, role, model_name, method)
     with MLflowTracker(
-        experiment=tracking.get("experiment", DEFAULT_EXPERIMENT),
+        **tracking_cfg.tracker_options(),
         run_name=f"{dataset}/{model_name}" + ("" if method == "supervised" else f"/{method}"),
         tags=tags,
     ) as tracker:
@@ -222,7 +207,10 @@ def _finished_run(
     from sdkd_pipeline.training.checkpoint import BEST_CHECKPOINT, load_checkpoint
 
     path, best_path = out_dir / RESULT_FILE, out_dir / BEST_CHECKPOINT
-    if not cfg.resume or not path.is_file() or not best_path.is_file():
+    if not cfg.resume:
+        path.unlink(missing_ok=True)  # a fresh run on purpose: written again when it finishes
+        return None
+    if not path.is_file() or not best_path.is_file():
         return None
     try:
         stored = json.loads(path.read_text())
@@ -242,6 +230,16 @@ def _finished_run(
         "std": train_set.std.clone(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    REUSED_RUNS.append(str(run_id))
+    method = summary.get("method", "supervised")
+    logger.info(
+        "%s/%s%s: already trained in %s (MLflow run %s): reused, nothing trained",
+        summary.get("dataset"),
+        summary.get("model"),
+        "" if method == "supervised" else f"/{method}",
+        out_dir,
+        run_id,
+    )
     return checkpoint, summary
 
 

@@ -131,19 +131,24 @@ def _stage_datasets(
             if available
             else ""
         )
-        logging.getLogger(__name__).warning(
-            "%s.datasets: %s left out: not in %s %s (%s%s)%s",
-            section,
-            outside,
-            available_from,
-            available,
-            instead,
-            hint,
-            ""
-            if any(d in available for d in datasets)
-            else f"; the {section} stage has nothing to do in this run",
+        empty = not any(d in available for d in datasets)
+        message = (
+            f"{section}.datasets: {outside} left out: not in {available_from} {available} "
+            f"({instead}{hint})"
         )
+        logging.getLogger(__name__).warning(
+            "%s%s", message, f"; the {section} stage has nothing to do in this run" if empty else ""
+        )
+        if empty:
+            EMPTY_STAGES[section] = message
+    if not outside or any(d in available for d in datasets):
+        EMPTY_STAGES.pop(section, None)
     return [d for d in datasets if d in available]
+
+
+# sections (``teacher``, ``distill``) whose stage has no dataset in the current selection, with
+# the reason; ``hooks.EnabledDatasetsHook`` ends such a run with a summary line
+EMPTY_STAGES: dict[str, str] = {}
 
 
 def teacher_datasets(params: dict[str, Any] | None = None) -> list[str]:
