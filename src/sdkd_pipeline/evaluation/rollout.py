@@ -214,7 +214,7 @@ def plot_rollouts(result: RolloutResult, title: str | None = None) -> Any:
     (the evaluation's styles: colour = model, line style = method), the training horizon
     ``T_out`` marked."""
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     from sdkd_pipeline.evaluation.plots.style import no_data_figure
 
@@ -257,7 +257,7 @@ def plot_rollouts(result: RolloutResult, title: str | None = None) -> Any:
         if log:
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(plain)
-            ax.yaxis.set_minor_formatter(plain)
+            ax.yaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap
         ax.set_xlabel("lead time (frames)")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
