@@ -82,6 +82,7 @@ CSV_COLUMNS = [
     "test_mse",
     "test_mae",
     "test_ssim",
+    "ssim_convention",
     "test_band_low",
     "test_band_mid",
     "test_band_high",
@@ -233,6 +234,8 @@ class Study:
             for line in self.runs_path.read_text().splitlines():
                 if line.strip():
                     row = json.loads(line)
+                    # rows written before the field existed were scored with torchmetrics'
+                    row.setdefault("ssim_convention", "torchmetrics")
                     done[_run_key(row)] = row
         elif self.runs_path.exists():
             self.runs_path.unlink()
@@ -417,6 +420,7 @@ class Study:
             "test_mse": test.mse,
             "test_mae": test.mae,
             "test_ssim": test.ssim,
+            "ssim_convention": SSIM_CONVENTION,
             "test_band_low": test.band_mse["low"],
             "test_band_mid": test.band_mse["mid"],
             "test_band_high": test.band_mse["high"],
@@ -786,12 +790,32 @@ def claims(summary: dict, rows: list[dict]) -> list[dict]:
     return out
 
 
+def ssim_conventions(rows: list[dict]) -> str | dict[str, list[str]]:
+    """The rows' SSIM convention, or ``{convention: [role/model/method, ...]}`` when finished
+    runs reused from the work folder were scored with another convention than the new ones."""
+    by: dict[str, list[str]] = {}
+    for r in rows:
+        label = f"{r['role']}/{r['model']}/{r['method']}"
+        names = by.setdefault(r.get("ssim_convention", "torchmetrics"), [])
+        if label not in names:
+            names.append(label)
+    return next(iter(by)) if len(by) == 1 else by
+
+
 def _ssim_note(meta: dict) -> str:
     """The SSIM convention, for a study that recorded it (the committed results predate it and
-    render as they were written)."""
+    render as they were written); a study whose rows mix conventions says which is which."""
     if "ssim_convention" not in meta:
         return ""
-    return f" SSIM in the {meta['ssim_convention']} convention (README, Metrics)."
+    conv = meta["ssim_convention"]
+    if isinstance(conv, str):
+        return f" SSIM in the {conv} convention (README, Metrics)."
+    parts = "; ".join(f"{c}: {', '.join(labels)}" for c, labels in conv.items())
+    return (
+        " **SSIM conventions differ between rows** (finished runs reused from the work folder "
+        f"were scored with another one): {parts}. Compare SSIM only within one convention; "
+        "MSE, MAE and the band errors do not depend on it."
+    )
 
 
 def markdown(summary: dict, rows: list[dict], meta: dict) -> str:
@@ -1000,7 +1024,8 @@ def main() -> None:
     rows = [
         r
         for r in study.done.values()
-        if r["role"] != "student"
+        if r["role"] == "baseline"
+        or (r["role"] == "teacher" and r["model"] in study.teacher_models)
         or (
             r["method"] in methods
             and r["seed"] in seeds
@@ -1021,7 +1046,7 @@ def main() -> None:
             f"{torch.get_num_threads()} threads)"
         ),
         "torch": torch.__version__,
-        "ssim_convention": SSIM_CONVENTION,
+        "ssim_convention": ssim_conventions(rows),
         "wall_seconds": time.perf_counter() - started,
         "stage_seconds": study.times,
         "data": study.data_info,

@@ -131,3 +131,26 @@ def test_update_readme_replaces_only_the_block_and_refuses_a_readme_without_one(
     with pytest.raises(SystemExit, match="no block for study 'x'"):
         study.update_readme(readme, "# t\n", "x")
     assert readme.read_text() == "no block here\n"
+
+
+def test_a_study_reusing_runs_of_another_ssim_convention_says_which_rows_are_which():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import study
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    old = {"role": "student", "model": "unet", "method": "sdkd"}  # written before the field
+    new = {"role": "student", "model": "unet", "method": "sdkd_local", "ssim_convention": "skimage"}
+    assert study.ssim_conventions([new]) == "skimage"
+    assert "SSIM in the skimage convention" in study._ssim_note({"ssim_convention": "skimage"})
+    mixed = study.ssim_conventions([old, new, dict(old)])
+    assert mixed == {"torchmetrics": ["student/unet/sdkd"], "skimage": ["student/unet/sdkd_local"]}
+    note = study._ssim_note({"ssim_convention": mixed})
+    assert (
+        "SSIM conventions differ between rows" in note
+        and "skimage: student/unet/sdkd_local" in note
+    )
+    # the committed side studies reuse the CPU study's runs and say so
+    for label in ("cpu_local", "cpu_fno"):
+        text = (REPO / f"benchmarks/results/study_{label}.md").read_text()
+        assert "SSIM conventions differ between rows" in text, label
