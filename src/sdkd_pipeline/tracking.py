@@ -220,6 +220,30 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def current_tracking_uri() -> str:
+    """The store to log to now: the active (kedro-mlflow) run's, else ``default_tracking_uri``."""
+    import mlflow
+
+    return mlflow.get_tracking_uri() if mlflow.active_run() else default_tracking_uri()
+
+
+def log_metrics_on_run(
+    client: Any, run_id: str, metrics: list, what: str, tags: Mapping[str, str] | None = None
+) -> bool:
+    """Log ``metrics`` (``mlflow.entities.Metric``) and ``tags`` onto an existing run in
+    MLflow-sized batches; a run deleted meanwhile gives a warning naming ``what``, not an
+    error (the results are already written). Returns whether it worked."""
+    try:
+        for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+            client.log_batch(run_id, metrics=metrics[start : start + MAX_METRICS_PER_BATCH])
+        for key, value in (tags or {}).items():
+            client.set_tag(run_id, key, value)
+    except Exception as exc:  # noqa: BLE001 - MlflowException or the store's own error
+        log.warning("could not log %s on its run %s: %s", what, run_id, exc)
+        return False
+    return True
+
+
 def owner_tag(pid: int | None = None) -> dict[str, str]:
     """The ``sdkd.owner`` tag naming this process (or ``pid``) as the owner of a run."""
     pid = os.getpid() if pid is None else pid

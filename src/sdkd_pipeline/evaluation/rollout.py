@@ -209,6 +209,15 @@ def evaluate_rollouts(
     return result
 
 
+def _series(key: str) -> Any:
+    """``model/method`` as the (role, model, method) the evaluation's plot styles take."""
+    from types import SimpleNamespace
+
+    model, method = key.split("/")
+    role = {"baseline": "baseline", "supervised": "teacher"}.get(method, "student")
+    return SimpleNamespace(role=role, model=model, method=method)
+
+
 def plot_rollouts(result: RolloutResult, title: str | None = None) -> Any:
     """MSE, SSIM and the energy ratio of each band against lead time, one line per model
     (the evaluation's styles: colour = model, line style = method), the training horizon
@@ -216,7 +225,7 @@ def plot_rollouts(result: RolloutResult, title: str | None = None) -> Any:
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    from sdkd_pipeline.evaluation.plots.style import no_data_figure
+    from sdkd_pipeline.evaluation.plots.style import Styles, no_data_figure
 
     plain = FuncFormatter(lambda v, _: f"{v:.3g}")
 
@@ -227,30 +236,17 @@ def plot_rollouts(result: RolloutResult, title: str | None = None) -> Any:
     leads = list(range(1, result.horizon + 1))
     panels = [("mse", "MSE (de-normalized)", True), ("ssim", "SSIM", False)]
     panels += [(f"energy_{b}", f"energy ratio forecast / truth, {b} band", True) for b in BANDS]
-    linestyles = ["-", "--", ":", "-."]
-    colours = ["#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442"]
-    models = sorted({k.split("/")[0] for k in result.curves})
-    methods = sorted({k.split("/")[1] for k in result.curves})
+    styles = Styles.of([_series(key) for key in result.curves])
     flat = axes.ravel()
     for ax, (name, label, log) in zip(flat, panels, strict=False):
         for key, curves in result.curves.items():
-            model, method = key.split("/")
             values = (
                 getattr(curves, name)
                 if not name.startswith("energy_")
                 else curves.energy_ratio[name.removeprefix("energy_")]
             )
-            if model in ("persistence", "climatology"):
-                colour = "0.3" if model == "persistence" else "0.65"
-            else:
-                colour = colours[models.index(model) % len(colours)]
-            ax.plot(
-                leads,
-                values,
-                color=colour,
-                linestyle=linestyles[methods.index(method) % len(linestyles)],
-                label=key,
-            )
+            style = styles.of_result(_series(key))
+            ax.plot(leads, values, color=style.color, linestyle=style.linestyle, label=style.label)
         ax.axvline(result.t_out + 0.5, color="black", linewidth=0.8, linestyle=":")
         if name.startswith("energy_"):
             ax.axhline(1.0, color="black", linewidth=0.8)

@@ -27,7 +27,7 @@ from sdkd_pipeline.models.registry import resolve_config
 from sdkd_pipeline.tracking import (
     MLflowTracker,
     TrackingConfig,
-    default_tracking_uri,
+    current_tracking_uri,
     flatten_params,
     run_tags,
 )
@@ -246,12 +246,10 @@ def _finished_run(
 def _mlflow_run_finished(run_id: str) -> bool:
     """Whether the tracking store (the active run's, else the project's) still has ``run_id``
     as a finished, not deleted run."""
-    import mlflow
     from mlflow import MlflowClient
 
-    uri = mlflow.get_tracking_uri() if mlflow.active_run() else default_tracking_uri()
     try:
-        info = MlflowClient(tracking_uri=uri).get_run(run_id).info
+        info = MlflowClient(tracking_uri=current_tracking_uri()).get_run(run_id).info
     except Exception:  # a deleted database or run: MlflowException, or the store's own error
         return False
     return info.status == "FINISHED" and info.lifecycle_stage == "active"

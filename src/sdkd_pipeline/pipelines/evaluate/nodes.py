@@ -198,10 +198,9 @@ def _log_rollouts(entries: list, rollouts: RolloutResult) -> None:
     import mlflow
     from mlflow.entities import Metric
 
-    from sdkd_pipeline.tracking import default_tracking_uri
+    from sdkd_pipeline.tracking import current_tracking_uri, log_metrics_on_run
 
-    uri = mlflow.get_tracking_uri() if mlflow.active_run() else default_tracking_uri()
-    client = mlflow.MlflowClient(tracking_uri=uri)
+    client = mlflow.MlflowClient(tracking_uri=current_tracking_uri())
     now = int(time.time() * 1000)
     for _, model, method, _, checkpoint in entries:
         run_id, curves = checkpoint.get("mlflow_run_id"), rollouts.curves.get(f"{model}/{method}")
@@ -215,13 +214,7 @@ def _log_rollouts(entries: list, rollouts: RolloutResult) -> None:
             for lead, v in enumerate(values, start=1)
             if math.isfinite(float(v))
         ]
-        try:
-            for start in range(0, len(metrics), 1000):
-                client.log_batch(run_id, metrics=metrics[start : start + 1000])
-        except Exception as exc:  # noqa: BLE001 - a run deleted meanwhile must not fail the stage
-            logger.warning(
-                "could not log %s/%s's rollout on run %s: %s", model, method, run_id, exc
-            )
+        log_metrics_on_run(client, run_id, metrics, f"{model}/{method}'s rollout")
 
 
 def _entries(
@@ -367,15 +360,14 @@ def _log_on_model_runs(entries: list, result: Evaluation) -> None:
     import mlflow
     from mlflow.entities import Metric
 
-    from sdkd_pipeline.tracking import default_tracking_uri
+    from sdkd_pipeline.tracking import current_tracking_uri, log_metrics_on_run
 
     run_ids = {
         f"{model}/{method}": checkpoint.get("mlflow_run_id")
         for _, model, method, _, checkpoint in entries
     }
     rows = {f"{r['model']}/{r['method']}": r for r in result.table.to_dict("records")}
-    uri = mlflow.get_tracking_uri() if mlflow.active_run() else default_tracking_uri()
-    client = mlflow.MlflowClient(tracking_uri=uri)
+    client = mlflow.MlflowClient(tracking_uri=current_tracking_uri())
     now = int(time.time() * 1000)
     for res in result.results:
         run_id = run_ids.get(res.key)
@@ -392,14 +384,8 @@ def _log_on_model_runs(entries: list, result: Evaluation) -> None:
             for lead, value in enumerate(getattr(res.metrics, f"{name}_per_step"), start=1):
                 if math.isfinite(float(value)):
                     metrics.append(Metric(f"test_{name}_by_lead", float(value), now, lead))
-        try:
-            for start in range(0, len(metrics), 1000):  # MLflow's batch limit
-                client.log_batch(run_id, metrics=metrics[start : start + 1000])
-            client.set_tag(run_id, "test_ssim_convention", res.metrics.ssim_convention)
-        except Exception as exc:  # noqa: BLE001 - a run deleted meanwhile must not fail the stage
-            logger.warning(
-                "could not log %s's test metrics on its run %s: %s", res.key, run_id, exc
-            )
+        tags = {"test_ssim_convention": res.metrics.ssim_convention}
+        log_metrics_on_run(client, run_id, metrics, f"{res.key}'s test metrics", tags)
 
 
 def _log_student_models(
@@ -413,14 +399,11 @@ def _log_student_models(
     cfg = TrackingConfig.from_params(tracking)
     if not cfg.log_models or not any(role == "student" for role, *_ in entries):
         return
-    import mlflow
-
-    from sdkd_pipeline.tracking import default_tracking_uri
+    from sdkd_pipeline.tracking import current_tracking_uri
     from sdkd_pipeline.tracking_models import log_students
 
-    uri = mlflow.get_tracking_uri() if mlflow.active_run() else default_tracking_uri()
     log_students(
-        uri,
+        current_tracking_uri(),
         entries,
         windows[0][0].unsqueeze(0),
         dataset=dataset,
