@@ -12,6 +12,9 @@ results by key:
 - sources that split their own work: the Navier-Stokes generator (one task per batch of
   trajectories), The Well's reader and TaxiBJ+'s (one read task per block of the files).
 
+Solver tasks run with the client's torch thread count, so their fields are bitwise those of
+the eager run (CPU FFTs and reductions split their sums by thread).
+
 Whether sources run on the cluster is the dask config value ``sdkd.sources_on_cluster``
 (``dask.sources_on_cluster`` in ``parameters_data.yml``): ``auto`` (default) when a distributed
 client is active and its scheduler is not in this process (a LocalCluster with
@@ -68,12 +71,22 @@ def sources_client() -> Any:
     return client
 
 
-def _call_here(source: Callable[..., xr.Dataset], args: tuple, kwargs: dict) -> xr.Dataset:
-    """On the worker: run the source with dask's local scheduler and return it in memory."""
+def _call_here(
+    source: Callable[..., xr.Dataset], args: tuple, kwargs: dict, torch_threads: int
+) -> xr.Dataset:
+    """On the worker: run the source with dask's local scheduler and the client's torch
+    thread count (a solver's CPU FFTs and reductions are bitwise those of the eager run only
+    with the same count), and return it in memory."""
     import dask
+    import torch
 
-    with dask.config.set(scheduler="synchronous"):
-        return source(*args, **kwargs).load()
+    before = torch.get_num_threads()
+    torch.set_num_threads(torch_threads)
+    try:
+        with dask.config.set(scheduler="synchronous"):
+            return source(*args, **kwargs).load()
+    finally:
+        torch.set_num_threads(before)
 
 
 def _skeleton(ds: xr.Dataset) -> tuple[xr.Dataset, tuple[int, ...], dict]:
@@ -96,11 +109,13 @@ def run_on_cluster(
     here with its own type and message."""
     import dask
     import dask.array as da
+    import torch
 
     from sdkd_pipeline.data.raw import RAW_DIMS, validate_raw
     from sdkd_pipeline.data.tensors import default_chunk_time
 
-    result = client.submit(_call_here, source, args, kwargs, pure=False)
+    threads = torch.get_num_threads()
+    result = client.submit(_call_here, source, args, kwargs, threads, pure=False)
     skeleton, shape, field_attrs = client.submit(_skeleton, result, pure=False).result()
     n_traj, n_time = shape[:2]
     frame_bytes = int(np.prod(shape[2:])) * 4

@@ -189,11 +189,19 @@ def _solve_here(
 
 
 def _solve_batch_task(
-    cfg: NavierStokesConfig, idx: np.ndarray, first_trajectory: int
+    cfg: NavierStokesConfig, idx: np.ndarray, first_trajectory: int, torch_threads: int
 ) -> tuple[np.ndarray, RunDiagnostics, str]:
-    """One cluster task: a batch solved on the worker's device (resolved there)."""
+    """One cluster task: a batch solved on the worker's device (resolved there), with the
+    client's torch thread count: CPU FFTs and reductions split their work by thread, so the
+    fields are bitwise those of the eager run only with the same count (a worker thread does
+    not inherit the count that ``torch.set_num_threads`` set in the client's thread)."""
     device = resolve_device(cfg.device)
-    records, diag = _solve_batch(cfg, _make_solver(cfg, device), idx, first_trajectory)
+    before = torch.get_num_threads()
+    torch.set_num_threads(torch_threads)
+    try:
+        records, diag = _solve_batch(cfg, _make_solver(cfg, device), idx, first_trajectory)
+    finally:
+        torch.set_num_threads(before)
     return records, diag, str(device)
 
 
@@ -216,7 +224,10 @@ def _solve_on_cluster(
 
     batches = _batches(cfg, batch_size)
     futures = [
-        client.submit(_solve_batch_task, cfg, idx, first_trajectory, pure=False) for idx in batches
+        client.submit(
+            _solve_batch_task, cfg, idx, first_trajectory, torch.get_num_threads(), pure=False
+        )
+        for idx in batches
     ]
     log.info(
         "%s: %d batch(es) of trajectories submitted to the cluster", PARAM_PREFIX, len(batches)
