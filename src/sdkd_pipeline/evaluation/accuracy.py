@@ -11,6 +11,11 @@ channel, ``max - min`` of the test split's truth, computed once per dataset
 (``metrics.SSIM_CONVENTIONS``, default ``metrics.DEFAULT_SSIM_CONVENTION``). A module with
 ``uses_window_index`` (the climatology of ``baselines``) also gets the indices of the batch's
 windows in the split.
+
+On a lat/lon grid the latitude-weighted MSE and RMSE (``metrics``, ``mse_lat`` / ``rmse_lat``)
+are added when the pass has the latitude of each grid row (``latitudes=``, which the evaluate
+node takes from ``evaluate.lat_weighted`` through ``lat_weighting_latitudes``); ``None``: no
+such metrics.
 """
 
 from __future__ import annotations
@@ -21,15 +26,25 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from sdkd_pipeline.errors import ConfigError
+from sdkd_pipeline.errors import ConfigError, DataError
 from sdkd_pipeline.evaluation.metrics import (
     DEFAULT_SSIM_CONVENTION,
     ForecastMetrics,
     MetricAccumulator,
     data_range_from,
+    latitude_weights,
 )
 
-__all__ = ["evaluate_models", "predict_windows", "test_data_range"]
+__all__ = [
+    "LATITUDE_NAMES",
+    "evaluate_models",
+    "lat_weighting_latitudes",
+    "predict_windows",
+    "test_data_range",
+]
+
+# Names of a latitude coordinate: the weather readers' ``lat`` and the CF/ERA5 ``latitude``.
+LATITUDE_NAMES = ("lat", "latitude")
 
 
 def _loader(windows: Any, batch_size: int) -> DataLoader:
@@ -45,6 +60,54 @@ def test_data_range(windows: Any, batch_size: int = 16) -> torch.Tensor:
 
 
 test_data_range.__test__ = False  # not a pytest test, whatever its name
+
+
+def lat_weighting_latitudes(
+    mode: Any, tensors: Any, *, dataset: str, param: str = "evaluate.lat_weighted"
+) -> Any:
+    """The latitudes (degrees, one per grid row) the lat-weighted metrics of ``dataset`` use,
+    or ``None`` for none, per the option ``param`` = ``mode``.
+
+    ``tensors`` is the tensor store (an ``xarray.Dataset``); its latitude coordinate is a 1-D
+    coordinate named as in ``LATITUDE_NAMES`` along the rows (``fields``' dim -2, ``y``).
+    ``"auto"``: its values when there is one, else ``None``; ``True``: its values, a
+    ``ConfigError`` naming ``param`` and ``dataset`` when there is none; ``False``: ``None``.
+    A latitude coordinate ``latitude_weights`` refuses raises its ``DataError``, naming the
+    dataset and the coordinate.
+    """
+    if mode is False:
+        return None
+    if not (mode is True or (isinstance(mode, str) and mode == "auto")):
+        raise ConfigError(f"{param} must be one of 'auto', True, False, got {mode!r}")
+    fields = tensors["fields"] if "fields" in tensors else None
+    rows = fields.dims[-2] if fields is not None and len(fields.dims) >= 2 else "y"
+    name = next(
+        (
+            n
+            for n in LATITUDE_NAMES
+            if n in tensors.coords and tuple(tensors.coords[n].dims) == (rows,)
+        ),
+        None,
+    )
+    if name is None:
+        if mode == "auto":
+            return None
+        raise ConfigError(
+            f"{param} is true but dataset {dataset!r} has no latitude coordinate along its "
+            f"rows (a 1-D {' or '.join(map(repr, LATITUDE_NAMES))} on dim {rows!r}; its "
+            f"coordinates: {', '.join(map(str, tensors.coords)) or 'none'}): set {param} to "
+            "auto or false for a grid that is not lat/lon"
+        )
+    latitudes = tensors.coords[name].values
+    height = int(fields.shape[-2]) if fields is not None else None
+    try:
+        latitude_weights(latitudes, height)
+    except DataError as exc:
+        raise DataError(
+            f"dataset {dataset!r}: its latitude coordinate {name!r} cannot weight the metrics "
+            f"({param}): {exc}"
+        ) from exc
+    return latitudes
 
 
 def _forward(
@@ -71,10 +134,13 @@ def evaluate_models(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     ssim_convention: str = DEFAULT_SSIM_CONVENTION,
+    latitudes: Any = None,
 ) -> dict[str, ForecastMetrics]:
     """Metrics of each model on ``windows`` (a WindowDataset: normalized ``(x, y)`` items and
     ``denormalize``), in one streamed pass over the loader; every model sees each batch. SSIM
-    in the convention ``ssim_convention`` (``"skimage"`` or ``"torchmetrics"``)."""
+    in the convention ``ssim_convention`` (``"skimage"`` or ``"torchmetrics"``); the
+    latitude-weighted MSE and RMSE with ``latitudes`` (one per grid row, degrees; none by
+    default)."""
     metrics, _, _ = _evaluate_pass(
         models,
         windows,
@@ -82,6 +148,7 @@ def evaluate_models(
         batch_size=batch_size,
         device=device,
         ssim_convention=ssim_convention,
+        latitudes=latitudes,
     )
     return metrics
 
@@ -100,12 +167,14 @@ def _evaluate_pass(
     keep: Iterable[int] = (),
     ssim_convention: str = DEFAULT_SSIM_CONVENTION,
     observe: Callable[[str | None, torch.Tensor], None] | None = None,
+    latitudes: Any = None,
 ) -> tuple[dict[str, ForecastMetrics], torch.Tensor | None, dict[str, torch.Tensor]]:
     """``evaluate_models``, also keeping the de-normalized truth ``(K, T, C, H, W)`` and each
     model's prediction of windows ``keep`` (as ``predict_windows`` picks them; ``None`` and
     ``{}`` when ``keep`` is empty), so the panel needs no second forward pass. ``observe``, if
     given, sees every batch too: ``observe(None, truth)``, then ``observe(name, prediction)``
-    per model, de-normalized (the figures' spectra, ``plots.TestPassFields``)."""
+    per model, de-normalized (the figures' spectra, ``plots.TestPassFields``). ``latitudes``
+    as ``evaluate_models``'."""
     if not models:
         raise ConfigError("evaluate_models: no model to evaluate")
     device = torch.device(device)
@@ -113,7 +182,13 @@ def _evaluate_pass(
     steps, channels, height, width = (int(s) for s in y0.shape)
     accumulators = {
         name: MetricAccumulator(
-            channels, steps, height, width, data_range, ssim_convention=ssim_convention
+            channels,
+            steps,
+            height,
+            width,
+            data_range,
+            ssim_convention=ssim_convention,
+            latitudes=latitudes,
         )
         for name in models
     }

@@ -215,6 +215,7 @@ def evaluate_checkpoints(
     methods: Sequence[str] | None = None,
     count_params: Callable[[torch.nn.Module], int] | None = None,
     count_flops: Callable[[torch.nn.Module, Sequence[int]], int] | None = None,
+    latitudes: Any = None,
 ) -> Evaluation:
     """Evaluate ``entries`` = ``(role, model, method, module, checkpoint)`` on ``windows``
     (the test split) and build the table, curves and figures.
@@ -223,7 +224,8 @@ def evaluate_checkpoints(
     entry whose checkpoint cannot be exported gets blank exported-latency cells. The baselines
     of ``cfg.baselines`` are built from ``windows`` (``baselines.build_baselines``: the
     climatology from the training split of the same store) and get rows of their own; a
-    teacher whose ``teacher_check`` is not ``ok`` is logged as a warning.
+    teacher whose ``teacher_check`` is not ``ok`` is logged as a warning. ``latitudes`` (one
+    per grid row, degrees) adds the latitude-weighted MSE / RMSE columns.
 
     It is long because it is the evaluation's sequence of steps in order (one pass, the rows,
     the table, the curves, the figures), each step done by a helper.
@@ -237,7 +239,7 @@ def evaluate_checkpoints(
     device = resolve_device(cfg.device, param="evaluate.device")
     data_range = test_data_range(windows, cfg.batch_size)
     modules = {f"{model}/{method}": module for _, model, method, module, _ in entries}
-    references = build_baselines(windows, cfg.baselines)
+    references = build_baselines(windows, cfg.baselines, climatology=cfg.climatology)
     for name, module in references.items():
         key = f"{name}/{BASELINE_ROW_METHOD}"
         if key in modules:
@@ -253,6 +255,7 @@ def evaluate_checkpoints(
         keep=cfg.panel_windows or (0,),
         observe=fields.observe,
         ssim_convention=cfg.ssim_convention,
+        latitudes=latitudes,
     )
     x0, _ = windows[0]
     sample_shape = tuple(int(s) for s in x0.shape)

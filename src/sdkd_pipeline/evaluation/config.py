@@ -1,8 +1,8 @@
 """The ``evaluate`` parameters: ``EvaluationConfig`` read and checked from
 ``conf/base/parameters_evaluate.yml``, and the choices they are checked against.
 
-Imports only the config loader (and the baselines' names and the SSIM conventions), so it runs
-without Kedro, MLflow, Zarr or Dask.
+Imports only the config loader (and the baselines' names and climatology modes, and the SSIM
+conventions), so it runs without Kedro, MLflow, Zarr or Dask.
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ from typing import Any, Literal
 from sdkd_pipeline import config_utils
 from sdkd_pipeline.config_utils import one_or_list, param
 from sdkd_pipeline.errors import ConfigError
-from sdkd_pipeline.evaluation.baselines import BASELINE_NAMES
+from sdkd_pipeline.evaluation.baselines import BASELINE_NAMES, CLIMATOLOGY_MODES
 from sdkd_pipeline.evaluation.metrics import DEFAULT_SSIM_CONVENTION, SSIM_CONVENTIONS
 
-__all__ = ["EXPORT_FORMATS", "TEACHER_MIN_RATIO", "EvaluationConfig"]
+__all__ = ["EXPORT_FORMATS", "LAT_WEIGHTED_CHOICES", "TEACHER_MIN_RATIO", "EvaluationConfig"]
 
 EXPORT_FORMATS = ("torchscript", "onnx")
+# evaluate.lat_weighted: auto = on where the store has a latitude coordinate along its rows
+LAT_WEIGHTED_CHOICES = ("auto", True, False)
 TEACHER_MIN_RATIO = 1.5
 
 
@@ -63,6 +65,11 @@ class EvaluationConfig:
     baselines: tuple[Literal[BASELINE_NAMES], ...] = param(
         BASELINE_NAMES, convert=_in_order_of(BASELINE_NAMES), note="[] disables"
     )
+    climatology: Literal[CLIMATOLOGY_MODES] = param(
+        "auto",
+        note="the climatology's slots: per time of day, per day of year and time of day, or "
+        "auto (day_of_year when every such slot has >= 2 training frames)",
+    )
     teacher_min_ratio: float = param(
         TEACHER_MIN_RATIO,
         ge=1,
@@ -79,6 +86,11 @@ class EvaluationConfig:
         key="ssim.convention",
         note="skimage: OpenSTL's, as the paper's tables; torchmetrics: gaussian window, "
         "border included",
+    )
+    lat_weighted: Literal[LAT_WEIGHTED_CHOICES] = param(
+        "auto",
+        note="the cos(latitude)-weighted mse_lat and rmse_lat columns; auto: where the store "
+        "has a latitude coordinate along its rows (lat/lon grids)",
     )
 
     @classmethod

@@ -16,6 +16,17 @@ C channels on an H x W grid. Every sum below is accumulated in float64.
   step counts the same number of values, so ``mse`` is also the mean over all of N, T, C, H, W.
 - **RMSE.** Per step, the square root of that step's MSE; overall, the square root of the
   overall MSE, ``sqrt(mse)``, which is not the mean of the per-step RMSEs.
+- **Latitude-weighted MSE, RMSE** (lat/lon grids only: ``MetricAccumulator(latitudes=...)``, one
+  latitude in degrees per grid row; WeatherBench, Rasp et al. 2020). Row h has the weight
+  ``w_h = cos(lat_h) / mean_h' cos(lat_h')`` over the H rows (``latitude_weights``), so the
+  weights average to 1 and a uniform error gives the plain MSE. ``mse_lat`` is the mean over
+  N, C, H, W of ``w_h (P - Y)^2``, per step (``mse_lat_per_step``) and averaged over the steps;
+  ``rmse_lat`` follows the RMSE convention above: per step ``sqrt(mse_lat_t)``, overall
+  ``sqrt(mse_lat)``. WeatherBench instead averages over forecast times the RMSE of each
+  forecast (the square root taken per sample), which is never larger (Jensen); ours is the
+  square root of the split's weighted MSE. Latitudes must be finite, within [-90, 90] and one
+  per row, and not all at a pole (a ``DataError`` says which is violated). Without latitudes
+  these fields are ``None`` and absent from ``to_dict`` and ``flat``.
 - **PSNR.** ``10 log10(R_c^2 / MSE_{t,c})`` in dB, where ``MSE_{t,c}`` is the MSE of channel c at
   step t over all of N, H, W and ``R_c`` is an explicit data range per channel, passed in by the
   caller (the evaluation passes ``max - min`` of the channel over the test split's truth, see
@@ -88,19 +99,24 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from sdkd_pipeline.errors import DataError
 from sdkd_pipeline.spectral import BandSplit
 
 __all__ = [
     "BAND_NAMES",
     "DEFAULT_SSIM_CONVENTION",
+    "LAT_WEIGHTED_NAMES",
     "SSIM_CONVENTIONS",
     "ForecastMetrics",
     "MetricAccumulator",
     "data_range_from",
     "gap_closed",
+    "latitude_weights",
 ]
 
 BAND_NAMES: tuple[str, ...] = ("low", "mid", "high")
+# The latitude-weighted metrics (module docstring), present only on a lat/lon grid.
+LAT_WEIGHTED_NAMES: tuple[str, ...] = ("mse_lat", "rmse_lat")
 
 # The SSIM conventions (module docstring): "skimage" is OpenSTL's, whose numbers the paper's
 # tables follow, hence the default.
@@ -150,7 +166,9 @@ class ForecastMetrics:
     (step 1 first). ``band_mse`` maps ``low`` / ``mid`` / ``high`` to the band's MSE and
     ``band_mse_per_step`` to its per-step tuple. ``band_cutoffs`` are the two ``|k|`` cutoffs of
     the bands, ``data_range`` the ``R_c`` used for PSNR and SSIM, ``n_samples`` the N seen,
-    ``ssim_convention`` the SSIM convention (one of ``SSIM_CONVENTIONS``).
+    ``ssim_convention`` the SSIM convention (one of ``SSIM_CONVENTIONS``). ``mse_lat``,
+    ``rmse_lat`` and their ``*_per_step`` are the latitude-weighted metrics, ``None`` unless the
+    accumulator had latitudes.
     """
 
     mse: float
@@ -169,10 +187,19 @@ class ForecastMetrics:
     data_range: tuple[float, ...]
     n_samples: int
     ssim_convention: str = DEFAULT_SSIM_CONVENTION
+    mse_lat: float | None = None
+    rmse_lat: float | None = None
+    mse_lat_per_step: tuple[float, ...] | None = None
+    rmse_lat_per_step: tuple[float, ...] | None = None
 
     @property
     def steps(self) -> int:
         return len(self.mse_per_step)
+
+    @property
+    def lat_weighted(self) -> bool:
+        """Whether the latitude-weighted metrics were computed (a lat/lon grid)."""
+        return self.mse_lat is not None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of lists and floats for ``json.dumps(..., allow_nan=False)``.
@@ -194,6 +221,12 @@ class ForecastMetrics:
         out["data_range"] = list(self.data_range)
         out["n_samples"] = self.n_samples
         out["ssim_convention"] = self.ssim_convention
+        if self.lat_weighted:
+            for name in LAT_WEIGHTED_NAMES:
+                out[name] = _json_float(getattr(self, name))
+                out[f"{name}_per_step"] = [
+                    _json_float(v) for v in getattr(self, f"{name}_per_step")
+                ]
         return out
 
     @classmethod
@@ -201,8 +234,19 @@ class ForecastMetrics:
         """Inverse of ``to_dict`` (e.g. for a metrics JSON file written by an evaluation).
 
         A dict without ``ssim_convention`` was written before the option existed, when every
-        SSIM was torchmetrics': it reads as ``"torchmetrics"``.
+        SSIM was torchmetrics': it reads as ``"torchmetrics"``. One without ``mse_lat`` has no
+        latitude-weighted metrics (``None``).
         """
+        lat = {
+            key: (
+                tuple(float(v) for v in data[key])
+                if key.endswith("_per_step")
+                else float(data[key])
+            )
+            for name in LAT_WEIGHTED_NAMES
+            for key in (name, f"{name}_per_step")
+            if data.get(key) is not None
+        }
         per_step = {
             f"{name}_per_step": tuple(float(v) for v in data[f"{name}_per_step"])
             for name in ("mse", "mae", "rmse", "psnr", "ssim")
@@ -219,6 +263,7 @@ class ForecastMetrics:
             data_range=tuple(float(v) for v in data["data_range"]),
             n_samples=int(data["n_samples"]),
             ssim_convention=str(data.get("ssim_convention", "torchmetrics")),
+            **lat,
         )
 
     def flat(self) -> dict[str, float]:
@@ -226,8 +271,9 @@ class ForecastMetrics:
 
         Keys: ``mse``, ``mae``, ``rmse``, ``psnr``, ``ssim``; per step ``mse_step_01``, ...,
         ``ssim_step_12`` (1-based, zero-padded to at least two digits); ``band_mse_low``,
-        ``band_mse_mid``, ``band_mse_high`` and ``band_mse_low_step_01``, .... A PSNR of ``+inf``
-        stays ``inf`` (MLflow's SQL store records it as the largest float64).
+        ``band_mse_mid``, ``band_mse_high`` and ``band_mse_low_step_01``, ...; on a lat/lon grid
+        also ``mse_lat``, ``rmse_lat``, ``mse_lat_step_01``, .... A PSNR of ``+inf`` stays
+        ``inf`` (MLflow's SQL store records it as the largest float64).
         """
         out: dict[str, float] = {}
         for name in ("mse", "mae", "rmse", "psnr", "ssim"):
@@ -240,6 +286,12 @@ class ForecastMetrics:
         for band, values in self.band_mse_per_step.items():
             for step, value in enumerate(values, start=1):
                 out[f"band_mse_{band}_{_step_key(step, self.steps)}"] = float(value)
+        if self.lat_weighted:
+            for name in LAT_WEIGHTED_NAMES:
+                out[name] = float(getattr(self, name))
+            for name in LAT_WEIGHTED_NAMES:
+                for step, value in enumerate(getattr(self, f"{name}_per_step"), start=1):
+                    out[f"{name}_{_step_key(step, self.steps)}"] = float(value)
         return out
 
 
@@ -306,6 +358,45 @@ def _check_data_range(data_range: Sequence[float] | torch.Tensor, channels: int)
     return values
 
 
+def latitude_weights(latitudes: Any, height: int | None = None) -> np.ndarray:
+    """WeatherBench's latitude weights of the grid rows: float64 ``(H,)``,
+    ``cos(lat_h) / mean_h' cos(lat_h')``, which average to 1.
+
+    ``latitudes`` are in degrees, one per row (``height`` rows when given). A ``DataError``
+    says what is wrong with them: not numbers, not 1-D, not one per row, NaN/Inf, outside
+    [-90, 90], or every row at a pole (no weight left to normalize by).
+    """
+    try:
+        lat = np.asarray(
+            latitudes.detach().cpu() if isinstance(latitudes, torch.Tensor) else latitudes,
+            dtype=np.float64,
+        )
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"latitudes must be numbers (degrees), got {latitudes!r}") from exc
+    if lat.ndim != 1 or lat.size == 0:
+        raise DataError(f"latitudes must be 1-D, one latitude per grid row, got shape {lat.shape}")
+    if height is not None and lat.size != height:
+        raise DataError(
+            f"latitudes must give one latitude per grid row (H = {height}), got {lat.size}"
+        )
+    finite = np.isfinite(lat)
+    if not finite.all():
+        raise DataError(
+            f"latitudes contain {int((~finite).sum())} NaN/Inf value(s) out of {lat.size} "
+            f"(rows {np.flatnonzero(~finite)[:5].tolist()}...)"
+        )
+    outside = np.abs(lat) > 90
+    if outside.any():
+        raise DataError(
+            f"latitudes must lie within [-90, 90] degrees, got {int(outside.sum())} outside "
+            f"(from {lat.min():g} to {lat.max():g}; radians or a longitude axis?)"
+        )
+    cos = np.cos(np.deg2rad(lat))
+    if not cos.mean() > 1e-12:
+        raise DataError("latitudes are all at a pole (+-90): every row has weight cos(lat) = 0")
+    return cos / cos.mean()
+
+
 # ---------------------------------------------------------------------------------------------
 # Accumulator
 # ---------------------------------------------------------------------------------------------
@@ -317,7 +408,8 @@ class MetricAccumulator:
     ``update(prediction, target)`` per batch (any N, any device, any float dtype; a last
     partial batch is fine), then ``compute()``. ``data_range`` holds ``R_c`` per channel, in the
     units of the de-normalized fields (see ``data_range_from``); ``ssim_convention`` is one of
-    ``SSIM_CONVENTIONS`` (module docstring).
+    ``SSIM_CONVENTIONS`` (module docstring). ``latitudes`` (degrees, one per grid row; ``None``
+    for a grid that is not lat/lon) adds the latitude-weighted MSE and RMSE.
     """
 
     def __init__(
@@ -329,6 +421,7 @@ class MetricAccumulator:
         data_range: Sequence[float] | torch.Tensor,
         *,
         ssim_convention: str = DEFAULT_SSIM_CONVENTION,
+        latitudes: Sequence[float] | np.ndarray | torch.Tensor | None = None,
     ) -> None:
         self.ssim_convention = _check_ssim_convention(ssim_convention)
         self.channels = _check_positive_int(channels, "channels")
@@ -343,6 +436,11 @@ class MetricAccumulator:
                 f"{self.height}x{self.width}"
             )
         self.data_range = _check_data_range(data_range, self.channels)
+        self.lat_weights: torch.Tensor | None = (
+            None
+            if latitudes is None
+            else torch.from_numpy(latitude_weights(latitudes, self.height))
+        )
         self.bands = BandSplit.log_spaced(self.height, self.width, len(BAND_NAMES))
         self.reset()
 
@@ -351,6 +449,7 @@ class MetricAccumulator:
         shape = (self.steps, self.channels)
         self._squared_error = torch.zeros(shape, dtype=torch.float64)
         self._absolute_error = torch.zeros(shape, dtype=torch.float64)
+        self._lat_squared_error = torch.zeros(shape, dtype=torch.float64)
         self._ssim = torch.zeros(shape, dtype=torch.float64)
         self._band_energy = torch.zeros((self.steps, len(BAND_NAMES)), dtype=torch.float64)
         self._n_samples = 0
@@ -385,7 +484,11 @@ class MetricAccumulator:
             pred = prediction.to(torch.float64)
             true = target.to(device=device, dtype=torch.float64)
             error = pred - true
-            self._squared_error += error.square().sum((0, 3, 4)).cpu()
+            squared = error.square()
+            self._squared_error += squared.sum((0, 3, 4)).cpu()
+            if self.lat_weights is not None:
+                weights = self.lat_weights.to(device)[:, None]  # (H, 1): one per row
+                self._lat_squared_error += (squared * weights).sum((0, 3, 4)).cpu()
             self._absolute_error += error.abs().sum((0, 3, 4)).cpu()
             self._band_energy += self.bands.band_energy(error).sum((0, 2)).cpu()
             self._ssim += self._ssim_sums(pred, true).cpu()
@@ -460,6 +563,16 @@ class MetricAccumulator:
         def per_step(values: torch.Tensor) -> tuple[float, ...]:
             return tuple(float(v) for v in values)
 
+        lat: dict[str, Any] = {}
+        if self.lat_weights is not None:
+            mse_lat_t = self._lat_squared_error.sum(1) / (values_per_channel * self.channels)
+            mse_lat = float(mse_lat_t.mean())
+            lat = {
+                "mse_lat": mse_lat,
+                "rmse_lat": math.sqrt(mse_lat),
+                "mse_lat_per_step": per_step(mse_lat_t),
+                "rmse_lat_per_step": per_step(mse_lat_t.sqrt()),
+            }
         return ForecastMetrics(
             mse=mse,
             mae=float(mae_t.mean()),
@@ -477,6 +590,7 @@ class MetricAccumulator:
             data_range=per_step(self.data_range),
             n_samples=self._n_samples,
             ssim_convention=self.ssim_convention,
+            **lat,
         )
 
 

@@ -16,7 +16,7 @@ the ratio of the forecast's energy to the truth's, summed over windows and chann
 ``E_b(P_t) / E_b(Y_t)``: 1 is a forecast with the truth's spectrum, below 1 one that lost
 energy at those scales (over-smoothing), above 1 one that gained it (noise, blow-up).
 ``behind_persistence_lead`` is the first lead time at which a model's MSE exceeds
-persistence's (``None``: never within the horizon). Imports only torch at module level.
+persistence's (``None``: never within the horizon). Imports only numpy and torch at module level.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from sdkd_pipeline.errors import ConfigError
@@ -35,20 +36,43 @@ __all__ = ["RolloutResult", "evaluate_rollouts", "rollout"]
 BANDS = ("low", "mid", "high")
 
 
-def rollout(model: Any, x: torch.Tensor, horizon: int, window_index: Any = None) -> torch.Tensor:
+def rollout(
+    model: Any,
+    x: torch.Tensor,
+    horizon: int,
+    window_index: Any = None,
+    forcings: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``(B, horizon, C, H, W)``: ``model`` (``(B, T_in, C, H, W) -> (B, T_out, C, H, W)``)
     run autoregressively from ``x``. A module with ``uses_window_index`` (the climatology) is
-    called once with ``window_index`` and must forecast the whole horizon itself."""
+    called once with ``window_index`` and must forecast the whole horizon itself.
+
+    With ``forcings`` (``(B, T_in + horizon, F, H, W)``: the input-only channels of every
+    frame of the window, known in advance), ``x`` holds ``C + F`` channels, the forcings last;
+    each call's input is the last ``T_in`` frames' fields (inputs, then forecasts) with those
+    frames' forcings."""
     if horizon < 1:
         raise ConfigError(f"rollout: horizon must be >= 1, got {horizon}")
     if getattr(model, "uses_window_index", False):
         out = model(x, window_index=window_index)
         return out[:, :horizon]
     t_in = int(x.shape[1])
-    frames, produced = x, 0
+    n_forcing = 0 if forcings is None else int(forcings.shape[2])
+    if forcings is not None and (
+        forcings.shape[0] != x.shape[0] or forcings.shape[1] < t_in + horizon
+    ):
+        raise ConfigError(
+            f"rollout: forcings of shape {tuple(forcings.shape)} do not cover the "
+            f"{t_in} + {horizon} frames of a batch of {x.shape[0]}"
+        )
+    frames, produced = (x[:, :, : x.shape[2] - n_forcing] if n_forcing else x), 0
     pieces = []
     while produced < horizon:
-        out = model(frames[:, -t_in:])
+        step_in = frames[:, -t_in:]
+        if n_forcing:
+            at = frames.shape[1]
+            step_in = torch.cat([step_in, forcings[:, at - t_in : at].to(step_in)], dim=2)
+        out = model(step_in)
         if isinstance(out, Mapping):
             out = out["prediction"]
         out = out.float()
@@ -126,6 +150,7 @@ def evaluate_rollouts(
     data_range: torch.Tensor,
     device: torch.device,
     ssim_convention: str,
+    climatology: str = "auto",
 ) -> RolloutResult:
     """Roll every module of ``modules`` (``model/method`` -> module; baselines from
     ``baselines.build_baselines`` of the rollout windows included) out over ``factor`` x
@@ -155,7 +180,7 @@ def evaluate_rollouts(
         return RolloutResult(horizon, t_out, 0, skipped=why)
     chosen = _subset(windows, max_windows)
     modules = dict(modules)
-    for name, module in build_baselines(windows).items():
+    for name, module in build_baselines(windows, climatology=climatology).items():
         modules.setdefault(f"{name}/baseline", module)
     channels, height, width = windows.shape[2:]
     bands = BandSplit.log_spaced(height, width, len(BANDS))
@@ -177,10 +202,13 @@ def evaluate_rollouts(
             index = torch.tensor(chosen[offset : offset + len(x)])
             offset += len(x)
             x = x.to(device)
+            forcings = _window_forcings(windows, index, horizon)
+            forcings = None if forcings is None else forcings.to(device)
             truth = windows.denormalize(y.to(device)).double()
             truth_energy += bands.band_energy(truth).sum((0, 2)).cpu()
             for key, module in modules.items():
-                pred = windows.denormalize(rollout(module, x, horizon, window_index=index))
+                out = rollout(module, x, horizon, window_index=index, forcings=forcings)
+                pred = windows.denormalize(out)
                 pred = _nan_safe(pred.double())
                 accumulators[key].update(pred, truth)
                 energy[key] += bands.band_energy(pred).sum((0, 2)).cpu()
@@ -207,6 +235,18 @@ def evaluate_rollouts(
             ]
             curves.behind_persistence_lead = behind[0] if behind else None
     return result
+
+
+def _window_forcings(windows: Any, index: torch.Tensor, horizon: int) -> torch.Tensor | None:
+    """The forcing channels of every frame of the rollout windows ``index`` (``None`` for a
+    store without forcings)."""
+    if not getattr(windows, "forcing_channels", None):
+        return None
+    t_in = int(windows.t_in)
+    rows = [windows.windows[int(i)] for i in index]
+    return torch.from_numpy(
+        np.stack([windows.forcings(int(j), int(t), int(t) + t_in + horizon) for j, t in rows])
+    )
 
 
 def _series(key: str) -> Any:

@@ -30,7 +30,12 @@ import torch
 
 from sdkd_pipeline.evaluation.baselines import BASELINE_NAMES, BASELINE_ROLE
 from sdkd_pipeline.evaluation.config import EXPORT_FORMATS, TEACHER_MIN_RATIO
-from sdkd_pipeline.evaluation.metrics import BAND_NAMES, ForecastMetrics, gap_closed
+from sdkd_pipeline.evaluation.metrics import (
+    BAND_NAMES,
+    LAT_WEIGHTED_NAMES,
+    ForecastMetrics,
+    gap_closed,
+)
 
 __all__ = [
     "BASELINE_METHOD",
@@ -145,7 +150,8 @@ def build_table(
     students grouped by student, methods in ``methods`` order (anything unlisted after the
     listed ones, by name).
 
-    Columns: role, model, method, params, gflops, mse, mae, rmse, psnr, ssim,
+    Columns: role, model, method, params, gflops, mse, mae, rmse, psnr, ssim, mse_lat and
+    rmse_lat (the latitude-weighted MSE and RMSE, only when a row has them: a lat/lon grid),
     band_mse_low/mid/high, latency_ms_b<B> per batch size (CPU), latency_cuda_ms_b<B> when CUDA
     was timed, latency_torchscript_ms_b<B> and latency_onnx_ms_b<B> (the exported model on the
     CPU) for each format any row tried (blank where a row has no number),
@@ -184,6 +190,7 @@ def build_table(
         )
 
     with_cuda = any(r.latency_cuda_ms for r in rows)
+    lat_columns = LAT_WEIGHTED_NAMES if any(r.metrics.lat_weighted for r in rows) else ()
     exported = [f for f in EXPORT_FORMATS if any(f in r.latency_exported_ms for r in rows)]
     exported_columns = [f"latency_{f}_ms_b{b}" for f in exported for b in batch_sizes]
     records = []
@@ -195,6 +202,10 @@ def build_table(
             "params": int(r.params),
             "gflops": r.flops / 1e9,
             **{name: getattr(r.metrics, name) for name in METRIC_COLUMNS},
+            **{
+                name: math.nan if getattr(r.metrics, name) is None else getattr(r.metrics, name)
+                for name in lat_columns
+            },
             **{f"band_mse_{band}": r.metrics.band_mse[band] for band in BAND_NAMES},
         }
         for b in batch_sizes:
@@ -230,6 +241,7 @@ def build_table(
         "params",
         "gflops",
         *METRIC_COLUMNS,
+        *lat_columns,
         *BAND_COLUMNS,
         *(f"latency_ms_b{b}" for b in batch_sizes),
         *((f"latency_cuda_ms_b{b}" for b in batch_sizes) if with_cuda else ()),

@@ -22,7 +22,7 @@ from sdkd_pipeline.evaluation import (
     evaluate_checkpoints,
     table_metrics,
 )
-from sdkd_pipeline.evaluation.accuracy import test_data_range
+from sdkd_pipeline.evaluation.accuracy import lat_weighting_latitudes, test_data_range
 from sdkd_pipeline.evaluation.plots.style import channel_metadata_of
 from sdkd_pipeline.evaluation.rollout import RolloutResult, evaluate_rollouts, plot_rollouts
 from sdkd_pipeline.models.checkpoint import Checkpoint
@@ -102,6 +102,8 @@ def evaluate_dataset(
         windows,
         cfg,
         dataset=dataset,
+        # evaluate.lat_weighted: the rows' latitudes for the mse_lat / rmse_lat columns, or None
+        latitudes=lat_weighting_latitudes(cfg.lat_weighted, tensors, dataset=dataset),
         teachers=teachers,
         students=students,
         methods=methods,
@@ -165,6 +167,7 @@ def _rollouts(
         data_range=test_data_range(windows, cfg.batch_size),
         device=resolve_device(cfg.device, param="evaluate.device"),
         ssim_convention=cfg.ssim_convention,
+        climatology=cfg.climatology,
     )
     if result.skipped:
         logger.info("%s: no rollout: %s", dataset, result.skipped)
