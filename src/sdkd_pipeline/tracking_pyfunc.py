@@ -76,7 +76,10 @@ class StudentForecaster(PythonModel):
         self.runtime = runtime
         self.meta = meta
         shape = meta["shape"]
-        self.input_shape = (shape["in_frames"], shape["channels"], shape["height"], shape["width"])
+        # forcing channels (dimensionless, already in model units) follow the forecast channels
+        n_in = int(shape["channels"]) + int(shape.get("forcing_channels", 0))
+        self.input_shape = (shape["in_frames"], n_in, shape["height"], shape["width"])
+        self._channels = int(shape["channels"])
         self._mean = np.asarray(meta["mean"], dtype=np.float32).reshape(-1, 1, 1)
         self._std = np.asarray(meta["std"], dtype=np.float32).reshape(-1, 1, 1)
 
@@ -94,7 +97,9 @@ class StudentForecaster(PythonModel):
                 f" for channels {self.meta.get('channels')}, got {tuple(x.shape)}"
             )
         if units == "physical":
-            x = (x - self._mean) / self._std
+            x = x.copy()
+            c = self._channels
+            x[:, :, :c] = (x[:, :, :c] - self._mean) / self._std
         y = np.asarray(self._run(np.ascontiguousarray(x, dtype=np.float32)), dtype=np.float32)
         if units == "physical":
             y = y * self._std + self._mean

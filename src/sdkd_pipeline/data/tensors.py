@@ -28,6 +28,7 @@ import numpy as np
 import xarray as xr
 
 from sdkd_pipeline.config_utils import check_fields, check_value, from_params, param
+from sdkd_pipeline.data.forcings import forcing_variables
 from sdkd_pipeline.data.raw import segments_of, validate_raw
 from sdkd_pipeline.errors import ConfigError, DataError
 
@@ -361,8 +362,12 @@ def build_tensor_dataset(
     split: SplitConfig,
     window: WindowConfig,
     chunk_time: int | None = None,
+    forcings: tuple[str, ...] = (),
 ) -> xr.Dataset:
     """Validate ``raw``, split it, and return the lazily normalized store content.
+
+    ``forcings`` (see ``forcings.py``) adds the declared input-only channels, computed from the
+    coordinates, as ``forcing_time`` / ``forcing_static`` beside ``fields``.
 
     ``fields`` is a dask array chunked ``(1, chunk_time, C, H, W)``; nothing is materialised
     except the training statistics (one dask reduction) and the finite check of
@@ -408,7 +413,10 @@ def build_tensor_dataset(
     out["fields"] = (("trajectory", "time", "channel", "y", "x"), normalized)
     out["mean"] = ("channel", mean.astype(np.float32))
     out["std"] = ("channel", std.astype(np.float32))
+    extra = forcing_variables(raw, tuple(forcings), f"{dataset}.forcings")
+    out = out.merge(extra)
     out.attrs.update(raw.attrs)
+    out.attrs.update(extra.attrs)
     split_method = "trajectory" if n_traj > 1 else "time"
     out.attrs.update(
         {

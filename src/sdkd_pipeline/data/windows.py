@@ -3,8 +3,9 @@
 ``WindowDataset(store, "train")`` takes either the path of a Zarr store (written by
 ``store.write_store``) or an in-memory ``xarray.Dataset`` with the same content (e.g. read from
 NetCDF on a machine without zarr). Items are ``(x, y)`` float32 tensors of shapes
-``(T_in, C, H, W)`` and ``(T_out, C, H, W)`` holding normalized values; ``denormalize`` maps
-them (or predictions) back to physical units.
+``(T_in, C + F, H, W)`` and ``(T_out, C, H, W)`` holding normalized values, F the store's
+forcing channels (``forcings.py``; none by default), which inputs carry after the fields and
+targets never do; ``denormalize`` maps targets (or predictions) back to physical units.
 
 Reading from Zarr: the store is opened lazily in each process that reads (so the dataset
 pickles as a path and works with several DataLoader workers), directly through zarr rather
@@ -30,6 +31,7 @@ import torch
 import xarray as xr
 
 from sdkd_pipeline.config_utils import check_value
+from sdkd_pipeline.data.forcings import STATIC_VAR, TIME_VAR, forcing_frames, store_forcings
 from sdkd_pipeline.data.store import check_store_dataset, open_store, store_location
 from sdkd_pipeline.data.tensors import SPLIT_NAMES, WindowConfig, parse_splits, windows_in_ranges
 from sdkd_pipeline.errors import ConfigError, DataError
@@ -93,6 +95,14 @@ class WindowDataset(torch.utils.data.Dataset):
         self.std = torch.as_tensor(np.asarray(ds["std"].values, dtype=np.float32))
         self.attrs = dict(attrs)
         self.coords = {name: np.asarray(ds[name].values) for name in ds.coords}
+        # input-only channels (forcings.py), small enough to keep in memory
+        self.forcing_channels = store_forcings(attrs)["channels"]
+        self._forcing_time = (
+            np.asarray(ds[TIME_VAR].values, dtype=np.float32) if TIME_VAR in ds else None
+        )
+        self._forcing_static = (
+            np.asarray(ds[STATIC_VAR].values, dtype=np.float32) if STATIC_VAR in ds else None
+        )
         self._chunk_time = _store_chunk_time(ds, self.shape[1])
         self._cache_bytes = int(cache_mb * 1024**2)
         self._reset_reader()
@@ -103,13 +113,31 @@ class WindowDataset(torch.utils.data.Dataset):
         ``out_frames``, ``channels``, ``height``, ``width`` (what checkpoints record as
         ``shape``)."""
         _, _, channels, height, width = self.shape
-        return {
+        shape = {
             "in_frames": self.t_in,
             "out_frames": self.t_out,
             "channels": channels,
             "height": height,
             "width": width,
         }
+        if self.forcing_channels:  # only then, so a checkpoint without forcings still matches
+            shape["forcing_channels"] = len(self.forcing_channels)
+        return shape
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        """``(T_in, C + F, H, W)``: one input window, forcing channels included."""
+        _, _, channels, height, width = self.shape
+        return (self.t_in, channels + len(self.forcing_channels), height, width)
+
+    def forcings(self, trajectory: int, start: int, stop: int) -> np.ndarray | None:
+        """The forcing channels ``(stop - start, F, H, W)`` of frames ``[start, stop)`` of
+        ``trajectory`` (any split: they are known in advance), or ``None`` without forcings."""
+        if not self.forcing_channels:
+            return None
+        _, _, _, height, width = self.shape
+        clock = None if self._forcing_time is None else self._forcing_time[trajectory, start:stop]
+        return forcing_frames(clock, self._forcing_static, stop - start, height, width)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -124,7 +152,7 @@ class WindowDataset(torch.utils.data.Dataset):
             block = self._read(traj, t0, t0 + self.t_in + self.t_out)  # one slice
         else:
             block = self._from_chunks(traj, t0, self._cached_chunk)
-        return self._split_window(block)
+        return self._split_window(block, traj, t0)
 
     def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """A batch of items; each Zarr chunk the batch touches is read once."""
@@ -140,7 +168,7 @@ class WindowDataset(torch.utils.data.Dataset):
         out = []
         for i in indices:
             traj, t0 = (int(v) for v in self.windows[i])
-            out.append(self._split_window(self._from_chunks(traj, t0, chunk)))
+            out.append(self._split_window(self._from_chunks(traj, t0, chunk), traj, t0))
         return out
 
     def frames(self, trajectory: int, start: int, stop: int) -> np.ndarray:
@@ -172,9 +200,15 @@ class WindowDataset(torch.utils.data.Dataset):
                 "with `kedro run --pipelines=data`"
             ) from None
 
-    def _split_window(self, block: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _split_window(
+        self, block: np.ndarray, traj: int, t0: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         # copies: callers may modify the tensors in place without touching the cache/array
-        x = torch.from_numpy(np.array(block[: self.t_in], dtype=np.float32))
+        inputs = np.array(block[: self.t_in], dtype=np.float32)
+        extra = self.forcings(traj, t0, t0 + self.t_in)
+        if extra is not None:  # input-only channels after the fields; never in the target
+            inputs = np.concatenate([inputs, extra], axis=1)
+        x = torch.from_numpy(inputs)
         y = torch.from_numpy(np.array(block[self.t_in :], dtype=np.float32))
         return x, y
 

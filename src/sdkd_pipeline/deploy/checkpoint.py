@@ -52,6 +52,8 @@ def checkpoint_meta(checkpoint: Checkpoint | Mapping[str, Any] | str | Path) -> 
     }
     for key in _META_KEYS:
         meta[key] = _plain(ckpt.get(key))
+    if shape.get("forcing_channels"):  # what the forcing channels are, to rebuild them
+        meta["forcings"] = _plain(ckpt.get("forcings"))
     n_chan = shape.get("channels")
     for key in ("channels", "mean", "std"):
         if len(meta[key]) != n_chan:
@@ -59,6 +61,12 @@ def checkpoint_meta(checkpoint: Checkpoint | Mapping[str, Any] | str | Path) -> 
                 f"checkpoint: {key} has {len(meta[key])} entries but shape.channels = {n_chan}"
             )
     return meta
+
+
+def input_channels(shape: Mapping[str, Any]) -> int:
+    """Channels of a model's input: the forecast channels, then its forcing channels
+    (``data/forcings.py``; 0 for a model trained without them)."""
+    return int(shape["channels"]) + int(shape.get("forcing_channels", 0))
 
 
 def build_checkpoint_model(checkpoint: Checkpoint | Mapping[str, Any] | str | Path) -> nn.Module:
@@ -69,4 +77,6 @@ def build_checkpoint_model(checkpoint: Checkpoint | Mapping[str, Any] | str | Pa
 def _example_input(meta: Mapping[str, Any], batch: int, seed: int = 0) -> torch.Tensor:
     s = meta["shape"]
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, s["in_frames"], s["channels"], s["height"], s["width"], generator=gen)
+    return torch.randn(
+        batch, s["in_frames"], input_channels(s), s["height"], s["width"], generator=gen
+    )

@@ -115,6 +115,28 @@ def _input_field(ds: Any, input_path: Path, variable: str, meta: Mapping[str, An
     return field
 
 
+def _with_forcings(
+    x: np.ndarray, ds: Any, meta: Mapping[str, Any], input_path: Path, start: int, end: int
+) -> np.ndarray:
+    """``x`` with the model's forcing channels appended, computed from the input file's time
+    and lat / lon coordinates as the tensor store computed them (unchanged for a model
+    without forcings)."""
+    forcings = meta.get("forcings") or {}
+    if not int(meta["shape"].get("forcing_channels", 0)):
+        return x
+    from sdkd_pipeline.data.forcings import forcing_inputs
+
+    extra, names = forcing_inputs(
+        forcings.get("declared", []), ds, slice(start, end + 1), str(input_path)
+    )
+    if names != list(forcings.get("channels", [])):
+        raise DataError(
+            f"{input_path}: forcing channels {names} do not match the model's "
+            f"{forcings.get('channels')}"
+        )
+    return np.concatenate([x, extra[None]], axis=2)
+
+
 def _window_bounds(
     field: Any, input_path: Path, t_in: int, trajectory: int, time_index: int | None
 ) -> tuple[int, int, int]:
@@ -235,6 +257,7 @@ def predict(
             s_std = np.asarray(ds["std"].values, dtype=np.float64).reshape(c_shape)
             window = window * s_std + s_mean
         x = ((window - mean) / std).astype(np.float32)[None]
+        x = _with_forcings(x, ds, meta, input_path, start, end)
         y = model(x)[0].astype(np.float64) * std + mean
         coords, window_times, time_note = _forecast_coords(ds, meta, start, end, t_out)
         attrs = {

@@ -123,11 +123,12 @@ def _export(checkpoint: Any, source: Path, out_dir: Path, fmt: str) -> Path:
 def _eager_latency(
     checkpoint: Any, batch: int, threads: int | None, device: str, repeats: int
 ) -> float:
+    from sdkd_pipeline.deploy.checkpoint import input_channels
     from sdkd_pipeline.evaluation.latency import measure_latency
 
     model = checkpoint.build_model().eval()
     s = checkpoint.shape
-    sample = (s["in_frames"], s["channels"], s["height"], s["width"])
+    sample = (s["in_frames"], input_channels(s), s["height"], s["width"])
     timings = measure_latency(
         model, sample, (batch,), repeats=repeats, warmup=3, threads=threads, device=device
     )

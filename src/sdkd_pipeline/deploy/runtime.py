@@ -30,6 +30,7 @@ from sdkd_pipeline.deploy.checkpoint import (
     _example_input,
     build_checkpoint_model,
     checkpoint_meta,
+    input_channels,
 )
 from sdkd_pipeline.errors import ConfigError, DataError
 from sdkd_pipeline.evaluation.latency import timed_calls
@@ -52,7 +53,7 @@ class ExportedModel:
             x = x.detach().cpu().numpy()
         x = np.ascontiguousarray(x, dtype=np.float32)
         s = self.meta["shape"]
-        expected = (s["in_frames"], s["channels"], s["height"], s["width"])
+        expected = (s["in_frames"], input_channels(s), s["height"], s["width"])
         if x.ndim != 5 or tuple(x.shape[1:]) != expected:
             raise DataError(
                 f"{self.path or 'model'}: expects input (B, {', '.join(map(str, expected))})"
@@ -291,7 +292,7 @@ def exported_latency(
     model, meta = load_exported(path, threads=threads, trust_torchscript=True)
     if input_shape is None:
         s = meta["shape"]
-        sample = (s["in_frames"], s["channels"], s["height"], s["width"])
+        sample = (s["in_frames"], input_channels(s), s["height"], s["width"])
     else:
         sample = tuple(int(v) for v in input_shape)[-4:]
     old_threads = torch.get_num_threads()

@@ -22,7 +22,15 @@ ConfigT = TypeVar("ConfigT", bound="ModelConfig")
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Base of the model configs: subclasses add fields and override ``validate``."""
+    """Base of the model configs: subclasses add fields and override ``validate``.
+
+    ``residual`` (every model): the network forecasts the change from the last input frame,
+    ``y = x[:, -1] + f(x)`` (per forecast step; forcing channels excluded), instead of ``y``
+    itself; off by default. On short weather series this is what lets a model start from
+    persistence instead of learning the field's level from few samples.
+    """
+
+    residual: bool = False
 
     def validate(self, param_path: str) -> None:
         """Raise ``ConfigError`` naming ``{param_path}.{field}`` for what the fields' own

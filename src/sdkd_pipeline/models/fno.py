@@ -201,6 +201,7 @@ class FNO(ForecastModel):
         height: int,
         width: int,
         config: FNOConfig | None = None,
+        forcing_channels: int = 0,
     ) -> None:
         config = config or FNOConfig()
         super().__init__(
@@ -209,6 +210,7 @@ class FNO(ForecastModel):
             channels=channels,
             height=height,
             width=width,
+            forcing_channels=forcing_channels,
             latent_channels=config.hidden,
             downsample_factor=1,
         )
@@ -226,7 +228,7 @@ class FNO(ForecastModel):
                 width,
             )
         extra = 2 if config.grid_features else 0
-        self.lifting = nn.Conv2d(in_frames * channels + extra, config.hidden, 1)
+        self.lifting = nn.Conv2d(in_frames * self.in_channels + extra, config.hidden, 1)
         self.layers = nn.ModuleList(
             [
                 FourierLayer(
@@ -242,14 +244,14 @@ class FNO(ForecastModel):
         )
 
     def _forward_padded(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        batch, frames, channels, height, width = x.shape
-        v = x.reshape(batch, frames * channels, height, width)
+        batch, frames, in_channels, height, width = x.shape
+        v = x.reshape(batch, frames * in_channels, height, width)
         if self.config.grid_features:
             v = torch.cat([v, grid_coordinates(v)], dim=1)
         v = self.lifting(v)
         low = high = v
         for layer in self.layers:
             v, low, high = layer(v)
-        y = self.projection(v).reshape(batch, self.out_frames, channels, height, width)
+        y = self.projection(v).reshape(batch, self.out_frames, self.channels, height, width)
         # the last layer has no activation: its output is low + high, the projection's input
         return y, {"high": high, "low": low, "fused": v, "state": v}

@@ -36,11 +36,16 @@ class ForecastModel(nn.Module):
         width: int,
         latent_channels: int,
         downsample_factor: int,
+        forcing_channels: int = 0,
     ) -> None:
         super().__init__()
         self.in_frames = in_frames
         self.out_frames = out_frames
         self.channels = channels
+        # input-only channels after the forecast channels (data/forcings.py): inputs have
+        # channels + forcing_channels, predictions channels
+        self.forcing_channels = int(forcing_channels)
+        self.in_channels = channels + self.forcing_channels
         self.height = height
         self.width = width
         self.latent_channels = latent_channels
@@ -60,7 +65,14 @@ class ForecastModel(nn.Module):
         batch, _, _, height, width = x.shape
         padded = pad_to_multiple(x, self.downsample_factor)
         y, features = self._forward_padded(padded)
-        return y[..., :height, :width], features
+        y = y[..., :height, :width]
+        if self.residual:  # the change from the last input frame (ModelConfig.residual)
+            y = y + x[:, -1:, : self.channels]
+        return y, features
+
+    @property
+    def residual(self) -> bool:
+        return bool(getattr(getattr(self, "config", None), "residual", False))
 
     def _forward_padded(
         self, x: torch.Tensor
@@ -68,10 +80,13 @@ class ForecastModel(nn.Module):
         raise NotImplementedError
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 5 or x.shape[1] != self.in_frames or x.shape[2] != self.channels:
+        if x.ndim != 5 or x.shape[1] != self.in_frames or x.shape[2] != self.in_channels:
+            what = f"C={self.channels}"
+            if self.forcing_channels:
+                what = f"C={self.in_channels}: {self.channels} + {self.forcing_channels} forcings"
             raise DataError(
                 f"{type(self).__name__} expects input of shape (B, T_in={self.in_frames}, "
-                f"C={self.channels}, H, W), got {tuple(x.shape)}"
+                f"{what}, H, W), got {tuple(x.shape)}"
             )
 
 

@@ -79,6 +79,7 @@ class MLPMixer(ForecastModel):
         height: int,
         width: int,
         config: MLPMixerConfig | None = None,
+        forcing_channels: int = 0,
     ) -> None:
         config = config or MLPMixerConfig()
         super().__init__(
@@ -87,13 +88,14 @@ class MLPMixer(ForecastModel):
             channels=channels,
             height=height,
             width=width,
+            forcing_channels=forcing_channels,
             latent_channels=config.hidden,
             downsample_factor=config.patch,
         )
         self.config = config
         p = config.patch
         self.grid = (-(-height // p), -(-width // p))
-        self.embed = nn.Conv2d(in_frames * channels, config.hidden, p, stride=p)
+        self.embed = nn.Conv2d(in_frames * self.in_channels, config.hidden, p, stride=p)
         self.blocks = nn.Sequential(
             *[
                 MixerBlock(
@@ -118,13 +120,13 @@ class MLPMixer(ForecastModel):
             )
 
     def _forward_padded(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        batch, frames, channels, height, width = x.shape
-        tokens = self.embed(x.reshape(batch, frames * channels, height, width))
+        batch, frames, in_channels, height, width = x.shape
+        tokens = self.embed(x.reshape(batch, frames * in_channels, height, width))
         tokens = self.blocks(tokens.permute(0, 2, 3, 1))  # (B, h, w, D)
         bottleneck = tokens.permute(0, 3, 1, 2)
         patches = self.unpatch(self.norm_out(tokens)).permute(0, 3, 1, 2)
         y = self.refine(self.shuffle(patches))
         return (
-            y.reshape(batch, self.out_frames, channels, height, width),
+            y.reshape(batch, self.out_frames, self.channels, height, width),
             {"bottleneck": bottleneck},
         )

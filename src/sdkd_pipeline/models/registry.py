@@ -79,10 +79,12 @@ def build_model(
     channels: int,
     height: int,
     width: int,
+    forcing_channels: int = 0,
     param_path: str | None = None,
     **cfg: Any,
 ) -> ForecastModel:
-    """Build model ``name`` for (in_frames, channels, height, width) -> out_frames.
+    """Build model ``name`` for (in_frames, channels, height, width) -> out_frames;
+    ``forcing_channels`` input-only channels follow the ``channels`` in its input.
 
     ``cfg`` overrides the model's config defaults (see ``default_config(name)``); the model's
     resolved config is ``model.config``.
@@ -97,6 +99,9 @@ def build_model(
             ("width", width),
         )
     }
+    forcing = check_value("forcing_channels", forcing_channels, int, {"ge": 0})
+    if forcing:
+        shape["forcing_channels"] = forcing
     config = resolve_config(name, param_path=param_path, **cfg)
     return _SPECS[name].model_cls(config=config, **shape)
 

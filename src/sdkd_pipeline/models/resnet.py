@@ -56,6 +56,7 @@ class ResNet(ForecastModel):
         height: int,
         width: int,
         config: ResNetConfig | None = None,
+        forcing_channels: int = 0,
     ) -> None:
         config = config or ResNetConfig()
         super().__init__(
@@ -64,12 +65,13 @@ class ResNet(ForecastModel):
             channels=channels,
             height=height,
             width=width,
+            forcing_channels=forcing_channels,
             latent_channels=config.hidden,
             downsample_factor=2**config.downsample_steps,
         )
         self.config = config
         stem: list[nn.Module] = [
-            ConvNormAct(in_frames * channels, config.base_width, norm_groups=8)
+            ConvNormAct(in_frames * self.in_channels, config.base_width, norm_groups=8)
         ]
         previous = config.base_width
         for _ in range(config.downsample_steps):
@@ -87,10 +89,10 @@ class ResNet(ForecastModel):
         self.head = nn.Conv2d(previous, out_frames * channels, 1)
 
     def _forward_padded(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        batch, frames, channels, height, width = x.shape
-        bottleneck = self.blocks(self.stem(x.reshape(batch, frames * channels, height, width)))
+        batch, frames, in_channels, height, width = x.shape
+        bottleneck = self.blocks(self.stem(x.reshape(batch, frames * in_channels, height, width)))
         y = self.head(self.decoder(bottleneck))
         return (
-            y.reshape(batch, self.out_frames, channels, height, width),
+            y.reshape(batch, self.out_frames, self.channels, height, width),
             {"bottleneck": bottleneck},
         )

@@ -141,6 +141,7 @@ class SimVP(ForecastModel):
         height: int,
         width: int,
         config: SimVPConfig | None = None,
+        forcing_channels: int = 0,
     ) -> None:
         config = config or SimVPConfig()
         super().__init__(
@@ -149,12 +150,13 @@ class SimVP(ForecastModel):
             channels=channels,
             height=height,
             width=width,
+            forcing_channels=forcing_channels,
             latent_channels=config.hidden,
             downsample_factor=2 ** (config.spatial_layers // 2),
         )
         self.config = config
         hs = config.frame_hidden
-        self.encoder = FrameEncoder(channels, hs, config.spatial_layers)
+        self.encoder = FrameEncoder(self.in_channels, hs, config.spatial_layers)
         widths = [in_frames * hs] + [config.hidden] * (config.depth - 1) + [out_frames * hs]
         # Block i runs at widths[i] and reduces to widths[i+1], except that the first block
         # runs at T_in*hid_S and the rest at hid_T, as in OpenSTL's MidMetaNet.
@@ -175,8 +177,8 @@ class SimVP(ForecastModel):
         self.translator.apply(_init_weights)
 
     def _forward_padded(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        batch, frames, channels, height, width = x.shape
-        latent, first = self.encoder(x.reshape(batch * frames, channels, height, width))
+        batch, frames, in_channels, height, width = x.shape
+        latent, first = self.encoder(x.reshape(batch * frames, in_channels, height, width))
         h, w = latent.shape[-2:]
         z = latent.reshape(batch, frames * latent.shape[1], h, w)
         features: dict[str, torch.Tensor] = {}
@@ -184,7 +186,7 @@ class SimVP(ForecastModel):
             z, features = block(z)
         hid = z.reshape(batch * self.out_frames, -1, h, w)
         y = self.decoder(hid, self.skip(first, batch))
-        return y.reshape(batch, self.out_frames, channels, height, width), features
+        return y.reshape(batch, self.out_frames, self.channels, height, width), features
 
 
 def _init_weights(module: nn.Module) -> None:

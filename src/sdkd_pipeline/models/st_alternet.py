@@ -132,6 +132,7 @@ class STAlterNet(ForecastModel):
         height: int,
         width: int,
         config: STAlterNetConfig | None = None,
+        forcing_channels: int = 0,
     ) -> None:
         config = config or STAlterNetConfig()
         super().__init__(
@@ -140,12 +141,13 @@ class STAlterNet(ForecastModel):
             channels=channels,
             height=height,
             width=width,
+            forcing_channels=forcing_channels,
             latent_channels=config.hidden,
             downsample_factor=2 ** (config.spatial_layers // 2),
         )
         self.config = config
         hs = config.frame_hidden
-        self.encoder = FrameEncoder(channels, hs, config.spatial_layers)
+        self.encoder = FrameEncoder(self.in_channels, hs, config.spatial_layers)
         self.embed = nn.Conv2d(in_frames * hs, config.hidden, 1)
         self.blocks = nn.ModuleList(
             [
@@ -159,8 +161,8 @@ class STAlterNet(ForecastModel):
         self.decoder = FrameDecoder(hs, channels, config.spatial_layers)
 
     def _forward_padded(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        batch, frames, channels, height, width = x.shape
-        latent, first = self.encoder(x.reshape(batch * frames, channels, height, width))
+        batch, frames, in_channels, height, width = x.shape
+        latent, first = self.encoder(x.reshape(batch * frames, in_channels, height, width))
         h, w = latent.shape[-2:]
         z = self.embed(latent.reshape(batch, frames * latent.shape[1], h, w))
         tokens = z.flatten(2).transpose(1, 2)
@@ -173,7 +175,7 @@ class STAlterNet(ForecastModel):
         z = self.norm_out(tokens).transpose(1, 2).reshape(batch, -1, h, w)
         hid = self.unembed(z).reshape(batch * self.out_frames, -1, h, w)
         y = self.decoder(hid, self.skip(first, batch))
-        y = y.reshape(batch, self.out_frames, channels, height, width)
+        y = y.reshape(batch, self.out_frames, self.channels, height, width)
 
         def as_map(t: torch.Tensor) -> torch.Tensor:
             return t.transpose(1, 2).reshape(batch, -1, h, w)

@@ -47,6 +47,7 @@ class UNet(ForecastModel):
         height: int,
         width: int,
         config: UNetConfig | None = None,
+        forcing_channels: int = 0,
     ) -> None:
         config = config or UNetConfig()
         super().__init__(
@@ -55,6 +56,7 @@ class UNet(ForecastModel):
             channels=channels,
             height=height,
             width=width,
+            forcing_channels=forcing_channels,
             latent_channels=config.hidden,
             downsample_factor=2**config.levels,
         )
@@ -63,7 +65,7 @@ class UNet(ForecastModel):
             min(config.base_width * 2**level, config.hidden) for level in range(config.levels)
         ]
         self.down = nn.ModuleList()
-        previous = in_frames * channels
+        previous = in_frames * self.in_channels
         for level_width in widths:
             self.down.append(DoubleConv(previous, level_width))
             previous = level_width
@@ -79,8 +81,8 @@ class UNet(ForecastModel):
         self.head = nn.Conv2d(previous, out_frames * channels, 1)
 
     def _forward_padded(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        batch, frames, channels, height, width = x.shape
-        z = x.reshape(batch, frames * channels, height, width)
+        batch, frames, in_channels, height, width = x.shape
+        z = x.reshape(batch, frames * in_channels, height, width)
         skips = []
         for block in self.down:
             z = block(z)
@@ -90,5 +92,5 @@ class UNet(ForecastModel):
         z = bottleneck
         for up, block, skip in zip(self.up, self.up_convs, reversed(skips), strict=True):
             z = block(torch.cat([up(z), skip], dim=1))
-        y = self.head(z).reshape(batch, self.out_frames, channels, height, width)
+        y = self.head(z).reshape(batch, self.out_frames, self.channels, height, width)
         return y, {"bottleneck": bottleneck}

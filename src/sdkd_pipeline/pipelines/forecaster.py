@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import xarray as xr
 
+from sdkd_pipeline.data.forcings import store_forcings
 from sdkd_pipeline.data.windows import WindowDataset
 from sdkd_pipeline.models import build_model
 from sdkd_pipeline.models.checkpoint import Checkpoint
@@ -107,7 +108,7 @@ def train_forecaster(
     seed_everything(cfg.seed)
     model = build_model(model_name, param_path=param_path, **shape, **model_cfg.to_dict())
     n_params = count_parameters(model)
-    flops = count_flops(model, (1, train_set.t_in, *train_set.shape[2:]))
+    flops = count_flops(model, (1, *train_set.input_shape))
     run_folder = f"{model_name}/{method}" if role == "student" else model_name
     key = _run_key(model_cfg.to_dict(), cfg.to_dict(), train_set, identity)
     out_dir = Path(tracking_cfg.checkpoint_dir) / dataset / run_folder / key
@@ -315,6 +316,8 @@ def _results(
         "model_config": model_cfg.to_dict(),
         "shape": shape,
         "channels": list(train_set.channels),
+        # the input-only channels after them (data/forcings.py), to rebuild at predict time
+        "forcings": store_forcings(train_set.attrs) if train_set.forcing_channels else None,
         "mean": train_set.mean.clone(),
         "std": train_set.std.clone(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from sdkd_pipeline.data.forcings import check_forcings, store_forcings
 from sdkd_pipeline.data.sources import load_raw
 from sdkd_pipeline.data.tensors import (
     SplitConfig,
@@ -33,15 +34,21 @@ def acquire_raw(dataset: str, source: dict[str, Any], progress: bool = True) -> 
 
 
 def build_tensors(
-    raw: xr.Dataset, window: dict[str, Any], split: dict[str, Any], store: dict[str, Any]
+    raw: xr.Dataset,
+    window: dict[str, Any],
+    split: dict[str, Any],
+    store: dict[str, Any],
+    forcings: list[str] | None = None,
 ) -> xr.Dataset:
-    """Normalize with training statistics, split, and lay out for windowed reading."""
+    """Normalize with training statistics, split, and lay out for windowed reading; the
+    declared forcings (``<dataset>.forcings``) are stored beside the fields."""
     dataset = raw.attrs.get("dataset", "dataset")
     return build_tensor_dataset(
         raw,
         split=SplitConfig.from_params(split, f"{dataset}.split"),
         window=WindowConfig.from_params(window, f"{dataset}.window"),
         chunk_time=StoreConfig.from_params(store, f"{dataset}.store").chunk_time,
+        forcings=check_forcings(forcings, f"{dataset}.forcings"),
     )
 
 
@@ -59,6 +66,7 @@ def summarize_tensors(tensors: xr.Dataset) -> dict[str, Any]:
         "source": attrs.get("source"),
         "shape": dict(tensors["fields"].sizes),
         "channels": [str(c) for c in tensors["channel"].values],
+        "forcing_channels": store_forcings(tensors.attrs)["channels"],
         "mean": np.asarray(tensors["mean"].values, dtype=float).tolist(),
         "std": np.asarray(tensors["std"].values, dtype=float).tolist(),
         "t_in": t_in,

@@ -30,7 +30,7 @@ def create_dataset_pipeline(dataset: str) -> Pipeline:
             ),
             node(
                 nodes.build_tensors,
-                inputs=["raw", "params:window", "params:split", "params:store"],
+                inputs=["raw", "params:window", "params:split", "params:store", "params:forcings"],
                 outputs="tensors",
                 name=f"build_{dataset}_tensor_store",
                 tags=["dask"],
