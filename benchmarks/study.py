@@ -51,6 +51,7 @@ import numpy as np
 import torch
 import yaml
 
+from sdkd_pipeline.data.cf import channel_metadata
 from sdkd_pipeline.data.sources import navier_stokes as ns
 from sdkd_pipeline.data.tensors import SplitConfig, WindowConfig, build_tensor_dataset
 from sdkd_pipeline.data.windows import WindowDataset
@@ -253,10 +254,16 @@ class Study:
         started = time.perf_counter()
         data_cfg = self.cfg["data"]
         path = self.work / "tensors.nc"
-        gen = dict(data_cfg["generate"])
-        gen["device"] = str(self.device)
+        # a file source (e.g. the ERA5 sample: data.dataset + data.source, as the project's
+        # <dataset>.source) or else the Navier-Stokes solver (data.generate)
+        source = data_cfg.get("source")
+        gen = {} if source else dict(data_cfg["generate"])
+        if not source:
+            gen["device"] = str(self.device)
+        forcings = tuple(data_cfg.get("forcings") or ())
         key = json.dumps(
-            {"generate": gen, "window": data_cfg["window"], "split": data_cfg["split"]},
+            {"generate": gen, "window": data_cfg["window"], "split": data_cfg["split"]}
+            | ({"source": source, "forcings": list(forcings)} if source else {}),
             sort_keys=True,
         )
         key_path = self.work / "tensors.key"
@@ -272,11 +279,19 @@ class Study:
             tensors = xr.open_dataset(path).load()
             print(f"data: reusing {path}", flush=True)
         else:
-            raw = ns.generate_navier_stokes(ns.NavierStokesConfig.from_params(gen), progress=False)
+            if source:
+                from sdkd_pipeline.data.sources import load_raw
+
+                raw = load_raw(data_cfg["dataset"], source, progress=False)
+            else:
+                raw = ns.generate_navier_stokes(
+                    ns.NavierStokesConfig.from_params(gen), progress=False
+                )
             tensors = build_tensor_dataset(
                 raw,
                 split=SplitConfig(**data_cfg["split"]),
                 window=WindowConfig(**data_cfg["window"]),
+                forcings=forcings,
             ).compute()
             tmp = path.with_suffix(".tmp.nc")
             tensors.to_netcdf(tmp)
@@ -292,6 +307,9 @@ class Study:
             "seconds": self._data_seconds(started),
             "shape": list(train_set.shape),
             "generate": gen,
+            **({"dataset": data_cfg["dataset"], "source": source} if source else {}),
+            "forcings": list(train_set.forcing_channels),
+            "units": channel_units(tensors),
             "window": data_cfg["window"],
             "split": data_cfg["split"],
             "spectrum": self._spectrum(data_cfg.get("fit_range", [3, 12])),
@@ -441,6 +459,7 @@ class Study:
         self.teacher_models: dict[str, torch.nn.Module] = {}
         seed = int(tcfg["training"].get("seed", 0))
         for name, model_cfg in tcfg["models"].items():
+            self._extra_teacher_seeds(name, model_cfg or {}, tcfg, seed)
             path = self.work / "teachers" / f"{name}.pt"
             ckey = config_key(model_cfg or {}, tcfg["training"], self.data_key)
             done = self.done.get(("teacher", name, "supervised", seed))
@@ -483,6 +502,42 @@ class Study:
             )
         self.times["teachers"] = time.perf_counter() - started
 
+    def _extra_teacher_seeds(self, name: str, model_cfg: dict, tcfg: dict, seed: int) -> None:
+        """``teachers.extra_seeds``: the teacher trained again from other seeds, to report its
+        spread over seeds (e.g. against the climatology); students distill from ``seed``'s."""
+        for extra in [int(s) for s in tcfg.get("extra_seeds") or () if int(s) != seed]:
+            ckey = config_key(model_cfg, tcfg["training"], self.data_key)
+            done = self.done.get(("teacher", name, "supervised", extra))
+            if done is not None and done.get("config_key", ckey) == ckey:
+                continue
+            t0 = time.perf_counter()
+            model, info = self._train(
+                name,
+                model_cfg,
+                tcfg["training"],
+                extra,
+                out_dir=self.work / "runs" / "teachers" / f"{name}_seed{extra}",
+            )
+            metrics = self._metrics({name: model})[name]
+            row = self._row(
+                "teacher",
+                name,
+                "supervised",
+                extra,
+                False,
+                metrics,
+                info,
+                count_parameters(model),
+                time.perf_counter() - t0,
+            )
+            row["config_key"] = ckey
+            self._record(row)
+            print(
+                f"teacher {name} seed {extra}: val {row['val_mse']:.4g} test "
+                f"{row['test_mse']:.4g} ({info['stop_reason']}, {info['steps']} steps)",
+                flush=True,
+            )
+
     def spectra(self) -> None:
         """Each teacher's latent spectra, the conv/attention branch check and the share of its
         error per band (the spectral stage's analysis, on the test split)."""
@@ -512,7 +567,7 @@ class Study:
             print(f"spectra {name}: {keep['branch_check']['verdict']}", flush=True)
 
     def baselines(self) -> None:
-        modules = {"persistence": Persistence(self.shape["out_frames"])}
+        modules = {"persistence": Persistence(self.shape["out_frames"], self.shape["channels"])}
         metrics = {}
         for split in ("val", "test"):
             modules["climatology"] = Climatology.fit(self.sets[split])
@@ -644,11 +699,22 @@ class Study:
 # the report
 
 
+def channel_units(tensors: Any) -> dict[str, str]:
+    """Each channel's CF units (``data/cf.py``)."""
+    return {c: m.get("units", "unknown") for c, m in channel_metadata(tensors).items()}
+
+
 def summarize(rows: list[dict], methods: list[str]) -> dict:
     """Means, CIs, gap closed and paired differences (see the module docstring)."""
-    teachers = [r for r in rows if r["role"] == "teacher"]
-    if not teachers:
+    every_teacher = [r for r in rows if r["role"] == "teacher"]
+    if not every_teacher:
         return {}
+    # the teachers the students distill from: each model's lowest seed (teachers.extra_seeds
+    # are trained again only to measure the spread over seeds)
+    first = {}
+    for r in sorted(every_teacher, key=lambda r: r["seed"]):
+        first.setdefault(r["model"], r)
+    teachers = list(first.values())
     reference = min(teachers, key=lambda r: r["val_mse"])
     baselines = {r["model"]: r for r in rows if r["role"] == "baseline"}
     out: dict[str, Any] = {
@@ -657,6 +723,24 @@ def summarize(rows: list[dict], methods: list[str]) -> dict:
         "teachers": {r["model"]: r for r in teachers},
         "baselines": baselines,
     }
+    seeded = {}
+    for name in first:
+        runs = [r for r in every_teacher if r["model"] == name]
+        if len(runs) > 1:
+            seeded[name] = {
+                "seeds": sorted(r["seed"] for r in runs),
+                **{m: mean_ci([r[m] for r in runs]) for m in ("val_mse", "test_mse", "test_ssim")},
+            }
+            clim = baselines.get("climatology")
+            if clim is not None:  # positive: the teacher's test MSE is lower
+                seeded[name]["vs_climatology_relative"] = mean_ci(
+                    [(clim["test_mse"] - r["test_mse"]) / clim["test_mse"] for r in runs]
+                )
+                seeded[name]["beats_climatology"] = sum(
+                    r["test_mse"] < clim["test_mse"] for r in runs
+                )
+    if seeded:
+        out["teacher_seeds"] = seeded
     for student in sorted({r["model"] for r in rows if r["role"] == "student"}):
         mine = [r for r in rows if r["role"] == "student" and r["model"] == student]
         by = {(r["method"], r["seed"]): r for r in mine}
@@ -717,6 +801,23 @@ def claims(summary: dict, rows: list[dict]) -> list[dict]:
     out: list[dict] = []
     teachers = summary.get("teachers", {})
     persistence = summary.get("baselines", {}).get("persistence")
+    climatology = summary.get("baselines", {}).get("climatology")
+    for name, t in summary.get("teacher_seeds", {}).items():
+        if climatology is None or "vs_climatology_relative" not in t:
+            continue
+        n = len(t["seeds"])
+        out.append(
+            {
+                "claim": f"teacher {name} beats the climatology on the test split ({n} seeds)",
+                "measured": f"test MSE {fmt(*t['test_mse'][:2])} vs climatology "
+                f"{climatology['test_mse']:.4f}: "
+                f"{fmt(*t['vs_climatology_relative'][:2], 1, 100, ' %')} lower "
+                f"({t['beats_climatology']}/{n} seeds better)",
+                "verdict": "holds"
+                if t["beats_climatology"] == n and _lower(t["vs_climatology_relative"]) > 0
+                else "does not hold",
+            }
+        )
     for student, entry in summary.get("students", {}).items():
         none = entry.get("none")
         if none is None:
@@ -802,6 +903,15 @@ def ssim_conventions(rows: list[dict]) -> str | dict[str, list[str]]:
     return next(iter(by)) if len(by) == 1 else by
 
 
+def _units(meta: dict) -> str:
+    """The fields' units as the results name them (results before ``units`` was recorded:
+    Navier-Stokes vorticity)."""
+    units = meta.get("data", {}).get("units")
+    if not units:
+        return "vorticity units"
+    return "; ".join(f"{c}: MSE in [{u}]², MAE in [{u}]" for c, u in units.items())
+
+
 def _ssim_note(meta: dict) -> str:
     """The SSIM convention, for a study that recorded it (the committed results predate it and
     render as they were written); a study whose rows mix conventions says which is which."""
@@ -836,7 +946,7 @@ def markdown(summary: dict, rows: list[dict], meta: dict) -> str:
         + " / ".join(f"{v:.4f}" for v in meta["data"]["spectrum"]["energy_share"].values())
         + ".",
         "",
-        "Test metrics de-normalized (vorticity units); mean ± 95 % CI over seeds (Student t)."
+        f"Test metrics de-normalized ({_units(meta)}); mean ± 95 % CI over seeds (Student t)."
         + _ssim_note(meta)
         + " Gap closed = (none - student) / (none - teacher), paired by seed, teacher = "
         f"{summary.get('reference_teacher')} (lower validation MSE). Paired differences: "
@@ -847,13 +957,19 @@ def markdown(summary: dict, rows: list[dict], meta: dict) -> str:
         "| role | model | method | val MSE | test MSE | test MAE | test SSIM | steps | stop |",
         "|---|---|---|---:|---:|---:|---:|---:|---|",
     ]
-    for r in rows:
-        if r["role"] in ("teacher", "baseline"):
-            lines.append(
-                f"| {r['role']} | {r['model']} | {r['method']} | {r['val_mse']:.4f} | "
-                f"{r['test_mse']:.4f} | {r['test_mae']:.4f} | {r['test_ssim']:.4f} | "
-                f"{r['steps']} | {r.get('stop_reason', '')} |"
-            )
+    seeded = summary.get("teacher_seeds", {})
+    listed = [r for r in rows if r["role"] in ("teacher", "baseline")]
+    order = {}
+    for r in listed:  # each model where it first appears, its seeds in order
+        order.setdefault((r["role"], r["model"]), len(order))
+    for r in sorted(listed, key=lambda r: (order[r["role"], r["model"]], r["seed"])):
+        # a teacher trained from several seeds (teachers.extra_seeds): which row is which
+        method = f"{r['method']} (seed {r['seed']})" if r["model"] in seeded else r["method"]
+        lines.append(
+            f"| {r['role']} | {r['model']} | {method} | {r['val_mse']:.4f} | "
+            f"{r['test_mse']:.4f} | {r['test_mae']:.4f} | {r['test_ssim']:.4f} | "
+            f"{r['steps']} | {r.get('stop_reason', '')} |"
+        )
     found = claims(summary, rows)
     if found:
         lines += ["", "## Claims", "", "| claim | measured | verdict |", "|---|---|---|"]
@@ -935,9 +1051,10 @@ def figures(summary: dict, rows: list[dict], prefix: Path) -> list[str]:
         )
         styles = iter([("--", "#c44"), ("-.", "#d98b2b"), (":", "#7a4")])
         off_scale = []
-        for r in rows:
-            if r["role"] not in ("teacher", "baseline"):
-                continue
+        # the teachers the students distilled from (a teacher's extra seeds are in the table)
+        lines = [*summary.get("teachers", {}).values()]
+        lines += [r for r in rows if r["role"] == "baseline"]
+        for r in lines:
             label = f"{r['role']} {r['model']}: {r['test_mse']:.4f}"
             if r["test_mse"] > top:  # persistence and climatology are ~10x worse here
                 off_scale.append(label)

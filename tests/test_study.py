@@ -154,3 +154,46 @@ def test_a_study_reusing_runs_of_another_ssim_convention_says_which_rows_are_whi
     for label in ("cpu_local", "cpu_fno"):
         text = (REPO / f"benchmarks/results/study_{label}.md").read_text()
         assert "SSIM conventions differ between rows" in text, label
+
+
+def test_teachers_of_extra_seeds_are_summarized_against_the_climatology():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import study
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+    def row(role, model, method, seed, val, test):
+        return dict(
+            role=role, model=model, method=method, seed=seed, val_mse=val, test_mse=test,
+            test_mae=0.0, test_ssim=0.5, steps=1, seconds=1.0, test_band_low=0.0,
+            test_band_mid=0.0, test_band_high=0.0,
+        )  # fmt: skip
+
+    rows = [
+        row("teacher", "st_alternet", "supervised", 1, 0.20, 0.50),  # listed first, seed 1
+        row("teacher", "st_alternet", "supervised", 0, 0.30, 0.60),
+        row("teacher", "st_alternet", "supervised", 2, 0.25, 0.55),
+        row("teacher", "simvp", "supervised", 0, 0.40, 0.70),
+        row("baseline", "climatology", "baseline", 0, 0.31, 0.75),
+        row("baseline", "persistence", "baseline", 0, 0.9, 1.7),
+        row("student", "unet", "none", 0, 0.5, 0.9),
+    ]
+    summary = study.summarize(rows, ["none"])
+    # students distill from each model's lowest seed, whatever order the rows are in
+    assert summary["teachers"]["st_alternet"]["seed"] == 0
+    assert summary["reference_teacher"] == "st_alternet"
+    seeds = summary["teacher_seeds"]
+    assert list(seeds) == ["st_alternet"]  # simvp has one seed: nothing to summarize
+    assert seeds["st_alternet"]["seeds"] == [0, 1, 2]
+    assert seeds["st_alternet"]["test_mse"][0] == pytest.approx(0.55)
+    relative = [(0.75 - t) / 0.75 for t in (0.5, 0.6, 0.55)]
+    assert seeds["st_alternet"]["vs_climatology_relative"][0] == pytest.approx(sum(relative) / 3)
+    assert seeds["st_alternet"]["beats_climatology"] == 3
+    found = [c for c in study.claims(summary, rows) if "climatology" in c["claim"]]
+    assert len(found) == 1 and found[0]["verdict"] == "holds"
+    assert "3/3 seeds better" in found[0]["measured"]
+    rows[2]["test_mse"] = 0.80  # one seed worse than the climatology: the claim fails
+    summary = study.summarize(rows, ["none"])
+    found = [c for c in study.claims(summary, rows) if "climatology" in c["claim"]]
+    assert found[0]["verdict"] == "does not hold" and "2/3 seeds" in found[0]["measured"]

@@ -28,6 +28,10 @@ def test_era5_sample_goes_end_to_end(project):
         "x": 49,
     }
     assert store.attrs["split_method"] == "time"
+    # the env's forcings, input-only: beside the fields, not among their channels
+    assert list(store["time_forcing"].values) == ["hour_sin", "hour_cos"]
+    assert list(store["static_forcing"].values) == ["lat", "lon"]
+    assert list(store["channel"].values) == ["t2m"]
     # chunked along time only
     chunks = store["fields"].data.chunks
     assert len(chunks[1]) > 1 and chunks[2:] == ((1,), (33,), (49,))
@@ -53,7 +57,11 @@ def test_era5_sample_goes_end_to_end(project):
     assert len(test) > 0
     x, y = test[len(test) - 1]
     traj, start = test.windows[len(test) - 1]
-    assert x.shape == (12, 1, 33, 49) and y.shape == (12, 1, 33, 49)
+    # inputs: t2m then its 4 forcing channels; targets: t2m only
+    assert x.shape == (12, 1 + 4, 33, 49) and y.shape == (12, 1, 33, 49)
+    np.testing.assert_allclose(
+        test.denormalize(x[:, :1])[:, 0].numpy(), truth[start : start + 12], rtol=0, atol=1e-3
+    )
     np.testing.assert_allclose(
         test.denormalize(y)[:, 0].numpy(), truth[start + 12 : start + 24], rtol=0, atol=1e-3
     )

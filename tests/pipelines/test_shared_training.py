@@ -39,3 +39,11 @@ def test_every_env_resolves_both_stages(env):
         else:
             assert cfg.lr == 1e-3 and cfg.grad_clip == 1.0 and cfg.seed == 0
     assert params["tracking"]["experiment"] == "sdkd_pipeline"
+    if env == "era5_sample":  # every stage on the real sample, every model residual
+        assert params["data"]["datasets"] == ["weatherbench"]
+        assert params["teacher"]["datasets"] == params["distill"]["datasets"] == ["weatherbench"]
+        models = params["teacher"]["models"] + params["distill"]["students"]
+        block = {
+            m: params["teacher" if m in params["teacher"]["models"] else "distill"] for m in models
+        }
+        assert all(block[m][m]["residual"] is True for m in models)
