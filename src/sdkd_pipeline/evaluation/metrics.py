@@ -88,7 +88,6 @@ produce a silent NaN table.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -96,10 +95,17 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from sdkd_pipeline.errors import DataError
+from sdkd_pipeline.evaluation.latitude import latitude_weights
+from sdkd_pipeline.evaluation.metric_inputs import (
+    _as_tensor,
+    _autocast_off,
+    _check_data_range,
+    _check_finite,
+    _check_positive_int,
+)
+from sdkd_pipeline.evaluation.ssim_kernels import SSIM_UNIFORM_WINDOW, _skimage_ssim
 from sdkd_pipeline.spectral import BandSplit
 
 __all__ = [
@@ -126,7 +132,6 @@ DEFAULT_SSIM_CONVENTION = "skimage"
 SSIM_KERNEL_SIZE = 11
 SSIM_SIGMA = 1.5
 # skimage convention: skimage's default uniform window, its side and the border it crops
-SSIM_UNIFORM_WINDOW = 7
 _SSIM_CROP = (SSIM_UNIFORM_WINDOW - 1) // 2
 # Smallest grid side per convention: torchmetrics pads each frame by reflection with
 # (kernel - 1) / 2 = 5 cells, and reflect padding needs more cells than that along each axis;
@@ -295,41 +300,6 @@ class ForecastMetrics:
         return out
 
 
-# ---------------------------------------------------------------------------------------------
-# Input checks
-# ---------------------------------------------------------------------------------------------
-
-
-def _as_tensor(x: Any, what: str) -> torch.Tensor:
-    tensor = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
-    if tensor.is_complex():
-        raise TypeError(f"{what} must be a real field, got a {tensor.dtype} tensor")
-    return tensor
-
-
-def _check_finite(x: torch.Tensor, what: str, hint: str) -> None:
-    finite = torch.isfinite(x)
-    if not bool(finite.all()):
-        bad = int((~finite).sum())
-        raise ValueError(
-            f"{what} contains {bad} NaN/Inf value(s) out of {x.numel()}: {hint}; "
-            "no metrics are computed from it"
-        )
-
-
-def _autocast_off(device: torch.device):
-    """SSIM's convolution and the FFT must not run in bf16/fp16 under a caller's autocast."""
-    if torch.amp.is_autocast_available(device.type):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
-
-
-def _check_positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def _check_ssim_convention(convention: Any) -> str:
     """``convention`` if it is one of ``SSIM_CONVENTIONS``, else a ValueError naming them."""
     if not isinstance(convention, str) or convention not in SSIM_CONVENTIONS:
@@ -338,63 +308,6 @@ def _check_ssim_convention(convention: Any) -> str:
             f"got {convention!r}"
         )
     return convention
-
-
-def _check_data_range(data_range: Sequence[float] | torch.Tensor, channels: int) -> torch.Tensor:
-    values = torch.as_tensor(
-        data_range.detach().cpu() if isinstance(data_range, torch.Tensor) else data_range,
-        dtype=torch.float64,
-    ).flatten()
-    if values.numel() != channels:
-        raise ValueError(
-            f"data_range needs one value per channel ({channels}), got {values.numel()}: "
-            f"{values.tolist()}"
-        )
-    for channel, value in enumerate(values.tolist()):
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(
-                f"data_range of channel {channel} must be a positive finite number, got {value!r}"
-            )
-    return values
-
-
-def latitude_weights(latitudes: Any, height: int | None = None) -> np.ndarray:
-    """WeatherBench's latitude weights of the grid rows: float64 ``(H,)``,
-    ``cos(lat_h) / mean_h' cos(lat_h')``, which average to 1.
-
-    ``latitudes`` are in degrees, one per row (``height`` rows when given). A ``DataError``
-    says what is wrong with them: not numbers, not 1-D, not one per row, NaN/Inf, outside
-    [-90, 90], or every row at a pole (no weight left to normalize by).
-    """
-    try:
-        lat = np.asarray(
-            latitudes.detach().cpu() if isinstance(latitudes, torch.Tensor) else latitudes,
-            dtype=np.float64,
-        )
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"latitudes must be numbers (degrees), got {latitudes!r}") from exc
-    if lat.ndim != 1 or lat.size == 0:
-        raise DataError(f"latitudes must be 1-D, one latitude per grid row, got shape {lat.shape}")
-    if height is not None and lat.size != height:
-        raise DataError(
-            f"latitudes must give one latitude per grid row (H = {height}), got {lat.size}"
-        )
-    finite = np.isfinite(lat)
-    if not finite.all():
-        raise DataError(
-            f"latitudes contain {int((~finite).sum())} NaN/Inf value(s) out of {lat.size} "
-            f"(rows {np.flatnonzero(~finite)[:5].tolist()}...)"
-        )
-    outside = np.abs(lat) > 90
-    if outside.any():
-        raise DataError(
-            f"latitudes must lie within [-90, 90] degrees, got {int(outside.sum())} outside "
-            f"(from {lat.min():g} to {lat.max():g}; radians or a longitude axis?)"
-        )
-    cos = np.cos(np.deg2rad(lat))
-    if not cos.mean() > 1e-12:
-        raise DataError("latitudes are all at a pole (+-90): every row has weight cos(lat) = 0")
-    return cos / cos.mean()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -592,35 +505,6 @@ class MetricAccumulator:
             ssim_convention=self.ssim_convention,
             **lat,
         )
-
-
-def _uniform_window_mean(x: torch.Tensor) -> torch.Tensor:
-    """Mean over each 7 x 7 window lying inside the frame (last two dims): ``(..., H - 6, W - 6)``,
-    as two separable passes."""
-    window = SSIM_UNIFORM_WINDOW
-    rows = F.avg_pool2d(x, (window, 1), stride=1)
-    return F.avg_pool2d(rows, (1, window), stride=1)
-
-
-def _skimage_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float) -> torch.Tensor:
-    """skimage's ``structural_similarity`` of every frame of ``(B, n, H, W)``: ``(B, n)``.
-
-    With its defaults (a 7 x 7 uniform window, sample covariances, k1 = 0.01, k2 = 0.03) and an
-    explicit ``data_range``; the map is averaged over the pixels whose window lies inside the
-    frame, which is skimage's crop of 3 cells along each border (the values its reflect
-    padding produces there never enter the mean).
-    """
-    points = SSIM_UNIFORM_WINDOW**2
-    covariance_norm = points / (points - 1)  # sample covariance, as skimage's default
-    c1 = (0.01 * data_range) ** 2
-    c2 = (0.03 * data_range) ** 2
-    mean_x, mean_y = _uniform_window_mean(x), _uniform_window_mean(y)
-    var_x = covariance_norm * (_uniform_window_mean(x * x) - mean_x * mean_x)
-    var_y = covariance_norm * (_uniform_window_mean(y * y) - mean_y * mean_y)
-    cov_xy = covariance_norm * (_uniform_window_mean(x * y) - mean_x * mean_y)
-    numerator = (2 * mean_x * mean_y + c1) * (2 * cov_xy + c2)
-    denominator = (mean_x.square() + mean_y.square() + c1) * (var_x + var_y + c2)
-    return (numerator / denominator).mean((-2, -1))
 
 
 # ---------------------------------------------------------------------------------------------
