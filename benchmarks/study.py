@@ -481,26 +481,31 @@ class Study:
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(model.state_dict(), path)
             self.teacher_models[name] = freeze(model)
-            metrics = self._metrics({name: model})[name]
-            row = self._row(
-                "teacher",
-                name,
-                "supervised",
-                seed,
-                False,
-                metrics,
-                info,
-                count_parameters(model),
-                time.perf_counter() - t0,
-            )
-            row["config_key"] = ckey
-            self._record(row)
-            print(
-                f"teacher {name}: val {row['val_mse']:.4g} test {row['test_mse']:.4g} "
-                f"({info['stop_reason']}, {info['steps']} steps, {row['seconds']:.0f} s)",
-                flush=True,
-            )
+            self._record_teacher(name, seed, model, info, ckey, t0, label=name)
         self.times["teachers"] = time.perf_counter() - started
+
+    def _record_teacher(self, name, seed, model, info, ckey, t0, label) -> dict:
+        """A trained teacher's row: its metrics on val and test, recorded and printed."""
+        metrics = self._metrics({name: model})[name]
+        row = self._row(
+            "teacher",
+            name,
+            "supervised",
+            seed,
+            False,
+            metrics,
+            info,
+            count_parameters(model),
+            time.perf_counter() - t0,
+        )
+        row["config_key"] = ckey
+        self._record(row)
+        print(
+            f"teacher {label}: val {row['val_mse']:.4g} test {row['test_mse']:.4g} "
+            f"({info['stop_reason']}, {info['steps']} steps, {row['seconds']:.0f} s)",
+            flush=True,
+        )
+        return row
 
     def _extra_teacher_seeds(self, name: str, model_cfg: dict, tcfg: dict, seed: int) -> None:
         """``teachers.extra_seeds``: the teacher trained again from other seeds, to report its
@@ -518,25 +523,7 @@ class Study:
                 extra,
                 out_dir=self.work / "runs" / "teachers" / f"{name}_seed{extra}",
             )
-            metrics = self._metrics({name: model})[name]
-            row = self._row(
-                "teacher",
-                name,
-                "supervised",
-                extra,
-                False,
-                metrics,
-                info,
-                count_parameters(model),
-                time.perf_counter() - t0,
-            )
-            row["config_key"] = ckey
-            self._record(row)
-            print(
-                f"teacher {name} seed {extra}: val {row['val_mse']:.4g} test "
-                f"{row['test_mse']:.4g} ({info['stop_reason']}, {info['steps']} steps)",
-                flush=True,
-            )
+            self._record_teacher(name, extra, model, info, ckey, t0, label=f"{name} seed {extra}")
 
     def spectra(self) -> None:
         """Each teacher's latent spectra, the conv/attention branch check and the share of its
