@@ -258,6 +258,12 @@ def test_run_report_gathers_the_stages_summaries():
     assert re.search(r"^\| simvp +\| high +\| 1 +\| -4\.5000 \|$", page, re.M), page
     assert re.search(r"^\| simvp +\| teacher_error \| +\| +\|$", page, re.M), page
 
+    assert "input-only forcings" not in page  # NS declares none: no such column
+    forced = write_run_report(
+        {**summary, "forcing_channels": ["hour_sin", "hour_cos", "lat"]}, dataset="weatherbench"
+    )
+    assert "| input-only forcings " in forced and "| hour_sin, hour_cos, lat |" in forced
+
     only_data = write_run_report(summary, dataset="rayleigh_benard")
     assert [line for line in only_data.splitlines() if line.startswith("#")] == [
         "# rayleigh_benard: run report",

@@ -80,6 +80,12 @@ def _data_section(summary: Mapping[str, Any]) -> str:
         "source": summary.get("source"),
         "shape": " x ".join(f"{k} {v}" for k, v in shape.items()),
         "channels": ", ".join(map(str, summary.get("channels") or [])),
+        # input-only channels (data/forcings.py), shown only where a dataset declares them
+        **(
+            {"input-only forcings": ", ".join(map(str, summary["forcing_channels"]))}
+            if summary.get("forcing_channels")
+            else {}
+        ),
         "T_in": summary.get("t_in"),
         "T_out": summary.get("t_out"),
         "stride": summary.get("stride"),
