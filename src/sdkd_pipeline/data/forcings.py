@@ -47,6 +47,8 @@ FORCING_NAMES = (*TIME_FORCINGS, *STATIC_FORCINGS)
 TIME_VAR, STATIC_VAR = "forcing_time", "forcing_static"
 TIME_DIM, STATIC_DIM = "time_forcing", "static_forcing"
 SECONDS_PER_DAY = 86400.0
+# the keys of the store's ``forcings`` attribute
+INFO_KEYS = ("declared", "channels", "time_channels", "static_channels")
 
 
 def check_forcings(value: Any, param_path: str) -> tuple[str, ...]:
@@ -196,13 +198,8 @@ def store_forcings(attrs: dict[str, Any]) -> dict[str, list[str]]:
     """The ``forcings`` attribute of a store (declared names and channel order); empty lists
     for a store without forcings."""
     raw = attrs.get("forcings")
-    if not raw:
-        return {"declared": [], "channels": [], "time_channels": [], "static_channels": []}
-    info = json.loads(raw) if isinstance(raw, str) else dict(raw)
-    return {k: [str(v) for v in info.get(k, [])] for k in ("declared", "channels") + _PARTS}
-
-
-_PARTS = ("time_channels", "static_channels")
+    info = (json.loads(raw) if isinstance(raw, str) else dict(raw)) if raw else {}
+    return {k: [str(v) for v in info.get(k, [])] for k in INFO_KEYS}
 
 
 def forcing_frames(

@@ -121,9 +121,9 @@ def _with_forcings(
     """``x`` with the model's forcing channels appended, computed from the input file's time
     and lat / lon coordinates as the tensor store computed them (unchanged for a model
     without forcings)."""
-    forcings = meta.get("forcings") or {}
     if not int(meta["shape"].get("forcing_channels", 0)):
         return x
+    forcings = meta.get("forcings") or {}
     from sdkd_pipeline.data.forcings import forcing_inputs
 
     extra, names = forcing_inputs(

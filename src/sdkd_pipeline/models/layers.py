@@ -72,7 +72,7 @@ class ForecastModel(nn.Module):
 
     @property
     def residual(self) -> bool:
-        return bool(getattr(getattr(self, "config", None), "residual", False))
+        return bool(self.config.residual)
 
     def _forward_padded(
         self, x: torch.Tensor
