@@ -39,7 +39,6 @@ import math
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,8 +47,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import study_rollout
 import torch
 import yaml
+from study_stats import fmt, mean_ci
 
 from sdkd_pipeline.data.cf import channel_metadata
 from sdkd_pipeline.data.sources import navier_stokes as ns
@@ -61,6 +62,7 @@ from sdkd_pipeline.distill.teachers import choose_teachers, freeze
 from sdkd_pipeline.evaluation import evaluate_models, test_data_range
 from sdkd_pipeline.evaluation.baselines import Climatology, Persistence
 from sdkd_pipeline.evaluation.metrics import DEFAULT_SSIM_CONVENTION
+from sdkd_pipeline.evaluation.rollout import evaluate_rollouts
 from sdkd_pipeline.models import build_model
 from sdkd_pipeline.models.complexity import count_parameters
 from sdkd_pipeline.spectral import BandSplit, radial_energy_spectrum
@@ -94,6 +96,7 @@ CSV_COLUMNS = [
     "stopped_early",
     "seconds",
 ]
+ROLLOUT_COLUMNS = ["rollout_behind_persistence_lead", "rollout_final_mse"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,36 +166,6 @@ def git_commit() -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# statistics
-
-
-def t_quantile(n: int) -> float:
-    """The 97.5 % quantile of Student's t with n - 1 degrees of freedom."""
-    from scipy.stats import t  # a dependency of the project
-
-    return float(t.ppf(0.975, n - 1))
-
-
-def mean_ci(values: list[float]) -> tuple[float, float, int]:
-    """Mean and the half-width of its 95 % confidence interval (NaN with one value)."""
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan, 0
-    mean = statistics.fmean(values)
-    if n == 1:
-        return mean, math.nan, 1
-    return mean, t_quantile(n) * statistics.stdev(values) / math.sqrt(n), n
-
-
-def fmt(mean: float, half: float, digits: int = 4, scale: float = 1.0, unit: str = "") -> str:
-    if not math.isfinite(mean):
-        return "-"
-    text = f"{mean * scale:.{digits}f}{unit}"
-    return text + (f" ± {half * scale:.{digits}f}" if math.isfinite(half) else "")
-
-
-# --------------------------------------------------------------------------------------------
 # stages
 
 
@@ -228,6 +201,8 @@ class Study:
         self.done = self._finished_runs()
         self.cache = DistillCache()
         self.times: dict[str, float] = {}
+        # long autoregressive rollouts of every model (study_rollout.py); None: none
+        self.rollout_cfg = cfg.get("rollout") or None
 
     def _finished_runs(self) -> dict[tuple, dict]:
         done = {}
@@ -298,6 +273,7 @@ class Study:
             os.replace(tmp, path)
             key_path.write_text(key)
             (self.work / "tensors.seconds").unlink(missing_ok=True)
+        self.tensors = tensors
         self.sets = {s: WindowDataset(tensors, s) for s in ("train", "val", "test")}
         train_set = self.sets["train"]
         self.shape = train_set.model_shape
@@ -426,6 +402,32 @@ class Study:
                 out.setdefault(key, {})[split] = m
         return out
 
+    def _rollouts(self, modules: dict[str, torch.nn.Module]) -> dict[str, dict]:
+        """``{key: row["rollout"]}`` for ``modules`` (``model/method`` keys) and the baselines
+        (``persistence/baseline``, ``climatology/baseline``); ``{}`` without ``rollout`` in the
+        profile or when the test trajectories are too short for it (said once)."""
+        if not self.rollout_cfg:
+            return {}
+        result = evaluate_rollouts(
+            modules,
+            self.tensors,
+            factor=int(self.rollout_cfg.get("factor", 5)),
+            max_windows=int(self.rollout_cfg.get("max_windows", 64)),
+            batch_size=self.cfg["evaluate"]["batch_size"],
+            data_range=self.data_range,
+            device=self.device,
+            ssim_convention=SSIM_CONVENTION,
+        )
+        if result.skipped:
+            if not getattr(self, "_rollout_said", False):
+                print(f"rollouts skipped: {result.skipped}", flush=True)
+                self._rollout_said = True
+            return {}
+        return {
+            key: study_rollout.compact(curves, result.horizon, result.t_out)
+            for key, curves in result.curves.items()
+        }
+
     def _row(self, role, model, method, seed, fm, metrics, info, params, seconds) -> dict:
         test, val = metrics["test"], metrics["val"]
         return {
@@ -469,6 +471,8 @@ class Study:
                 model.load_state_dict(torch.load(path, weights_only=True))
                 self.teacher_models[name] = freeze(model.to(self.device))
                 print(f"teacher {name}: reusing {path}", flush=True)
+                if self.rollout_cfg and "rollout" not in done:
+                    self._record(self._add_rollout(dict(done), name, "supervised", model))
                 continue
             t0 = time.perf_counter()
             model, info = self._train(
@@ -499,12 +503,22 @@ class Study:
             time.perf_counter() - t0,
         )
         row["config_key"] = ckey
+        if seed == int(self.cfg["teachers"]["training"].get("seed", 0)):
+            # the teacher the students distil from (extra seeds only measure the spread)
+            self._add_rollout(row, name, "supervised", model)
         self._record(row)
         print(
             f"teacher {label}: val {row['val_mse']:.4g} test {row['test_mse']:.4g} "
             f"({info['stop_reason']}, {info['steps']} steps, {row['seconds']:.0f} s)",
             flush=True,
         )
+        return row
+
+    def _add_rollout(self, row: dict, model: str, method: str, module) -> dict:
+        """``row`` with its model's rollout curves (unchanged without rollouts)."""
+        curves = self._rollouts({f"{model}/{method}": module}).get(f"{model}/{method}")
+        if curves is not None:
+            row["rollout"] = curves
         return row
 
     def _extra_teacher_seeds(self, name: str, model_cfg: dict, tcfg: dict, seed: int) -> None:
@@ -570,9 +584,17 @@ class Study:
                 ssim_convention=SSIM_CONVENTION,
             ).items():
                 metrics.setdefault(key, {})[split] = m
+        rollouts = None
         for name, m in metrics.items():
-            if ("baseline", name, "baseline", 0) not in self.done:
-                self._record(self._row("baseline", name, "baseline", 0, False, m, {}, 0, 0.0))
+            done = self.done.get(("baseline", name, "baseline", 0))
+            if done is not None and ("rollout" in done or not self.rollout_cfg):
+                continue
+            row = self._row("baseline", name, "baseline", 0, False, m, {}, 0, 0.0)
+            if rollouts is None:
+                rollouts = self._rollouts({})
+            if f"{name}/baseline" in rollouts:
+                row["rollout"] = rollouts[f"{name}/baseline"]
+            self._record(row)
 
     def students(self) -> None:
         started = time.perf_counter()
@@ -595,6 +617,8 @@ class Study:
                         **(self.cfg.get("method_training") or {}).get(method, {}),
                     }
                     key = config_key(cfg.to_dict(), training, model_cfg, self.data_key)
+                    if self.rollout_cfg:  # a run of a study without rollouts has none to show
+                        key = config_key(key, self.rollout_cfg)
                     done = self.done.get(("student", student, method, seed))
                     if done is not None and done.get("config_key") == key:
                         continue
@@ -655,6 +679,7 @@ class Study:
                     )
                     row["teachers"] = chosen
                     row["config_key"] = key
+                    self._add_rollout(row, student, method, model)
                     if prepared.unlabelled is not None:
                         row["function_matching_inputs"] = len(prepared.unlabelled)
                     self._record(row)
@@ -775,6 +800,9 @@ def summarize(rows: list[dict], methods: list[str]) -> dict:
                 stats[key] = mean_ci(gaps)
             entry[method] = stats
         out["students"][student] = entry
+    rollouts = study_rollout.summarize(rows, methods)
+    if rollouts:
+        out["rollout"] = rollouts
     return out
 
 
@@ -983,6 +1011,7 @@ def markdown(summary: dict, rows: list[dict], meta: dict) -> str:
                 f" | {s.get('vs_none_wins', '-')}/{s.get('vs_none_pairs', '-')} | {bands} | "
                 f"{s['steps'][0]:.0f} |"
             )
+    lines += study_rollout.markdown(summary.get("rollout", {}))
     return "\n".join(lines) + "\n"
 
 
@@ -1076,7 +1105,37 @@ def figures(summary: dict, rows: list[dict], prefix: Path) -> list[str]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(str(path))
+    written += study_rollout.figure(summary.get("rollout", {}), prefix)
     return written
+
+
+def csv_values(row: dict) -> dict:
+    """A row's CSV cells: ``CSV_COLUMNS``, and with a rollout the lead at which the model
+    falls behind persistence (empty: never, or persistence itself) and its last lead's MSE."""
+    values = {c: row[c] for c in CSV_COLUMNS}
+    rollout = row.get("rollout")
+    if rollout:
+        lead = rollout["behind_persistence_lead"]
+        values["rollout_behind_persistence_lead"] = "" if lead is None else lead
+        values["rollout_final_mse"] = rollout["mse"][-1]
+    return values
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """One line per trained model (rollout columns when some row has a rollout)."""
+    cells = [csv_values(r) for r in rows]
+    columns = list(CSV_COLUMNS)
+    columns += [c for c in ROLLOUT_COLUMNS if any(c in v for v in cells)]
+    with open(path, "w") as handle:
+        handle.write(",".join(columns) + "\n")
+        for v in cells:
+            handle.write(
+                ",".join(
+                    str(v.get(c, "")).lower() if isinstance(v.get(c), bool) else str(v.get(c, ""))
+                    for c in columns
+                )
+                + "\n"
+            )
 
 
 def main() -> None:
@@ -1160,15 +1219,7 @@ def main() -> None:
         "compute_seconds": study.data_info["seconds"] + sum(r["seconds"] for r in rows),
     }
     prefix = args.out / f"study_{study.label}"
-    with open(prefix.with_suffix(".csv"), "w") as handle:
-        handle.write(",".join(CSV_COLUMNS) + "\n")
-        for r in rows:
-            handle.write(
-                ",".join(
-                    str(r[c]).lower() if isinstance(r[c], bool) else str(r[c]) for c in CSV_COLUMNS
-                )
-                + "\n"
-            )
+    write_csv(prefix.with_suffix(".csv"), rows)
     meta["figures"] = figures(summary, rows, prefix)
     prefix.with_suffix(".json").write_text(
         json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1, default=str)

@@ -78,6 +78,18 @@ def test_quick_study_writes_one_row_per_model_and_resumes_without_retraining(tmp
     assert unet["sdkd"]["vs_output_mse_pairs"] == 2
     assert (out / "study_cpu.md").read_text().startswith("# Distillation study")
     assert (out / "study_cpu_unet.png").stat().st_size > 10_000
+    # rollouts over 2 x T_out (the quick profile's `rollout`): every model has its curves
+    assert {"rollout_behind_persistence_lead", "rollout_final_mse"} <= set(rows[0])
+    for r in report["rows"]:
+        assert len(r["rollout"]["mse"]) == 6 and set(r["rollout"]["energy_ratio"]) == {
+            "low",
+            "mid",
+            "high",
+        }
+    ro = report["summary"]["rollout"]
+    assert ro["horizon"] == 6 and set(ro["students"]["unet"]) == set(methods)
+    assert "## Rollouts" in (out / "study_cpu.md").read_text()
+    assert (out / "study_cpu_rollout_unet.png").stat().st_size > 10_000
 
     leftover = work / "student-run-killed"  # what a killed study leaves behind
     leftover.mkdir()
@@ -197,3 +209,58 @@ def test_teachers_of_extra_seeds_are_summarized_against_the_climatology():
     summary = study.summarize(rows, ["none"])
     found = [c for c in study.claims(summary, rows) if "climatology" in c["claim"]]
     assert found[0]["verdict"] == "does not hold" and "2/3 seeds" in found[0]["measured"]
+
+
+def _rollout_row(method: str, seed: int, mse: list, high: list, behind) -> dict:
+    return {
+        "role": "student",
+        "model": "unet",
+        "method": method,
+        "seed": seed,
+        "rollout": {
+            "horizon": len(mse),
+            "t_out": 1,
+            "mse": mse,
+            "ssim": [0.5] * len(mse),
+            "energy_ratio": {"low": [1.0] * len(mse), "mid": [1.0] * len(mse), "high": high},
+            "behind_persistence_lead": behind,
+            "finite_leads": len(mse),
+        },
+    }
+
+
+def test_rollout_summary_pairs_seeds_and_averages_per_lead():
+    """study_rollout.summarize on hand-made curves: means per lead, the last lead's CI, the
+    per-seed lead behind persistence and the paired differences against `none`."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import study_rollout
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    rows = [
+        _rollout_row("none", 0, [1.0, 2.0], [0.5, 0.4], 2),
+        _rollout_row("none", 1, [1.0, 4.0], [0.5, 0.2], None),
+        _rollout_row("sdkd", 0, [1.0, 1.0], [0.5, 0.6], None),
+        _rollout_row("sdkd", 1, [1.0, 2.0], [0.5, 0.4], 2),
+    ]
+    out = study_rollout.summarize(rows, ["none", "sdkd"])
+    none, sdkd = out["students"]["unet"]["none"], out["students"]["unet"]["sdkd"]
+    assert none["behind_persistence_lead"] == [2, None]
+    assert none["final_mse"][0] == pytest.approx(3.0)
+    # two values: half-width = t(0.975, 1) * stdev / sqrt(2) = 12.706 * 1.414 / 1.414
+    assert none["final_mse"][1] == pytest.approx(12.7062, rel=1e-4)
+    assert [m for m, _ in none["curves"]["mse"]] == pytest.approx([1.0, 3.0])
+    assert sdkd["final_energy"]["high"][0] == pytest.approx(0.5)
+    # paired by seed: high-band ratio +0.2 for both seeds; MSE gains 50 % in both
+    assert sdkd["vs_none_final_energy"]["high"][0] == pytest.approx(0.2)
+    assert sdkd["vs_none_final_energy"]["high"][1] == pytest.approx(0.0, abs=1e-9)
+    assert sdkd["vs_none_final_mse_relative"][0] == pytest.approx(0.5)
+    assert "vs_none_final_energy" not in none
+    lines = "\n".join(study_rollout.markdown(out))
+    assert "| unet | none | 2, never |" in lines and "| unet | sdkd | never, 2 |" in lines
+    assert (
+        study_rollout.summarize(
+            [{k: v for k, v in r.items() if k != "rollout"} for r in rows], ["none"]
+        )
+        == {}
+    )
