@@ -21,6 +21,9 @@ Sizes live in ``benchmarks/study.yml``. The stages:
    confidence interval over seeds (Student t), gap closed = (none - student) / (none - teacher)
    paired by seed with the teacher of lower *validation* MSE, paired differences against
    ``none`` and ``output_mse``, error per wavenumber band, and figures.
+6. **rollouts** (a profile with ``rollout: {factor, max_windows}``, e.g. ``cpu_rollout``): every
+   model fed its own forecasts back for ``factor`` x T_out frames on the test split, per lead
+   time MSE, SSIM and the band energy ratio, mean and CI over seeds (``study_rollout.py``).
 
 Outputs (``--out``, default ``benchmarks/results``): ``study_<device>.csv`` (one row per
 trained model), ``study_<device>.json`` (everything, with the command, commit, settings and wall
