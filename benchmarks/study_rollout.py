@@ -7,7 +7,7 @@ the energy ratio forecast / truth per band, the lead at which a model falls behi
 A study row keeps its curves as ``row["rollout"]``; ``summarize`` turns the students' curves
 into means and 95 % CIs over seeds per method, with paired differences against ``none`` (does
 distillation change how a student's spectrum drifts?), ``markdown`` into a table and ``figure``
-into curves with their CI bands. Used by ``benchmarks/study.py``; numpy and matplotlib only.
+into curves with their CI bands. Used by ``benchmarks/study.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 from study_stats import fmt, mean_ci
 
-BANDS = ("low", "mid", "high")
+from sdkd_pipeline.evaluation.rollout import BANDS  # the evaluation's bands, one definition
 
 
 def compact(curves: Any, horizon: int, t_out: int) -> dict:
